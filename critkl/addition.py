@@ -1,0 +1,509 @@
+"""The addition environment as pure jnp functions (jit- and vmap-able).
+
+Numbers are digit arrays, least significant digit first, zero past their length,
+so the default 32-bit JAX handles operands of up to `MAX_SUPPORTED_DIGITS` digits
+exactly. Rendering, scoring and sampling problems are whole-batch array
+programs: no Python per token or per problem.
+
+Shapes: B = batch, D = max_digits (static), L = max_episode_length(D).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critkl import tokenizer
+from critkl.tokenizer import DIGIT_0, EOS_ID, PAD_ID
+
+MAX_SUPPORTED_DIGITS = 20
+RL_LENGTH_MARGIN = 100  # METHOD.md: an episode is cut at the longest scratchpad + 100
+
+# Role of each position of an episode (what the token is for), for analysis.
+ROLE_NAMES = (
+    "prompt",          # the given `Input:\n{a}+{b}\nTarget:`
+    "format",          # fixed text of the format: `<scratch>`, ` , A=`, `[`, ...
+    "operand",         # digits, commas and closing bracket of an operand list
+    "partial_result",  # digits, commas and closing bracket of the `A=[...]` list
+    "carry",           # the carry digit of `C=c` and `C->c`
+    "sum",             # the digits of `x+y+c=s`
+    "digit",           # the digit of `A->d`
+    "result",          # the result line
+)
+ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
+
+_NEWLINE = tokenizer.token_id("\n")
+_SLASH = tokenizer.token_id("/")
+_SPACE = tokenizer.token_id(" ")
+_COMMA = tokenizer.token_id(",")
+_PROMPT_EXTRA = len("Input:\n+\nTarget:")  # prompt length = this + digits of a and b
+
+_ROLE_SHIFT = 1 << 6    # slot = token + _ROLE_SHIFT * role + _INDEX_SHIFT * (index + 1)
+_INDEX_SHIFT = 1 << 12
+
+
+class Operands(NamedTuple):
+    """A batch of addition problems a + b."""
+
+    a: jax.Array      # [B, D] int32 digits, least significant first
+    b: jax.Array      # [B, D] int32
+    a_len: jax.Array  # [B] int32 number of digits of a, in 1..D
+    b_len: jax.Array  # [B] int32
+
+
+class Episodes(NamedTuple):
+    """Rendered episodes: prompt and full target, padded with PAD_ID."""
+
+    tokens: jax.Array         # [B, L] int32
+    prompt_length: jax.Array  # [B] int32
+    length: jax.Array         # [B] int32 prompt + target
+    role: jax.Array           # [B, L] int32 index into ROLE_NAMES (0 past the length)
+    operand_index: jax.Array  # [B, L] int32 list position j of an operand digit (its
+                              # preceding comma too) in a scratch line; -1 elsewhere
+
+
+class Outcome(NamedTuple):
+    """What a generated episode achieved."""
+
+    success: jax.Array     # [B] bool: the result line is exactly a + b
+    terminated: jax.Array  # [B] bool: ended by the format or an end token, not cut
+    last: jax.Array        # [B] int32 index of the episode's final token
+
+
+def _check_digits(max_digits: int) -> None:
+    if not 1 <= max_digits <= MAX_SUPPORTED_DIGITS:
+        raise ValueError(
+            f"max_digits={max_digits} is not supported: allowed 1..{MAX_SUPPORTED_DIGITS}"
+        )
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.Array:
+    """Uniform numbers of the given digit counts [B] -> digits [B, D].
+
+    A 1-digit number is 0..9; a longer one has a leading digit 1..9.
+    """
+    digits_rng, lead_rng = jax.random.split(rng)
+    batch = lengths.shape[0]
+    digits = jax.random.randint(digits_rng, (batch, max_digits), 0, 10, jnp.int32)
+    lead = jax.random.randint(lead_rng, (batch, 1), 1, 10, jnp.int32)
+    position = jnp.arange(max_digits)[None, :]
+    is_lead = (position == lengths[:, None] - 1) & (lengths[:, None] > 1)
+    digits = jnp.where(is_lead, lead, digits)
+    return jnp.where(position < lengths[:, None], digits, 0)
+
+
+def _operands(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: int) -> Operands:
+    a_rng, b_rng = jax.random.split(rng)
+    return Operands(
+        _sample_numbers(a_rng, a_len, max_digits),
+        _sample_numbers(b_rng, b_len, max_digits),
+        a_len.astype(jnp.int32),
+        b_len.astype(jnp.int32),
+    )
+
+
+def sample_pretraining(rng: jax.Array, batch: int, max_len: int, max_digits: int) -> Operands:
+    """"Up to N digits": each operand's digit count uniform in 1..max_len."""
+    _check_digits(max_digits)
+    if not 1 <= max_len <= max_digits:
+        raise ValueError(f"max_len={max_len} must be in 1..max_digits={max_digits}")
+    len_rng, num_rng = jax.random.split(rng)
+    lengths = jax.random.randint(len_rng, (2, batch), 1, max_len + 1, jnp.int32)
+    return _operands(num_rng, lengths[0], lengths[1], max_digits)
+
+
+def sample_rl(rng: jax.Array, batch: int, n: int, k: int, max_digits: int) -> Operands:
+    """RL on N+k: one operand ("difficult", a fair coin picks which) has exactly n+k
+    digits; the other has 1..n digits half the time and n+1..n+k the other half
+    (1..n always when k = 0). Also the "varying lengths" evaluation at n+k."""
+    _check_digits(max_digits)
+    if n < 1 or k < 0 or n + k > max_digits:
+        raise ValueError(
+            f"RL lengths n={n}, k={k} need n >= 1, k >= 0 and n + k <= max_digits={max_digits}"
+        )
+    len_rng, half_rng, long_rng, swap_rng, num_rng = jax.random.split(rng, 5)
+    short = jax.random.randint(len_rng, (batch,), 1, n + 1, jnp.int32)
+    if k > 0:
+        longer = jax.random.randint(long_rng, (batch,), n + 1, n + k + 1, jnp.int32)
+        other = jnp.where(jax.random.bernoulli(half_rng, 0.5, (batch,)), longer, short)
+    else:
+        other = short
+    difficult = jnp.full((batch,), n + k, jnp.int32)
+    swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
+    return _operands(
+        num_rng, jnp.where(swap, other, difficult), jnp.where(swap, difficult, other), max_digits
+    )
+
+
+def sample_identical(rng: jax.Array, batch: int, length: int, max_digits: int) -> Operands:
+    """Both operands exactly `length` digits (evaluation, paper Table 4)."""
+    _check_digits(max_digits)
+    if not 1 <= length <= max_digits:
+        raise ValueError(f"length={length} must be in 1..max_digits={max_digits}")
+    lengths = jnp.full((batch,), length, jnp.int32)
+    return _operands(rng, lengths, lengths, max_digits)
+
+
+# ---------------------------------------------------------------- host helpers
+
+
+def operands_from_ints(pairs, max_digits: int) -> Operands:
+    """[(a, b), ...] of non-negative Python ints -> Operands (numpy arrays)."""
+    _check_digits(max_digits)
+    count = len(pairs)
+    digits = np.zeros((2, count, max_digits), np.int32)
+    lengths = np.zeros((2, count), np.int32)
+    for row, pair in enumerate(pairs):
+        for side, value in enumerate(pair):
+            text = str(value)
+            if value < 0 or len(text) > max_digits:
+                raise ValueError(f"operand {value} must have 1..{max_digits} digits")
+            digits[side, row, : len(text)] = [int(c) for c in reversed(text)]
+            lengths[side, row] = len(text)
+    return Operands(digits[0], digits[1], lengths[0], lengths[1])
+
+
+def operands_to_ints(operands: Operands) -> list[tuple[int, int]]:
+    """Operands -> [(a, b), ...] of Python ints."""
+    def value(digits, length):
+        return int("".join(str(d) for d in digits[:length][::-1]))
+
+    a, b, a_len, b_len = (np.asarray(x) for x in operands)
+    return [(value(a[i], a_len[i]), value(b[i], b_len[i])) for i in range(a.shape[0])]
+
+
+def max_episode_length(max_digits: int) -> int:
+    """Tokens of the longest episode with operands of at most `max_digits` digits
+    (both operands that long, every column sum >= 10, a final carry)."""
+    _check_digits(max_digits)
+    d = max_digits
+    list_chars = lambda k: 2 + max(2 * k - 1, 0)  # noqa: E731
+    regular_tail = len(" , C=0 , 9+9+1=19 , A->9 , C->1\n")
+    lines = sum(
+        list_chars(d - i) * 2 + len(" + ") + len(" , A=") + list_chars(i) + regular_tail
+        for i in range(d)
+    )
+    final_line = len("[] + [] , A=") + list_chars(d) + len(" C=1 , END\n")
+    prompt = _PROMPT_EXTRA + 2 * d
+    frame = len("\n<scratch>\n") + len("</scratch>\n")
+    result_line = 2 * (d + 1)
+    return prompt + frame + lines + final_line + result_line
+
+
+def episode_limit(max_digits: int) -> int:
+    """Length at which an RL episode is cut: the longest episode + RL_LENGTH_MARGIN."""
+    return max_episode_length(max_digits) + RL_LENGTH_MARGIN
+
+
+# ---------------------------------------------------------------- rendering
+#
+# An episode is a sequence of pieces. A piece is (offset, count): `count` slots
+# copied from a pool, starting at `offset`. The pool holds a static table of the
+# format's constant strings and of digits by role, then per-problem digit lists
+# (each operand with its commas, the result digits so far, the result line). A
+# scratch line shows a prefix of an operand list, so every line points into the
+# same pool entries: rendering costs O(pieces + output length), not O(lines x width).
+# A slot packs token, role and operand index into one int32.
+
+_CONSTANTS = (
+    ("Input:\n", "prompt"), ("+", "prompt"), ("\nTarget:", "prompt"),
+    ("\n<scratch>\n", "format"), ("[", "format"), ("]", "operand"), (" + [", "format"),
+    (" , A=[", "format"), ("]", "partial_result"), (" , C=", "format"), (" , ", "format"),
+    ("+", "format"), ("=", "format"), (" , A->", "format"), (" , C->", "format"),
+    ("\n", "format"), (" C=", "format"), (" , END\n", "format"), ("</scratch>\n", "format"),
+    ("\n", "result"),
+) + tuple(("0123456789", role) for role in ("carry", "sum", "digit"))
+
+
+def _static_pool():
+    slots, offsets, position = [], {}, 0
+    for text, role in _CONSTANTS:
+        offsets[text, role] = position
+        slots.append(tokenizer.encode(text) + _ROLE_SHIFT * ROLE[role])
+        position += len(text)
+    return np.concatenate(slots).astype(np.int32), offsets
+
+
+_STATIC_POOL, _STATIC_OFFSET = _static_pool()
+
+
+def _const(text: str, role: str, shown=True):
+    """Piece: a constant string of the format, if `shown`."""
+    return _STATIC_OFFSET[text, role], jnp.where(shown, len(text), 0)
+
+
+def _digit(value, role: str, shown=True):
+    """Piece: one digit 0..9 in one of the roles carry, sum or digit."""
+    return _STATIC_OFFSET["0123456789", role] + value, jnp.where(shown, 1, 0)
+
+
+def _slots(digits, role: str, separator: int | None = None, indexed: bool = False):
+    """Pool entry for digits [D] in display order: `d0,d1,...` with `separator`
+    between digits ([2D] slots) or none ([D]). With `indexed`, digit j and the
+    separator before it carry list position j."""
+    size = digits.shape[-1]
+    index = jnp.arange(size) if indexed else jnp.full((size,), -1)
+    base = _ROLE_SHIFT * ROLE[role]
+    packed = DIGIT_0 + digits + base + _INDEX_SHIFT * (index + 1)
+    if separator is None:
+        return packed
+    after = jnp.broadcast_to(separator + base + _INDEX_SHIFT * (index + 2 if indexed else 0), packed.shape)
+    return jnp.stack([packed, after], axis=-1).reshape(packed.shape[:-1] + (2 * size,))
+
+
+def _column_sums(a: jax.Array, b: jax.Array):
+    """Digits [..., D] -> column sums [..., D] and carries into columns [..., D + 1]."""
+    def column(carry, ab):
+        total = ab[0] + ab[1] + carry
+        return total // 10, (total, carry)
+
+    ab = jnp.moveaxis(jnp.stack([a, b]), -1, 0)  # [D, 2, ...]
+    final, (sums, carries) = jax.lax.scan(column, jnp.zeros(a.shape[:-1], jnp.int32), ab)
+    sums, carries = jnp.moveaxis(sums, 0, -1), jnp.moveaxis(carries, 0, -1)
+    return sums, jnp.concatenate([carries, final[..., None]], axis=-1)
+
+
+def _msf(digits: jax.Array, length) -> jax.Array:
+    """Digits [D] (least significant first) of a `length`-digit number in display
+    order: most significant first, zeros past the length."""
+    j = jnp.arange(digits.shape[-1])
+    return jnp.where(j < length, digits[jnp.clip(length - 1 - j, 0, digits.shape[-1] - 1)], 0)
+
+
+def _list(offset, count, shown=True):
+    """Piece: the first `count` digits (with separators) of a pool list."""
+    return offset, jnp.where(shown & (count > 0), 2 * count - 1, 0)
+
+
+def _pieces_of_problem(a, b, a_len, b_len):
+    """Pool [P] and pieces (offsets [K], counts [K]) of one problem's episode."""
+    d = a.shape[0]
+    sums, carries = _column_sums(a, b)
+    n = jnp.maximum(a_len, b_len)
+    final_carry = carries[n]
+    result_digits = jnp.append(sums % 10, 0).at[n].set(final_carry)
+    entries = {
+        "prompt_a": _slots(_msf(a, a_len), "prompt"),
+        "prompt_b": _slots(_msf(b, b_len), "prompt"),
+        "list_a": _slots(_msf(a, a_len), "operand", _COMMA, indexed=True),
+        "list_b": _slots(_msf(b, b_len), "operand", _COMMA, indexed=True),
+        # result digits D-1 .. 0: the A list of line i is its last i digits
+        "partial": _slots(sums[::-1] % 10, "partial_result", _COMMA),
+        "result": _slots(_msf(result_digits, n + final_carry), "result", _SPACE),
+    }
+    base, position = {}, len(_STATIC_POOL)
+    for name, slots in entries.items():
+        base[name] = position
+        position += slots.shape[0]
+    pool = jnp.concatenate([jnp.asarray(_STATIC_POOL)] + list(entries.values()))
+
+    # Scratch lines i = 0..D, as arrays over i; line n is the final line.
+    i = jnp.arange(d + 1)
+    shown, regular, final = i <= n, i < n, i == n
+    column = jnp.minimum(i, d - 1)
+    x = jnp.where(regular, a[column], 0)
+    y = jnp.where(regular, b[column], 0)
+    carry = carries[i]
+    total = x + y + carry
+    line = [
+        _const("[", "format", shown),
+        _list(base["list_a"], a_len - i, shown),
+        _const("]", "operand", shown),
+        _const(" + [", "format", shown),
+        _list(base["list_b"], b_len - i, shown),
+        _const("]", "operand", shown),
+        _const(" , A=[", "format", shown),
+        _list(base["partial"] + 2 * (d - i), i, shown),
+        _const("]", "partial_result", shown),
+        # a regular line goes on with ` , C=c , x+y+c=s , A->d , C->c'`
+        _const(" , C=", "format", regular),
+        _digit(carry, "carry", regular),
+        _const(" , ", "format", regular),
+        _digit(x, "sum", regular),
+        _const("+", "format", regular),
+        _digit(y, "sum", regular),
+        _const("+", "format", regular),
+        _digit(carry, "sum", regular),
+        _const("=", "format", regular),
+        _digit(total // 10, "sum", regular & (total >= 10)),
+        _digit(total % 10, "sum", regular),
+        _const(" , A->", "format", regular),
+        _digit(total % 10, "digit", regular),
+        _const(" , C->", "format", regular),
+        _digit(total // 10, "carry", regular),
+        _const("\n", "format", regular),
+        # the final line instead ends with ` C=c , END`
+        _const(" C=", "format", final),
+        _digit(carry, "carry", final),
+        _const(" , END\n", "format", final),
+    ]
+    head = [
+        _const("Input:\n", "prompt"),
+        (base["prompt_a"], a_len),
+        _const("+", "prompt"),
+        (base["prompt_b"], b_len),
+        _const("\nTarget:", "prompt"),
+        _const("\n<scratch>\n", "format"),
+    ]
+    tail = [
+        _const("</scratch>\n", "format"),
+        _list(base["result"], n + final_carry),
+        _const("\n", "result"),
+    ]
+
+    def stack(pieces):  # -> offsets, counts [..., K]
+        return tuple(
+            jnp.stack([jnp.broadcast_to(p[k], i.shape) for p in pieces], -1) for k in (0, 1)
+        )
+
+    line_offsets, line_counts = stack(line)  # [D+1, K]
+    head_offsets, head_counts = stack(head)
+    tail_offsets, tail_counts = stack(tail)
+    offsets = jnp.concatenate([head_offsets[0], line_offsets.reshape(-1), tail_offsets[0]])
+    counts = jnp.concatenate([head_counts[0], line_counts.reshape(-1), tail_counts[0]])
+    return pool, offsets, counts
+
+
+_BLOCK = 32
+
+
+def _prefix_sum(x: jax.Array) -> jax.Array:
+    """Inclusive cumulative sum of small ints along the last axis (a multiple of 32).
+
+    Two triangular matmuls in float32 (exact while sums stay below 2**24), within
+    and across blocks of 32: on XLA:CPU several times faster than `jnp.cumsum`,
+    which lowers to a slow reduce_window.
+    """
+    size = x.shape[-1]
+    blocks = x.reshape(x.shape[:-1] + (size // _BLOCK, _BLOCK)).astype(jnp.float32)
+    within = blocks @ jnp.triu(jnp.ones((_BLOCK, _BLOCK), jnp.float32))
+    before = within[..., -1] @ jnp.triu(jnp.ones((size // _BLOCK,) * 2, jnp.float32), k=1)
+    return (within + before[..., None]).reshape(x.shape).astype(jnp.int32)
+
+
+def _round_up(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _lay_out(pool, offsets, counts, size: int):
+    """Copy every piece's slots end to end: -> tokens, roles, indices [size], length.
+
+    Position p inside piece k reads pool[p + jump_k] with jump_k = offset_k - start_k.
+    Adding jump_k - jump_(k-1) at each piece's start and summing over positions
+    gives every position its jump (empty pieces cancel out), with no search.
+    """
+    pieces = counts.shape[0]
+    counts = jnp.pad(counts, (0, _round_up(pieces) - pieces))
+    offsets = jnp.pad(offsets, (0, _round_up(pieces) - pieces))
+    ends = _prefix_sum(counts)
+    starts = ends - counts
+    steps = jnp.diff(offsets - starts, prepend=0)
+    width = _round_up(size)
+    jump = _prefix_sum(jnp.zeros((width,), jnp.int32).at[starts].add(steps, mode="drop"))
+    position = jnp.arange(width)
+    out = jnp.where(position < ends[-1], pool[jnp.clip(position + jump, 0, pool.shape[0] - 1)], -1)
+    out = out[:size]
+    present = out >= 0  # bit operations: integer division is slow on CPU
+    tokens = jnp.where(present, out & (_ROLE_SHIFT - 1), PAD_ID)
+    role = jnp.where(present, (out >> 6) & (_INDEX_SHIFT // _ROLE_SHIFT - 1), 0)
+    index = jnp.where(present, (out >> 12) - 1, -1)
+    return tokens, role, index, ends[-1]
+
+
+def render(operands: Operands) -> Episodes:
+    """Render prompt and full target of every problem. D is read from the operands'
+    shape; L = max_episode_length(D)."""
+    d = operands.a.shape[-1]
+    _check_digits(d)
+    chex.assert_shape([operands.a, operands.b], (None, d))
+    size = max_episode_length(d)
+
+    def one(a, b, a_len, b_len):
+        return _lay_out(*_pieces_of_problem(a, b, a_len, b_len), size)
+
+    tokens, role, index, length = jax.vmap(one)(*operands)
+    prompt_length = operands.a_len + operands.b_len + _PROMPT_EXTRA
+    return Episodes(tokens, prompt_length.astype(jnp.int32), length.astype(jnp.int32), role, index)
+
+
+def critical_positions(episodes: Episodes, n: int) -> jax.Array:
+    """Structural critical tokens for a model pre-trained up to n digits: [B, L] bool.
+
+    The digits of an operand list beyond list position n, and the commas before
+    them (METHOD.md section 2). The expected token at each is `episodes.tokens`.
+    """
+    return episodes.operand_index >= n
+
+
+# ---------------------------------------------------------------- outcome
+
+
+def score(tokens: jax.Array, reference: Episodes) -> Outcome:
+    """Judge generated episodes: tokens [B, T] (prompt then generation, any ids)
+    against the rendered `reference` episodes of the same problems.
+
+    An episode ends at the second newline after the first `/` of the generation
+    (the newline of `</scratch>`, then the result line's), or at the first PAD/EOS,
+    or at the last position. It succeeds if it ended the first way and its result
+    line is exactly the reference's. Never raises and never produces NaN.
+    """
+    chex.assert_rank(tokens, 2)
+    size = tokens.shape[1]
+    position = jnp.arange(size)[None, :]
+    generated = position >= reference.prompt_length[:, None]
+
+    def first(flags):  # index of the first True per row, `size` if none
+        return jnp.where(flags.any(axis=1), jnp.argmax(flags, axis=1), size)
+
+    slash = first((tokens == _SLASH) & generated)
+    newline = tokens == _NEWLINE
+    line_start = first(newline & (position > slash[:, None])) + 1
+    line_end = first(newline & (position >= line_start[:, None]))  # the result line's end
+    stop = first(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)
+    ended_by_format = line_end < jnp.minimum(stop, size)
+
+    # The reference's result line: its last positions, those with role "result".
+    expected_length = jnp.sum(reference.role == ROLE["result"], axis=1)
+    width = 2 * (MAX_SUPPORTED_DIGITS + 1)
+    window = jnp.arange(width)[None, :]
+    inside = window < expected_length[:, None]
+
+    def line_of(seq, start):
+        index = jnp.clip(start[:, None] + window, 0, seq.shape[1] - 1)
+        return jnp.take_along_axis(seq, index, axis=1)
+
+    expected = line_of(reference.tokens, reference.length - expected_length)
+    found = line_of(tokens, line_start)
+    success = (
+        ended_by_format
+        & (line_end - line_start + 1 == expected_length)
+        & ((found == expected) | ~inside).all(axis=1)
+    )
+    last = jnp.minimum(jnp.minimum(line_end, stop), size - 1)
+    return Outcome(success, ended_by_format | (stop < size), last.astype(jnp.int32))
+
+
+def terminal_reward(outcome: Outcome) -> jax.Array:
+    """Ternary RL reward, given at the final token: +1 success, -1 otherwise. [B] f32."""
+    return jnp.where(outcome.success, 1.0, -1.0).astype(jnp.float32)
+
+
+def stop_rule(state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Streaming form of the end of an episode, for the sampler.
+
+    state [B] int32 starts at 0: 1 after the first `/`, +1 at each newline after
+    it. Returns (new state, ended [B] bool): ended at the second such newline or
+    at PAD/EOS, as in `score`.
+    """
+    seen_slash = state > 0
+    state = jnp.where(~seen_slash & (token == _SLASH), 1, state)
+    state = jnp.where(seen_slash & (token == _NEWLINE), state + 1, state)
+    ended = (state >= 3) | (token == PAD_ID) | (token == EOS_ID)
+    return state, ended

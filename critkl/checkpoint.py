@@ -1,0 +1,264 @@
+"""Saving, restoring and resuming training runs with orbax.
+
+A run directory holds ``config.json`` (written once by the trainer, through
+:func:`save_config`) and orbax checkpoints under ``checkpoints/``, one
+directory per step.
+
+Atomicity: orbax writes each step into ``<step>.orbax-checkpoint-tmp-<n>``
+and renames it to ``<step>`` only once every file is written, so a run killed
+mid-save leaves a temporary directory that is never listed as a step (stale
+ones are removed when a :class:`Checkpointer` opens the directory).
+
+Damaged checkpoints: a finalised step directory whose files were later
+deleted or truncated is still listed as a step; restoring it raises
+:class:`CheckpointError` naming the directory and the earlier steps. There is
+no silent fallback to an earlier step.
+
+PRNG keys: typed key arrays (``jax.random.key``) are stored as their raw key
+data (``jax.random.key_data``, uint32) and wrapped back with the target
+leaf's implementation on restore. Numpy scalars (e.g. an ``np.int64`` step)
+are stored as 0-d arrays and come back as the target's numpy scalar type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class CheckpointError(Exception):
+    """A run directory, checkpoint or config cannot be used as asked."""
+
+
+def _checkpoint_dir(run_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(run_dir), CHECKPOINT_SUBDIR)
+
+
+def _missing_run_dir(run_dir: str | os.PathLike) -> CheckpointError:
+    return CheckpointError(
+        f"Run directory {os.fspath(run_dir)!r} does not exist. Check the path "
+        "(it is the directory given when the run was started), or start a "
+        "new run instead of resuming."
+    )
+
+
+def save_config(run_dir: str | os.PathLike, config: dict) -> None:
+    """Write ``config`` as JSON to ``run_dir/config.json`` atomically.
+
+    Call it from one process only (process 0 on multi-host).
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CONFIG_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_config(run_dir: str | os.PathLike) -> dict:
+    """Read the config saved by :func:`save_config`."""
+    if not os.path.isdir(run_dir):
+        raise _missing_run_dir(run_dir)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"Run directory {os.fspath(run_dir)!r} has no {CONFIG_FILE}, so it "
+            "was not created by a critkl training run (or the run died before "
+            "starting). Point to the run directory itself, or start a new run."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path!r} is not valid JSON ({e}). The file is damaged; restore "
+            "it from a copy or start a new run."
+        ) from None
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, ...)."""
+    return json.loads(json.dumps(value))
+
+
+def check_config_matches(saved: dict, requested: dict, keys: Iterable[str]) -> None:
+    """Raise :class:`CheckpointError` if any of ``keys`` differs between configs.
+
+    A key absent from a config compares as ``<missing>``.
+    """
+    missing = "<missing>"
+    diffs = []
+    for key in keys:
+        old = saved.get(key, missing)
+        new = _as_json(requested[key]) if key in requested else missing
+        if old != new:
+            diffs.append(f"{key}: saved {old!r}, requested {new!r}")
+    if diffs:
+        raise CheckpointError(
+            "The requested configuration does not match the one this run was "
+            "started with, so its checkpoint cannot be resumed with it. "
+            "Differing fields: " + "; ".join(diffs) + ". Resume with the saved "
+            "values, or start a new run in a fresh directory."
+        )
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(
+        x, (jax.Array, jax.ShapeDtypeStruct)
+    ) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_impl(x: Any):
+    """PRNG implementation of a key array, concrete or abstract."""
+    impls = []
+    jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), x)
+    return impls[0]
+
+
+def _to_storable(x: Any) -> Any:
+    if _is_key(x):
+        return jax.random.key_data(x)
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
+
+
+def _to_restore_target(x: Any) -> Any:
+    """Abstract leaf telling orbax the shape, dtype and sharding to restore."""
+    if _is_key(x):
+        data = jax.eval_shape(jax.random.key_data, x)
+        # A key array's sharding also fits its key data (one more, trailing dim).
+        return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=x.sharding)
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
+
+
+def _from_restored(target: Any, restored: Any) -> Any:
+    if _is_key(target):
+        return jax.random.wrap_key_data(restored, impl=_key_impl(target))
+    if isinstance(target, np.generic):
+        return target.dtype.type(restored)
+    return restored
+
+
+class Checkpointer:
+    """Step checkpoints of a pytree under ``run_dir/checkpoints``.
+
+    Saves are asynchronous: :meth:`save` returns once the arrays are copied
+    to host memory (so they may be donated or overwritten right after) and
+    the files are written in the background; call :meth:`wait` or
+    :meth:`close` before exiting. Create and call it on every process.
+
+    With ``create=False`` (resuming) a missing ``run_dir`` raises
+    :class:`CheckpointError` instead of being created.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike, *, max_to_keep: int = 3, create: bool = True
+    ):
+        if not create and not os.path.isdir(run_dir):
+            raise _missing_run_dir(run_dir)
+        self.directory = _checkpoint_dir(run_dir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=create,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, metrics: dict | None = None) -> None:
+        """Start saving ``state`` as checkpoint ``step`` (pruning old steps)."""
+        if metrics is not None:
+            metrics = {k: float(v) for k, v in metrics.items()}
+        self._manager.save(
+            int(step),
+            args=ocp.args.StandardSave(jax.tree.map(_to_storable, state)),
+            metrics=metrics,
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest completed (or in-flight) step, None if there is none."""
+        return self._manager.latest_step()
+
+    def restore(self, step: int | None = None, *, target: Any) -> Any:
+        """Restore ``step`` (default: latest) onto ``target``'s structure.
+
+        ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` leaves;
+        restored jax arrays get its dtypes and shardings, so a sharded target
+        restores sharded.
+        """
+        self._manager.wait_until_finished()
+        steps = sorted(self._manager.all_steps())
+        if not steps:
+            raise CheckpointError(
+                f"No checkpoint found in {self.directory!r}. The run directory "
+                "holds no completed checkpoint (a run killed during its first "
+                "save leaves only ignored '*.orbax-checkpoint-tmp-*' "
+                "directories). Start a new run instead of resuming, or point "
+                "to another run directory."
+            )
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise CheckpointError(
+                f"Checkpoint step {step} does not exist in {self.directory!r}; "
+                f"the available steps are {steps}. Resume from one of them."
+            )
+        abstract = jax.tree.map(_to_restore_target, target)
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.StandardRestore(abstract)
+            )
+        except Exception as e:  # orbax / tensorstore raise many types here.
+            earlier = [s for s in steps if s < step]
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+            step_dir = os.path.join(self.directory, str(step))
+            raise CheckpointError(
+                f"Checkpoint step {step} in {step_dir!r} could not be restored: "
+                "it is incomplete or truncated (files deleted or cut short "
+                "after it was written), or it does not match the structure and "
+                "shapes of the state being restored (different model config?). "
+                f"Orbax reported: {detail} -- If the files are damaged, move "
+                "that step directory aside to resume from the previous checkpoint"
+                + (f" (available: {earlier})" if earlier else " (there is none)")
+                + "; otherwise resume with the config the run was saved with."
+            ) from e
+        return jax.tree.map(_from_restored, target, restored)
+
+    def wait(self) -> None:
+        """Block until in-flight saves are written and finalised."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for saves and release orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def latest_checkpoint_step(run_dir: str | os.PathLike) -> int | None:
+    """Newest completed checkpoint step in ``run_dir``, None if none (or no dir)."""
+    steps = ocp.utils.checkpoint_steps(_checkpoint_dir(run_dir))
+    return max(steps) if steps else None

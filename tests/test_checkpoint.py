@@ -1,0 +1,236 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from critkl.checkpoint import (
+    CheckpointError,
+    Checkpointer,
+    check_config_matches,
+    latest_checkpoint_step,
+    load_config,
+    save_config,
+)
+
+
+KEY = jax.dtypes.prng_key
+
+
+def make_state(seed=0):
+    params = {
+        "w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) + seed,
+        "ids": jnp.arange(5, dtype=jnp.int32) * (seed + 1),
+    }
+    opt_state = optax.adam(1e-3).init(params)
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "key": jax.random.key(seed),
+        "step": np.int64(seed),
+        "lr": 0.5 + seed,
+    }
+
+
+def assert_same_state(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        assert type(x) is type(y)
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, KEY):
+            assert x.dtype == y.dtype
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A run directory with checkpoints at steps 1 and 2."""
+    with Checkpointer(tmp_path) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, make_state(step), metrics={"loss": jnp.float32(step)})
+    return tmp_path
+
+
+def test_round_trip_restores_identical_leaves(tmp_path):
+    state = make_state(3)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(np.int64(7), state)
+        ckpt.wait()
+        restored = ckpt.restore(target=make_state(0))
+    assert_same_state(restored, state)
+    # The restored key is usable as a key.
+    assert jax.random.key_impl(restored["key"]) == jax.random.key_impl(state["key"])
+    jax.random.split(restored["key"])
+
+
+def test_restore_onto_abstract_target(saved_run):
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        if isinstance(x, jax.Array)
+        else x,
+        make_state(0),
+    )
+    with Checkpointer(saved_run, create=False) as ckpt:
+        assert_same_state(ckpt.restore(1, target=target), make_state(1))
+
+
+def test_latest_step_and_pruning(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert ckpt.latest_step() is None
+        for step in range(1, 6):
+            ckpt.save(step, make_state(step))
+        ckpt.wait()
+        assert ckpt.latest_step() == 5
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+    assert latest_checkpoint_step(tmp_path) == 5
+    with Checkpointer(tmp_path, create=False) as ckpt:
+        assert ckpt.latest_step() == 5
+        assert_same_state(ckpt.restore(4, target=make_state()), make_state(4))
+        with pytest.raises(CheckpointError, match=r"step 1 does not exist.*\[4, 5\]"):
+            ckpt.restore(1, target=make_state())
+
+
+def test_interrupted_save_is_never_latest(saved_run):
+    # What a kill during the save of step 3 leaves behind.
+    tmp = saved_run / "checkpoints" / "3.orbax-checkpoint-tmp-1700000000000000"
+    (tmp / "default").mkdir(parents=True)
+    (tmp / "default" / "_METADATA").write_text('{"tree_meta')
+    assert latest_checkpoint_step(saved_run) == 2
+    with Checkpointer(saved_run, create=False) as ckpt:
+        assert ckpt.latest_step() == 2
+        assert_same_state(ckpt.restore(target=make_state()), make_state(2))
+
+
+def test_missing_run_directory(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(CheckpointError, match="does not exist") as err:
+        Checkpointer(missing, create=False)
+    assert str(missing) in str(err.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_config(missing)
+    assert latest_checkpoint_step(missing) is None
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_empty_run_directory(tmp_path, create):
+    with Checkpointer(tmp_path, create=create) as ckpt:
+        with pytest.raises(CheckpointError, match="No checkpoint found") as err:
+            ckpt.restore(target=make_state())
+    assert str(tmp_path / "checkpoints") in str(err.value)
+    assert latest_checkpoint_step(tmp_path) is None
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_config(tmp_path)
+
+
+def _truncate_all(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+
+def _delete_item_files(step_dir):
+    for root, _, files in os.walk(step_dir / "default"):
+        for name in files:
+            os.remove(os.path.join(root, name))
+
+
+@pytest.mark.parametrize("damage", [_truncate_all, _delete_item_files])
+def test_damaged_latest_checkpoint_raises(saved_run, damage):
+    step_dir = saved_run / "checkpoints" / "2"
+    damage(step_dir)
+    with Checkpointer(saved_run, create=False) as ckpt:
+        assert ckpt.latest_step() == 2
+        with pytest.raises(CheckpointError) as err:
+            ckpt.restore(target=make_state())
+        message = str(err.value)
+        assert str(step_dir) in message
+        assert "could not be restored" in message and "available: [1]" in message
+        # The earlier step is still usable once asked for explicitly.
+        assert_same_state(ckpt.restore(1, target=make_state()), make_state(1))
+
+
+def test_empty_step_directory_raises(saved_run):
+    (saved_run / "checkpoints" / "5").mkdir()
+    with Checkpointer(saved_run, create=False) as ckpt:
+        with pytest.raises(CheckpointError, match="available: \\[1, 2\\]"):
+            ckpt.restore(target=make_state())
+
+
+def test_structure_mismatch_raises(saved_run):
+    target = make_state()
+    target["params"]["extra"] = jnp.zeros(2)
+    with Checkpointer(saved_run, create=False) as ckpt:
+        with pytest.raises(CheckpointError, match="does not\\s+match the structure"):
+            ckpt.restore(target=target)
+
+
+def test_config_round_trip_is_atomic(tmp_path):
+    config = {"lr": 1e-3, "layers": [2, 2], "name": "run"}
+    save_config(tmp_path, config)
+    save_config(tmp_path, {**config, "lr": 2e-3})
+    assert load_config(tmp_path) == {**config, "lr": 2e-3}
+    assert os.listdir(tmp_path) == ["config.json"]
+    with pytest.raises(TypeError):
+        save_config(tmp_path, {"bad": object()})
+    assert os.listdir(tmp_path) == ["config.json"]
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 2e-3
+
+
+def test_config_mismatch_lists_fields():
+    saved = {"lr": 0.001, "layers": [2, 2], "seed": 0, "kl": "prioritized"}
+    requested = {"lr": 0.002, "layers": (2, 2), "seed": 1, "kl": "prioritized"}
+    check_config_matches(saved, requested, ["layers", "kl"])  # tuple == list
+    with pytest.raises(CheckpointError) as err:
+        check_config_matches(saved, requested, ["lr", "layers", "seed", "kl", "new"])
+    message = str(err.value)
+    assert "lr: saved 0.001, requested 0.002" in message
+    assert "seed: saved 0, requested 1" in message
+    assert "new: saved '<missing>', requested '<missing>'" not in message
+    assert "layers" not in message and "kl:" not in message
+
+
+def test_sharded_restore(tmp_path):
+    # Needs two devices, so it runs in a fresh process with two CPU devices.
+    script = textwrap.dedent(
+        f"""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from critkl.checkpoint import Checkpointer
+
+        sharding = NamedSharding(jax.make_mesh((2,), ("data",)), P("data"))
+        state = {{
+            "x": jax.device_put(jnp.arange(8.0), sharding),
+            "keys": jax.device_put(jax.random.split(jax.random.key(0), 2), sharding),
+        }}
+        with Checkpointer({str(tmp_path)!r}) as ckpt:
+            ckpt.save(0, state)
+            target = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                state,
+            )
+            restored = ckpt.restore(target=target)
+        for name in state:
+            assert restored[name].sharding == sharding, restored[name].sharding
+        assert (restored["x"] == state["x"]).all()
+        data = jax.random.key_data
+        assert (data(restored["keys"]) == data(state["keys"])).all()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
