@@ -10,6 +10,8 @@ Shapes: B = batch, D = max_digits (static), L = max_episode_length(D).
 
 from __future__ import annotations
 
+import functools
+
 from typing import NamedTuple
 
 import chex
@@ -195,6 +197,11 @@ def max_episode_length(max_digits: int) -> int:
     frame = len("\n<scratch>\n") + len("</scratch>\n")
     result_line = 2 * (d + 1)
     return prompt + frame + lines + final_line + result_line
+
+
+def prompt_width(max_digits: int) -> int:
+    """Longest prompt with operands of at most `max_digits` digits."""
+    return _PROMPT_EXTRA + 2 * max_digits
 
 
 def episode_limit(max_digits: int) -> int:
@@ -507,3 +514,24 @@ def stop_rule(state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]
     state = jnp.where(seen_slash & (token == _NEWLINE), state + 1, state)
     ended = (state >= 3) | (token == PAD_ID) | (token == EOS_ID)
     return state, ended
+
+
+def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """Lay episodes end to end into `streams` rows of `width` tokens, as pre-training
+    on text does, so every position up to `width` is trained.
+
+    episodes: a batch of streams * m episodes (m per row, in order). Returns tokens
+    [streams, width] int32 and target mask [streams, width] bool: True where the token
+    is one the model must learn to write (not a prompt token, not past the last
+    episode). The last episode of a row is cut at `width`.
+    """
+    per_row = episodes.tokens.shape[0] // streams
+    size = episodes.tokens.shape[1]
+    if per_row * streams != episodes.tokens.shape[0]:
+        raise ValueError(f"{episodes.tokens.shape[0]} episodes do not split into {streams} streams")
+    slots = (episodes.tokens + _ROLE_SHIFT * episodes.role).reshape(streams, per_row * size)
+    offsets = jnp.broadcast_to(jnp.arange(per_row, dtype=jnp.int32) * size, (streams, per_row))
+    counts = episodes.length.reshape(streams, per_row)
+    tokens, role, _, total = jax.vmap(functools.partial(_lay_out, size=width))(slots, offsets, counts)
+    inside = jnp.arange(width)[None, :] < total[:, None]
+    return tokens, inside & (role != ROLE["prompt"])

@@ -40,7 +40,8 @@ class CheckpointError(Exception):
 
 
 def _checkpoint_dir(run_dir: str | os.PathLike) -> str:
-    return os.path.join(os.fspath(run_dir), CHECKPOINT_SUBDIR)
+    """Absolute, as orbax requires."""
+    return os.path.join(os.path.abspath(os.fspath(run_dir)), CHECKPOINT_SUBDIR)
 
 
 def _missing_run_dir(run_dir: str | os.PathLike) -> CheckpointError:
@@ -185,7 +186,11 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, metrics: dict | None = None) -> None:
-        """Start saving ``state`` as checkpoint ``step`` (pruning old steps)."""
+        """Start saving ``state`` as checkpoint ``step`` (pruning old steps).
+
+        Raises CheckpointError if an earlier asynchronous save failed, so that a run
+        never goes on believing its work is saved."""
+        self._raise_failed_saves()
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
         self._manager.save(
@@ -244,12 +249,26 @@ class Checkpointer:
         return jax.tree.map(_from_restored, target, restored)
 
     def wait(self) -> None:
-        """Block until in-flight saves are written and finalised."""
+        """Block until in-flight saves are written and finalised; raise if one failed."""
         self._manager.wait_until_finished()
+        self._raise_failed_saves()
+
+    def _raise_failed_saves(self) -> None:
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # orbax re-raises the background thread's error
+            raise CheckpointError(
+                f"Saving a checkpoint under {self.directory} failed: {error}. "
+                "Check free disk space and write permission, then resume from the last "
+                "checkpoint that was saved."
+            ) from error
 
     def close(self) -> None:
-        """Wait for saves and release orbax's resources."""
-        self._manager.close()
+        """Wait for saves, release orbax's resources; raise if a save failed."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -234,3 +234,13 @@ def test_sharded_restore(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_relative_run_dir_saves_and_restores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = {"w": jnp.arange(4.0)}
+    with Checkpointer("relative-run") as checkpointer:
+        checkpointer.save(1, state)
+    with Checkpointer("relative-run", create=False) as checkpointer:
+        restored = checkpointer.restore(target=state)
+    np.testing.assert_array_equal(restored["w"], state["w"])

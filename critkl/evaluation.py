@@ -1,0 +1,160 @@
+"""Solving problems with a model and measuring pass@1 (paper Tables 4 and 5)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from critkl import addition, sampling
+from critkl.model import ModelConfig
+from critkl.tokenizer import PAD_ID
+
+
+class Attempt(NamedTuple):
+    """Episodes the model wrote for a batch of problems, and how they went."""
+
+    generation: sampling.Generation  # tokens [B, M] of prompt + generation
+    reference: addition.Episodes     # the correct episodes [B, L]
+    outcome: addition.Outcome
+
+
+def prompts_of(episodes: addition.Episodes, max_digits: int) -> jax.Array:
+    """The prompt part of rendered episodes: [B, P] int32, PAD after each prompt."""
+    width = addition.prompt_width(max_digits)
+    tokens = episodes.tokens[:, :width]
+    inside = jnp.arange(width)[None, :] < episodes.prompt_length[:, None]
+    return jnp.where(inside, tokens, PAD_ID)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_length"))
+def attempt(params, config: ModelConfig, operands: addition.Operands, rng: jax.Array, *,
+            temperature, max_length: int) -> Attempt:
+    """Let the model write episodes for `operands` (greedy when temperature <= 0)."""
+    reference = addition.render(operands)
+    generation = sampling.generate(
+        params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length, rng,
+        max_length=max_length, temperature=temperature, stop_fn=addition.stop_rule,
+    )
+    return Attempt(generation, reference, addition.score(generation.tokens, reference))
+
+
+def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
+    """Position of the first generated token that differs from the reference episode
+    ([B] int32, -1 if none) and whether any differs ([B] bool). Greedy decoding
+    follows the reference up to there, so it is where the model erred given a
+    correct prefix."""
+    reference = attempt.reference
+    width = min(attempt.generation.tokens.shape[1], reference.tokens.shape[1])
+    position = jnp.arange(width)[None, :]
+    differs = (attempt.generation.tokens[:, :width] != reference.tokens[:, :width]) & (
+        position >= reference.prompt_length[:, None]
+    ) & (position < reference.length[:, None])
+    any_error = differs.any(axis=1)
+    return jnp.where(any_error, jnp.argmax(differs, axis=1), -1).astype(jnp.int32), any_error
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def solve_in_batches(params, config: ModelConfig, sample, problems: int, batch: int, rng,
+                     *, temperature, max_length: int):
+    """Yield `Attempt`s (on the host) for `problems` problems drawn by
+    sample(rng, batch) -> Operands, `batch` at a time."""
+    for index, start in enumerate(range(0, problems, batch)):
+        draw_rng, solve_rng = jax.random.split(jax.random.fold_in(rng, index))
+        operands = sample(draw_rng, batch)
+        result = attempt(params, config, operands, solve_rng, temperature=temperature,
+                         max_length=max_length)
+        keep = min(batch, problems - start)
+        yield jax.tree.map(lambda x: x[:keep], jax.device_get(result))
+
+
+def rate(successes: int, total: int) -> dict:
+    low, high = wilson_interval(successes, total)
+    return {"pass_at_1": successes / max(total, 1), "low": low, "high": high,
+            "successes": successes, "problems": total}
+
+
+def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 1000,
+                   batch: int = 500, extra_digits: int = 3, temperatures=(1.0, 1.5, 2.0),
+                   rl_episodes: int = 200) -> dict:
+    """Greedy pass@1 at N..N+extra_digits digits, identical and varying operand
+    lengths (paper Tables 4 and 5); where N+1 failures first go wrong; and the
+    success rate when sampling RL problems of N+1 digits at each temperature."""
+    import numpy as np
+
+    report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
+    for digits in range(n, n + extra_digits + 1):
+        limit = addition.episode_limit(digits)
+        samplers = {
+            "identical": lambda r, b, d=digits: addition.sample_identical(r, b, d, d),
+            "varying": lambda r, b, d=digits: addition.sample_rl(r, b, n, d - n, d),
+        }
+        for kind, sample in samplers.items():
+            cell_rng = jax.random.fold_in(rng, 100 * digits + (kind == "varying"))
+            successes, roles, critical, failures = 0, [], 0, 0
+            for result in solve_in_batches(params, config, sample, problems, batch, cell_rng,
+                                           temperature=0.0, max_length=limit):
+                successes += int(result.outcome.success.sum())
+                if digits == n + 1 and kind == "identical":
+                    position, erred = (np.asarray(x) for x in first_error(result))
+                    rows = np.nonzero(erred & ~np.asarray(result.outcome.success))[0]
+                    failures += len(rows)
+                    where = position[rows]
+                    ref = result.reference
+                    critical += int((np.asarray(ref.operand_index)[rows, where] >= n).sum())
+                    roles += np.asarray(ref.role)[rows, where].tolist()
+            report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
+            if digits == n + 1 and kind == "identical":
+                counts = {addition.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
+                report["first_errors"] = {
+                    "failures": failures, "at_structural_critical_token": critical,
+                    "by_role": counts,
+                }
+    rl_sample = lambda r, b: addition.sample_rl(r, b, n, 1, n + 1)  # noqa: E731
+    for temperature in temperatures:
+        successes = sum(
+            int(result.outcome.success.sum())
+            for result in solve_in_batches(
+                params, config, rl_sample, rl_episodes, min(batch, rl_episodes),
+                jax.random.fold_in(rng, int(temperature * 1000)), temperature=temperature,
+                max_length=addition.episode_limit(n + 1))
+        )
+        report["sampling"][f"{temperature:g}"] = rate(successes, rl_episodes)
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The accuracy report as Markdown tables."""
+    n = report["n"]
+    digits = sorted({int(key.split("/")[0]) for key in report["cells"]})
+    lines = ["| operands | " + " | ".join(f"{d} digits" for d in digits) + " |",
+             "|---|" + "---|" * len(digits)]
+    for kind in ("identical", "varying"):
+        cells = [report["cells"][f"{d}/{kind}"] for d in digits]
+        lines.append(f"| {kind} lengths | " + " | ".join(
+            f"{100 * c['pass_at_1']:.1f}% [{100 * c['low']:.1f}, {100 * c['high']:.1f}]" for c in cells
+        ) + " |")
+    errors = report["first_errors"]
+    if errors.get("failures"):
+        share = errors["at_structural_critical_token"] / errors["failures"]
+        roles = ", ".join(f"{role} {count}" for role, count in
+                          sorted(errors["by_role"].items(), key=lambda kv: -kv[1]))
+        lines += ["", f"{n + 1}-digit failures (identical lengths): {errors['failures']}; first error at a "
+                  f"structural critical token: {100 * share:.1f}%; by role: {roles}"]
+    lines += ["", f"sampling RL problems of {n + 1} digits:", "", "| temperature | success |", "|---|---|"]
+    for temperature, cell in report["sampling"].items():
+        lines.append(f"| {temperature} | {100 * cell['pass_at_1']:.1f}% "
+                     f"[{100 * cell['low']:.1f}, {100 * cell['high']:.1f}] ({cell['problems']} episodes) |")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Batched autoregressive generation with a preallocated key/value cache.
+
+One `lax.while_loop` over positions, one token per sequence per iteration, no Python per
+token. Works under `jax.jit` and `jax.vmap` (over params, rng or temperature).
+
+Shapes: B batch, P prompt buffer width, M max_length (prompt + generated), V vocabulary.
+
+Prompts of different lengths: the whole prompt buffer [B,P] is prefilled in one call; a
+sequence whose prompt is shorter than P gets wrong cache entries past its prompt, but the loop
+starts at the shortest prompt length and, at position t, feeds every sequence its own token
+(the prompt token while t < its prompt length, else a sampled one), rewriting cache entry t
+before any later position attends to it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from critkl.model import GPT, KVCache, ModelConfig, init_cache
+from critkl.tokenizer import EOS_ID, PAD_ID
+
+StopFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class Generation(NamedTuple):
+    """Result of `generate`.
+
+    tokens   [B,M] int32: prompt, then generated tokens, then PAD_ID.
+    logprobs [B,M] float32: log-prob of each generated token under the sampling distribution
+             (softmax(logits / temperature), or softmax(logits) when greedy); 0 elsewhere.
+    lengths  [B] int32: prompt + generated tokens, through the last generated token.
+    done     [B] bool: ended by stop_fn (False: cut at max_length).
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    done: jax.Array
+
+
+class _LoopState(NamedTuple):
+    """Carry of the decode loop; `position` is the position written by the next iteration."""
+
+    position: jax.Array  # scalar int32
+    tokens: jax.Array  # [B,M] int32
+    logprobs: jax.Array  # [B,M] float32
+    logits: jax.Array  # [B,V] float32, at position - 1
+    cache: KVCache
+    ended: jax.Array  # [B] bool
+    stop_state: jax.Array  # [B] int32
+    lengths: jax.Array  # [B] int32
+
+
+def default_stop(stop_state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Ends a sequence on EOS_ID or PAD_ID. stop_state [B] int32 (unused), token [B] int32."""
+    return stop_state, (token == EOS_ID) | (token == PAD_ID)
+
+
+def choose_tokens(rng: jax.Array, logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
+    """logits [B,V] float32 -> (tokens [B] int32, logprobs [B] float32).
+
+    temperature > 0 samples from softmax(logits / temperature); temperature <= 0 takes the
+    argmax, with its log-prob under softmax(logits). `temperature` may be traced.
+    """
+    greedy = temperature <= 0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)
+    sampled = jax.random.categorical(rng, scaled, axis=-1)
+    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
+    return tokens, logprobs[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn"))
+def generate(
+    params,
+    config: ModelConfig,
+    prompts: jax.Array,
+    prompt_lengths: jax.Array,
+    rng: jax.Array,
+    *,
+    max_length: int,
+    temperature,
+    stop_fn: StopFn = default_stop,
+) -> Generation:
+    """Continues each prompt until stop_fn ends it or max_length tokens are reached.
+
+    params: the model's "params" pytree. prompts [B,P] int32, right-padded with PAD_ID;
+    prompt_lengths [B] int32 in [1, P]. max_length (static): total length M, P <= M <=
+    context_length. temperature: scalar, traced (<= 0 means greedy). stop_fn(stop_state [B]
+    int32, token [B] int32) -> (stop_state, ended [B] bool), initial state zeros; it sees the
+    generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
+    """
+    chex.assert_rank(prompts, 2)
+    batch, prompt_width = prompts.shape
+    chex.assert_shape(prompt_lengths, (batch,))
+    if not prompt_width <= max_length <= config.context_length:
+        raise ValueError(
+            f"need prompt width ({prompt_width}) <= max_length ({max_length}) <= "
+            f"context_length ({config.context_length})"
+        )
+    model = GPT(config)
+    variables = {"params": params}
+    prompt_lengths = prompt_lengths.astype(jnp.int32)
+
+    logits, _, cache = model.apply(
+        variables, prompts, init_cache(config, batch, max_length), method=GPT.prefill
+    )
+    start = jnp.min(prompt_lengths)  # first position where some sequence samples
+    last_logits = lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False)  # [B,V]
+    padded = jnp.pad(prompts, ((0, 0), (0, max_length - prompt_width)), constant_values=PAD_ID)
+    prompt_mask = jnp.arange(max_length)[None, :] < prompt_lengths[:, None]
+    tokens = jnp.where(prompt_mask, padded, PAD_ID)  # [B,M]: each prompt, then PAD
+
+    def cond(state: _LoopState):
+        return (state.position < max_length) & ~jnp.all(state.ended)
+
+    def body(state: _LoopState) -> _LoopState:
+        t = state.position
+        sampled, logprob = choose_tokens(jax.random.fold_in(rng, t), state.logits, temperature)
+        in_prompt = t < prompt_lengths
+        active = ~in_prompt & ~state.ended  # sequences that sample at position t
+        prompt_token = lax.dynamic_index_in_dim(state.tokens, t, axis=1, keepdims=False)
+        token = jnp.where(in_prompt, prompt_token, jnp.where(state.ended, PAD_ID, sampled))
+        stop_state, stops = stop_fn(state.stop_state, token)
+        logprob = jnp.where(active, logprob, 0.0)
+        logits, _, cache = model.apply(variables, token, t, state.cache, method=GPT.decode_step)
+        return _LoopState(
+            position=t + 1,
+            tokens=lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
+            logprobs=lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
+            logits=logits,
+            cache=cache,
+            ended=state.ended | (active & stops),
+            stop_state=jnp.where(active, stop_state, state.stop_state),
+            lengths=jnp.where(active, t + 1, state.lengths),
+        )
+
+    state = _LoopState(
+        position=start,
+        tokens=tokens,
+        logprobs=jnp.zeros((batch, max_length), jnp.float32),
+        logits=last_logits,
+        cache=cache,
+        ended=jnp.zeros((batch,), bool),
+        stop_state=jnp.zeros((batch,), jnp.int32),
+        lengths=prompt_lengths,
+    )
+    state = lax.while_loop(cond, body, state)
+    return Generation(
+        tokens=state.tokens, logprobs=state.logprobs, lengths=state.lengths, done=state.ended
+    )

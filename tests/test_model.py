@@ -1,0 +1,167 @@
+"""Tests of critkl.model: forward shapes, KV-cache decoding, tied embeddings, configs."""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from critkl.model import (
+    GPT,
+    INIT_STD,
+    PRESETS,
+    ModelConfig,
+    init_cache,
+    init_params,
+    model_preset,
+)
+
+CONFIG = model_preset("tiny")
+
+
+def noisy_params(config, seed=0, scale=0.3):
+    """Random parameters far from initialisation, so attention and logits are not flat."""
+    noise = np.random.default_rng(seed)
+    params = init_params(jax.random.key(seed), config)
+    return jax.tree.map(lambda x: x + scale * noise.standard_normal(x.shape, np.float32), params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(config, params, tokens, positions=None):
+    """Jitted full forward (eager flax calls spend seconds compiling op by op)."""
+    return GPT(config).apply({"params": params}, tokens, positions)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return noisy_params(CONFIG)
+
+
+def test_forward_shapes_and_dtypes(params):
+    tokens = jnp.zeros((3, 7), jnp.int32)
+    logits, hidden = forward(CONFIG, params, tokens)
+    assert logits.shape == (3, 7, CONFIG.vocab_size) and logits.dtype == jnp.float32
+    assert hidden.shape == (3, 7, CONFIG.d_model) and hidden.dtype == jnp.float32
+
+
+def test_default_positions_are_arange(params):
+    tokens = jax.random.randint(jax.random.key(2), (2, 6), 2, CONFIG.vocab_size)
+    default, _ = forward(CONFIG, params, tokens)
+    explicit, _ = forward(CONFIG, params, tokens, jnp.tile(jnp.arange(6), (2, 1)))
+    shifted, _ = forward(CONFIG, params, tokens, jnp.tile(jnp.arange(6) + 5, (2, 1)))
+    np.testing.assert_allclose(default, explicit, atol=1e-6)
+    assert not np.allclose(default, shifted, atol=1e-3)
+
+
+def test_forward_is_causal(params):
+    tokens = jax.random.randint(jax.random.key(3), (2, 8), 2, CONFIG.vocab_size)
+    changed = tokens.at[:, 5:].set(7)
+    a, _ = forward(CONFIG, params, tokens)
+    b, _ = forward(CONFIG, params, changed)
+    np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
+
+
+@pytest.mark.parametrize("prefill_length, cache_length", [(1, 12), (5, None)])
+def test_cached_decoding_matches_full_forward(params, prefill_length, cache_length):
+    model = GPT(CONFIG)
+    tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, CONFIG.vocab_size)
+    full_logits, full_hidden = forward(CONFIG, params, tokens)
+
+    prefill = jax.jit(functools.partial(model.apply, method=GPT.prefill))
+    step = jax.jit(functools.partial(model.apply, method=GPT.decode_step))
+    cache = init_cache(CONFIG, batch=2, length=cache_length)
+    logits, hidden, cache = prefill({"params": params}, tokens[:, :prefill_length], cache)
+    all_logits, all_hidden = [logits], [hidden]
+    for t in range(prefill_length, tokens.shape[1]):
+        logits, hidden, cache = step({"params": params}, tokens[:, t], jnp.int32(t), cache)
+        all_logits.append(logits[:, None])
+        all_hidden.append(hidden[:, None])
+    np.testing.assert_allclose(jnp.concatenate(all_logits, 1), full_logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(jnp.concatenate(all_hidden, 1), full_hidden, atol=1e-5, rtol=0)
+    assert float(jnp.std(full_logits)) > 0.5  # the comparison is not between near-zeros
+
+
+def test_cache_layout():
+    cache = init_cache(CONFIG, batch=3, length=10)
+    assert len(cache.keys) == len(cache.values) == CONFIG.num_layers
+    assert cache.keys[0].shape == (3, CONFIG.num_heads, 10, CONFIG.head_dim)
+    assert init_cache(CONFIG, batch=1).length == CONFIG.context_length
+    with pytest.raises(ValueError, match="context_length"):
+        init_cache(CONFIG, batch=1, length=CONFIG.context_length + 1)
+
+
+def test_tied_output_embedding(params):
+    shapes = [x.shape for x in jax.tree.leaves(params)]
+    vocab_matrices = [s for s in shapes if CONFIG.vocab_size in s]
+    assert vocab_matrices == [(CONFIG.vocab_size, CONFIG.d_model)]  # only the token embedding
+    tokens = jnp.array([[3, 4, 5]], jnp.int32)
+    logits, hidden = forward(CONFIG, params, tokens)
+    expected = hidden @ params["token_embedding"]["embedding"].T
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_gpt2_initialisation():
+    params = init_params(jax.random.key(0), CONFIG)
+    block = params["blocks_0"]
+    residual_std = INIT_STD / math.sqrt(2 * CONFIG.num_layers)
+    assert np.std(params["token_embedding"]["embedding"]) == pytest.approx(INIT_STD, rel=0.1)
+    assert np.std(block["attention"]["qkv"]["kernel"]) == pytest.approx(INIT_STD, rel=0.1)
+    assert np.std(block["attention"]["out"]["kernel"]) == pytest.approx(residual_std, rel=0.1)
+    assert np.std(block["mlp_out"]["kernel"]) == pytest.approx(residual_std, rel=0.1)
+    assert not np.any(block["mlp_in"]["bias"])
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs(params):
+    config = dataclasses.replace(CONFIG, dtype="bfloat16")
+    shapes = jax.eval_shape(init_params, jax.random.key(0), config)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
+    logits, hidden = forward(config, params, jnp.ones((1, 4), jnp.int32))
+    assert logits.dtype == hidden.dtype == jnp.float32
+    assert init_cache(config, batch=1, length=4).keys[0].dtype == jnp.bfloat16
+
+
+def test_sequence_longer_than_context_is_rejected(params):
+    tokens = jnp.ones((1, CONFIG.context_length + 1), jnp.int32)
+    with pytest.raises(ValueError, match="context_length"):
+        forward(CONFIG, params, tokens)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"d_model": 30, "num_heads": 4}, "d_model"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"d_ff": -1}, "d_ff"),
+        ({"context_length": 2.5}, "context_length"),
+        ({"vocab_size": 0}, "vocab_size"),
+    ],
+)
+def test_config_validation_names_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(CONFIG, **changes)
+
+
+def test_dtype_error_lists_allowed_values():
+    with pytest.raises(ValueError, match="bfloat16"):
+        dataclasses.replace(CONFIG, dtype="float64")
+
+
+def test_presets():
+    assert set(PRESETS) == {"tiny", "mini", "paper"}
+    paper = model_preset("paper")
+    assert (paper.num_layers, paper.d_model, paper.num_heads, paper.d_ff) == (12, 768, 12, 3072)
+    assert paper.context_length == 1664
+    assert model_preset("mini") == ModelConfig(
+        num_layers=4, num_heads=4, d_model=128, d_ff=512, context_length=512
+    )
+
+
+def test_unknown_preset_lists_allowed_names():
+    with pytest.raises(ValueError, match="huge") as error:
+        model_preset("huge")
+    assert all(name in str(error.value) for name in PRESETS)

@@ -1,0 +1,121 @@
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from critkl import addition, checkpoint, parallel, pretrain, tokenizer
+from critkl.model import model_preset
+from critkl.tracking import read_scalars
+
+TINY = pretrain.PretrainConfig(
+    model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=6, warmup_steps=2,
+    learning_rate=3e-3, log_every=1, eval_every=3, eval_problems=16, checkpoint_every=2,
+)
+
+
+def run_steps(config, mesh, steps):
+    state = jax.device_put(pretrain.init_state(config), parallel.replicated(mesh))
+    step = pretrain.make_train_step(config, mesh)
+    for _ in range(steps):
+        state, _ = step(state)
+    return jax.device_get(state.params)
+
+
+def test_streams_cover_every_position_and_mask_prompts():
+    tokens, targets = pretrain.streams_batch(jax.random.key(0), TINY)
+    assert tokens.shape == targets.shape == (8, 256)
+    assert (tokens != tokenizer.PAD_ID).all()  # packed to the end of the context
+    text = tokenizer.decode(tokens[0])
+    assert text.startswith("Input:\n")
+    prompt_chars = [c for c, t in zip(text, np.asarray(targets[0])) if not t]
+    assert "".join(prompt_chars).startswith("Input:\n")
+    assert 0.7 < float(targets.mean()) < 0.95
+
+
+def test_data_parallel_step_equals_single_device():
+    assert jax.device_count() == 8
+    one = run_steps(TINY, parallel.data_mesh(jax.devices()[:1]), 3)
+    eight = run_steps(TINY, parallel.data_mesh(), 3)
+    chex.assert_trees_all_close(one, eight, atol=2e-5, rtol=1e-4)
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    config = model_preset("tiny")
+    tokens, targets = pretrain.streams_batch(jax.random.key(1), dataclasses.replace(TINY, batch_size=2))
+    params = pretrain.init_params(jax.random.key(0), config)
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        (loss, _), grads = jax.value_and_grad(pretrain.next_token_loss, has_aux=True)(
+            params, config, tokens, targets)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    first = None
+    for _ in range(300):
+        params, opt_state, loss = step(params, opt_state)
+        first = float(loss) if first is None else first
+    assert first > 2.0
+    assert float(loss) < 0.1
+
+
+def test_save_kill_resume_equals_uninterrupted(tmp_path):
+    straight = pretrain.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_3(line):
+        if line.startswith("step 3/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain.pretrain(TINY, tmp_path / "cut", print_fn=die_at_step_3)
+    assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 2
+    resumed = pretrain.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
+    assert int(resumed.step) == TINY.steps
+    chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
+
+
+def test_tensorboard_holds_the_logged_scalars(tmp_path):
+    lines = []
+    pretrain.pretrain(TINY, tmp_path, print_fn=lines.append)
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert [step for step, _ in scalars["loss"]] == list(range(1, TINY.steps + 1))
+    assert [step for step, _ in scalars["eval/pass_at_1"]] == [3, 6]
+    logged = float(lines[-1].split("loss ")[1].split()[0])
+    assert scalars["loss"][-1][1] == pytest.approx(logged, abs=1e-4)
+    assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = dataclasses.replace(TINY, learning_rate=1e38, grad_clip=1e38, warmup_steps=0)
+    with pytest.raises(pretrain.TrainingDiverged, match="last good checkpoint"):
+        pretrain.pretrain(config, tmp_path, print_fn=lambda line: None)
+    step = checkpoint.latest_checkpoint_step(tmp_path)
+    assert step is None or step < config.steps
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
+    with pytest.raises(checkpoint.CheckpointError, match="learning_rate"):
+        pretrain.pretrain(dataclasses.replace(TINY, steps=3, learning_rate=1e-3), tmp_path,
+                          resume=True, print_fn=lambda line: None)
+    with pytest.raises(checkpoint.CheckpointError, match="--resume"):
+        pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"model": "huge"}, "preset"), ({"max_digits": 5}, "context_length"),
+     ({"warmup_steps": 10}, "warmup_steps"), ({"batch_size": 0}, "batch_size")],
+)
+def test_config_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **fields)
