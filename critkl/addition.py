@@ -41,7 +41,7 @@ ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
 _NEWLINE = tokenizer.token_id("\n")
 _SLASH = tokenizer.token_id("/")
 _SPACE = tokenizer.token_id(" ")
-_COMMA = tokenizer.token_id(",")
+COMMA_ID = tokenizer.token_id(",")
 _PROMPT_EXTRA = len("Input:\n+\nTarget:")  # prompt length = this + digits of a and b
 
 _ROLE_SHIFT = 1 << 6    # slot = token + _ROLE_SHIFT * role + _INDEX_SHIFT * (index + 1)
@@ -299,10 +299,10 @@ def _pieces_of_problem(a, b, a_len, b_len):
     entries = {
         "prompt_a": _slots(_msf(a, a_len), "prompt"),
         "prompt_b": _slots(_msf(b, b_len), "prompt"),
-        "list_a": _slots(_msf(a, a_len), "operand", _COMMA, indexed=True),
-        "list_b": _slots(_msf(b, b_len), "operand", _COMMA, indexed=True),
+        "list_a": _slots(_msf(a, a_len), "operand", COMMA_ID, indexed=True),
+        "list_b": _slots(_msf(b, b_len), "operand", COMMA_ID, indexed=True),
         # result digits D-1 .. 0: the A list of line i is its last i digits
-        "partial": _slots(sums[::-1] % 10, "partial_result", _COMMA),
+        "partial": _slots(sums[::-1] % 10, "partial_result", COMMA_ID),
         "result": _slots(_msf(result_digits, n + final_carry), "result", _SPACE),
     }
     base, position = {}, len(_STATIC_POOL)

@@ -140,16 +140,21 @@ def _to_storable(x: Any) -> Any:
 
 
 def _to_restore_target(x: Any) -> Any:
-    """Abstract leaf telling orbax the shape, dtype and sharding to restore."""
+    """Abstract leaf telling orbax the shape, dtype and sharding to restore.
+
+    A leaf without a concrete sharding (e.g. from jax.eval_shape, whose shardings
+    are abstract) restores onto this process's first device, whatever topology the
+    checkpoint was saved from."""
+    if not (_is_key(x) or isinstance(x, (jax.Array, jax.ShapeDtypeStruct))):
+        return np.asarray(x) if isinstance(x, np.generic) else x
+    sharding = getattr(x, "sharding", None)
+    if sharding is None or isinstance(getattr(sharding, "mesh", None), jax.sharding.AbstractMesh):
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if _is_key(x):
         data = jax.eval_shape(jax.random.key_data, x)
         # A key array's sharding also fits its key data (one more, trailing dim).
-        return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=x.sharding)
-    if isinstance(x, jax.Array):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    if isinstance(x, np.generic):
-        return np.asarray(x)
-    return x
+        return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def _from_restored(target: Any, restored: Any) -> Any:

@@ -33,8 +33,8 @@ class PretrainConfig:
     model: str = "mini"             # preset of critkl.model.PRESETS
     max_digits: int = 3             # N: operands of 1..N digits
     eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits
-    batch_size: int = 32            # packed streams per step, each context_length tokens
-    steps: int = 2000
+    batch_size: int = 16            # packed streams per step, each context_length tokens
+    steps: int = 3000
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     final_learning_rate_ratio: float = 0.05

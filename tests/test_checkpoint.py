@@ -244,3 +244,17 @@ def test_relative_run_dir_saves_and_restores(tmp_path, monkeypatch):
     with Checkpointer("relative-run", create=False) as checkpointer:
         restored = checkpointer.restore(target=state)
     np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+def test_restore_from_another_topology_with_unsharded_target(tmp_path):
+    """Saved from 8 devices (as a data-parallel run), restored from eval_shape."""
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = {"w": jax.device_put(jnp.arange(8.0), replicated),
+             "rng": jax.device_put(jax.random.key(3), replicated)}
+    with Checkpointer(tmp_path) as checkpointer:
+        checkpointer.save(1, state)
+    with Checkpointer(tmp_path, create=False) as checkpointer:
+        restored = checkpointer.restore(target=jax.eval_shape(lambda: state))
+    np.testing.assert_array_equal(restored["w"], np.arange(8.0))
+    assert jax.random.key_data(restored["rng"]).tolist() == jax.random.key_data(state["rng"]).tolist()

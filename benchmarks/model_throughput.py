@@ -1,0 +1,120 @@
+"""Training and sampling throughput of the transformer, with achieved FLOP/s as a
+fraction of a large float32 matmul measured in the same run.
+
+    python benchmarks/model_throughput.py [--quick]
+
+Training: one jitted pre-training step (forward, backward, AdamW) on packed
+streams. Sampling: `critkl.sampling.generate` with the KV cache at temperature 2,
+every sequence running to the full length. Model FLOPs count the matmuls of the
+forward pass (2 per multiply-add; the backward pass twice that), attention over
+the whole causal square as computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+
+from critkl import parallel, pretrain, sampling
+from critkl.model import ModelConfig, init_params, model_preset
+from critkl.tokenizer import VOCAB_SIZE
+
+
+def forward_flops_per_token(config: ModelConfig, attended: int) -> float:
+    """Matmul FLOPs of one token's forward pass, attending over `attended` positions."""
+    d, layers = config.d_model, config.num_layers
+    per_layer = 2 * (3 * d * d + d * d + 2 * d * config.d_ff) + 2 * 2 * attended * d
+    return layers * per_layer + 2 * d * VOCAB_SIZE
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    return 2 * size**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats)
+
+
+def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
+    """(tokens/s, FLOP/s) of optimizer steps (forward, backward, AdamW) on `batch`
+    packed streams of the context, the batch sharded over all devices."""
+    run = pretrain.PretrainConfig(model="mini", steps=10, warmup_steps=1)
+    tx = pretrain.optimizer(run)
+    mesh = parallel.data_mesh()
+    tokens, targets = jax.device_put(
+        pretrain.streams_batch(jax.random.key(0), dataclasses.replace(run, batch_size=batch)),
+        parallel.batch_sharding(mesh))
+    tokens, targets = tokens[:, :config.context_length], targets[:, :config.context_length]
+    params = jax.device_put(init_params(jax.random.key(1), config), parallel.replicated(mesh))
+    state = [params, tx.init(params)]
+
+    @jax.jit
+    def step(params, opt_state):
+        (loss, _), grads = jax.value_and_grad(pretrain.next_token_loss, has_aux=True)(
+            params, config, tokens, targets)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return jax.tree.map(jnp.add, params, updates), opt_state, loss
+
+    def one():
+        state[0], state[1], loss = step(*state)
+        loss.block_until_ready()
+
+    seconds = best_seconds(one, repeats)
+    count = batch * config.context_length
+    flops = 3 * forward_flops_per_token(config, config.context_length) * count
+    return count / seconds, flops / seconds
+
+
+def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -> tuple[float, float]:
+    """(generated tokens/s, FLOP/s) of KV-cached sampling at temperature 2."""
+    params = init_params(jax.random.key(0), config)
+    prompts = jnp.full((batch, 25), 5, jnp.int32)
+    lengths = jnp.full((batch,), 25, jnp.int32)
+
+    def one():
+        sampling.generate(params, config, prompts, lengths, jax.random.key(2), max_length=length,
+                          temperature=2.0).tokens.block_until_ready()
+
+    seconds = best_seconds(one, repeats)
+    generated = batch * (length - 25)
+    flops = forward_flops_per_token(config, length) * generated
+    return generated / seconds, flops / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, mini only")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 4
+    mini = model_preset("mini")
+    paper_width = dataclasses.replace(model_preset("paper"), num_layers=2, context_length=512)
+    cases = [("mini (4x128)", mini, 16, 256)]
+    if not args.quick:
+        cases.append(("paper width (2x768)", paper_width, 4, 64))
+    peak = matmul_flops_per_second()
+    print(f"{jax.device_count()} {jax.default_backend()} device(s); float32 2048^3 matmul: "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print("| model | training tokens/s | training FLOP/s (share of matmul) | "
+          "sampling tokens/s | sampling FLOP/s (share) |")
+    print("|---|---|---|---|---|")
+    for name, config, batch, sample_batch in cases:
+        train_tokens, train_flops = training(config, batch, repeats)
+        sample_tokens, sample_flops = sampling_speed(config, sample_batch, 280, repeats)
+        print(f"| {name} | {train_tokens:,.0f} | {train_flops / 1e9:.1f} G ({train_flops / peak:.0%}) | "
+              f"{sample_tokens:,.0f} | {sample_flops / 1e9:.1f} G ({sample_flops / peak:.0%}) |")
+
+
+if __name__ == "__main__":
+    main()

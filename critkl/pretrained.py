@@ -1,0 +1,51 @@
+"""Pre-trained models shipped inside the package, and loading any pre-trained run.
+
+A shipped model is a folder under critkl/pretrained_models/NAME with config.json
+(the PretrainConfig that made it) and params.msgpack (flax serialization).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.serialization
+import jax
+
+from critkl import checkpoint
+from critkl.model import init_params
+from critkl.pretrain import PretrainConfig, load_run
+
+SHIPPED_DIR = Path(__file__).parent / "pretrained_models"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "params.msgpack").exists()) \
+        if SHIPPED_DIR.exists() else []
+
+
+def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
+    """A shipped model by name (e.g. "mini-n3") or the latest checkpoint of a
+    pre-training run directory -> (its PretrainConfig, its params)."""
+    folder = SHIPPED_DIR / name_or_run_dir
+    if (folder / "params.msgpack").exists():
+        config = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        target = jax.eval_shape(lambda: init_params(jax.random.key(0), config.model_config))
+        params = flax.serialization.from_bytes(target, (folder / "params.msgpack").read_bytes())
+        return config, params
+    if Path(name_or_run_dir).is_dir():
+        return load_run(name_or_run_dir)
+    raise checkpoint.CheckpointError(
+        f"{name_or_run_dir!r} is neither a shipped model (available: {shipped_names() or 'none'}) "
+        "nor a pre-training run directory."
+    )
+
+
+def export(run_dir: str | Path, name: str) -> Path:
+    """Copy the latest checkpoint of a pre-training run into the package as `name`."""
+    config, params = load_run(run_dir)
+    folder = SHIPPED_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (folder / "params.msgpack").write_bytes(flax.serialization.to_bytes(jax.device_get(params)))
+    return folder
