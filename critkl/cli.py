@@ -115,6 +115,81 @@ def _evaluate(args) -> None:
     print(f"saved {out}")
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _finetune(args) -> None:
+    from critkl import finetune, losses, rl
+    from critkl.pretrained import load_pretrained
+
+    loss_fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
+    rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(rl.RLConfig)
+                 if f.name != "loss" and getattr(args, f.name) is not None}
+    loss_values = {name: getattr(args, name) for name in loss_fields
+                   if getattr(args, name) is not None}
+    grid = {name: getattr(args, name) for name in finetune.HYPER_NAMES
+            if getattr(args, name) is not None}
+    if args.command == "finetune":
+        many = [name for name, values in grid.items() if len(values) > 1]
+        if many or len(args.seeds) > 1:
+            raise UsageError(f"finetune runs one configuration; use `critkl sweep` for lists "
+                             f"({', '.join(many + (['seeds'] if len(args.seeds) > 1 else []))})")
+    try:
+        pre_config, params = load_pretrained(args.pretrained)
+        config = rl.RLConfig(n=pre_config.max_digits, loss=losses.LossConfig(**loss_values),
+                             **rl_values)
+        config.check_model(pre_config.model_config)
+        runs = finetune.grid_runs(args.seeds, grid, rl.RLHyper())
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    use_cpu_cores(1)
+    saved = {"pretrained": args.pretrained, "rl": dataclasses.asdict(config),
+             "seeds": args.seeds, "grid": grid}
+    results = finetune.finetune(config, runs, params, pre_config.model_config, args.run_dir,
+                                resume=args.resume, print_fn=lambda line: print(line, flush=True),
+                                saved_config=saved)
+    print(finetune.markdown_summary(results))
+    print(f"results: {Path(args.run_dir) / 'results.json'}; "
+          f"tensorboard --logdir {Path(args.run_dir) / 'tensorboard'}")
+
+
+def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
+    from critkl import finetune, losses, rl
+
+    parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
+    parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    parser.add_argument("--seeds", type=_int_list, default=[0],
+                        help="comma-separated seeds" if lists else "the seed (one)")
+    for field in dataclasses.fields(rl.RLConfig):
+        if field.name not in ("loss", "n"):
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=int,
+                                help=f"default {field.default}")
+    loss_defaults = losses.LossConfig()
+    for field in dataclasses.fields(losses.LossConfig):
+        kind = type(getattr(loss_defaults, field.name))
+        kind = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
+                            help=f"default {getattr(loss_defaults, field.name)}")
+    defaults = rl.RLHyper()
+    for name in finetune.HYPER_NAMES:
+        default = getattr(defaults, name, None)
+        default = getattr(defaults.loss, name) if default is None else default
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_float_list,
+                            help=f"default {default}" + (" (comma-separated values: a grid)" if lists else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from critkl.pretrain import PretrainConfig
 
@@ -141,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="JSON report path (default RUN_DIR/eval.json)")
     evaluate.set_defaults(run=_evaluate)
+
+    finetune = commands.add_parser("finetune", help="RL fine-tuning of a pre-trained model")
+    _add_finetune_flags(finetune, lists=False)
+    finetune.set_defaults(run=_finetune)
+    sweep = commands.add_parser("sweep", help="seeds x hyperparameter grid, vmapped in one program")
+    _add_finetune_flags(sweep, lists=True)
+    sweep.set_defaults(run=_finetune)
     return parser
 
 

@@ -71,7 +71,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=128, context_length=256),
+    "tiny": ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=128, context_length=320),
     "mini": ModelConfig(num_layers=4, num_heads=4, d_model=128, d_ff=512, context_length=512),
     # GPT-2 small, with enough positions for 16+16-digit episodes (1633 tokens).
     "paper": ModelConfig(num_layers=12, num_heads=12, d_model=768, d_ff=3072, context_length=1664),
@@ -190,7 +190,7 @@ class GPT(nn.Module):
 
     def setup(self):
         cfg = self.config
-        embed = lambda n: nn.Embed(
+        embed = lambda n: nn.Embed(  # noqa: E731
             n, cfg.d_model, dtype=cfg.compute_dtype, embedding_init=nn.initializers.normal(INIT_STD)
         )
         self.token_embedding = embed(cfg.vocab_size)
@@ -279,3 +279,20 @@ def init_params(rng: jax.Array, config: ModelConfig):
     """Fresh float32 parameters (the pytree under "params")."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     return GPT(config).init(rng, tokens)["params"]
+
+
+class ValueHead(nn.Module):
+    """Critic MLP on the transformer's hidden states: hidden [..., D] -> values [...] float32.
+
+    ReLU hidden layers of `hidden_sizes`, then Dense(1) initialised to zeros (values start at 0).
+    """
+
+    hidden_sizes: tuple[int, ...] = (128, 128)
+
+    @nn.compact
+    def __call__(self, hidden):
+        x = hidden.astype(jnp.float32)
+        for i, size in enumerate(self.hidden_sizes):
+            x = nn.relu(nn.Dense(size, name=f"hidden_{i}")(x))
+        zeros = nn.initializers.zeros
+        return nn.Dense(1, kernel_init=zeros, bias_init=zeros, name="out")(x)[..., 0]

@@ -27,7 +27,7 @@ def run_steps(config, mesh, steps):
 
 def test_streams_cover_every_position_and_mask_prompts():
     tokens, targets = pretrain.streams_batch(jax.random.key(0), TINY)
-    assert tokens.shape == targets.shape == (8, 256)
+    assert tokens.shape == targets.shape == (8, model_preset("tiny").context_length)
     assert (tokens != tokenizer.PAD_ID).all()  # packed to the end of the context
     text = tokenizer.decode(tokens[0])
     assert text.startswith("Input:\n")

@@ -1,0 +1,220 @@
+"""Fine-tuning runs and sweeps: the I/O shell around `critkl.rl`.
+
+A sweep is a list of runs (a seed and hyperparameters each) executed as one
+vmapped, jitted program, one evaluation period per call, so that progress is
+printed, TensorBoard written and the state checkpointed between periods, and a
+run that was cut off resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critkl import checkpoint, losses, parallel, rl
+from critkl.model import ModelConfig
+from critkl.tracking import Tracker
+
+HYPER_NAMES = tuple(f.name for f in dataclasses.fields(rl.RLHyper) if f.name != "loss") + tuple(
+    f.name for f in dataclasses.fields(losses.LossHyper))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    seed: int
+    hyper: rl.RLHyper
+    setting: str  # the hyperparameters that differ across the sweep, e.g. "beta=150"
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting},seed={self.seed}" if self.setting else f"seed={self.seed}"
+
+
+def with_values(hyper: rl.RLHyper, values: dict[str, float]) -> rl.RLHyper:
+    """Replace named hyperparameters (RLHyper or LossHyper fields) of `hyper`."""
+    top = {k: v for k, v in values.items() if k in rl.RLHyper.__dataclass_fields__}
+    loss = {k: v for k, v in values.items() if k in losses.LossHyper.__dataclass_fields__}
+    unknown = sorted(set(values) - set(top) - set(loss) | ({"loss"} & set(values)))
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {unknown}; allowed: {', '.join(HYPER_NAMES)}")
+    return hyper.replace(loss=hyper.loss.replace(**loss), **top)
+
+
+def grid_runs(seeds, grid: dict[str, list[float]], base: rl.RLHyper) -> list[Run]:
+    """Every combination of the grid's values, for every seed."""
+    names = list(grid)
+    runs = []
+    for values in itertools.product(*(grid[name] for name in names)):
+        setting = ",".join(f"{name}={value:g}" for name, value in zip(names, values)
+                           if len(grid[name]) > 1)
+        hyper = with_values(base, dict(zip(names, values)))
+        runs += [Run(seed, hyper, setting) for seed in seeds]
+    return runs
+
+
+def _mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% interval (t-based for few runs) of values over runs."""
+    count = len(values)
+    mean = float(np.mean(values))
+    if count < 2:
+        return mean, mean, mean
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
+    half = t.get(count, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(count)
+    return mean, mean - half, mean + half
+
+
+def _host(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in jax.device_get(tree).items()}
+
+
+class _Log:
+    """Per-run and per-setting (mean, 95% interval) TensorBoard curves and results.json."""
+
+    def __init__(self, run_dir: Path, runs: list[Run], results: dict, purge_step: int | None):
+        self.run_dir, self.runs, self.results = run_dir, runs, results
+        main = jax.process_index() == 0
+        self.trackers = [Tracker(run_dir / "tensorboard" / run.name, enabled=main,
+                                 purge_step=purge_step) for run in runs]
+        self.settings = sorted({run.setting for run in runs})
+        self.aggregate = {s: Tracker(run_dir / "tensorboard" / f"mean[{s or 'all'}]", enabled=main,
+                                     purge_step=purge_step) for s in self.settings}
+
+    def record(self, iteration_steps: list[int], train: dict[str, np.ndarray],
+               eval_step: int, evaluation: dict[str, np.ndarray]) -> None:
+        """train: name -> [runs, iterations]; evaluation: name -> [runs]."""
+        for index, tracker in enumerate(self.trackers):
+            curve = self.results["runs"][index]["curve"]
+            for j, step in enumerate(iteration_steps):
+                tracker.scalars(step, {k: v[index, j] for k, v in train.items()})
+            tracker.scalars(eval_step, {k: v[index] for k, v in evaluation.items()})
+            curve.setdefault("iteration", []).append(eval_step)
+            curve.setdefault("train/success", []).append(float(train["train/success"][index].mean()))
+            for k, v in evaluation.items():
+                curve.setdefault(k, []).append(float(v[index]))
+        for setting, tracker in self.aggregate.items():
+            members = [i for i, run in enumerate(self.runs) if run.setting == setting]
+            for k, v in evaluation.items():
+                mean, low, high = _mean_interval(v[members])
+                tracker.scalars(eval_step, {f"{k}/mean": mean, f"{k}/low": low, f"{k}/high": high})
+        self.save()
+
+    def save(self) -> None:
+        if jax.process_index() == 0:
+            path = self.run_dir / "results.json"
+            path.with_suffix(".tmp").write_text(json.dumps(self.results, indent=1))
+            path.with_suffix(".tmp").replace(path)
+
+    def close(self) -> None:
+        for tracker in self.trackers + list(self.aggregate.values()):
+            tracker.close()
+
+
+def summary(results: dict) -> dict[str, dict[str, Any]]:
+    """Per setting: mean and 95% interval of the final and initial pass@1 over seeds."""
+    table = {}
+    for setting in sorted({run["setting"] for run in results["runs"]}):
+        members = [run for run in results["runs"] if run["setting"] == setting]
+        row = {"runs": len(members)}
+        for key in ("eval/pass_at_1", "eval/comfort_pass_at_1", "critical/p_right_comma"):
+            final = np.array([run["curve"][key][-1] for run in members])
+            row[key] = _mean_interval(final)
+        first = np.array([run["curve"]["eval/pass_at_1"][0] for run in members])
+        row["before"] = _mean_interval(first)
+        table[setting or "all"] = row
+    return table
+
+
+@functools.lru_cache(maxsize=8)
+def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
+    """Jitted init, run and evaluate, vmapped over runs; cached so that sweeps with
+    the same structure in one process compile once."""
+    init, run, evaluate, _ = rl.make_train(config, model_config)
+    return (jax.jit(jax.vmap(init, in_axes=(0, 0, None))),
+            jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)), static_argnums=3,
+                    donate_argnums=0),
+            jax.jit(jax.vmap(evaluate, in_axes=(None, 0))))
+
+
+def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
+             run_dir: str | Path, *, resume: bool = False, print_fn=print,
+             saved_config: dict | None = None) -> dict:
+    """Run (or resume) the runs side by side. Returns results (also in results.json)."""
+    run_dir = Path(run_dir)
+    vinit, vrun, vevaluate = _vmapped(config, model_config)
+    mesh = parallel.data_mesh()
+    hypers = rl.stack_hypers([r.hyper for r in runs])
+    rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
+    pretrained = jax.device_put(pretrained, parallel.replicated(mesh))
+    periods = config.iterations // config.eval_every
+
+    state = vinit(rngs, hypers, pretrained)
+    checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
+    if resume:
+        state = checkpointer.restore(target=state)
+        results = json.loads((run_dir / "results.json").read_text())
+        print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
+    else:
+        if checkpoint.latest_checkpoint_step(run_dir) is not None:
+            raise checkpoint.CheckpointError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue, or choose "
+                "another run directory.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if saved_config is not None and jax.process_index() == 0:
+            checkpoint.save_config(run_dir, saved_config)
+        results = {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting,
+                             "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper)),
+                             "curve": {}} for r in runs]}
+    done = int(state.iteration[0]) // config.eval_every
+    log = _Log(run_dir, runs, results, purge_step=done * config.eval_every or None)
+    try:
+        if done == 0:
+            before = _host(vevaluate(pretrained, state.eval_rng))
+            log.record([], {"train/success": np.zeros((len(runs), 1))}, 0, before)
+        clock = time.perf_counter()
+        for period in range(done, periods):
+            state, (train, evaluation) = vrun(state, hypers, pretrained, 1)
+            train = {k: v[:, 0] for k, v in _host(train).items()}
+            evaluation = {k: v[:, 0] for k, v in _host(evaluation).items()}
+            end = (period + 1) * config.eval_every
+            log.record(list(range(end - config.eval_every + 1, end + 1)), train, end, evaluation)
+            checkpointer.save(period + 1, state)
+            elapsed = time.perf_counter() - clock
+            per_period = elapsed / (period + 1 - done)
+            episodes = len(runs) * config.episodes * config.eval_every
+            tokens = float(train["train/generated_tokens"].sum())
+            print_fn(
+                f"iteration {end}/{config.iterations}  "
+                f"train success {train['train/success'].mean():.3f}  "
+                f"pass@1 {evaluation['eval/pass_at_1'].mean():.3f}  "
+                f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
+                f"kl {train['loss/kl'].mean():.4f}  "
+                f"{episodes / per_period:.1f} episodes/s  {tokens / per_period:,.0f} tok/s  "
+                f"ETA {(periods - period - 1) * per_period / 60:.1f} min  (mean of {len(runs)} runs)"
+            )
+    finally:
+        checkpointer.close()
+        log.close()
+    results["summary"] = summary(results)
+    log.save()
+    return results
+
+
+def markdown_summary(results: dict) -> str:
+    """Final pass@1 per setting (mean and 95% interval over seeds) as Markdown."""
+    lines = ["| setting | runs | pass@1 before | pass@1 after | comfort zone after | p(right) at critical commas |",
+             "|---|---|---|---|---|---|"]
+    cell = lambda m: f"{100 * m[0]:.1f}% [{100 * m[1]:.1f}, {100 * m[2]:.1f}]"  # noqa: E731
+    for setting, row in results["summary"].items():
+        lines.append(f"| {setting} | {row['runs']} | {cell(row['before'])} | {cell(row['eval/pass_at_1'])} | "
+                     f"{cell(row['eval/comfort_pass_at_1'])} | {row['critical/p_right_comma'][0]:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""The fused RL loss: policy, value and reference forwards, prioritized KL, PPO/A2C, GAE.
+
+Shapes: B batch, T time (positions of an episode), V vocabulary, D d_model.
+
+Alignment (as `critkl.sampling.Generation`): per-position arrays are indexed by the position t
+of a generated token. The logits that produced token t are the model's outputs at position
+t - 1, and the value of the state before token t is the value head on hidden[t - 1]; position 0
+is a prompt token, never an action.
+
+Prioritized KL (METHOD.md section 3): each token's KL term is weighted by
+w = (1 - b) * certainty(reference) ** beta + b, so the policy may leave the reference where the
+reference is uncertain (critical tokens) and stays near it elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from critkl.model import GPT, ModelConfig, ValueHead
+
+ALGORITHMS = ("ppo", "a2c")
+SAMPLE_KL_KINDS = ("k1", "k2", "k3")
+KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
+KL_PLACEMENTS = ("loss", "reward")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def certainty(ref_logits: jax.Array, temperature) -> jax.Array:
+    """1 + log(max softmax(ref_logits / temperature)) / log|V|: [..., V] -> [...] in [0, 1].
+
+    1 means fully certain (one-hot), 0 uniform. `temperature` may be traced.
+    """
+    log_max = jnp.max(jax.nn.log_softmax(ref_logits / temperature, axis=-1), axis=-1)
+    return jnp.clip(1.0 + log_max / math.log(ref_logits.shape[-1]), 0.0, 1.0)
+
+
+def prioritized_kl_weights(ref_logits: jax.Array, beta, temperature, intercept=0.0) -> jax.Array:
+    """(1 - intercept) * certainty(ref_logits, temperature) ** beta + intercept: [..., V] -> [...].
+
+    beta = 0 gives weights 1 (standard KL). beta, temperature and intercept may be traced.
+    """
+    return (1.0 - intercept) * certainty(ref_logits, temperature) ** beta + intercept
+
+
+def kl_estimate(logp: jax.Array, ref_logp: jax.Array, kind: str) -> jax.Array:
+    """Schulman's estimators of KL(policy || reference) on sampled tokens: [...] -> [...].
+
+    logp, ref_logp: log-probs of the sampled tokens under the policy and the reference.
+    k1 = logp - ref_logp; k2 = 0.5 (logp - ref_logp)^2; k3 = (r - 1) - log r, r = exp(ref_logp -
+    logp) (never negative). `kind` is static.
+    """
+    log_ratio = ref_logp - logp
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * jnp.square(log_ratio)
+    if kind == "k3":
+        return jnp.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r} (allowed: {SAMPLE_KL_KINDS})")
+
+
+def exact_kl(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
+    """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) over the vocabulary: [..., V] -> [...].
+
+    p = softmax(logits), q = softmax(ref_logits).
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ref_logp = jax.nn.log_softmax(ref_logits, axis=-1)
+    return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
+
+
+def _action_logprobs(logits: jax.Array, actions: jax.Array) -> jax.Array:
+    """log softmax(logits)[actions]: logits [..., V], actions [...] int -> [...]."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
+
+
+def kl_per_token(logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, kind: str):
+    """KL(policy || reference) at each state: logits, ref_logits [..., V], actions [...] -> [...].
+
+    kind (static): "k1", "k2", "k3" (estimators on the sampled `actions`) or "exact" (sum over
+    the vocabulary; ignores `actions`).
+    """
+    if kind == "exact":
+        return exact_kl(logits, ref_logits)
+    if kind not in SAMPLE_KL_KINDS:
+        raise ValueError(f"unknown kl kind {kind!r} (allowed: {KL_KINDS})")
+    logp, ref_logp = _action_logprobs(logits, actions), _action_logprobs(ref_logits, actions)
+    return kl_estimate(logp, ref_logp, kind)
+
+
+def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma, lam):
+    """Generalized advantage estimation over the last axis: [B, T] -> (advantages, returns) [B, T].
+
+    rewards[t]: reward for generating token t; values[t]: value of the state before token t;
+    mask[t]: t is an action of the episode. Positions where mask is False are outside the
+    episode (prompt before, padding after): advantage and return 0 there, and the value after
+    the last True position is 0 (terminal). gamma and lam may be traced.
+    """
+    chex.assert_equal_shape((rewards, values, mask))
+    rewards, values = rewards.astype(jnp.float32), values.astype(jnp.float32)
+
+    def step(carry, x):
+        next_value, next_advantage = carry
+        reward, value, inside = x
+        delta = reward + gamma * next_value - value
+        advantage = jnp.where(inside, delta + gamma * lam * next_advantage, 0.0)
+        return (jnp.where(inside, value, 0.0), advantage), advantage
+
+    time_major = lambda x: jnp.moveaxis(x, -1, 0)
+    zeros = jnp.zeros(rewards.shape[:-1], jnp.float32)
+    _, advantages = lax.scan(
+        step, (zeros, zeros), (time_major(rewards), time_major(values), time_major(mask)),
+        reverse=True,
+    )
+    advantages = jnp.moveaxis(advantages, 0, -1)
+    return advantages, jnp.where(mask, advantages + values, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@flax.struct.dataclass
+class LossHyper:
+    """Numeric hyperparameters, traced (a sweep may vmap over them). Defaults: METHOD.md 3-4."""
+
+    kl_coef: float = 5.0
+    beta: float = 150.0  # exponent of the certainty in the KL weight
+    certainty_temperature: float = 4.0  # temperature of the reference in `certainty`
+    intercept: float = 0.0  # b <= 0 in w = (1 - b) certainty^beta + b
+    clip_epsilon: float = 0.2
+    value_coef: float = 0.1
+    entropy_coef: float = 0.0005
+    policy_temperature: float = 2.0  # the rollouts sampled from softmax(logits / this)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static choices of the loss (hashable: a static jit argument).
+
+    algorithm: "ppo" (clipped surrogate) or "a2c" (-logp * A).
+    kl_kind: "k1", "k2", "k3" (estimators on the sampled token) or "exact" (full vocabulary).
+    kl_placement: "loss" (kl_coef * mean(w * kl) added to the loss) or "reward" (the caller
+      subtracts `per_token_kl_penalty` from the rewards before GAE; no KL term in the loss).
+    prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
+    value_hidden_sizes: hidden layers of the `ValueHead` whose params `fused_loss` receives.
+    """
+
+    algorithm: str = "ppo"
+    kl_kind: str = "k2"
+    kl_placement: str = "loss"
+    prioritized: bool = True
+    value_hidden_sizes: tuple[int, ...] = (128, 128)
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("algorithm", ALGORITHMS),
+            ("kl_kind", KL_KINDS),
+            ("kl_placement", KL_PLACEMENTS),
+            ("prioritized", (True, False)),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, type(allowed[0])) or value not in allowed:
+                raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {value!r}")
+        sizes = self.value_hidden_sizes
+        if not isinstance(sizes, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+        ):
+            raise ValueError(
+                f"LossConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
+            )
+
+
+class RolloutBatch(NamedTuple):
+    """Collected episodes; per-position arrays indexed by the position of the generated token.
+
+    tokens        [B,T] int32: prompt, then generated tokens, then PAD.
+    action_mask   [B,T] bool: True where the policy generated the token (False at position 0).
+    old_logprobs  [B,T] float32: log-prob of each generated token under the acting policy
+                  softmax(old_logits / policy_temperature).
+    advantages    [B,T] float32.
+    returns       [B,T] float32: targets of the value of the state before each token.
+    """
+
+    tokens: jax.Array
+    action_mask: jax.Array
+    old_logprobs: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+
+
+def _kl_weights(ref_logits: jax.Array, hyper: LossHyper, config: LossConfig) -> jax.Array:
+    """KL weights without gradient: ref_logits [..., V] -> [...]."""
+    if not config.prioritized:
+        return jnp.ones(ref_logits.shape[:-1], jnp.float32)
+    weights = prioritized_kl_weights(
+        ref_logits, hyper.beta, hyper.certainty_temperature, hyper.intercept
+    )
+    return lax.stop_gradient(weights)
+
+
+def per_token_kl_penalty(
+    logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, hyper: LossHyper,
+    config: LossConfig,
+) -> jax.Array:
+    """w * kl aligned to token positions, to subtract from the rewards: [B,T] float32.
+
+    logits, ref_logits [B,T,V]: policy and reference outputs (temperature 1) on the episode
+    tokens; actions [B,T] int32: the episode tokens. Position t holds the penalty of token t
+    (from the outputs at t - 1); position 0 is 0. Not masked: multiply by the action mask.
+    """
+    chex.assert_equal_shape((logits, ref_logits))
+    chex.assert_shape(actions, logits.shape[:2])
+    prev_logits, prev_ref = logits[:, :-1], ref_logits[:, :-1]
+    penalty = _kl_weights(prev_ref, hyper, config) * kl_per_token(
+        prev_logits, prev_ref, actions[:, 1:], config.kl_kind
+    )
+    return jnp.pad(penalty, ((0, 0), (1, 0)))
+
+
+def fused_loss(
+    policy_params, value_params, ref_params, model_config: ModelConfig, batch: RolloutBatch,
+    hyper: LossHyper, config: LossConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The whole RL loss of one batch of episodes -> (loss scalar, metrics of scalars).
+
+    Runs the policy (logits and hidden), the value head on the hidden states and the reference
+    (no gradient reaches ref_params), then averages over the batch's action tokens:
+      policy_loss   PPO: -mean(min(ratio A, clip(ratio, 1 +- eps) A)), ratio = exp(logp_T - old);
+                    A2C: -mean(logp_T A); logp_T under softmax(logits / policy_temperature).
+      value_loss    0.5 mean((V - returns)^2), weighted by value_coef in the loss.
+      entropy       mean entropy of softmax(logits / policy_temperature), weighted by
+                    -entropy_coef.
+      weighted_kl   mean(w kl) of the temperature-1 policy against the reference, weighted by
+                    kl_coef in the loss when kl_placement == "loss" (w carries no gradient).
+    model_config and config are static (hashable).
+    """
+    tokens = batch.tokens
+    chex.assert_rank(tokens, 2)
+    chex.assert_equal_shape(tuple(batch))
+    model = GPT(model_config)
+    logits, hidden = model.apply({"params": policy_params}, tokens)
+    values = ValueHead(config.value_hidden_sizes).apply({"params": value_params}, hidden)
+    ref_logits, _ = model.apply({"params": lax.stop_gradient(ref_params)}, tokens)
+
+    # Position t - 1 of the outputs acts at position t of the batch arrays.
+    logits, ref_logits, values = logits[:, :-1], ref_logits[:, :-1], values[:, :-1]
+    actions = tokens[:, 1:]
+    mask = batch.action_mask[:, 1:]
+    old_logprobs, advantages, returns = (
+        x[:, 1:] for x in (batch.old_logprobs, batch.advantages, batch.returns)
+    )
+    count = jnp.maximum(jnp.sum(mask), 1)
+    mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count  # over the batch's action tokens
+
+    scaled_logp = jax.nn.log_softmax(logits / hyper.policy_temperature, axis=-1)
+    logp = jnp.take_along_axis(scaled_logp, actions[..., None], axis=-1)[..., 0]
+    log_ratio = logp - old_logprobs
+    ratio = jnp.exp(log_ratio)
+    if config.algorithm == "ppo":
+        clipped = jnp.clip(ratio, 1.0 - hyper.clip_epsilon, 1.0 + hyper.clip_epsilon)
+        policy_loss = -mean(jnp.minimum(ratio * advantages, clipped * advantages))
+    else:
+        policy_loss = -mean(logp * advantages)
+    value_loss = 0.5 * mean(jnp.square(values - returns))
+    entropy = mean(-jnp.sum(jnp.exp(scaled_logp) * scaled_logp, axis=-1))
+
+    kl = kl_per_token(logits, ref_logits, actions, config.kl_kind)
+    weights = _kl_weights(ref_logits, hyper, config)
+    weighted_kl = mean(weights * kl)
+
+    loss = policy_loss + hyper.value_coef * value_loss - hyper.entropy_coef * entropy
+    if config.kl_placement == "loss":
+        loss = loss + hyper.kl_coef * weighted_kl
+    metrics = {
+        "loss": loss,
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "kl": mean(kl),
+        "weighted_kl": weighted_kl,
+        "weight": mean(weights),
+        "clip_fraction": mean((jnp.abs(ratio - 1.0) > hyper.clip_epsilon).astype(jnp.float32)),
+        "approx_kl": mean(jnp.expm1(-log_ratio) + log_ratio),  # k3 of old vs new acting policy
+        "certainty": mean(certainty(ref_logits, hyper.certainty_temperature)),
+    }
+    return loss, jax.tree.map(lax.stop_gradient, metrics)

@@ -1,0 +1,255 @@
+"""RL fine-tuning with PPO (or A2C) and a standard or prioritized KL penalty.
+
+`make_train(config, model_config)` returns pure functions in the style of
+PureJaxRL: `init(rng, hyper, pretrained) -> RunState`, `run(state, hyper,
+pretrained, periods) -> (state, metrics)` and `train(rng, hyper, pretrained)`.
+An iteration collects a batch of episodes with the cached sampler, scores them
+in jnp, computes values and GAE, and takes minibatch optimizer steps on the
+fused loss; every `eval_every` iterations the policy is evaluated. Numeric
+hyperparameters, the learning rate included, are traced (`RLHyper`), so a sweep
+is `jax.vmap` over (rng, hyper) of the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from critkl import addition, evaluation, losses
+from critkl.model import GPT, ModelConfig, ValueHead
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Static structure of a fine-tuning run."""
+
+    n: int = 3                  # the model was pre-trained up to n digits
+    extra_digits: int = 1       # RL on n + extra_digits digits (difficult operand rule); 0: n
+    episodes: int = 50          # per collect
+    iterations: int = 40        # collect + update cycles
+    ppo_epochs: int = 2         # passes over each collected batch
+    minibatches: int = 5        # optimizer steps per pass
+    eval_every: int = 5         # iterations between evaluations
+    eval_episodes: int = 100
+    loss: losses.LossConfig = losses.LossConfig()
+
+    def __post_init__(self):
+        for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
+                     "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.extra_digits < 0:
+            raise ValueError(f"RLConfig.extra_digits={self.extra_digits} must be >= 0")
+        if self.iterations % self.eval_every:
+            raise ValueError(
+                f"RLConfig.iterations={self.iterations} must be a multiple of "
+                f"eval_every={self.eval_every}"
+            )
+        if self.episodes % self.minibatches:
+            raise ValueError(
+                f"RLConfig.episodes={self.episodes} must be a multiple of "
+                f"minibatches={self.minibatches}"
+            )
+        if self.digits > addition.MAX_SUPPORTED_DIGITS:
+            raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
+                             f"{addition.MAX_SUPPORTED_DIGITS} digits")
+
+    @property
+    def digits(self) -> int:
+        return self.n + self.extra_digits
+
+    @property
+    def max_length(self) -> int:
+        """Episodes are cut here: the longest episode of `digits` digits + 100."""
+        return addition.episode_limit(self.digits)
+
+    def check_model(self, model_config: ModelConfig) -> None:
+        if model_config.context_length < self.max_length:
+            raise ValueError(
+                f"RL on {self.digits} digits cuts episodes at {self.max_length} tokens, more "
+                f"than the model's context_length={model_config.context_length}"
+            )
+
+
+@flax.struct.dataclass
+class RLHyper:
+    """Numeric hyperparameters: traced, so sweeps vmap over them."""
+
+    learning_rate: Any = 1e-4
+    gamma: Any = 1.0
+    lam: Any = 0.95
+    grad_clip: Any = 1.0
+    loss: losses.LossHyper = losses.LossHyper()
+
+
+def stack_hypers(hypers: list[RLHyper]) -> RLHyper:
+    """A list of hyperparameter sets -> one RLHyper of arrays [runs] for vmap."""
+    return jax.tree.map(lambda *values: jnp.asarray(values, jnp.float32), *hypers)
+
+
+@flax.struct.dataclass
+class RunState:
+    iteration: jax.Array
+    policy: Any        # GPT params
+    value: Any         # ValueHead params
+    opt_state: Any
+    rng: jax.Array
+    eval_rng: jax.Array  # fixed: every evaluation sees the same problems
+
+
+def _optimizer(hyper: RLHyper) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(hyper.grad_clip),
+        optax.inject_hyperparams(optax.adam)(learning_rate=hyper.learning_rate),
+    )
+
+
+def _shift_right(x: jax.Array) -> jax.Array:
+    """Per-position values of the state *before* each token: x[t-1] at t, 0 at t=0."""
+    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+
+
+def make_train(config: RLConfig, model_config: ModelConfig):
+    """Build the pure functions of a fine-tuning run (see module docstring)."""
+    config.check_model(model_config)
+    model = GPT(model_config)
+    value_head = ValueHead(config.loss.value_hidden_sizes)
+    n, k = config.n, config.extra_digits
+    digits, max_length = config.digits, config.max_length
+
+    def init(rng, hyper: RLHyper, pretrained) -> RunState:
+        value_rng, rng, eval_rng = jax.random.split(rng, 3)
+        value = value_head.init(value_rng, jnp.zeros((1, model_config.d_model)))["params"]
+        params = {"policy": pretrained, "value": value}
+        return RunState(jnp.int32(0), pretrained, value, _optimizer(hyper).init(params), rng,
+                        eval_rng)
+
+    def collect(state: RunState, hyper: RLHyper, pretrained, rng):
+        """Episodes of the RL distribution -> (RolloutBatch, metrics)."""
+        problem_rng, sample_rng = jax.random.split(rng)
+        operands = addition.sample_rl(problem_rng, config.episodes, n, k, digits)
+        attempt = evaluation.attempt(
+            state.policy, model_config, operands, sample_rng,
+            temperature=hyper.loss.policy_temperature, max_length=max_length,
+        )
+        tokens, outcome = attempt.generation.tokens, attempt.outcome
+        position = jnp.arange(max_length)[None, :]
+        action_mask = (position >= attempt.reference.prompt_length[:, None]) & (
+            position <= outcome.last[:, None])
+        rewards = jnp.where(position == outcome.last[:, None],
+                            addition.terminal_reward(outcome)[:, None], 0.0)
+        logits, hidden = model.apply({"params": state.policy}, tokens)
+        values = _shift_right(value_head.apply({"params": state.value}, hidden))
+        kl_penalty = jnp.zeros_like(rewards)
+        if config.loss.kl_placement == "reward":
+            ref_logits, _ = model.apply({"params": pretrained}, tokens)
+            kl_penalty = losses.per_token_kl_penalty(logits, ref_logits, tokens, hyper.loss,
+                                                     config.loss)
+            rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
+        advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
+                                         hyper.gamma, hyper.lam)
+        batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
+                                    advantages, returns)
+        generated = action_mask.sum(axis=1)
+        metrics = {
+            "train/success": outcome.success.mean(),
+            "train/episode_tokens": generated.mean(),
+            "train/generated_tokens": generated.sum(),
+        }
+        return batch, metrics
+
+    def update(state: RunState, hyper: RLHyper, pretrained, batch, rng):
+        """ppo_epochs passes of minibatch steps over the batch."""
+        tx = _optimizer(hyper)
+        size = config.episodes // config.minibatches
+
+        def loss_fn(params, minibatch):
+            return losses.fused_loss(params["policy"], params["value"], pretrained, model_config,
+                                     minibatch, hyper.loss, config.loss)
+
+        def step(carry, minibatch):
+            params, opt_state = carry
+            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            metrics["grad_norm"] = optax.global_norm(grads)
+            return (optax.apply_updates(params, updates), opt_state), metrics
+
+        def epoch(carry, epoch_rng):
+            order = jax.random.permutation(epoch_rng, config.episodes)
+            minibatches = jax.tree.map(
+                lambda x: x[order].reshape((config.minibatches, size) + x.shape[1:]), batch)
+            return jax.lax.scan(step, carry, minibatches)
+
+        params = {"policy": state.policy, "value": state.value}
+        (params, opt_state), metrics = jax.lax.scan(
+            epoch, (params, state.opt_state), jax.random.split(rng, config.ppo_epochs))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        return state.replace(policy=params["policy"], value=params["value"],
+                             opt_state=opt_state), metrics
+
+    def iteration(state: RunState, hyper: RLHyper, pretrained):
+        rng, collect_rng, update_rng = jax.random.split(state.rng, 3)
+        batch, collect_metrics = collect(state, hyper, pretrained, collect_rng)
+        state, update_metrics = update(state, hyper, pretrained, batch, update_rng)
+        metrics = {**collect_metrics, **{f"loss/{k}": v for k, v in update_metrics.items()}}
+        return state.replace(iteration=state.iteration + 1, rng=rng), metrics
+
+    def evaluate(policy, eval_rng):
+        """pass@1 (greedy) on the training length and the comfort zone, and the
+        probability of the right token at critical tokens given a correct prefix."""
+        train_rng, comfort_rng, critical_rng = jax.random.split(eval_rng, 3)
+        size = config.eval_episodes
+        train_ops = addition.sample_rl(train_rng, size, n, k, digits)
+        comfort_ops = addition.sample_pretraining(comfort_rng, size, n, digits)
+        metrics = {}
+        for name, operands in (("eval/pass_at_1", train_ops), ("eval/comfort_pass_at_1", comfort_ops)):
+            attempt = evaluation.attempt(policy, model_config, operands, critical_rng,
+                                         temperature=0.0, max_length=max_length)
+            metrics[name] = attempt.outcome.success.mean()
+        metrics.update(critical_token_probabilities(policy, model_config, train_ops, n))
+        return metrics
+
+    def run(state: RunState, hyper: RLHyper, pretrained, periods: int):
+        """`periods` x (eval_every iterations, then an evaluation)."""
+        def period(state, _):
+            state, metrics = jax.lax.scan(
+                lambda s, _: iteration(s, hyper, pretrained), state, None, length=config.eval_every)
+            return state, (metrics, evaluate(state.policy, state.eval_rng))
+
+        return jax.lax.scan(period, state, None, length=periods)
+
+    def train(rng, hyper: RLHyper, pretrained):
+        """The whole run: (final state, metrics before training, per-period metrics)."""
+        state = init(rng, hyper, pretrained)
+        before = evaluate(pretrained, state.eval_rng)
+        state, metrics = run(state, hyper, pretrained, config.iterations // config.eval_every)
+        return state, before, metrics
+
+    return init, run, evaluate, train
+
+
+def critical_token_probabilities(params, model_config: ModelConfig, operands: addition.Operands,
+                                 n: int) -> dict[str, jax.Array]:
+    """Probability the model gives the right token, given the correct prefix, at the
+    structural critical tokens (commas and digits of operand lists beyond n digits),
+    averaged over the episodes of `operands`; and the lowest such probability."""
+    reference = addition.render(operands)
+    logits, _ = GPT(model_config).apply({"params": params}, reference.tokens)
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    right = jnp.exp(jnp.take_along_axis(logp, reference.tokens[:, 1:, None], axis=-1)[..., 0])
+    critical = addition.critical_positions(reference, n)[:, 1:]
+    is_comma = reference.tokens[:, 1:] == addition.COMMA_ID
+
+    def mean_over(mask):
+        return jnp.where(mask, right, 0.0).sum() / jnp.maximum(mask.sum(), 1)
+
+    return {
+        "critical/p_right_comma": mean_over(critical & is_comma),
+        "critical/p_right_digit": mean_over(critical & ~is_comma),
+        "critical/p_right_min": jnp.where(critical, right, 1.0).min(),
+    }

@@ -1,0 +1,97 @@
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from critkl import finetune, losses, pretrain, rl
+from critkl.model import init_params, model_preset
+
+TINY = model_preset("tiny")
+SMALL_LOSS = losses.LossConfig(value_hidden_sizes=(16, 16))
+QUICK = rl.RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
+                    eval_every=1, eval_episodes=4, loss=SMALL_LOSS)
+
+
+def test_vmapped_sweep_equals_separate_runs():
+    params = init_params(jax.random.key(0), TINY)
+    _, _, _, train = rl.make_train(QUICK, TINY)
+    seeds = [0, 1, 2]
+    hypers = [dataclasses.replace(rl.RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3)]
+    rngs = jnp.stack([jax.random.key(s) for s in seeds])
+    swept_state, _, swept_metrics = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
+        rngs, rl.stack_hypers(hypers), params)
+    single = jax.jit(train)
+    for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
+        state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x[index], swept_state.policy), state.policy, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
+                                   metrics[0]["train/success"])
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), swept_state.policy,
+                         jax.tree.map(lambda x: jnp.stack([x] * 3), params))
+    assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
+
+
+def test_finetune_resume_equals_uninterrupted(tmp_path):
+    params = init_params(jax.random.key(0), TINY)
+    config = dataclasses.replace(QUICK, iterations=4, eval_every=2)
+    runs = finetune.grid_runs([0, 1], {"learning_rate": [3e-4]}, rl.RLHyper())
+    straight = finetune.finetune(config, runs, params, TINY, tmp_path / "straight",
+                                 print_fn=lambda line: None)
+
+    class Killed(Exception):
+        pass
+
+    def die(line):
+        raise Killed
+
+    with pytest.raises(Killed):
+        finetune.finetune(config, runs, params, TINY, tmp_path / "cut", print_fn=die)
+    resumed = finetune.finetune(config, runs, params, TINY, tmp_path / "cut", resume=True,
+                                print_fn=lambda line: None)
+    for a, b in zip(straight["runs"], resumed["runs"]):
+        assert a["curve"] == b["curve"]
+    assert set(straight["summary"]) == {"all"}
+
+
+def test_grid_runs_and_hyper_errors():
+    runs = finetune.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, rl.RLHyper())
+    assert [r.name for r in runs] == ["beta=0,seed=0", "beta=0,seed=1", "beta=150,seed=0",
+                                      "beta=150,seed=1"]
+    assert runs[2].hyper.loss.beta == 150 and runs[2].hyper.loss.kl_coef == 5
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        finetune.grid_runs([0], {"betta": [1.0]}, rl.RLHyper())
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"iterations": 5, "eval_every": 2}, "multiple of eval_every"),
+    ({"episodes": 5, "minibatches": 2}, "multiple of minibatches"),
+    ({"extra_digits": -1}, "extra_digits"),
+])
+def test_rl_config_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(QUICK, **fields)
+
+
+def test_context_too_short_is_refused():
+    with pytest.raises(ValueError, match="context_length"):
+        rl.make_train(dataclasses.replace(QUICK, n=3), TINY)
+
+
+@pytest.mark.slow
+def test_toy_run_improves_reward(tmp_path):
+    """A tiny model pre-trained briefly on 1-digit problems, then RL on them."""
+    pre = pretrain.PretrainConfig(
+        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=400, warmup_steps=20,
+        learning_rate=3e-3, log_every=100, eval_every=400, eval_problems=16, checkpoint_every=400)
+    params = pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params
+    config = rl.RLConfig(n=1, extra_digits=0, episodes=32, iterations=40, ppo_epochs=2,
+                         minibatches=4, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
+    hyper = rl.RLHyper(learning_rate=1e-3, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=1.0))
+    _, _, _, train = rl.make_train(config, TINY)
+    _, _, metrics = jax.jit(train)(jax.random.key(0), jax.tree.map(jnp.float32, hyper), params)
+    success = np.asarray(metrics[0]["train/success"]).reshape(-1)
+    assert success[-10:].mean() > success[:10].mean() + 0.1, success
