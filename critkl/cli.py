@@ -96,10 +96,12 @@ def _pretrain(args) -> None:
 def _evaluate(args) -> None:
     import jax
 
-    from critkl import evaluation, pretrain
+    from critkl import evaluation
     from critkl.tracking import Tracker
 
-    config, params = pretrain.load_run(args.run_dir)
+    from critkl.pretrained import load_pretrained
+
+    config, params = load_pretrained(args.run_dir)
     report = evaluation.accuracy_table(
         params, config.model_config, config.max_digits, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
@@ -107,12 +109,22 @@ def _evaluate(args) -> None:
     )
     table = evaluation.markdown(report)
     print(table)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    default_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path("runs") / args.run_dir
+    out = Path(args.out) if args.out else default_dir / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    with Tracker(Path(args.run_dir) / "tensorboard") as tracker:
+    with Tracker(out.parent / "tensorboard") as tracker:
         tracker.text(0, "eval/table", table)
         tracker.scalars(0, {f"eval/{key}": cell["pass_at_1"] for key, cell in report["cells"].items()})
     print(f"saved {out}")
+
+
+def _export(args) -> None:
+    from critkl.pretrained import export
+
+    folder = export(args.run_dir, args.name)
+    print(f"exported the latest checkpoint of {args.run_dir} to {folder}; "
+          f"load it with critkl.pretrained.load_pretrained({args.name!r})")
 
 
 def _float_list(text: str) -> list[float]:
@@ -208,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(run=_pretrain)
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
-    evaluate.add_argument("run_dir", help="a pre-training run directory")
+    evaluate.add_argument("run_dir", help="a pre-training run directory or a shipped model name")
     evaluate.add_argument("--problems", type=int, default=1000, help="problems per cell")
     evaluate.add_argument("--batch", type=int, default=500)
     evaluate.add_argument("--rl-episodes", type=int, default=200,
@@ -216,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="JSON report path (default RUN_DIR/eval.json)")
     evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="ship a run's model inside the package")
+    export.add_argument("run_dir", help="a pre-training run directory")
+    export.add_argument("name", help="name to load it by, e.g. mini-n3")
+    export.set_defaults(run=_export)
 
     finetune = commands.add_parser("finetune", help="RL fine-tuning of a pre-trained model")
     _add_finetune_flags(finetune, lists=False)
