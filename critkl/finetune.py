@@ -89,16 +89,19 @@ class _Log:
         self.aggregate = {s: Tracker(run_dir / "tensorboard" / f"mean[{s or 'all'}]", enabled=main,
                                      purge_step=purge_step) for s in self.settings}
 
-    def record(self, iteration_steps: list[int], train: dict[str, np.ndarray],
-               eval_step: int, evaluation: dict[str, np.ndarray]) -> None:
-        """train: name -> [runs, iterations]; evaluation: name -> [runs]."""
+    def record(self, eval_step: int, evaluation: dict[str, np.ndarray],
+               train: dict[str, np.ndarray] | None = None, iteration_steps=()) -> None:
+        """evaluation: name -> [runs] at eval_step; train: name -> [runs, iterations]
+        at iteration_steps (none for the evaluation before training)."""
         for index, tracker in enumerate(self.trackers):
             curve = self.results["runs"][index]["curve"]
             for j, step in enumerate(iteration_steps):
                 tracker.scalars(step, {k: v[index, j] for k, v in train.items()})
             tracker.scalars(eval_step, {k: v[index] for k, v in evaluation.items()})
             curve.setdefault("iteration", []).append(eval_step)
-            curve.setdefault("train/success", []).append(float(train["train/success"][index].mean()))
+            if train is not None:
+                curve.setdefault("train/success", []).append(
+                    float(train["train/success"][index].mean()))
             for k, v in evaluation.items():
                 curve.setdefault(k, []).append(float(v[index]))
         for setting, tracker in self.aggregate.items():
@@ -178,15 +181,14 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     log = _Log(run_dir, runs, results, purge_step=done * config.eval_every or None)
     try:
         if done == 0:
-            before = _host(vevaluate(pretrained, state.eval_rng))
-            log.record([], {"train/success": np.zeros((len(runs), 1))}, 0, before)
+            log.record(0, _host(vevaluate(pretrained, state.eval_rng)))
         clock = time.perf_counter()
         for period in range(done, periods):
             state, (train, evaluation) = vrun(state, hypers, pretrained, 1)
             train = {k: v[:, 0] for k, v in _host(train).items()}
             evaluation = {k: v[:, 0] for k, v in _host(evaluation).items()}
             end = (period + 1) * config.eval_every
-            log.record(list(range(end - config.eval_every + 1, end + 1)), train, end, evaluation)
+            log.record(end, evaluation, train, range(end - config.eval_every + 1, end + 1))
             checkpointer.save(period + 1, state)
             elapsed = time.perf_counter() - clock
             per_period = elapsed / (period + 1 - done)
