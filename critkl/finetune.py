@@ -155,12 +155,15 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     run_dir = Path(run_dir)
     vinit, vrun, vevaluate = _vmapped(config, model_config)
     mesh = parallel.data_mesh()
-    hypers = rl.stack_hypers([r.hyper for r in runs])
+    # Runs are independent: split them over the devices when they divide evenly.
+    by_run = (parallel.batch_sharding(mesh) if len(runs) % mesh.devices.size == 0
+              else parallel.replicated(mesh))
+    hypers = jax.device_put(rl.stack_hypers([r.hyper for r in runs]), by_run)
     rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
     pretrained = jax.device_put(pretrained, parallel.replicated(mesh))
     periods = config.iterations // config.eval_every
 
-    state = vinit(rngs, hypers, pretrained)
+    state = jax.device_put(vinit(rngs, hypers, pretrained), by_run)
     checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
     if resume:
         state = checkpointer.restore(target=state)

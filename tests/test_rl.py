@@ -38,7 +38,7 @@ def test_vmapped_sweep_equals_separate_runs():
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, iterations=4, eval_every=2)
-    runs = finetune.grid_runs([0, 1], {"learning_rate": [3e-4]}, rl.RLHyper())
+    runs = finetune.grid_runs(range(8), {"learning_rate": [3e-4]}, rl.RLHyper())  # 8 devices: sharded
     straight = finetune.finetune(config, runs, params, TINY, tmp_path / "straight",
                                  print_fn=lambda line: None)
 
