@@ -96,7 +96,8 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
 
     report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
     for digits in range(n, n + extra_digits + 1):
-        limit = addition.episode_limit(digits)
+        # Cut at the RL limit, or at the context (which holds any correct episode).
+        limit = min(addition.episode_limit(digits), config.context_length)
         samplers = {
             "identical": lambda r, b, d=digits: addition.sample_identical(r, b, d, d),
             "varying": lambda r, b, d=digits: addition.sample_rl(r, b, n, d - n, d),

@@ -232,6 +232,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     clock, clock_step = time.perf_counter(), start_step
     tokens_per_step = config.batch_size * model_config.context_length
     last_saved = start_step
+    started = time.perf_counter()
     try:
         while int(state.step) < config.steps:
             state, metrics = train_step(state)
@@ -270,6 +271,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     finally:
         checkpointer.close()
         tracker.close()
+    print_fn(f"trained steps {start_step}..{config.steps} in "
+             f"{_format_seconds(time.perf_counter() - started)}")
     return state
 
 
