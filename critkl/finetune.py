@@ -141,11 +141,11 @@ def summary(results: dict) -> dict[str, dict[str, Any]]:
 def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
     """Jitted init, run and evaluate, vmapped over runs; cached so that sweeps with
     the same structure in one process compile once."""
-    init, run, evaluate, _ = rl.make_train(config, model_config)
-    return (jax.jit(jax.vmap(init, in_axes=(0, 0, None))),
-            jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)), static_argnums=3,
+    functions = rl.make_train(config, model_config)
+    return (jax.jit(jax.vmap(functions.init, in_axes=(0, 0, None))),
+            jax.jit(jax.vmap(functions.run, in_axes=(0, 0, None, None)), static_argnums=3,
                     donate_argnums=0),
-            jax.jit(jax.vmap(evaluate, in_axes=(None, 0))))
+            jax.jit(jax.vmap(functions.evaluate, in_axes=(None, 0))))
 
 
 def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,

@@ -1,8 +1,9 @@
 """RL fine-tuning with PPO (or A2C) and a standard or prioritized KL penalty.
 
 `make_train(config, model_config)` returns pure functions in the style of
-PureJaxRL: `init(rng, hyper, pretrained) -> RunState`, `run(state, hyper,
-pretrained, periods) -> (state, metrics)` and `train(rng, hyper, pretrained)`.
+PureJaxRL (`TrainFunctions`): `init(rng, hyper, pretrained) -> RunState`,
+`iteration`, `run(state, hyper, pretrained, periods) -> (state, metrics)`,
+`evaluate` and `train(rng, hyper, pretrained)`.
 An iteration collects a batch of episodes with the cached sampler, scores them
 in jnp, computes values and GAE, and takes minibatch optimizer steps on the
 fused loss; every `eval_every` iterations the policy is evaluated. Numeric
@@ -13,7 +14,7 @@ is `jax.vmap` over (rng, hyper) of the whole run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -100,6 +101,16 @@ class RunState:
     opt_state: Any
     rng: jax.Array
     eval_rng: jax.Array  # fixed: every evaluation sees the same problems
+
+
+class TrainFunctions(NamedTuple):
+    """The pure functions of a fine-tuning run, built by `make_train`."""
+
+    init: Callable      # (rng, hyper, pretrained) -> RunState
+    iteration: Callable  # (state, hyper, pretrained) -> (state, metrics): collect + update
+    run: Callable       # (state, hyper, pretrained, periods) -> (state, (train, eval) metrics)
+    evaluate: Callable  # (policy params, eval rng) -> metrics
+    train: Callable     # (rng, hyper, pretrained) -> (state, metrics before, metrics)
 
 
 def _optimizer(hyper: RLHyper) -> optax.GradientTransformation:
@@ -230,7 +241,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         state, metrics = run(state, hyper, pretrained, config.iterations // config.eval_every)
         return state, before, metrics
 
-    return init, run, evaluate, train
+    return TrainFunctions(init, iteration, run, evaluate, train)
 
 
 def critical_token_probabilities(params, model_config: ModelConfig, operands: addition.Operands,

@@ -17,7 +17,7 @@ QUICK = rl.RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1,
 
 def test_vmapped_sweep_equals_separate_runs():
     params = init_params(jax.random.key(0), TINY)
-    _, _, _, train = rl.make_train(QUICK, TINY)
+    train = rl.make_train(QUICK, TINY).train
     seeds = [0, 1, 2]
     hypers = [dataclasses.replace(rl.RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3)]
     rngs = jnp.stack([jax.random.key(s) for s in seeds])
@@ -91,7 +91,7 @@ def test_toy_run_improves_reward(tmp_path):
     config = rl.RLConfig(n=1, extra_digits=0, episodes=32, iterations=40, ppo_epochs=2,
                          minibatches=4, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
     hyper = rl.RLHyper(learning_rate=1e-3, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=1.0))
-    _, _, _, train = rl.make_train(config, TINY)
+    train = rl.make_train(config, TINY).train
     _, _, metrics = jax.jit(train)(jax.random.key(0), jax.tree.map(jnp.float32, hyper), params)
     success = np.asarray(metrics[0]["train/success"]).reshape(-1)
     assert success[-10:].mean() > success[:10].mean() + 0.1, success
