@@ -6,10 +6,10 @@ Both paths do the same work: operands -> episode token arrays -> success flags.
 """
 
 import argparse
-import time
 
 import jax
-import numpy as np
+
+from timing import best_seconds
 
 from critkl import addition, reference, tokenizer
 
@@ -23,15 +23,6 @@ def python_path(pairs):
 def jax_path(operands):
     episodes = addition.render(operands)
     return addition.score(episodes.tokens, episodes).success
-
-
-def best_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main():

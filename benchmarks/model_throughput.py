@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
+
+from timing import best_seconds
 
 from critkl import parallel, pretrain, sampling
 from critkl.model import ModelConfig, init_params, model_preset
@@ -29,16 +30,6 @@ def forward_flops_per_token(config: ModelConfig, attended: int) -> float:
     d, layers = config.d_model, config.num_layers
     per_layer = 2 * (3 * d * d + d * d + 2 * d * config.d_ff) + 2 * 2 * attended * d
     return layers * per_layer + 2 * d * VOCAB_SIZE
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:

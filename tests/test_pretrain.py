@@ -2,12 +2,11 @@ import dataclasses
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from critkl import addition, checkpoint, parallel, pretrain, tokenizer
+from critkl import checkpoint, parallel, pretrain, tokenizer
 from critkl.model import model_preset
 from critkl.tracking import read_scalars
 
