@@ -234,9 +234,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     last_saved = start_step
     started = time.perf_counter()
     try:
-        while int(state.step) < config.steps:
+        for step in range(start_step + 1, config.steps + 1):  # counted here: no host sync
             state, metrics = train_step(state)
-            step = int(state.step)
             if step % config.log_every and step % config.checkpoint_every and step != config.steps:
                 continue
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -88,7 +88,9 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     scalars = read_scalars(tmp_path / "tensorboard")
     assert [step for step, _ in scalars["loss"]] == list(range(1, TINY.steps + 1))
     assert [step for step, _ in scalars["eval/pass_at_1"]] == [3, 6]
-    logged = float(lines[-1].split("loss ")[1].split()[0])
+    last_step_line = [line for line in lines if line.startswith("step ")][-1]
+    logged = float(last_step_line.split("loss ")[1].split()[0])
+    assert lines[-1].startswith(f"trained steps 0..{TINY.steps} in ")
     assert scalars["loss"][-1][1] == pytest.approx(logged, abs=1e-4)
     assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
 
