@@ -131,18 +131,15 @@ def _export(args) -> None:
           f"load it with critkl.pretrained.load_pretrained({args.name!r})")
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+def _list_of(kind):
+    """argparse type: a comma-separated list of `kind` values."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+    return parse
 
 
 def _finetune(args) -> None:
@@ -186,7 +183,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
     parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    parser.add_argument("--seeds", type=_int_list, default=[0],
+    parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
     for field in dataclasses.fields(rl.RLConfig):
         if field.name not in ("loss", "n"):
@@ -202,7 +199,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     for name in finetune.HYPER_NAMES:
         default = getattr(defaults, name, None)
         default = getattr(defaults.loss, name) if default is None else default
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_float_list,
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_list_of(float),
                             help=f"default {default}" + (" (comma-separated values: a grid)" if lists else ""))
 
 

@@ -42,9 +42,9 @@ class Run:
 
 def with_values(hyper: rl.RLHyper, values: dict[str, float]) -> rl.RLHyper:
     """Replace named hyperparameters (RLHyper or LossHyper fields) of `hyper`."""
-    top = {k: v for k, v in values.items() if k in rl.RLHyper.__dataclass_fields__}
+    top = {k: v for k, v in values.items() if k in HYPER_NAMES and k in rl.RLHyper.__dataclass_fields__}
     loss = {k: v for k, v in values.items() if k in losses.LossHyper.__dataclass_fields__}
-    unknown = sorted(set(values) - set(top) - set(loss) | ({"loss"} & set(values)))
+    unknown = sorted(set(values) - set(top) - set(loss))
     if unknown:
         raise ValueError(f"unknown hyperparameters {unknown}; allowed: {', '.join(HYPER_NAMES)}")
     return hyper.replace(loss=hyper.loss.replace(**loss), **top)

@@ -10,7 +10,6 @@ padding. The loss covers the tokens the model writes, not the prompts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import addition, checkpoint, evaluation, parallel
+from critkl import addition, checkpoint, evaluation, parallel, reference
 from critkl.model import GPT, ModelConfig, init_params, model_preset
 from critkl.tracking import Tracker
 
@@ -125,7 +124,7 @@ def optimizer(config: PretrainConfig) -> optax.GradientTransformation:
 def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, jax.Array]:
     """A batch of packed streams: tokens and target mask [batch_size, context_length]."""
     width = config.model_config.context_length
-    shortest = addition.max_episode_length(1) - 2 * 2  # the shortest episode, 0+0
+    shortest = len(reference.episode_text(0, 0))  # no episode is shorter
     per_stream = math.ceil(width / shortest) + 1
     operands = addition.sample_pretraining(
         rng, config.batch_size * per_stream, config.max_digits, config.max_digits
@@ -283,7 +282,3 @@ def load_run(run_dir: str | Path) -> tuple[PretrainConfig, Any]:
     with checkpoint.Checkpointer(run_dir, create=False) as checkpointer:
         state = checkpointer.restore(target=target)
     return config, state.params
-
-
-def describe(config: PretrainConfig) -> str:
-    return json.dumps(config.to_dict(), indent=2)
