@@ -31,6 +31,8 @@ class PretrainConfig:
 
     model: str = "mini"             # preset of critkl.model.PRESETS
     max_digits: int = 3             # N: operands of 1..N digits
+    longer_share: float = 0.0       # share of problems from the RL distribution at N+1
+    init_from: str = ""             # warm start: a shipped model name or a pre-training run dir
     eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits
     batch_size: int = 16            # packed streams per step, each context_length tokens
     steps: int = 3000
@@ -52,6 +54,8 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.longer_share <= 1.0:
+            raise ValueError(f"PretrainConfig.longer_share={self.longer_share} must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate} must be > 0")
         if not 0 <= self.warmup_steps < self.steps:
@@ -90,7 +94,7 @@ class PretrainConfig:
 
 
 # Fields that must match for a run to resume from a checkpoint.
-RESUME_KEYS = ("model", "max_digits", "eval_extra_digits", "batch_size", "steps",
+RESUME_KEYS = ("model", "max_digits", "longer_share", "init_from", "eval_extra_digits", "batch_size", "steps",
                "learning_rate", "warmup_steps", "final_learning_rate_ratio",
                "weight_decay", "grad_clip", "seed", "dtype")
 
@@ -121,14 +125,28 @@ def optimizer(config: PretrainConfig) -> optax.GradientTransformation:
     )
 
 
+def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> addition.Operands:
+    """`count` problems up to N digits, of which a `longer_share` fraction (in
+    expectation) come from the RL distribution at N+1 instead."""
+    if config.longer_share == 0.0:
+        return addition.sample_pretraining(rng, count, config.max_digits, config.max_digits)
+    width = config.max_digits + 1
+    short_rng, long_rng, pick_rng = jax.random.split(rng, 3)
+    short = addition.sample_pretraining(short_rng, count, config.max_digits, width)
+    longer = addition.sample_rl(long_rng, count, config.max_digits, 1, width)
+    pick_longer = jax.random.bernoulli(pick_rng, config.longer_share, (count,))
+    return jax.tree.map(
+        lambda s, l: jnp.where(pick_longer.reshape((count,) + (1,) * (s.ndim - 1)), l, s),
+        short, longer,
+    )
+
+
 def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, jax.Array]:
     """A batch of packed streams: tokens and target mask [batch_size, context_length]."""
     width = config.model_config.context_length
     shortest = len(reference.episode_text(0, 0))  # no episode is shorter
     per_stream = math.ceil(width / shortest) + 1
-    operands = addition.sample_pretraining(
-        rng, config.batch_size * per_stream, config.max_digits, config.max_digits
-    )
+    operands = training_problems(rng, config.batch_size * per_stream, config)
     return addition.pack(addition.render(operands), config.batch_size, width)
 
 
@@ -146,9 +164,28 @@ def next_token_loss(params, model_config: ModelConfig, tokens, targets):
     return (losses * weight).sum() / count, accuracy
 
 
-def init_state(config: PretrainConfig) -> TrainState:
+def warm_start_params(config: PretrainConfig):
+    """The parameters of `config.init_from`, checked to have this run's model config."""
+    from critkl.pretrained import load_pretrained
+
+    start_config, params = load_pretrained(config.init_from)
+    if start_config.model_config != config.model_config:
+        raise checkpoint.CheckpointError(
+            f"PretrainConfig.init_from={config.init_from!r} is a '{start_config.model}' model "
+            f"({start_config.model_config}), but this run trains a '{config.model}' model: "
+            "set --model to match it."
+        )
+    return params
+
+
+def init_state(config: PretrainConfig, *, warm_start: bool = True) -> TrainState:
+    """Step 0: random parameters, or those of `config.init_from` when warm_start
+    (resuming and restoring only need the structure)."""
     init_rng, data_rng = jax.random.split(jax.random.key(config.seed))
-    params = init_params(init_rng, config.model_config)
+    if config.init_from and warm_start:
+        params = warm_start_params(config)
+    else:
+        params = init_params(init_rng, config.model_config)
     return TrainState(jnp.int32(0), params, optimizer(config).init(params), data_rng)
 
 
@@ -208,7 +245,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
     is_main = jax.process_index() == 0
     checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
-    state = jax.device_put(init_state(config), parallel.replicated(mesh))
+    state = jax.device_put(init_state(config, warm_start=not resume), parallel.replicated(mesh))
     if resume:
         saved = checkpoint.load_config(run_dir)
         checkpoint.check_config_matches(saved, config.to_dict(), RESUME_KEYS)
@@ -278,7 +315,7 @@ def load_run(run_dir: str | Path) -> tuple[PretrainConfig, Any]:
     """Config and parameters of the latest checkpoint of a pre-training run."""
     run_dir = Path(run_dir)
     config = PretrainConfig.from_dict(checkpoint.load_config(run_dir))
-    target = jax.eval_shape(lambda: init_state(config))
+    target = jax.eval_shape(lambda: init_state(config, warm_start=False))
     with checkpoint.Checkpointer(run_dir, create=False) as checkpointer:
         state = checkpointer.restore(target=target)
     return config, state.params

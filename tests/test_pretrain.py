@@ -35,6 +35,28 @@ def test_streams_cover_every_position_and_mask_prompts():
     assert 0.7 < float(targets.mean()) < 0.95
 
 
+def test_longer_share_mixes_in_rl_problems_of_one_more_digit():
+    config = dataclasses.replace(TINY, max_digits=2, longer_share=0.3)
+    operands = pretrain.training_problems(jax.random.key(0), 20_000, config)
+    longest = np.maximum(np.asarray(operands.a_len), np.asarray(operands.b_len))
+    assert longest.max() == 3 and longest.min() >= 1
+    longer = (longest == 3).mean()
+    assert abs(longer - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 20_000)
+    unmixed = pretrain.training_problems(jax.random.key(0), 2_000, TINY)
+    assert np.maximum(np.asarray(unmixed.a_len), np.asarray(unmixed.b_len)).max() == 1
+
+
+def test_init_from_starts_at_a_run_s_parameters(tmp_path):
+    trained = pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path / "first",
+                                print_fn=lambda line: None)
+    warm = pretrain.init_state(dataclasses.replace(TINY, init_from=str(tmp_path / "first")))
+    chex.assert_trees_all_close(warm.params, jax.device_get(trained.params))
+    assert int(warm.step) == 0
+    with pytest.raises(checkpoint.CheckpointError, match="--model"):
+        pretrain.init_state(dataclasses.replace(TINY, model="mini", max_digits=1,
+                                                init_from=str(tmp_path / "first")))
+
+
 def test_data_parallel_step_equals_single_device():
     assert jax.device_count() == 8
     one = run_steps(TINY, parallel.data_mesh(jax.devices()[:1]), 3)
@@ -115,7 +137,8 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [({"model": "huge"}, "preset"), ({"max_digits": 5}, "context_length"),
-     ({"warmup_steps": 10}, "warmup_steps"), ({"batch_size": 0}, "batch_size")],
+     ({"warmup_steps": 10}, "warmup_steps"), ({"batch_size": 0}, "batch_size"),
+     ({"longer_share": 1.5}, "longer_share")],
 )
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
