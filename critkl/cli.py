@@ -148,7 +148,7 @@ def _finetune(args) -> None:
 
     loss_fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
     rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(rl.RLConfig)
-                 if f.name != "loss" and getattr(args, f.name) is not None}
+                 if f.name not in ("loss", "n") and getattr(args, f.name) is not None}
     loss_values = {name: getattr(args, name) for name in loss_fields
                    if getattr(args, name) is not None}
     grid = {name: getattr(args, name) for name in finetune.HYPER_NAMES

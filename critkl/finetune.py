@@ -183,8 +183,14 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     done = int(state.iteration[0]) // config.eval_every
     log = _Log(run_dir, runs, results, purge_step=done * config.eval_every or None)
     try:
+        print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} iterations "
+                 f"of {config.episodes} episodes each; compiling, then one line per "
+                 f"{config.eval_every} iterations")
         if done == 0:
-            log.record(0, _host(vevaluate(pretrained, state.eval_rng)))
+            before = _host(vevaluate(pretrained, state.eval_rng))
+            log.record(0, before)
+            print_fn(f"iteration 0  pass@1 {before['eval/pass_at_1'].mean():.3f}  "
+                     f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  (pre-trained model)")
         clock = time.perf_counter()
         for period in range(done, periods):
             state, (train, evaluation) = vrun(state, hypers, pretrained, 1)

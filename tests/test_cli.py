@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -32,3 +33,28 @@ def test_bad_operands_give_one_line_and_status_2(a, b, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
+    pre_dir, sweep_dir = tmp_path / "pre", tmp_path / "sweep"
+    assert cli.main(["pretrain", "--run-dir", str(pre_dir), "--model", "tiny", "--max-digits", "1",
+                     "--eval-extra-digits", "2", "--batch-size", "8", "--steps", "2",
+                     "--warmup-steps", "1", "--eval-problems", "4"]) == 0
+    assert cli.main(["sweep", str(pre_dir), "--run-dir", str(sweep_dir), "--seeds", "0,1",
+                     "--beta", "0,150", "--iterations", "1", "--eval-every", "1",
+                     "--episodes", "4", "--minibatches", "2", "--eval-episodes", "4"]) == 0
+    results = json.loads((sweep_dir / "results.json").read_text())
+    assert len(results["runs"]) == 4
+    assert "beta=150" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--kl-kind", "k9"], "kl_kind"), (["--episodes", "7", "--minibatches", "5"], "episodes"),
+     (["--seeds", "0,1"], "sweep")],
+)
+def test_bad_finetune_flags_give_a_clear_error(flags, message):
+    result = run("finetune", "mini-n3", "--run-dir", "unused", *flags)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
