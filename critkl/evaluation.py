@@ -108,7 +108,7 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
             for result in solve_in_batches(params, config, sample, problems, batch, cell_rng,
                                            temperature=0.0, max_length=limit):
                 successes += int(result.outcome.success.sum())
-                if digits == n + 1 and kind == "identical":
+                if digits == n + 1:
                     position, erred = (np.asarray(x) for x in first_error(result))
                     rows = np.nonzero(erred & ~np.asarray(result.outcome.success))[0]
                     failures += len(rows)
@@ -117,9 +117,9 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                     critical += int((np.asarray(ref.operand_index)[rows, where] >= n).sum())
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
-            if digits == n + 1 and kind == "identical":
+            if digits == n + 1:
                 counts = {addition.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
-                report["first_errors"] = {
+                report["first_errors"][kind] = {
                     "failures": failures, "at_structural_critical_token": critical,
                     "by_role": counts,
                 }
@@ -147,13 +147,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {kind} lengths | " + " | ".join(
             f"{100 * c['pass_at_1']:.1f}% [{100 * c['low']:.1f}, {100 * c['high']:.1f}]" for c in cells
         ) + " |")
-    errors = report["first_errors"]
-    if errors.get("failures"):
+    for kind, errors in report["first_errors"].items():
+        if not errors["failures"]:
+            continue
         share = errors["at_structural_critical_token"] / errors["failures"]
         roles = ", ".join(f"{role} {count}" for role, count in
                           sorted(errors["by_role"].items(), key=lambda kv: -kv[1]))
-        lines += ["", f"{n + 1}-digit failures (identical lengths): {errors['failures']}; first error at a "
-                  f"structural critical token: {100 * share:.1f}%; by role: {roles}"]
+        lines += ["", f"{n + 1}-digit failures ({kind} lengths): {errors['failures']}; first error "
+                  f"at a structural critical token: {100 * share:.1f}%; by role: {roles}"]
     lines += ["", f"sampling RL problems of {n + 1} digits:", "", "| temperature | success |", "|---|---|"]
     for temperature, cell in report["sampling"].items():
         lines.append(f"| {temperature} | {100 * cell['pass_at_1']:.1f}% "
