@@ -142,13 +142,17 @@ def _list_of(kind):
     return parse
 
 
+# RLConfig fields set otherwise: n from the pre-trained model, loss from LossConfig's flags.
+_RL_FIELDS_WITHOUT_FLAGS = ("loss", "n")
+
+
 def _finetune(args) -> None:
     from critkl import finetune, losses, rl
     from critkl.pretrained import load_pretrained
 
     loss_fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
     rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(rl.RLConfig)
-                 if f.name not in ("loss", "n") and getattr(args, f.name) is not None}
+                 if f.name not in _RL_FIELDS_WITHOUT_FLAGS and getattr(args, f.name) is not None}
     loss_values = {name: getattr(args, name) for name in loss_fields
                    if getattr(args, name) is not None}
     grid = {name: getattr(args, name) for name in finetune.HYPER_NAMES
@@ -186,7 +190,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
     for field in dataclasses.fields(rl.RLConfig):
-        if field.name not in ("loss", "n"):
+        if field.name not in _RL_FIELDS_WITHOUT_FLAGS:
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=int,
                                 help=f"default {field.default}")
     loss_defaults = losses.LossConfig()
