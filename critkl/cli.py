@@ -207,6 +207,46 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
                             help=f"default {default}" + (" (comma-separated values: a grid)" if lists else ""))
 
 
+def _experiment(args) -> None:
+    from critkl import experiments
+
+    name, scale = (("main", args.name) if args.name in experiments.SCALES
+                   else (args.name, args.scale))
+    if name not in experiments.EXPERIMENTS:
+        raise UsageError(f"unknown experiment {name!r}; choose one of "
+                         f"{', '.join(experiments.EXPERIMENTS)}, or a scale "
+                         f"({', '.join(experiments.SCALES)}) for the main job")
+    if scale not in experiments.SCALES:
+        raise UsageError(f"--scale must be one of {', '.join(experiments.SCALES)}, got {scale!r}")
+    use_cpu_cores(2)  # every sweep and pre-training batch of the entries is even
+    print(f"critkl experiment {name} at {scale} scale: {experiments.EXPERIMENTS[name].result}",
+          flush=True)
+    experiments.run(name, scale, args.out, print_fn=lambda line: print(line, flush=True))
+
+
+def _analyze(args) -> None:
+    from critkl.experiments import certainty
+    from critkl.experiments.outputs import Output
+    from critkl.pretrained import load_pretrained
+
+    config, params = load_pretrained(args.model)
+    if args.episodes < 1 or args.shown < 1:
+        raise UsageError(f"--episodes ({args.episodes}) and --shown ({args.shown}) must be >= 1")
+    out = Path(args.out) if args.out else Path("runs") / f"analyze-{Path(args.model).name}"
+    output = Output(out)
+    pages = []
+    try:
+        table = certainty.analyze_model(params, config.model_config, config.max_digits, output,
+                                        episodes=args.episodes, shown=args.shown, pages=pages,
+                                        terminal=sys.stdout.isatty())
+        certainty.write(output, [table], pages)
+    finally:
+        output.close()
+    print((out / "table1.md").read_text())
+    print(f"saved {out}: table1.md, certainty.json, episodes.html (open it in a browser), "
+          f"certainty_n{config.max_digits}.png; tensorboard --logdir {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from critkl.pretrain import PretrainConfig
 
@@ -245,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="seeds x hyperparameter grid, vmapped in one program")
     _add_finetune_flags(sweep, lists=True)
     sweep.set_defaults(run=_finetune)
+    experiment = commands.add_parser(
+        "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
+    experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta; or a "
+                            "scale (mini, tiny, paper) for the main job at that scale")
+    experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU)")
+    experiment.add_argument("--out", default="runs/experiments",
+                            help="output folder (models pre-trained here are reused)")
+    experiment.set_defaults(run=_experiment)
+
+    analyze = commands.add_parser(
+        "analyze", help="certainty of a model on (N+1)-digit episodes: Table 1, coloured episodes")
+    analyze.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
+    analyze.add_argument("--episodes", type=int, default=50, help="episodes for the statistics")
+    analyze.add_argument("--shown", type=int, default=4, help="episodes coloured and plotted")
+    analyze.add_argument("--out", help="output folder (default runs/analyze-MODEL)")
+    analyze.set_defaults(run=_analyze)
     return parser
 
 

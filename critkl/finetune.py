@@ -62,7 +62,7 @@ def grid_runs(seeds, grid: dict[str, list[float]], base: rl.RLHyper) -> list[Run
     return runs
 
 
-def _mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% interval (t-based for few runs) of values over runs."""
     count = len(values)
     mean = float(np.mean(values))
@@ -107,7 +107,7 @@ class _Log:
         for setting, tracker in self.aggregate.items():
             members = [i for i, run in enumerate(self.runs) if run.setting == setting]
             for k, v in evaluation.items():
-                mean, low, high = _mean_interval(v[members])
+                mean, low, high = mean_interval(v[members])
                 tracker.scalars(eval_step, {f"{k}/mean": mean, f"{k}/low": low, f"{k}/high": high})
         self.save()
 
@@ -130,9 +130,9 @@ def summary(results: dict) -> dict[str, dict[str, Any]]:
         row = {"runs": len(members)}
         for key in ("eval/pass_at_1", "eval/comfort_pass_at_1", "critical/p_right_comma"):
             final = np.array([run["curve"][key][-1] for run in members])
-            row[key] = _mean_interval(final)
+            row[key] = mean_interval(final)
         first = np.array([run["curve"]["eval/pass_at_1"][0] for run in members])
-        row["before"] = _mean_interval(first)
+        row["before"] = mean_interval(first)
         table[setting or "all"] = row
     return table
 

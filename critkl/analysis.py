@@ -1,0 +1,196 @@
+"""Certainty of a model on episodes, critical-token statistics, and coloured episodes.
+
+Certainty (METHOD.md section 3) of a next-token distribution p over a vocabulary V is
+J = 1 + log(max p) / log|V|: 1 for a one-hot distribution, 0 for a uniform one. The
+paper's Table 1 compares, on the episodes of a model pre-trained up to N digits shown
+N+1-digit problems, the certainty at critical tokens with the rest of the sequence:
+
+    dJ(s_t) = J(s_t) - mean of J(s_u) over the other decisions u != t of the episode.
+
+Shapes: B episodes, T positions. Per-position arrays are aligned with the tokens: position t
+holds the quantity of the distribution that produced token t (the model's output at t - 1).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critkl import addition, evaluation, losses, tokenizer
+from critkl.model import GPT, ModelConfig
+
+
+def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
+                    temperature=1.0) -> jax.Array:
+    """Certainty of the model's distribution over each token given the tokens before it.
+
+    tokens [B, T] int32 -> [B, T] float32 in [0, 1]; position 0 (no prediction) holds 1.
+    """
+    logits, _ = GPT(model_config).apply({"params": params}, tokens)
+    values = losses.certainty(logits[:, :-1].astype(jnp.float32), temperature)
+    return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+
+
+def decision_mask(episodes: addition.Episodes) -> jax.Array:
+    """The positions the model writes (after the prompt, up to the episode's end): [B, L] bool."""
+    position = jnp.arange(episodes.tokens.shape[1])[None, :]
+    return (position >= episodes.prompt_length[:, None]) & (position < episodes.length[:, None])
+
+
+def delta_certainty(certainty: jax.Array, decisions: jax.Array) -> jax.Array:
+    """dJ at each decision: J(s_t) minus the mean J of the episode's other decisions.
+
+    certainty [B, T] float, decisions [B, T] bool -> [B, T] float32 (0 outside decisions).
+    """
+    certainty = jnp.where(decisions, certainty.astype(jnp.float32), 0.0)
+    count = decisions.sum(axis=1, keepdims=True)
+    others = (certainty.sum(axis=1, keepdims=True) - certainty) / jnp.maximum(count - 1, 1)
+    return jnp.where(decisions, certainty - others, 0.0)
+
+
+class EpisodeStats(NamedTuple):
+    """Per-episode certainty statistics, each [B] float32 (NaN where the set is empty)."""
+
+    critical: jax.Array          # mean dJ over the critical positions
+    non_critical: jax.Array      # mean dJ over the other decisions
+    non_critical_min: jax.Array  # lowest dJ among the other decisions
+    critical_certainty: jax.Array      # mean J over the critical positions
+    non_critical_certainty: jax.Array  # mean J over the other decisions
+
+
+def episode_stats(certainty: jax.Array, decisions: jax.Array, critical: jax.Array) -> EpisodeStats:
+    """certainty [B, T], decisions [B, T] bool, critical [B, T] bool (within decisions)."""
+    delta = delta_certainty(certainty, decisions)
+    critical = critical & decisions
+    others = decisions & ~critical
+
+    def mean_over(x, mask):
+        return jnp.where(mask.any(axis=1),
+                         jnp.where(mask, x, 0.0).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1),
+                         jnp.nan)
+
+    lowest = jnp.where(others.any(axis=1), jnp.where(others, delta, jnp.inf).min(axis=1), jnp.nan)
+    return EpisodeStats(mean_over(delta, critical), mean_over(delta, others), lowest,
+                        mean_over(certainty, critical), mean_over(certainty, others))
+
+
+def summarize(values) -> dict:
+    """Mean, standard deviation and count of the finite values of a 1-D array."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "count": 0}
+    return {"mean": float(values.mean()), "std": float(values.std()), "count": int(values.size)}
+
+
+def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *,
+                    episodes: int = 50, temperature: float = 1.0) -> dict:
+    """The paper's Table 1 for a model pre-trained up to n digits, on `episodes` correct
+    episodes of the (n+1)-digit RL distribution (teacher forcing: every prefix correct).
+
+    Critical positions are taken two ways: structural (the commas and digits of operand
+    lists beyond n, METHOD.md section 2) and empirical (where the model's greedy episode
+    first leaves the correct one, for the problems it fails). Returns plain numbers
+    (mean, std, count over episodes) for JSON.
+    """
+    operands = addition.sample_rl(rng, episodes, n, 1, n + 1)
+    reference = addition.render(operands)
+    certainty = jax.jit(token_certainty, static_argnums=1)(params, model_config, reference.tokens,
+                                                           temperature)
+    decisions = decision_mask(reference)
+    structural = episode_stats(certainty, decisions, addition.critical_positions(reference, n))
+
+    greedy = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
+                                max_length=addition.episode_limit(n + 1))
+    position, erred = evaluation.first_error(greedy)
+    failed = erred & ~greedy.outcome.success
+    first_wrong = (jnp.arange(reference.tokens.shape[1])[None, :] == position[:, None]) & failed[:, None]
+    empirical = episode_stats(certainty, decisions, first_wrong)
+    return {
+        "n": n, "episodes": episodes, "temperature": temperature,
+        "greedy_failures": int(failed.sum()),
+        "structural": {name: summarize(value) for name, value in structural._asdict().items()},
+        "empirical": {name: summarize(value) for name, value in empirical._asdict().items()},
+    }
+
+
+def certainty_markdown(tables: list[dict]) -> str:
+    """Table 1 rows (one per model) as Markdown: mean +- std over episodes."""
+    cell = lambda s: f"{s['mean']:+.4f} ± {s['std']:.4f} ({s['count']})"  # noqa: E731
+    lines = ["| N | critical tokens | dJ critical | dJ non-critical (mean) | dJ non-critical (min) "
+             "| J critical | J non-critical |", "|---|---|---|---|---|---|---|"]
+    for table in tables:
+        for kind in ("structural", "empirical"):
+            s = table[kind]
+            lines.append(
+                f"| {table['n']} | {kind} | {cell(s['critical'])} | {cell(s['non_critical'])} | "
+                f"{cell(s['non_critical_min'])} | {s['critical_certainty']['mean']:.4f} | "
+                f"{s['non_critical_certainty']['mean']:.4f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ coloured episodes
+
+
+def _colour(value: float) -> tuple[int, int, int]:
+    """Certainty 0 -> red, 1 -> green (through yellow)."""
+    value = min(max(float(value), 0.0), 1.0)
+    return (int(255 * min(1.0, 2 * (1 - value))), int(200 * min(1.0, 2 * value)), 40)
+
+
+def _token_pieces(tokens, certainty, start: int, end: int):
+    """(character, certainty) of tokens[start:end] (PAD and EOS skipped)."""
+    for token, value in zip(np.asarray(tokens)[start:end], np.asarray(certainty)[start:end]):
+        if token not in (tokenizer.PAD_ID, tokenizer.EOS_ID):
+            yield tokenizer.VOCAB[int(token)], float(value)
+
+
+def coloured_terminal(tokens, certainty, start: int, end: int) -> str:
+    """An episode's tokens[start:end] with 24-bit ANSI background colours by certainty."""
+    out = []
+    for char, value in _token_pieces(tokens, certainty, start, end):
+        r, g, b = _colour(value)
+        shown = char if char != "\n" else "\u21b5"
+        out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[30m{shown}\x1b[0m" + ("\n" if char == "\n" else ""))
+    return "".join(out)
+
+
+def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, int, int]]) -> str:
+    """A standalone HTML page: each (title, tokens, certainty, start, end) as a block of
+    characters coloured by certainty, the value shown on hover (paper Figure 5)."""
+    blocks = []
+    for title, tokens, certainty, start, end in episodes:
+        spans = []
+        for char, value in _token_pieces(tokens, certainty, start, end):
+            r, g, b = _colour(value)
+            shown = html.escape(char) if char != "\n" else "&#8629;<br>"
+            spans.append(f'<span style="background:rgb({r},{g},{b})" '
+                         f'title="certainty {value:.4f}">{shown}</span>')
+        blocks.append(f"<h3>{html.escape(title)}</h3><pre>{''.join(spans)}</pre>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>critkl certainty</title>"
+            "<style>pre{font:14px monospace;line-height:1.5} span{padding:1px 0}</style></head>"
+            "<body><p>Certainty of the model on each token: green certain, red uncertain "
+            "(hover for the value).</p>" + "".join(blocks) + "</body></html>")
+
+
+_MARKDOWN_SPECIAL = set("\\*_[]+->#")
+
+
+def certainty_markdown_episode(tokens, certainty, start: int, end: int,
+                               threshold: float = 0.9) -> str:
+    """An episode as Markdown for TensorBoard's text tab: tokens below `threshold`
+    certainty in bold with their certainty, e.g. **,**(0.42)."""
+    text = []
+    for char, value in _token_pieces(tokens, certainty, start, end):
+        shown = "\\" + char if char in _MARKDOWN_SPECIAL else html.escape(char)
+        if char == "\n":
+            text.append("  \n")
+        elif value < threshold:
+            text.append(f"**{shown}**({value:.2f})")
+        else:
+            text.append(shown)
+    return "".join(text)

@@ -1,0 +1,77 @@
+"""Table 1 and Figure 5: the pre-trained model is less certain at critical tokens.
+
+For each pre-training level N: certainty statistics on correct (N+1)-digit episodes
+(`critkl.analysis.certainty_table`), a plot of the certainty along a few episodes with
+the critical tokens marked, and the episodes coloured by certainty (HTML, TensorBoard).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from critkl import addition, analysis
+from critkl.experiments.models import pretrained_model
+from critkl.experiments.outputs import Curve, Output
+
+LEVELS = {"tiny": (1,), "mini": (3,), "paper": (3, 5, 7)}
+EPISODES = {"tiny": 8, "mini": 50, "paper": 50}
+SHOWN_EPISODES = 4
+
+
+def analyze_model(params, model_config, n: int, output: Output, *, episodes: int, print_fn=print,
+                  shown: int = SHOWN_EPISODES, pages: list | None = None,
+                  terminal: bool = False) -> dict:
+    """Table 1 statistics of one model pre-trained up to n digits, a plot of its certainty
+    along `shown` episodes, and those episodes coloured (TensorBoard text; appended to
+    `pages` for an HTML page; the first printed in terminal colours if `terminal`).
+    Returns the statistics."""
+    rng = jax.random.key(n)
+    table = analysis.certainty_table(params, model_config, n, rng, episodes=episodes)
+    s = table["structural"]
+    print_fn(f"N={n}: dJ at critical tokens {s['critical']['mean']:+.4f}, at other tokens "
+             f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
+
+    operands = addition.sample_rl(jax.random.fold_in(rng, 1), shown, n, 1, n + 1)
+    rendered = addition.render(operands)
+    certainty = np.asarray(analysis.token_certainty(params, model_config, rendered.tokens))
+    critical = np.asarray(addition.critical_positions(rendered, n))
+    curves = []
+    for i in range(shown):
+        start, end = int(rendered.prompt_length[i]), int(rendered.length[i])
+        tokens = np.asarray(rendered.tokens[i])
+        if pages is not None:
+            pages.append((f"N={n}, episode {i}", tokens, certainty[i], start, end))
+        output.tracker.text(n, f"episodes/{i}", analysis.certainty_markdown_episode(
+            tokens, certainty[i], start, end))
+        curves.append(Curve(f"episode {i}", np.arange(start, end) - start,
+                            certainty[i, start:end], style="-"))
+        marks = np.nonzero(critical[i, start:end])[0]
+        curves.append(Curve(f"critical tokens, episode {i}", marks,
+                            certainty[i, start:end][marks], style="x"))
+    output.plot(f"certainty_n{n}.png", curves, title=f"Certainty along {n + 1}-digit episodes "
+                f"(model pre-trained up to {n} digits)", xlabel="position in the target",
+                ylabel="certainty J of the next-token distribution", ylim=(-0.02, 1.02))
+    if terminal:
+        print_fn(analysis.coloured_terminal(np.asarray(rendered.tokens[0]), certainty[0],
+                                            int(rendered.prompt_length[0]),
+                                            int(rendered.length[0])))
+    return table
+
+
+def run(scale: str, output: Output, work_dir, print_fn=print, levels=None) -> dict:
+    """Table 1 and Figure 5 for the models pre-trained up to each of `levels` digits
+    (default: the scale's LEVELS)."""
+    tables, pages = [], []
+    for n in LEVELS[scale] if levels is None else levels:
+        pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+        tables.append(analyze_model(params, pre_config.model_config, n, output,
+                                    episodes=EPISODES[scale], print_fn=print_fn, pages=pages))
+    write(output, tables, pages)
+    return {"tables": tables}
+
+
+def write(output: Output, tables: list[dict], pages: list) -> None:
+    output.json("certainty.json", tables)
+    output.markdown("table1.md", analysis.certainty_markdown(tables))
+    output.html("episodes.html", analysis.coloured_html(pages))

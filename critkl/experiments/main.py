@@ -1,0 +1,54 @@
+"""The main job: the paper's story in one command, sized to finish on a laptop CPU at mini scale.
+
+1. the pre-trained model's accuracy at N..N+3 digits (Tables 4-5);
+2. its certainty at critical tokens against the rest (Table 1, Figure 5);
+3. RL on N+1 digits with the standard and the prioritized KL over several seeds, one
+   vmapped program (Figures 4, 6, 7);
+4. a summary table (summary.md) and the plots.
+"""
+
+from __future__ import annotations
+
+import time
+
+from critkl.experiments import accuracy, certainty, kl
+from critkl.experiments.outputs import Output
+
+PLAN = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
+        "mini": dict(problems=200, sampled_episodes=50, seeds=[0, 1, 2], betas=[0.0, 50.0]),
+        "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
+                      betas=[0.0, 150.0])}
+
+
+def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
+    plan, n = PLAN[scale], kl.N[scale]
+    started = time.perf_counter()
+
+    def step(text: str) -> None:
+        print_fn(f"\n== [{time.perf_counter() - started:5.0f} s] {text}")
+
+    step(f"1/3 accuracy of the model pre-trained up to {n} digits")
+    report, curves = accuracy.evaluate_level(
+        scale, n, output, work_dir, problems=plan["problems"],
+        sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)
+    accuracy.plot(output, curves)
+    step(f"2/3 certainty at critical tokens ({n + 1}-digit episodes)")
+    table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
+    step(f"3/3 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
+    results = kl.sweep(scale, plan, output, work_dir, print_fn)
+    kl.plot_critical(scale, results, output)
+
+    minutes = (time.perf_counter() - started) / 60
+    summary = "\n".join([
+        f"# critkl experiment {scale}: summary ({minutes:.1f} min)", "",
+        f"## Pre-trained up to {n} digits (greedy pass@1, {plan['problems']} problems per cell)",
+        "", (output.folder / f"accuracy_n{n}.md").read_text().strip(), "",
+        "## Certainty at critical tokens (Table 1)", "",
+        (output.folder / "table1.md").read_text().strip(), "",
+        f"## RL on {n + 1} digits", "", (output.folder / "summary.md").read_text().strip(), "",
+    ])
+    output.markdown("main.md", summary)
+    output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,
+                              "certainty": table1, "rl_summary": results["summary"]})
+    print_fn("\n" + summary)
+    return {"minutes": minutes}

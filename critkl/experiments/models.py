@@ -1,0 +1,60 @@
+"""Pre-trained models for experiments: shipped ones, or made by a documented recipe.
+
+`pretrained_model(scale, n, work_dir)` returns the model of that scale pre-trained up to n
+digits: the shipped `{scale}-n{n}` when the package has it, else the result of the
+scale's recipe (`recipe(scale, n)`), trained under work_dir/models and reused (or
+resumed, when cut off) by later experiments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from critkl import checkpoint, pretrain
+from critkl.pretrained import load_pretrained, shipped_names
+
+
+def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[pretrain.PretrainConfig]:
+    """The pre-training stages of a `scale` model up to n digits (stage i runs in stage_dirs[i]).
+
+    tiny: a few steps, for tests. mini: the recipe of the shipped mini-n3 (README): stage 1 on
+    problems up to n digits, stage 2 with 2% of (n+1)-digit RL problems. paper: GPT-2 small
+    dimensions in bfloat16 on a GPU/TPU.
+    """
+    if scale == "tiny":
+        return [pretrain.PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
+                                        batch_size=8, steps=12, warmup_steps=2, log_every=6,
+                                        eval_every=12, eval_problems=8, checkpoint_every=12)]
+    if scale == "mini":
+        return [pretrain.PretrainConfig(max_digits=n),
+                pretrain.PretrainConfig(max_digits=n, init_from=str(stage_dirs[0]),
+                                        longer_share=0.02, steps=100, learning_rate=5e-4,
+                                        warmup_steps=10, checkpoint_every=50, eval_every=100)]
+    if scale == "paper":
+        return [pretrain.PretrainConfig(model="paper", max_digits=n, dtype="bfloat16",
+                                        batch_size=64, steps=20000, learning_rate=3e-4,
+                                        warmup_steps=1000)]
+    raise ValueError(f"unknown scale {scale!r} (allowed: tiny, mini, paper)")
+
+
+def _finished(run_dir: Path, config: pretrain.PretrainConfig) -> bool:
+    return checkpoint.latest_checkpoint_step(run_dir) == config.steps
+
+
+def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):
+    """(PretrainConfig, params) of the `scale` model pre-trained up to n digits."""
+    name = f"{scale}-n{n}"
+    if name in shipped_names():
+        print_fn(f"using the shipped model {name}")
+        return load_pretrained(name)
+    base = Path(work_dir) / "models" / name
+    dirs = [base / f"stage{i + 1}" for i in range(2)]
+    stages = recipe(scale, n, dirs)
+    for run_dir, config in zip(dirs, stages):
+        if _finished(run_dir, config):
+            continue
+        resume = checkpoint.latest_checkpoint_step(run_dir) is not None
+        print_fn(f"pre-training {name} ({'resuming ' if resume else ''}{run_dir}, "
+                 f"{config.steps} steps)")
+        pretrain.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
+    return pretrain.load_run(dirs[len(stages) - 1])

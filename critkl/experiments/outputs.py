@@ -1,0 +1,89 @@
+"""Where an experiment writes: JSON, Markdown, HTML, PNG plots and TensorBoard.
+
+Every file is written to a temporary name and renamed, so an experiment cut off
+never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from critkl.tracking import Tracker
+
+
+class Curve:
+    """One line of a plot: x [P], y [P], an optional interval (low, high) [P] each, and a
+    matplotlib format string."""
+
+    def __init__(self, label: str, x, y, low=None, high=None, style: str = "-o"):
+        self.label, self.style = label, style
+        self.x, self.y = np.asarray(x, float), np.asarray(y, float)
+        self.low = None if low is None else np.asarray(low, float)
+        self.high = None if high is None else np.asarray(high, float)
+
+
+class Output:
+    """The folder of one experiment, with a TensorBoard log under `tensorboard/`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker(self.folder / "tensorboard")
+        self.written: list[Path] = []
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.folder / name
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(data)
+        temporary.replace(path)
+        self.written.append(path)
+        return path
+
+    def json(self, name: str, data) -> Path:
+        return self._write(name, (json.dumps(data, indent=1) + "\n").encode())
+
+    def markdown(self, name: str, text: str) -> Path:
+        self.tracker.text(0, Path(name).stem, text)
+        return self._write(name, (text + "\n").encode())
+
+    def html(self, name: str, text: str) -> Path:
+        return self._write(name, text.encode())
+
+    def plot(self, name: str, curves: list[Curve], *, title: str, xlabel: str, ylabel: str,
+             ylim=None) -> Path:
+        """Line plot of `curves`, intervals shaded, as PNG (and a TensorBoard image)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        for curve in curves:
+            (line,) = axes.plot(curve.x, curve.y, curve.style, markersize=4, label=curve.label)
+            if curve.low is not None:
+                axes.fill_between(curve.x, curve.low, curve.high, color=line.get_color(),
+                                  alpha=0.2, linewidth=0)
+        axes.set_title(title)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        if ylim is not None:
+            axes.set_ylim(*ylim)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        figure.canvas.draw()
+        image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+        self.tracker.image(0, Path(name).stem, image)
+        temporary = self.folder / (name + ".tmp.png")
+        figure.savefig(temporary)
+        plt.close(figure)
+        path = self.folder / name
+        temporary.replace(path)
+        self.written.append(path)
+        return path
+
+    def close(self) -> None:
+        self.tracker.close()

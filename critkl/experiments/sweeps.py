@@ -1,0 +1,70 @@
+"""RL sweeps inside experiments: the settings of each scale, running (or resuming) a
+sweep, and its curves (mean and 95% interval over seeds) for plots."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from critkl import checkpoint, finetune, losses, rl
+from critkl.experiments.outputs import Curve
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSettings:
+    """What an experiment's RL runs share at one scale."""
+
+    episodes: int
+    iterations: int
+    eval_every: int
+    eval_episodes: int
+    ppo_epochs: int = 2
+    minibatches: int = 5
+    learning_rate: float = 1e-4
+    kl_coef: float = 5.0
+    certainty_temperature: float = 1.0  # 4 in the authors' code; see README on |V| = 42
+    policy_temperature: float = 1.0     # 2 in the paper; see README
+
+    def config(self, n: int, extra_digits: int) -> rl.RLConfig:
+        return rl.RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
+                           iterations=self.iterations, eval_every=self.eval_every,
+                           eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
+                           minibatches=self.minibatches)
+
+    def hyper(self) -> rl.RLHyper:
+        return rl.RLHyper(learning_rate=self.learning_rate, loss=losses.LossHyper(
+            kl_coef=self.kl_coef, certainty_temperature=self.certainty_temperature,
+            policy_temperature=self.policy_temperature))
+
+
+RL_SETTINGS = {
+    "tiny": RLSettings(episodes=4, iterations=2, eval_every=1, eval_episodes=4, ppo_epochs=1,
+                       minibatches=2),
+    "mini": RLSettings(episodes=50, iterations=8, eval_every=2, eval_episodes=100),
+    "paper": RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100,
+                        learning_rate=1e-5),
+}
+
+
+def run_sweep(run_dir: Path, pre_config, params, config: rl.RLConfig, base: rl.RLHyper,
+              seeds: list[int], grid: dict[str, list[float]], print_fn=print) -> dict:
+    """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off."""
+    resume = checkpoint.latest_checkpoint_step(run_dir) is not None
+    runs = finetune.grid_runs(seeds, grid, base)
+    saved = {"rl": dataclasses.asdict(config), "seeds": seeds, "grid": grid,
+             "base": dataclasses.asdict(base)}
+    return finetune.finetune(config, runs, params, pre_config.model_config, run_dir,
+                             resume=resume, print_fn=print_fn, saved_config=saved)
+
+
+def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
+    """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds."""
+    curves = []
+    for setting in sorted({run["setting"] for run in results["runs"]}):
+        members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
+        values = np.array([curve[key] for curve in members])  # [seeds, points]
+        stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
+        curves.append(Curve(label(setting), members[0]["iteration"], *stats.T))
+    return curves

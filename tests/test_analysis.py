@@ -1,0 +1,96 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from critkl import addition, analysis, tokenizer
+from critkl.model import init_params, model_preset
+
+TINY = model_preset("tiny")
+
+
+def test_delta_certainty_hand_example():
+    certainty = jnp.array([[1.0, 0.9, 0.8, 0.5, 0.0]])
+    decisions = jnp.array([[False, True, True, True, False]])
+    delta = analysis.delta_certainty(certainty, decisions)
+    # 0.9 - mean(0.8, 0.5); 0.8 - mean(0.9, 0.5); 0.5 - mean(0.9, 0.8); 0 outside decisions
+    np.testing.assert_allclose(delta, [[0.0, 0.25, 0.1, -0.35, 0.0]], atol=1e-6)
+
+
+def test_episode_stats_hand_example():
+    certainty = jnp.array([[1.0, 0.9, 0.8, 0.5, 0.0], [1.0, 0.6, 0.6, 0.6, 0.6]])
+    decisions = jnp.array([[False, True, True, True, False], [False, True, True, True, True]])
+    critical = jnp.array([[False, False, False, True, True], [False] * 5])
+    stats = analysis.episode_stats(certainty, decisions, critical)
+    # Position 4 of episode 0 is critical but not a decision: ignored.
+    np.testing.assert_allclose(stats.critical, [-0.35, np.nan], atol=1e-6)
+    np.testing.assert_allclose(stats.non_critical, [0.175, 0.0], atol=1e-6)
+    np.testing.assert_allclose(stats.non_critical_min, [0.1, 0.0], atol=1e-6)
+    np.testing.assert_allclose(stats.critical_certainty, [0.5, np.nan], atol=1e-6)
+    np.testing.assert_allclose(stats.non_critical_certainty, [0.85, 0.6], atol=1e-6)
+
+
+def test_summarize_ignores_missing_values():
+    summary = analysis.summarize([1.0, np.nan, 3.0])
+    assert summary == {"mean": 2.0, "std": 1.0, "count": 2}
+    assert analysis.summarize([np.nan])["count"] == 0
+
+
+def test_token_certainty_is_aligned_with_the_predicted_token():
+    params = init_params(jax.random.key(0), TINY)
+    tokens = addition.render(addition.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
+    values = np.asarray(analysis.token_certainty(params, TINY, tokens, temperature=2.0))
+    from critkl.model import GPT
+
+    logits, _ = GPT(TINY).apply({"params": params}, tokens)
+    logits = np.asarray(logits, np.float64) / 2.0
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = 1 + np.log(probs.max(-1)) / np.log(tokenizer.VOCAB_SIZE)  # from position t - 1
+    assert values.shape == tokens.shape
+    np.testing.assert_allclose(values[:, 0], 1.0)
+    np.testing.assert_allclose(values[:, 1:], expected[:, :-1], atol=1e-5)
+
+
+def test_decision_mask_covers_the_target():
+    episodes = addition.render(addition.operands_from_ints([(128, 367)], 3))
+    mask = np.asarray(analysis.decision_mask(episodes))[0]
+    text = tokenizer.decode(np.asarray(episodes.tokens[0])[mask])
+    assert text.startswith("\n<scratch>") and text.endswith("4 9 5\n")
+    assert not mask[: int(episodes.prompt_length[0])].any()
+
+
+def test_certainty_table_counts():
+    params = init_params(jax.random.key(0), TINY)
+    table = analysis.certainty_table(params, TINY, 1, jax.random.key(1), episodes=6)
+    # Every RL problem at n+1 digits has structural critical tokens.
+    assert table["structural"]["critical"]["count"] == 6
+    assert table["structural"]["non_critical"]["count"] == 6
+    # A random model fails every problem, each failure has its first wrong token.
+    assert table["greedy_failures"] == 6
+    assert table["empirical"]["critical"]["count"] == 6
+    markdown = analysis.certainty_markdown([table])
+    assert markdown.count("\n| 1 |") == 2
+
+
+TOKENS = tokenizer.encode("[1,2]\n<a>")
+CERTAINTY = np.array([0.95, 0.2, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.95])
+
+
+def test_coloured_terminal_colours_each_token():
+    text = analysis.coloured_terminal(TOKENS, CERTAINTY, 0, len(TOKENS))
+    assert text.count("\x1b[48;2;") == len(TOKENS)
+    assert "\x1b[48;2;255;80;40m" in text  # certainty 0.2: red, some green
+    assert text.count("\n") == 1
+
+
+def test_coloured_html_escapes_and_titles():
+    page = analysis.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, 0, len(TOKENS))])
+    assert "N=3 &lt;first&gt;" in page and "&lt;" in page and "<a>" not in page
+    assert page.count("<span") == len(TOKENS)
+    assert 'title="certainty 0.2000"' in page
+
+
+def test_markdown_episode_marks_uncertain_tokens():
+    text = analysis.certainty_markdown_episode(TOKENS, CERTAINTY, 0, len(TOKENS), threshold=0.9)
+    assert text == "\\[**1**(0.20),2\\]  \n&lt;**a**(0.50)\\>"

@@ -1,0 +1,66 @@
+"""Smoke tests of every experiment entry at tiny scale. The entries share one work folder,
+so the tiny model is pre-trained once. The main job runs in the default suite; the other
+entries are slow (`pytest -m slow`)."""
+
+import json
+
+import pytest
+
+from critkl import cli, experiments
+
+EXPECTED_FILES = {
+    "main": {"main.md", "main.json", "accuracy.png", "accuracy_n1.md", "table1.md",
+             "certainty.json", "episodes.html", "certainty_n1.png", "summary.md",
+             "summary.json", "pass_at_1.png", "critical_commas.png", "critical_digits.png"},
+    "certainty": {"table1.md", "certainty.json", "episodes.html", "certainty_n1.png"},
+    "accuracy": {"accuracy.json", "accuracy.png", "accuracy_n1.md"},
+    "levels": {"levels.json", "levels.png"},
+    "critical": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
+                 "critical_digits.png"},
+    "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
+             "critical_digits.png"},
+}
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def _check_outputs(folder, name):
+    names = {p.name for p in folder.iterdir()}
+    assert EXPECTED_FILES[name] <= names, EXPECTED_FILES[name] - names
+    assert any((folder / "tensorboard").iterdir())
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_entry_has_a_smoke_test():
+    assert set(EXPECTED_FILES) == set(experiments.EXPERIMENTS)
+
+
+def test_main_job_tiny(work_dir, capsys):
+    assert cli.main(["experiment", "tiny", "--out", str(work_dir)]) == 0
+    out = capsys.readouterr().out
+    folder = work_dir / "main-tiny"
+    _check_outputs(folder, "main")
+    summary = json.loads((folder / "main.json").read_text())
+    assert set(summary["rl_summary"]) == {"beta=0", "beta=150"}
+    assert summary["certainty"]["structural"]["critical"]["count"] == 8
+    assert "## Certainty at critical tokens" in out and "| beta=150 | 2 |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta"])
+def test_entry_tiny(work_dir, name):
+    folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
+    _check_outputs(folder, name)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "nope"], "unknown experiment 'nope'"),
+    (["experiment", "beta", "--scale", "huge"], "--scale must be one of tiny, mini, paper"),
+])
+def test_experiment_bad_input(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
