@@ -128,6 +128,14 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma, lam):
     return advantages, jnp.where(mask, advantages + values, 0.0)
 
 
+def center_advantages(advantages: jax.Array, mask: jax.Array) -> jax.Array:
+    """Advantages minus their mean over the action tokens (mask True): [B, T] -> [B, T], 0
+    outside the mask."""
+    chex.assert_equal_shape((advantages, mask))
+    mean = jnp.sum(jnp.where(mask, advantages, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    return jnp.where(mask, advantages - mean, 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration
 
@@ -156,6 +164,10 @@ class LossConfig:
       subtracts `per_token_kl_penalty` from the rewards before GAE; no KL term in the loss).
     prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
     value_hidden_sizes: hidden layers of the `ValueHead` whose params `fused_loss` receives.
+    center_advantages: the collector subtracts the mean advantage over the batch's action
+      tokens (`center_advantages`), a batch baseline on top of the value head: with a ternary
+      reward and a value head that starts at 0, most episodes fail and every one of their
+      tokens would be pushed down.
     """
 
     algorithm: str = "ppo"
@@ -163,6 +175,7 @@ class LossConfig:
     kl_placement: str = "loss"
     prioritized: bool = True
     value_hidden_sizes: tuple[int, ...] = (128, 128)
+    center_advantages: bool = True
 
     def __post_init__(self):
         for name, allowed in (
@@ -170,6 +183,7 @@ class LossConfig:
             ("kl_kind", KL_KINDS),
             ("kl_placement", KL_PLACEMENTS),
             ("prioritized", (True, False)),
+            ("center_advantages", (True, False)),
         ):
             value = getattr(self, name)
             if not isinstance(value, type(allowed[0])) or value not in allowed:

@@ -12,6 +12,7 @@ from critkl.losses import (
     LossConfig,
     LossHyper,
     RolloutBatch,
+    center_advantages,
     certainty,
     exact_kl,
     fused_loss,
@@ -460,3 +461,10 @@ def test_value_head_shapes_and_zero_init():
     assert values.shape == (2, 5) and values.dtype == jnp.float32
     assert not np.any(values)
     assert params["hidden_0"]["kernel"].shape == (CONFIG.d_model, 128)
+
+
+def test_center_advantages_subtracts_the_mean_over_actions():
+    advantages = jnp.array([[9.0, 1.0, 2.0, 9.0], [9.0, 3.0, 9.0, 9.0]])
+    mask = jnp.array([[False, True, True, False], [False, True, False, False]])
+    centered = center_advantages(advantages, mask)  # mean over actions: 2
+    np.testing.assert_allclose(centered, [[0.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
