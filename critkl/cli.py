@@ -40,10 +40,23 @@ def use_cpu_cores(parallel_items: int) -> None:
     devices = max(d for d in range(1, cores + 1) if parallel_items % d == 0)
     if devices == 1:
         return
-    os.environ["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} "
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    )
+    from critkl.parallel import cpu_devices_flags
+
+    os.environ["XLA_FLAGS"] = cpu_devices_flags(devices)
+
+
+def start_jax(args, parallel_items: int) -> None:
+    """Before a training command computes: one CPU device per core (`use_cpu_cores`,
+    for this process's share of `parallel_items`), then join the other processes of
+    a multi-process run (critkl.distributed)."""
+    from critkl import distributed
+
+    processes = max(args.num_processes or 1, 1)
+    use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
+    try:
+        distributed.initialize(args)
+    except distributed.DistributedError as error:
+        raise UsageError(str(error)) from None
 
 
 def _render(args) -> None:
@@ -90,7 +103,7 @@ def _pretrain(args) -> None:
         config = pretrain.PretrainConfig.from_dict({**saved, **explicit})
     else:
         config = _config_from(args, pretrain.PretrainConfig)
-    use_cpu_cores(config.batch_size)
+    start_jax(args, config.batch_size)
     pretrain.pretrain(config, args.run_dir, resume=args.resume,
                       print_fn=lambda line: print(line, flush=True))
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
@@ -163,14 +176,17 @@ def _finetune(args) -> None:
             raise UsageError(f"finetune runs one configuration; use `critkl sweep` for lists "
                              f"({', '.join(many + (['seeds'] if len(args.seeds) > 1 else []))})")
     try:
-        pre_config, params = load_pretrained(args.pretrained)
-        config = rl.RLConfig(n=pre_config.max_digits, loss=losses.LossConfig(**loss_values),
-                             **rl_values)
-        config.check_model(pre_config.model_config)
+        loss_config = losses.LossConfig(**loss_values)
         runs = finetune.grid_runs(args.seeds, grid, rl.RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
-    use_cpu_cores(len(runs))
+    start_jax(args, len(runs))  # before loading the model, which may compute
+    try:
+        pre_config, params = load_pretrained(args.pretrained)
+        config = rl.RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
+        config.check_model(pre_config.model_config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     saved = {"pretrained": args.pretrained, "rl": dataclasses.asdict(config),
              "seeds": args.seeds, "grid": grid}
     results = finetune.finetune(config, runs, params, pre_config.model_config, args.run_dir,
@@ -182,11 +198,12 @@ def _finetune(args) -> None:
 
 
 def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
-    from critkl import finetune, losses, rl
+    from critkl import distributed, finetune, losses, rl
 
     parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
     parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    distributed.add_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
     for field in dataclasses.fields(rl.RLConfig):
@@ -208,6 +225,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from critkl import distributed
     from critkl.pretrain import PretrainConfig
 
     parser = argparse.ArgumentParser(prog="critkl", description=__doc__)
@@ -222,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--run-dir", required=True, help="where config, checkpoints and logs go")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_config_flags(pretrain, PretrainConfig)
+    distributed.add_flags(pretrain)
     pretrain.set_defaults(run=_pretrain)
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
