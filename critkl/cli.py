@@ -197,6 +197,22 @@ def _finetune(args) -> None:
           f"tensorboard --logdir {Path(args.run_dir) / 'tensorboard'}")
 
 
+def _launch(args) -> None:
+    from critkl.launch import launch
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise UsageError("give the command to run after --, e.g. critkl launch --processes 2 "
+                         "-- critkl pretrain --run-dir runs/two --model tiny")
+    cpu_devices = args.cpu_devices or max(1, (os.cpu_count() or 1) // max(args.processes, 1))
+    if args.processes < 1 or cpu_devices < 1 or args.gpus_per_process < 0:
+        raise UsageError(f"--processes ({args.processes}) and --cpu-devices ({cpu_devices}) "
+                         f"must be >= 1, --gpus-per-process ({args.gpus_per_process}) >= 0")
+    status = launch(command, args.processes, cpu_devices, args.gpus_per_process)
+    if status:
+        raise SystemExit(status)
+
+
 def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     from critkl import distributed, finetune, losses, rl
 
@@ -264,6 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="seeds x hyperparameter grid, vmapped in one program")
     _add_finetune_flags(sweep, lists=True)
     sweep.set_defaults(run=_finetune)
+
+    launch = commands.add_parser(
+        "launch", help="run a training command as several JAX processes on this machine",
+        description="Start N processes of COMMAND on this machine, joined into one JAX program "
+        "(multi-process runs on a CPU, or one process per GPU); when one fails, the others "
+        "are stopped.")
+    launch.add_argument("--processes", type=int, required=True, help="number of processes")
+    launch.add_argument("--cpu-devices", type=int,
+                        help="CPU devices per process (default: the cores over the processes)")
+    launch.add_argument("--gpus-per-process", type=int, default=0,
+                        help="GPUs per process on a multi-GPU machine (default 0: CPU devices)")
+    launch.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the training command, e.g. -- critkl pretrain --run-dir runs/x")
+    launch.set_defaults(run=_launch)
     return parser
 
 
