@@ -80,8 +80,8 @@ def _on_cloud_tpu_vm() -> bool:
 
 def initialize(args) -> None:
     """Join the other processes of this run (see the module docstring); call it before
-    JAX computes anything. Processes other than 0 then write nothing to stdout: their
-    progress lines would repeat process 0's (errors still go to stderr)."""
+    JAX computes anything. Then only process 0 prints on stdout (errors still go to
+    stderr)."""
     explicit = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
     if explicit:
         _check(args)
@@ -101,6 +101,14 @@ def initialize(args) -> None:
             f"could not join the other processes ({detail}). Check that every process got the "
             "same --coordinator and --num-processes and its own --process-id, that process 0 "
             "is running and its port is reachable from every host.") from None
-    if jax.process_index() > 0:
-        sys.stdout.flush()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _separate_stdout(keep=jax.process_index() == 0)
+
+
+def _separate_stdout(keep: bool) -> None:
+    """Python's prints keep stdout (`keep`, process 0) or are dropped (the others, whose
+    progress lines would repeat process 0's); whatever C++ writes on stdout (gloo
+    announces each connection there, from several threads) goes to stderr."""
+    sys.stdout.flush()
+    prints = os.dup(sys.stdout.fileno()) if keep else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = os.fdopen(prints, "w", buffering=1)
