@@ -204,7 +204,8 @@ def _launch(args) -> None:
     if not command:
         raise UsageError("give the command to run after --, e.g. critkl launch --processes 2 "
                          "-- critkl pretrain --run-dir runs/two --model tiny")
-    cpu_devices = args.cpu_devices or max(1, (os.cpu_count() or 1) // max(args.processes, 1))
+    cpu_devices = (max(1, (os.cpu_count() or 1) // max(args.processes, 1))
+                   if args.cpu_devices is None else args.cpu_devices)
     if args.processes < 1 or cpu_devices < 1 or args.gpus_per_process < 0:
         raise UsageError(f"--processes ({args.processes}) and --cpu-devices ({cpu_devices}) "
                          f"must be >= 1, --gpus-per-process ({args.gpus_per_process}) >= 0")

@@ -72,10 +72,13 @@ def _check(args) -> None:
 
 
 def _on_cloud_tpu_vm() -> bool:
-    """Whether `import jax` found TPU chips and libtpu (JAX's own test, set at import)."""
-    from jax._src import cloud_tpu_init
-
-    return cloud_tpu_init.running_in_cloud_tpu_vm
+    """Whether `import jax` found TPU chips and libtpu: JAX's own test, a private flag
+    (False should a later JAX drop it; the explicit flags still work then)."""
+    try:
+        from jax._src import cloud_tpu_init
+    except ImportError:
+        return False
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
 def initialize(args) -> None:
