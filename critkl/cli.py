@@ -40,10 +40,23 @@ def use_cpu_cores(parallel_items: int) -> None:
     devices = max(d for d in range(1, cores + 1) if parallel_items % d == 0)
     if devices == 1:
         return
-    os.environ["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} "
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    )
+    from critkl.parallel import cpu_devices_flags
+
+    os.environ["XLA_FLAGS"] = cpu_devices_flags(devices)
+
+
+def start_jax(args, parallel_items: int) -> None:
+    """Before a training command computes: one CPU device per core (`use_cpu_cores`,
+    for this process's share of `parallel_items`), then join the other processes of
+    a multi-process run (critkl.distributed)."""
+    from critkl import distributed
+
+    processes = max(args.num_processes or 1, 1)
+    use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
+    try:
+        distributed.initialize(args)
+    except distributed.DistributedError as error:
+        raise UsageError(str(error)) from None
 
 
 def _render(args) -> None:
@@ -90,7 +103,7 @@ def _pretrain(args) -> None:
         config = pretrain.PretrainConfig.from_dict({**saved, **explicit})
     else:
         config = _config_from(args, pretrain.PretrainConfig)
-    use_cpu_cores(config.batch_size)
+    start_jax(args, config.batch_size)
     pretrain.pretrain(config, args.run_dir, resume=args.resume,
                       print_fn=lambda line: print(line, flush=True))
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
@@ -163,14 +176,17 @@ def _finetune(args) -> None:
             raise UsageError(f"finetune runs one configuration; use `critkl sweep` for lists "
                              f"({', '.join(many + (['seeds'] if len(args.seeds) > 1 else []))})")
     try:
-        pre_config, params = load_pretrained(args.pretrained)
-        config = rl.RLConfig(n=pre_config.max_digits, loss=losses.LossConfig(**loss_values),
-                             **rl_values)
-        config.check_model(pre_config.model_config)
+        loss_config = losses.LossConfig(**loss_values)
         runs = finetune.grid_runs(args.seeds, grid, rl.RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
-    use_cpu_cores(len(runs))
+    start_jax(args, len(runs))  # before loading the model, which may compute
+    try:
+        pre_config, params = load_pretrained(args.pretrained)
+        config = rl.RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
+        config.check_model(pre_config.model_config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     saved = {"pretrained": args.pretrained, "rl": dataclasses.asdict(config),
              "seeds": args.seeds, "grid": grid}
     results = finetune.finetune(config, runs, params, pre_config.model_config, args.run_dir,
@@ -181,12 +197,30 @@ def _finetune(args) -> None:
           f"tensorboard --logdir {Path(args.run_dir) / 'tensorboard'}")
 
 
+def _launch(args) -> None:
+    from critkl.launch import launch
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise UsageError("give the command to run after --, e.g. critkl launch --processes 2 "
+                         "-- critkl pretrain --run-dir runs/two --model tiny")
+    cpu_devices = (max(1, (os.cpu_count() or 1) // max(args.processes, 1))
+                   if args.cpu_devices is None else args.cpu_devices)
+    if args.processes < 1 or cpu_devices < 1 or args.gpus_per_process < 0:
+        raise UsageError(f"--processes ({args.processes}) and --cpu-devices ({cpu_devices}) "
+                         f"must be >= 1, --gpus-per-process ({args.gpus_per_process}) >= 0")
+    status = launch(command, args.processes, cpu_devices, args.gpus_per_process)
+    if status:
+        raise SystemExit(status)
+
+
 def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
-    from critkl import finetune, losses, rl
+    from critkl import distributed, finetune, losses, rl
 
     parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
     parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    distributed.add_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
     for field in dataclasses.fields(rl.RLConfig):
@@ -218,7 +252,7 @@ def _experiment(args) -> None:
                          f"({', '.join(experiments.SCALES)}) for the main job")
     if scale not in experiments.SCALES:
         raise UsageError(f"--scale must be one of {', '.join(experiments.SCALES)}, got {scale!r}")
-    use_cpu_cores(2)  # every sweep and pre-training batch of the entries is even
+    start_jax(args, 2)  # every sweep and pre-training batch of the entries is even
     print(f"critkl experiment {name} at {scale} scale: {experiments.EXPERIMENTS[name].result}",
           flush=True)
     experiments.run(name, scale, args.out, print_fn=lambda line: print(line, flush=True))
@@ -248,6 +282,7 @@ def _analyze(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from critkl import distributed
     from critkl.pretrain import PretrainConfig
 
     parser = argparse.ArgumentParser(prog="critkl", description=__doc__)
@@ -262,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--run-dir", required=True, help="where config, checkpoints and logs go")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_config_flags(pretrain, PretrainConfig)
+    distributed.add_flags(pretrain)
     pretrain.set_defaults(run=_pretrain)
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
@@ -292,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU)")
     experiment.add_argument("--out", default="runs/experiments",
                             help="output folder (models pre-trained here are reused)")
+    distributed.add_flags(experiment)
     experiment.set_defaults(run=_experiment)
 
     analyze = commands.add_parser(
@@ -301,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--shown", type=int, default=4, help="episodes coloured and plotted")
     analyze.add_argument("--out", help="output folder (default runs/analyze-MODEL)")
     analyze.set_defaults(run=_analyze)
+
+    launch = commands.add_parser(
+        "launch", help="run a training command as several JAX processes on this machine",
+        description="Start N processes of COMMAND on this machine, joined into one JAX program "
+        "(multi-process runs on a CPU, or one process per GPU); when one fails, the others "
+        "are stopped.")
+    launch.add_argument("--processes", type=int, required=True, help="number of processes")
+    launch.add_argument("--cpu-devices", type=int,
+                        help="CPU devices per process (default: the cores over the processes)")
+    launch.add_argument("--gpus-per-process", type=int, default=0,
+                        help="GPUs per process on a multi-GPU machine (default 0: CPU devices)")
+    launch.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the training command, e.g. -- critkl pretrain --run-dir runs/x")
+    launch.set_defaults(run=_launch)
     return parser
 
 

@@ -73,10 +73,6 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _host(tree) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in jax.device_get(tree).items()}
-
-
 class _Log:
     """Per-run and per-setting (mean, 95% interval) TensorBoard curves and results.json."""
 
@@ -158,12 +154,12 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     # Runs are independent: split them over the devices when they divide evenly.
     by_run = (parallel.batch_sharding(mesh) if len(runs) % mesh.devices.size == 0
               else parallel.replicated(mesh))
-    hypers = jax.device_put(rl.stack_hypers([r.hyper for r in runs]), by_run)
+    hypers = parallel.put(rl.stack_hypers([r.hyper for r in runs]), by_run)
     rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
-    pretrained = jax.device_put(pretrained, parallel.replicated(mesh))
+    pretrained = parallel.put(pretrained, parallel.replicated(mesh))
     periods = config.iterations // config.eval_every
 
-    state = jax.device_put(vinit(rngs, hypers, pretrained), by_run)
+    state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
     checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
     if resume:
         state = checkpointer.restore(target=state)
@@ -187,15 +183,15 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
                  f"of {config.episodes} episodes each; compiling, then one line per "
                  f"{config.eval_every} iterations")
         if done == 0:
-            before = _host(vevaluate(pretrained, state.eval_rng))
+            before = parallel.fetch(vevaluate(pretrained, state.eval_rng))
             log.record(0, before)
             print_fn(f"iteration 0  pass@1 {before['eval/pass_at_1'].mean():.3f}  "
                      f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  (pre-trained model)")
         clock = time.perf_counter()
         for period in range(done, periods):
             state, (train, evaluation) = vrun(state, hypers, pretrained, 1)
-            train = {k: v[:, 0] for k, v in _host(train).items()}
-            evaluation = {k: v[:, 0] for k, v in _host(evaluation).items()}
+            train = {k: v[:, 0] for k, v in parallel.fetch(train).items()}
+            evaluation = {k: v[:, 0] for k, v in parallel.fetch(evaluation).items()}
             end = (period + 1) * config.eval_every
             log.record(end, evaluation, train, range(end - config.eval_every + 1, end + 1))
             checkpointer.save(period + 1, state)

@@ -1,12 +1,16 @@
 """Data parallelism over every device with jit, a device mesh and NamedSharding.
 
 The batch axis is split over the mesh axis "data"; parameters and optimizer state
-are replicated. XLA's SPMD partitioner inserts the gradient all-reduce.
+are replicated. XLA's SPMD partitioner inserts the gradient all-reduce. In a
+multi-process run (critkl.distributed) the mesh spans every process's devices:
+`put` and `fetch` move values onto and off such a mesh.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -37,3 +41,37 @@ def check_divisible(name: str, value: int, mesh: Mesh) -> None:
             f"{name}={value} must be a multiple of the number of devices ({devices}) "
             "so that the batch splits evenly"
         )
+
+
+def cpu_devices_flags(count: int) -> str:
+    """XLA_FLAGS for `count` single-threaded CPU devices (XLA runs many CPU operations
+    on one thread; one device per core with the batch split over them is faster)."""
+    return (f"--xla_force_host_platform_device_count={count} "
+            "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+
+def put(tree, sharding: NamedSharding):
+    """`tree` (host values or arrays, the same on every process) placed on `sharding`,
+    whose devices may belong to several processes. Each process keeps its devices'
+    shards. PRNG key arrays are placed through their key data, and arrays held by this
+    process alone go through the host: jax.device_put takes neither onto other
+    processes' devices."""
+    def leaf(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            x = np.asarray(x)
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(leaf, tree)
+
+
+def fetch(tree):
+    """Numpy copies of `tree`'s arrays, gathering the shards other processes hold.
+    Gathering is a collective: every process calls it at the same point."""
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+
+    return jax.tree.map(leaf, tree)

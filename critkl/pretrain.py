@@ -245,20 +245,21 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
     is_main = jax.process_index() == 0
     checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
-    state = jax.device_put(init_state(config, warm_start=not resume), parallel.replicated(mesh))
+    state = parallel.put(init_state(config, warm_start=not resume), parallel.replicated(mesh))
     if resume:
         saved = checkpoint.load_config(run_dir)
         checkpoint.check_config_matches(saved, config.to_dict(), RESUME_KEYS)
         state = checkpointer.restore(target=state)
         print_fn(f"resumed {run_dir} at step {int(state.step)}")
-    elif is_main:
+    else:  # every process checks, so that all stop together
         if checkpoint.latest_checkpoint_step(run_dir) is not None:
             raise checkpoint.CheckpointError(
                 f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
                 "or choose another run directory."
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_config(run_dir, config.to_dict())
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.save_config(run_dir, config.to_dict())
 
     train_step = make_train_step(config, mesh)
     model_config = config.model_config
