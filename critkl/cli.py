@@ -259,6 +259,7 @@ def _experiment(args) -> None:
 
 
 def _analyze(args) -> None:
+    from critkl import analysis
     from critkl.experiments import certainty
     from critkl.experiments.outputs import Output
     from critkl.pretrained import load_pretrained
@@ -276,7 +277,7 @@ def _analyze(args) -> None:
         certainty.write(output, [table], pages)
     finally:
         output.close()
-    print((out / "table1.md").read_text())
+    print(analysis.certainty_markdown([table]))
     print(f"saved {out}: table1.md, certainty.json, episodes.html (open it in a browser), "
           f"certainty_n{config.max_digits}.png; tensorboard --logdir {out}")
 

@@ -64,3 +64,19 @@ def test_entry_tiny(work_dir, name):
 def test_experiment_bad_input(argv, message, capsys):
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_analyze_command(tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert cli.main(["analyze", "mini-n3", "--episodes", "4", "--shown", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 3 | structural |" in printed and "| 3 | empirical |" in printed
+    assert {"table1.md", "certainty.json", "episodes.html", "certainty_n3.png"} <= {
+        p.name for p in out.iterdir()}
+    tables = json.loads((out / "certainty.json").read_text())
+    assert tables[0]["structural"]["critical"]["count"] == 4
+
+
+def test_analyze_bad_input(capsys):
+    assert cli.main(["analyze", "no-such-model"]) == 2
+    assert "neither a shipped model" in capsys.readouterr().err

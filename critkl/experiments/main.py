@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from critkl import analysis, evaluation, finetune
 from critkl.experiments import accuracy, certainty, kl
 from critkl.experiments.outputs import Output
 
@@ -42,10 +43,10 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     summary = "\n".join([
         f"# critkl experiment {scale}: summary ({minutes:.1f} min)", "",
         f"## Pre-trained up to {n} digits (greedy pass@1, {plan['problems']} problems per cell)",
-        "", (output.folder / f"accuracy_n{n}.md").read_text().strip(), "",
+        "", evaluation.markdown(report), "",
         "## Certainty at critical tokens (Table 1)", "",
-        (output.folder / "table1.md").read_text().strip(), "",
-        f"## RL on {n + 1} digits", "", (output.folder / "summary.md").read_text().strip(), "",
+        analysis.certainty_markdown([table1]), "",
+        f"## RL on {n + 1} digits", "", finetune.markdown_summary(results), "",
     ])
     output.markdown("main.md", summary)
     output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,

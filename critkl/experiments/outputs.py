@@ -1,7 +1,7 @@
 """Where an experiment writes: JSON, Markdown, HTML, PNG plots and TensorBoard.
 
 Every file is written to a temporary name and renamed, so an experiment cut off
-never leaves a half-written result.
+never leaves a half-written result. In a multi-process run, process 0 alone writes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from critkl.tracking import Tracker
@@ -30,12 +31,16 @@ class Output:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.folder / "tensorboard")
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker(self.folder / "tensorboard", enabled=self.enabled)
         self.written: list[Path] = []
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.folder / name
+        if not self.enabled:
+            return path
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(data)
         temporary.replace(path)
@@ -55,6 +60,8 @@ class Output:
     def plot(self, name: str, curves: list[Curve], *, title: str, xlabel: str, ylabel: str,
              ylim=None) -> Path:
         """Line plot of `curves`, intervals shaded, as PNG (and a TensorBoard image)."""
+        if not self.enabled:
+            return self.folder / name
         import matplotlib
 
         matplotlib.use("Agg")
