@@ -73,7 +73,7 @@ class Output:
             if curve.low is not None:
                 axes.fill_between(curve.x, curve.low, curve.high, color=line.get_color(),
                                   alpha=0.2, linewidth=0)
-        axes.set_title(title)
+        axes.set_title(title, fontsize=9)
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         if ylim is not None:
