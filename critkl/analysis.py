@@ -13,6 +13,7 @@ holds the quantity of the distribution that produced token t (the model's output
 
 from __future__ import annotations
 
+import functools
 import html
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from critkl import addition, evaluation, losses, tokenizer
 from critkl.model import GPT, ModelConfig
 
 
+@functools.partial(jax.jit, static_argnames="model_config")
 def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
                     temperature=1.0) -> jax.Array:
     """Certainty of the model's distribution over each token given the tokens before it.
@@ -99,8 +101,7 @@ def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *
     """
     operands = addition.sample_rl(rng, episodes, n, 1, n + 1)
     reference = addition.render(operands)
-    certainty = jax.jit(token_certainty, static_argnums=1)(params, model_config, reference.tokens,
-                                                           temperature)
+    certainty = token_certainty(params, model_config, reference.tokens, temperature)
     decisions = decision_mask(reference)
     structural = episode_stats(certainty, decisions, addition.critical_positions(reference, n))
 

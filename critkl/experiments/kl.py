@@ -50,13 +50,6 @@ def _title(scale: str, results: dict, what: str) -> str:
     return f"{what}, RL on {N[scale] + 1} digits ({seeds} seeds, mean and 95% interval)"
 
 
-def run_beta(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    results = sweep(scale, BETA[scale], output, work_dir, print_fn)
-    plot_critical(scale, results, output)
-    print_fn(finetune.markdown_summary(results))
-    return results
-
-
 def plot_critical(scale: str, results: dict, output: Output) -> None:
     """Figures 4 and 7 (critical tokens) and the pass@1 curves of a sweep."""
     for key, what in (("critical/p_right_comma", "commas"), ("critical/p_right_digit", "digits")):
@@ -69,8 +62,14 @@ def plot_critical(scale: str, results: dict, output: Output) -> None:
                 ylabel="pass@1", ylim=(-0.02, 1.02))
 
 
-def run_critical(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    results = sweep(scale, CRITICAL[scale], output, work_dir, print_fn)
-    plot_critical(scale, results, output)
-    print_fn(finetune.markdown_summary(results))
-    return results
+def _run(plan: dict):
+    def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
+        results = sweep(scale, plan[scale], output, work_dir, print_fn)
+        plot_critical(scale, results, output)
+        print_fn(finetune.markdown_summary(results))
+        return results
+    return run
+
+
+run_critical = _run(CRITICAL)  # Figures 4 and 7
+run_beta = _run(BETA)  # Figure 6

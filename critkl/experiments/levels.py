@@ -7,11 +7,11 @@ pre-training should explore better: its pass@1 at N+2 rises sooner.
 from __future__ import annotations
 
 from critkl import rl
+from critkl.experiments.accuracy import LEVELS
 from critkl.experiments.models import pretrained_model
 from critkl.experiments.outputs import Output
 from critkl.experiments.sweeps import RL_SETTINGS, run_sweep, setting_curves
 
-LEVELS = {"tiny": (1,), "mini": (2, 3), "paper": (7, 9, 11, 13)}
 EXTRA_DIGITS = {"tiny": 1, "mini": 2, "paper": 2}  # tiny's context holds 2-digit RL episodes only
 SEEDS = {"tiny": [0, 1], "mini": [0, 1, 2, 3, 4, 5], "paper": list(range(10))}
 KL_COEF = 10.0

@@ -6,6 +6,7 @@ never leaves a half-written result. In a multi-process run, process 0 alone writ
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -82,15 +83,11 @@ class Output:
         axes.legend(fontsize=8)
         figure.tight_layout()
         figure.canvas.draw()
-        image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
-        self.tracker.image(0, Path(name).stem, image)
-        temporary = self.folder / (name + ".tmp.png")
-        figure.savefig(temporary)
+        self.tracker.image(0, Path(name).stem, np.asarray(figure.canvas.buffer_rgba())[..., :3])
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
         plt.close(figure)
-        path = self.folder / name
-        temporary.replace(path)
-        self.written.append(path)
-        return path
+        return self._write(name, png.getvalue())
 
     def close(self) -> None:
         self.tracker.close()

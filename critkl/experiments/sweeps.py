@@ -26,7 +26,6 @@ class RLSettings:
     kl_coef: float = 5.0
     certainty_temperature: float = 1.0  # 4 in the authors' code; see README on |V| = 42
     policy_temperature: float = 1.0     # 2 in the paper; see README
-    lam: float = 1.0  # GAE lambda (0.95 in the authors' code; see RLHyper)
 
     def config(self, n: int, extra_digits: int) -> rl.RLConfig:
         return rl.RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
@@ -35,7 +34,7 @@ class RLSettings:
                            minibatches=self.minibatches)
 
     def hyper(self) -> rl.RLHyper:
-        return rl.RLHyper(learning_rate=self.learning_rate, lam=self.lam, loss=losses.LossHyper(
+        return rl.RLHyper(learning_rate=self.learning_rate, loss=losses.LossHyper(
             kl_coef=self.kl_coef, certainty_temperature=self.certainty_temperature,
             policy_temperature=self.policy_temperature))
 
