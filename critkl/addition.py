@@ -65,6 +65,7 @@ class Episodes(NamedTuple):
     role: jax.Array           # [B, L] int32 index into ROLE_NAMES (0 past the length)
     operand_index: jax.Array  # [B, L] int32 list position j of an operand digit (its
                               # preceding comma too) in a scratch line; -1 elsewhere
+    result_length: jax.Array  # [B] int32 tokens of the result line, its newline included
 
 
 class Outcome(NamedTuple):
@@ -333,7 +334,8 @@ def _list(offset, count, shown=True):
 
 
 def _pieces_of_problem(a, b, a_len, b_len):
-    """Pool [P] and pieces (offsets [K], counts [K]) of one problem's episode."""
+    """Pool [P], pieces (offsets [K], counts [K]) and result-line length of one problem's
+    episode."""
     d = a.shape[0]
     sums, carries = _column_sums(a, b)
     n = jnp.maximum(a_len, b_len)
@@ -375,7 +377,8 @@ def _pieces_of_problem(a, b, a_len, b_len):
         _const("input"), (base["prompt_a"], a_len), _const("plus"), (base["prompt_b"], b_len),
         _const("target"),
     ]
-    tail = [_const("end"), _list(base["result"], n + final_carry), _const("result_end")]
+    result_digits_shown = n + final_carry
+    tail = [_const("end"), _list(base["result"], result_digits_shown), _const("result_end")]
 
     def stack(pieces):  # -> offsets, counts [..., K]
         return tuple(
@@ -387,7 +390,7 @@ def _pieces_of_problem(a, b, a_len, b_len):
     tail_offsets, tail_counts = stack(tail)
     offsets = jnp.concatenate([head_offsets[0], line_offsets.reshape(-1), tail_offsets[0]])
     counts = jnp.concatenate([head_counts[0], line_counts.reshape(-1), tail_counts[0]])
-    return pool, offsets, counts
+    return pool, offsets, counts, 2 * result_digits_shown  # digits, spaces, newline
 
 
 _BLOCK = 32
@@ -449,9 +452,11 @@ def render(operands: Operands) -> Episodes:
     chex.assert_shape([operands.a, operands.b], (None, d))
     size = max_episode_length(d)
 
-    tokens, role, index, length = _lay_out(*jax.vmap(_pieces_of_problem)(*operands), size)
+    pool, offsets, counts, result_length = jax.vmap(_pieces_of_problem)(*operands)
+    tokens, role, index, length = _lay_out(pool, offsets, counts, size)
     prompt_length = operands.a_len + operands.b_len + _PROMPT_EXTRA
-    return Episodes(tokens, prompt_length.astype(jnp.int32), length.astype(jnp.int32), role, index)
+    return Episodes(tokens, prompt_length.astype(jnp.int32), length.astype(jnp.int32), role, index,
+                    result_length.astype(jnp.int32))
 
 
 def critical_positions(episodes: Episodes, n: int) -> jax.Array:
@@ -477,21 +482,25 @@ def score(tokens: jax.Array, reference: Episodes) -> Outcome:
     """
     chex.assert_rank(tokens, 2)
     size = tokens.shape[1]
-    position = jnp.arange(size)[None, :]
-    generated = position >= reference.prompt_length[:, None]
+    # Positions in int16 where they fit: the scans below are memory-bound on CPU.
+    index_type = jnp.int16 if size < 2**15 else jnp.int32
+    position = jnp.arange(size, dtype=index_type)[None, :]
+    column = lambda x: x[:, None].astype(index_type)  # noqa: E731  [B] -> [B, 1]
+    generated = position >= column(reference.prompt_length)
 
     def first(flags):  # index of the first True per row, `size` if none
-        return jnp.where(flags.any(axis=1), jnp.argmax(flags, axis=1), size)
+        # One fused min-reduction: on XLA:CPU about twice as fast as any() + argmax().
+        none = jnp.asarray(size, index_type)
+        return jnp.min(jnp.where(flags, position, none), axis=1).astype(jnp.int32)
 
     slash = first((tokens == _SLASH) & generated)
     newline = tokens == _NEWLINE
-    line_start = first(newline & (position > slash[:, None])) + 1
-    line_end = first(newline & (position >= line_start[:, None]))  # the result line's end
+    line_start = first(newline & (position > column(slash))) + 1
+    line_end = first(newline & (position >= column(line_start)))  # the result line's end
     stop = first(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)
     ended_by_format = line_end < jnp.minimum(stop, size)
 
-    # The reference's result line: its last positions, those with role "result".
-    expected_length = jnp.sum(reference.role == ROLE["result"], axis=1)
+    expected_length = reference.result_length  # the reference's last positions
     width = 2 * (MAX_SUPPORTED_DIGITS + 1)
     window = jnp.arange(width)[None, :]
     inside = window < expected_length[:, None]

@@ -62,6 +62,12 @@ def grid_runs(seeds, grid: dict[str, list[float]], base: rl.RLHyper) -> list[Run
     return runs
 
 
+def settings_in_order(settings) -> list[str]:
+    """Distinct settings in the order of the sweep's grid (first appearance), not as strings
+    sort ("beta=0, beta=50, beta=150", not "beta=0, beta=150, beta=50")."""
+    return list(dict.fromkeys(settings))
+
+
 def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% interval (t-based for few runs) of values over runs."""
     count = len(values)
@@ -81,7 +87,7 @@ class _Log:
         main = jax.process_index() == 0
         self.trackers = [Tracker(run_dir / "tensorboard" / run.name, enabled=main,
                                  purge_step=purge_step) for run in runs]
-        self.settings = sorted({run.setting for run in runs})
+        self.settings = settings_in_order(run.setting for run in runs)
         self.aggregate = {s: Tracker(run_dir / "tensorboard" / f"mean[{s or 'all'}]", enabled=main,
                                      purge_step=purge_step) for s in self.settings}
 
@@ -121,7 +127,7 @@ class _Log:
 def summary(results: dict) -> dict[str, dict[str, Any]]:
     """Per setting: mean and 95% interval of the final and initial pass@1 over seeds."""
     table = {}
-    for setting in sorted({run["setting"] for run in results["runs"]}):
+    for setting in settings_in_order(run["setting"] for run in results["runs"]):
         members = [run for run in results["runs"] if run["setting"] == setting]
         row = {"runs": len(members)}
         for key in ("eval/pass_at_1", "eval/comfort_pass_at_1", "critical/p_right_comma"):

@@ -47,6 +47,7 @@ def test_renderer_matches_reference_on_10000_problems():
                 and np.array_equal(episodes.tokens[row, :length], want)
                 and (episodes.tokens[row, length:] == tokenizer.PAD_ID).all()
                 and episodes.prompt_length[row] == len(reference.prompt_text(a, b))
+                and episodes.result_length[row] == len(" ".join(str(a + b)) + "\n")
             )
             mismatches += not ok
     assert mismatches == 0

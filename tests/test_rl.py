@@ -67,6 +67,15 @@ def test_grid_runs_and_hyper_errors():
         finetune.grid_runs([0], {"betta": [1.0]}, rl.RLHyper())
 
 
+def test_settings_keep_the_grid_order():
+    runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, rl.RLHyper())
+    results = {"runs": [{"setting": run.setting,
+                         "curve": {key: [0.5, 0.25] for key in (
+                             "eval/pass_at_1", "eval/comfort_pass_at_1",
+                             "critical/p_right_comma")}} for run in runs]}
+    assert list(finetune.summary(results)) == ["beta=0", "beta=50", "beta=150"]
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"iterations": 5, "eval_every": 2}, "multiple of eval_every"),
     ({"episodes": 5, "minibatches": 2}, "multiple of minibatches"),

@@ -62,7 +62,7 @@ def run_sweep(run_dir: Path, pre_config, params, config: rl.RLConfig, base: rl.R
 def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
     """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds."""
     curves = []
-    for setting in sorted({run["setting"] for run in results["runs"]}):
+    for setting in finetune.settings_in_order(run["setting"] for run in results["runs"]):
         members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
         values = np.array([curve[key] for curve in members])  # [seeds, points]
         stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
