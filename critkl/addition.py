@@ -471,6 +471,11 @@ def critical_positions(episodes: Episodes, n: int) -> jax.Array:
 # ---------------------------------------------------------------- outcome
 
 
+def _two_smallest(x, y):
+    """Reduction step keeping the two smallest values (first <= second) of each side."""
+    return jnp.minimum(x[0], y[0]), jnp.minimum(jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1]))
+
+
 def score(tokens: jax.Array, reference: Episodes) -> Outcome:
     """Judge generated episodes: tokens [B, T] (prompt then generation, any ids)
     against the rendered `reference` episodes of the same problems.
@@ -482,22 +487,26 @@ def score(tokens: jax.Array, reference: Episodes) -> Outcome:
     """
     chex.assert_rank(tokens, 2)
     size = tokens.shape[1]
-    # Positions in int16 where they fit: the scans below are memory-bound on CPU.
+    # Positions in int16 where they fit, and each scan over [B, T] one (variadic) reduction
+    # that finds several first positions at once: on XLA:CPU these scans are memory-bound,
+    # and this is several times faster than an any() + argmax() per position sought.
     index_type = jnp.int16 if size < 2**15 else jnp.int32
-    position = jnp.arange(size, dtype=index_type)[None, :]
+    none = jnp.asarray(size, index_type)  # "not found"
+    position = jnp.broadcast_to(jnp.arange(size, dtype=index_type), tokens.shape)
     column = lambda x: x[:, None].astype(index_type)  # noqa: E731  [B] -> [B, 1]
+    at = lambda flags: jnp.where(flags, position, none)  # noqa: E731
     generated = position >= column(reference.prompt_length)
 
-    def first(flags):  # index of the first True per row, `size` if none
-        # One fused min-reduction: on XLA:CPU about twice as fast as any() + argmax().
-        none = jnp.asarray(size, index_type)
-        return jnp.min(jnp.where(flags, position, none), axis=1).astype(jnp.int32)
-
-    slash = first((tokens == _SLASH) & generated)
-    newline = tokens == _NEWLINE
-    line_start = first(newline & (position > column(slash))) + 1
-    line_end = first(newline & (position >= column(line_start)))  # the result line's end
-    stop = first(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)
+    slash, stop = jax.lax.reduce(
+        (at((tokens == _SLASH) & generated),
+         at(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)),
+        (none, none), lambda x, y: (jnp.minimum(x[0], y[0]), jnp.minimum(x[1], y[1])), (1,))
+    after_slash = at((tokens == _NEWLINE) & (position > column(slash)))
+    first_newline, second_newline = jax.lax.reduce(
+        (after_slash, jnp.full_like(after_slash, none)), (none, none), _two_smallest, (1,))
+    stop = stop.astype(jnp.int32)
+    line_start = first_newline.astype(jnp.int32) + 1
+    line_end = second_newline.astype(jnp.int32)  # the result line's end
     ended_by_format = line_end < jnp.minimum(stop, size)
 
     expected_length = reference.result_length  # the reference's last positions
