@@ -62,18 +62,22 @@ class PretrainConfig:
             raise ValueError(
                 f"PretrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
             )
-        longest = self.max_digits + self.eval_extra_digits
+        # Training reaches N+1 digits with longer_share > 0; evaluation N + eval_extra_digits.
+        extra = max(self.eval_extra_digits, 1 if self.longer_share > 0 else 0)
+        longest = self.max_digits + extra
         if longest > addition.MAX_SUPPORTED_DIGITS:
             raise ValueError(
-                f"PretrainConfig.max_digits + eval_extra_digits = {longest} exceeds the "
+                f"PretrainConfig.max_digits + {extra} = {longest} (eval_extra_digits="
+                f"{self.eval_extra_digits}, longer_share={self.longer_share}) exceeds the "
                 f"supported {addition.MAX_SUPPORTED_DIGITS} digits"
             )
         needed = addition.max_episode_length(longest)
         if self.model_config.context_length < needed:
             raise ValueError(
                 f"model '{self.model}' has context_length={self.model_config.context_length}, "
-                f"but episodes of {longest} digits (max_digits={self.max_digits} + "
-                f"eval_extra_digits={self.eval_extra_digits}) need {needed} positions: choose a "
+                f"but episodes of {longest} digits (max_digits={self.max_digits}, "
+                f"eval_extra_digits={self.eval_extra_digits}, longer_share={self.longer_share}: "
+                f"N+1 digits are trained when longer_share > 0) need {needed} positions: choose a "
                 "larger model or fewer digits"
             )
 

@@ -138,7 +138,8 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     "fields, message",
     [({"model": "huge"}, "preset"), ({"max_digits": 5}, "context_length"),
      ({"warmup_steps": 10}, "warmup_steps"), ({"batch_size": 0}, "batch_size"),
-     ({"longer_share": 1.5}, "longer_share")],
+     ({"longer_share": 1.5}, "longer_share"),
+     ({"max_digits": 4, "eval_extra_digits": 0, "longer_share": 0.1}, "longer_share=0.1")],
 )
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
