@@ -217,7 +217,7 @@ def episode_limit(max_digits: int) -> int:
 # operand with its commas, the result digits so far, the result line) and the tail
 # of every scratch line (` , C=c , x+y+c=s , A->d , C->c'`, built elementwise). A
 # scratch line shows a prefix of an operand list, so every line points into the
-# same pool entries, and a line is 7 pieces: rendering costs O(pieces + output
+# same pool entries, and a line is 8 pieces: rendering costs O(pieces + output
 # length), not O(lines x width). A slot packs token, role and operand index.
 
 # Named constant strings, each a sequence of (text, role) segments.
@@ -284,29 +284,27 @@ def _template(parts, lines: int) -> jax.Array:
     return jnp.stack(columns, axis=1)
 
 
-def _line_tails(carry, x, y, regular, final):
-    """Slots [D+1, W] and counts [D+1] of what ends each scratch line after the A
-    list: `] , C=c , x+y+c=s , A->d , C->c'` (the tens digit of s only if s >= 10)
-    on a regular line, `] C=c , END` on the final line."""
-    lines = carry.shape[0]
+def _line_tails(carry, x, y):
+    """Slots [D+1, W] of what ends each regular scratch line after the A list:
+    `] , C=c , x+y+c=s , A->d , C->c'`, always with the tens digit of s, at column
+    `_TENS_COLUMN` (a line whose s < 10 skips it)."""
     total = x + y + carry
     tens, units = total // 10, total % 10
-    before = [("]", "partial_result"), (" , C=", "format"), (carry, "carry"), (" , ", "format"),
-              (x, "sum"), ("+", "format"), (y, "sum"), ("+", "format"), (carry, "sum"),
-              ("=", "format")]
-    after = [(units, "sum"), (" , A->", "format"), (units, "digit"), (" , C->", "format"),
-             (tens, "carry"), ("\n", "format")]
-    with_tens = _template(before + [(tens, "sum")] + after, lines)
-    without = _template(before + after, lines)
-    width = with_tens.shape[1]
-    final_slots = _template([("]", "partial_result"), (" C=", "format"), (carry, "carry"),
-                             (" , END\n", "format")], lines)
-    pad = lambda slots: jnp.pad(slots, ((0, 0), (0, width - slots.shape[1])))  # noqa: E731
-    has_tens = (total >= 10)[:, None]
-    slots = jnp.where(final[:, None], pad(final_slots),
-                      jnp.where(has_tens, with_tens, pad(without)))
-    counts = jnp.where(regular, width - 1 + (total >= 10), jnp.where(final, final_slots.shape[1], 0))
-    return slots, counts
+    return _template([("]", "partial_result"), (" , C=", "format"), (carry, "carry"),
+                      (" , ", "format"), (x, "sum"), ("+", "format"), (y, "sum"), ("+", "format"),
+                      (carry, "sum"), ("=", "format"), (tens, "sum"), (units, "sum"),
+                      (" , A->", "format"), (units, "digit"), (" , C->", "format"),
+                      (tens, "carry"), ("\n", "format")], carry.shape[0])
+
+
+_TENS_COLUMN = len("] , C=c , x+y+c=")
+_TAIL_WIDTH = len("] , C=c , x+y+c=ts , A->d , C->c\n")
+
+
+def _final_tail(carry):
+    """Slots [W'] that end the final scratch line: `] C=c , END`."""
+    return _template([("]", "partial_result"), (" C=", "format"), (jnp.reshape(carry, (1,)), "carry"),
+                      (" , END\n", "format")], 1)[0]
 
 
 def _column_sums(a: jax.Array, b: jax.Array):
@@ -347,7 +345,8 @@ def _pieces_of_problem(a, b, a_len, b_len):
     column = jnp.minimum(i, d - 1)
     x = jnp.where(regular, a[column], 0)
     y = jnp.where(regular, b[column], 0)
-    tails, tail_counts = _line_tails(carries[i], x, y, regular, final)
+    tails = _line_tails(carries[i], x, y)
+    has_tens = (x + y + carries[i]) >= 10
     entries = {
         "prompt_a": _slots(_msf(a, a_len), "prompt"),
         "prompt_b": _slots(_msf(b, b_len), "prompt"),
@@ -357,6 +356,7 @@ def _pieces_of_problem(a, b, a_len, b_len):
         "partial": _slots(sums[::-1] % 10, "partial_result", COMMA_ID),
         "result": _slots(_msf(result_digits, n + final_carry), "result", _SPACE),
         "tails": tails.reshape(-1),
+        "final_tail": _final_tail(final_carry),
     }
     base, position = {}, len(_STATIC_POOL)
     for name, slots in entries.items():
@@ -371,7 +371,12 @@ def _pieces_of_problem(a, b, a_len, b_len):
         _list(base["list_b"], b_len - i, shown),
         _const("partial", shown),
         _list(base["partial"] + 2 * (d - i), i, shown),
-        (base["tails"] + i * tails.shape[1], tail_counts),
+        # the line's tail up to its tens digit (included if s >= 10), or the final tail
+        (jnp.where(final, base["final_tail"], base["tails"] + i * _TAIL_WIDTH),
+         jnp.where(final, entries["final_tail"].shape[0],
+                   jnp.where(regular, _TENS_COLUMN + has_tens, 0))),
+        (base["tails"] + i * _TAIL_WIDTH + _TENS_COLUMN + 1,
+         jnp.where(regular, _TAIL_WIDTH - _TENS_COLUMN - 1, 0)),
     ]
     head = [
         _const("input"), (base["prompt_a"], a_len), _const("plus"), (base["prompt_b"], b_len),
