@@ -239,7 +239,8 @@ class Checkpointer:
             )
         except Exception as e:  # orbax / tensorstore raise many types here.
             earlier = [s for s in steps if s < step]
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            detail = detail.split(" See full TensorStore details")[0][:500]  # then a long repr
             step_dir = os.path.join(self.directory, str(step))
             raise CheckpointError(
                 f"Checkpoint step {step} in {step_dir!r} could not be restored: "

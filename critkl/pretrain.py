@@ -301,7 +301,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
                     f"token acc {metrics['token_accuracy']:.4f}  lr {metrics['learning_rate']:.2e}  "
                     f"{steps_per_second:.2f} steps/s  {metrics['tokens_per_second']:,.0f} tok/s  "
-                    f"ETA {_format_seconds(eta)}")
+                    f"elapsed {_format_seconds(now - started)}  ETA {_format_seconds(eta)}")
             if "eval/pass_at_1" in metrics:
                 line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
             print_fn(line)
