@@ -34,8 +34,8 @@ class PretrainConfig:
     longer_share: float = 0.0       # share of problems from the RL distribution at N+1
     init_from: str = ""             # warm start: a shipped model name or a pre-training run dir
     eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits
-    batch_size: int = 16            # packed streams per step, each context_length tokens
-    steps: int = 3000
+    batch_size: int = 8             # packed streams per step, each context_length tokens
+    steps: int = 2000
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     final_learning_rate_ratio: float = 0.05
