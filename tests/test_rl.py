@@ -93,15 +93,22 @@ def test_context_too_short_is_refused():
 
 @pytest.mark.slow
 def test_toy_run_improves_reward(tmp_path):
-    """A tiny model pre-trained briefly on 1-digit problems, then RL on them."""
+    """A tiny model pre-trained on 1-digit problems (greedy ~100%, ~10% when sampling at
+    temperature 2), then RL on them at temperature 2: one step per collect of 128 episodes, 4
+    seeds vmapped. Measured: success 13% -> 17% over 40 iterations on each of 3 seeds; at
+    learning rate 1e-3 every seed collapsed instead (README, "Why RL moves slowly here")."""
     pre = pretrain.PretrainConfig(
-        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=400, warmup_steps=20,
-        learning_rate=3e-3, log_every=100, eval_every=400, eval_problems=16, checkpoint_every=400)
+        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=1200, warmup_steps=20,
+        learning_rate=3e-3, log_every=1200, eval_every=1200, eval_problems=16,
+        checkpoint_every=1200)
     params = pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params
-    config = rl.RLConfig(n=1, extra_digits=0, episodes=32, iterations=40, ppo_epochs=2,
-                         minibatches=4, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
-    hyper = rl.RLHyper(learning_rate=1e-3, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=1.0))
-    train = rl.make_train(config, TINY).train
-    _, _, metrics = jax.jit(train)(jax.random.key(0), jax.tree.map(jnp.float32, hyper), params)
-    success = np.asarray(metrics[0]["train/success"]).reshape(-1)
-    assert success[-10:].mean() > success[:10].mean() + 0.1, success
+    config = rl.RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
+                         minibatches=1, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
+    hyper = rl.RLHyper(learning_rate=3e-4, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=2.0))
+    seeds = 4
+    train = jax.vmap(rl.make_train(config, TINY).train, in_axes=(0, 0, None))
+    rngs = jnp.stack([jax.random.key(seed) for seed in range(seeds)])
+    _, _, metrics = jax.jit(train)(rngs, rl.stack_hypers([hyper] * seeds), params)
+    success = np.asarray(metrics[0]["train/success"]).reshape(seeds, -1)  # [seeds, iterations]
+    # 2,560 episodes before, 5,120 after: the difference's standard error is ~0.9 points.
+    assert success[:, -10:].mean() > success[:, :5].mean() + 0.02, success.mean(axis=0)
