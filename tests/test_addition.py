@@ -66,6 +66,24 @@ def test_render_with_fewer_digits_and_length_bound(digits):
         assert tokenizer.decode(episodes.tokens[row]) == reference.episode_text(a, b)
 
 
+def test_chunked_rows_equal_one_pass(monkeypatch):
+    """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
+    pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
+    operands = addition.sample_pretraining(jax.random.key(5), 1024, D, D)
+    scans = lambda: str(jax.make_jaxpr(lambda o: addition.render(o))(operands)).count("scan[")  # noqa: E731
+    episodes, chunked_scans = addition.render(operands), scans()
+    garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, tokenizer.VOCAB_SIZE)
+    keep = jax.random.bernoulli(jax.random.key(7), 0.5, (1024, 1))
+    tokens = jnp.where(keep, episodes.tokens, garbage)
+    outcome = addition.score(tokens, episodes)
+    assert 0 < int(outcome.success.sum()) < 1024
+
+    monkeypatch.setattr(addition, "_CHUNK_ELEMENTS", 1 << 40)  # one chunk: a single pass
+    assert scans() < chunked_scans  # the first pass did chunk
+    chex.assert_trees_all_equal(addition.render(operands), episodes)
+    chex.assert_trees_all_equal(addition.score(tokens, episodes), outcome)
+
+
 class TestJitAgreement(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_render_and_score(self):
