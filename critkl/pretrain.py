@@ -274,9 +274,14 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     tokens_per_step = config.batch_size * model_config.context_length
     last_saved = start_step
     started = time.perf_counter()
+    in_flight = None
     try:
-        for step in range(start_step + 1, config.steps + 1):  # counted here: no host sync
+        for step in range(start_step + 1, config.steps + 1):  # counted here, not on the device
             state, metrics = train_step(state)
+            # At most two steps in flight: with more CPU devices than cores, a deeper queue
+            # starves a device's collective of a thread and XLA:CPU aborts after 40 s.
+            jax.block_until_ready(in_flight)
+            in_flight = metrics["loss"]
             if step % config.log_every and step % config.checkpoint_every and step != config.steps:
                 continue
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -1,4 +1,8 @@
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -115,6 +119,25 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     assert lines[-1].startswith(f"trained steps 0..{TINY.steps} in ")
     assert scalars["loss"][-1][1] == pytest.approx(logged, abs=1e-4)
     assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
+
+
+def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
+    """100 steps between host syncs on 8 CPU devices (this machine has 2 cores): with every
+    step queued at once, XLA:CPU aborted the process in an all-gather after 40 s. Run in a
+    subprocess so that an abort fails this test instead of killing the suite."""
+    script = textwrap.dedent(f"""
+        import dataclasses
+        from critkl import pretrain
+        from tests.test_pretrain import TINY
+        config = dataclasses.replace(TINY, steps=100, log_every=100, eval_every=100,
+                                     checkpoint_every=100)
+        pretrain.pretrain(config, {str(tmp_path / "run")!r}, print_fn=lambda line: None)
+        print("finished")
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0 and "finished" in result.stdout, result.stderr[-2000:]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
