@@ -101,7 +101,9 @@ def test_toy_run_improves_reward(tmp_path):
         model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=1200, warmup_steps=20,
         learning_rate=3e-3, log_every=1200, eval_every=1200, eval_problems=16,
         checkpoint_every=1200)
-    params = pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params
+    # On the host, so the runs below go to one device (params replicated over the test's 8
+    # devices would make each device compute every run).
+    params = jax.device_get(pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params)
     config = rl.RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
                          minibatches=1, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
     hyper = rl.RLHyper(learning_rate=3e-4, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=2.0))
