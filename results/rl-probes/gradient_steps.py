@@ -7,7 +7,7 @@ batch-mean baseline, lambda 1) from 4,096 episodes, then measures the success ra
 4,096 fresh episodes (the same problems and random numbers for every point) after
 plain steps of several lengths (global parameter norm) up and down that gradient,
 and after making the output sharper (the final layer norm scaled by 1 + s), a
-direction the gradient does not point along. Also prints the parameter norm that one
+direction along which far longer steps pay. Also prints the parameter norm that one
 Adam step of learning rate 1e-4 moves (every parameter by about the learning rate).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=1 \
