@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from critkl import inplace
 from critkl.tokenizer import VOCAB_SIZE
 
 DTYPES = ("float32", "bfloat16")
@@ -153,8 +154,10 @@ class CausalSelfAttention(nn.Module):
         qkv = qkv.reshape(batch, time, 3, cfg.num_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B,H,T,Dh]
         if kv is not None:
-            k = lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, start, 0))
-            v = lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, start, 0))
+            zero = jnp.zeros((), jnp.int32)
+            at = (zero, zero, jnp.asarray(start, jnp.int32), zero)  # in place, also under vmap
+            k = inplace.update_slice(kv[0], k.astype(kv[0].dtype), at)
+            v = inplace.update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
         q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
         scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from critkl import inplace
 from critkl.model import GPT, KVCache, ModelConfig, init_cache
 from critkl.tokenizer import EOS_ID, PAD_ID
 
@@ -104,21 +105,36 @@ def generate(
             f"need prompt width ({prompt_width}) <= max_length ({max_length}) <= "
             f"context_length ({config.context_length})"
         )
+    decode = inplace.plain_when_mapped_once(functools.partial(
+        _decode, config=config, max_length=max_length, stop_fn=stop_fn))
+    return decode(params, prompts, prompt_lengths.astype(jnp.int32), rng,
+                  jnp.asarray(temperature, jnp.float32))
+
+
+def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelConfig,
+            max_length: int, stop_fn: StopFn) -> Generation:
+    """The decode loop of `generate` (arguments checked there)."""
+    batch, prompt_width = prompts.shape
     model = GPT(config)
     variables = {"params": params}
-    prompt_lengths = prompt_lengths.astype(jnp.int32)
 
     logits, _, cache = model.apply(
         variables, prompts, init_cache(config, batch, max_length), method=GPT.prefill
     )
-    start = jnp.min(prompt_lengths)  # first position where some sequence samples
+    # First position where some sequence samples (under vmap: of any instance; the others
+    # replay their prompts until their own start).
+    start = inplace.minimum(prompt_lengths)
     last_logits = lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False)  # [B,V]
     padded = jnp.pad(prompts, ((0, 0), (0, max_length - prompt_width)), constant_values=PAD_ID)
     prompt_mask = jnp.arange(max_length)[None, :] < prompt_lengths[:, None]
     tokens = jnp.where(prompt_mask, padded, PAD_ID)  # [B,M]: each prompt, then PAD
 
     def cond(state: _LoopState):
-        return (state.position < max_length) & ~jnp.all(state.ended)
+        # Under vmap, one scalar predicate: the loop runs until every instance is done (a
+        # finished sequence writes nothing), so no carried buffer is copied at every step.
+        return (state.position < max_length) & ~inplace.all_true(state.ended)
+
+    zero = jnp.zeros((), jnp.int32)
 
     def body(state: _LoopState) -> _LoopState:
         t = state.position
@@ -132,8 +148,8 @@ def generate(
         logits, _, cache = model.apply(variables, token, t, state.cache, method=GPT.decode_step)
         return _LoopState(
             position=t + 1,
-            tokens=lax.dynamic_update_slice(state.tokens, token[:, None], (0, t)),
-            logprobs=lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, t)),
+            tokens=inplace.update_slice(state.tokens, token[:, None], (zero, t)),
+            logprobs=inplace.update_slice(state.logprobs, logprob[:, None], (zero, t)),
             logits=logits,
             cache=cache,
             ended=state.ended | (active & stops),

@@ -1,0 +1,95 @@
+"""Loop primitives that keep the sampler's buffers updated in place under `jax.vmap`.
+
+`jax.vmap` of `lax.dynamic_update_slice` becomes a scatter even when the start indices are
+not mapped, and a `lax.while_loop` whose predicate is mapped guards every carried buffer with
+a `select` at every iteration. Inside the decode loop both copy the key/value cache once per
+token (XLA:CPU: 32 cache copies in the compiled program of a vmapped sampler, none in the
+plain one). The functions here carry their own vmap rules (`jax.custom_batching.custom_vmap`):
+
+- `update_slice`: with unmapped start indices, one `dynamic_update_slice` on the batched
+  operand (start 0 on the mapped axis), which XLA updates in place;
+- `plain_when_mapped_once`: a vmap over one instance (as a single fine-tuning run is vmapped)
+  runs the function unmapped, since a unit mapped axis makes XLA:CPU copy the cache anyway;
+- `all_true` and `minimum`: reduce over the mapped axes too and return an unmapped scalar, so
+  that a vmapped loop keeps one scalar predicate (it runs until every mapped instance is done)
+  and one scalar start.
+
+Use `all_true` and `minimum` only where running longer, or starting earlier, leaves the
+results unchanged (the sampler's finished sequences write nothing; earlier positions replay
+the prompt). None of these functions may be differentiated (custom_vmap has no autodiff rule);
+the sampler never is.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _batched(x: jax.Array, is_batched: bool, axis_size: int) -> jax.Array:
+    """x with a leading mapped axis of `axis_size` (broadcast when it has none)."""
+    return x if is_batched else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+
+
+@jax.custom_batching.custom_vmap
+def update_slice(operand: jax.Array, update: jax.Array, start: tuple) -> jax.Array:
+    """`lax.dynamic_update_slice(operand, update, start)`, in place under vmap.
+
+    start: a tuple of scalar int32 indices, one per axis of operand.
+    """
+    return lax.dynamic_update_slice(operand, update, start)
+
+
+@update_slice.def_vmap
+def _update_slice_vmap(axis_size, in_batched, operand, update, start):
+    operand_batched, update_batched, start_batched = in_batched
+    operand = _batched(operand, operand_batched, axis_size)
+    update = _batched(update, update_batched, axis_size)
+    if any(start_batched):  # a different position per instance: a scatter cannot be avoided
+        start = tuple(_batched(s, b, axis_size) for s, b in zip(start, start_batched))
+        return jax.vmap(lax.dynamic_update_slice)(operand, update, start), True
+    zero = jnp.zeros((), jnp.asarray(start[0]).dtype)
+    return update_slice(operand, update, (zero, *start)), True
+
+
+@jax.custom_batching.custom_vmap
+def all_true(x: jax.Array) -> jax.Array:
+    """jnp.all(x), a scalar; under vmap, over every mapped instance too (unmapped result)."""
+    return jnp.all(x)
+
+
+@all_true.def_vmap
+def _all_true_vmap(axis_size, in_batched, x):
+    return all_true(x), False
+
+
+@jax.custom_batching.custom_vmap
+def minimum(x: jax.Array) -> jax.Array:
+    """jnp.min(x), a scalar; under vmap, over every mapped instance too (unmapped result)."""
+    return jnp.min(x)
+
+
+@minimum.def_vmap
+def _minimum_vmap(axis_size, in_batched, x):
+    return minimum(x), False
+
+
+def plain_when_mapped_once(fn):
+    """fn with a vmap rule: over one instance, fn itself on the instance; otherwise jax.vmap(fn).
+
+    fn takes positional pytrees of arrays and returns a pytree of arrays.
+    """
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        if axis_size == 1:
+            args = jax.tree.map(lambda x, b: x[0] if b else x, args, tuple(in_batched))
+            out = fn(*args)
+            return jax.tree.map(lambda y: y[None], out), jax.tree.map(lambda _: True, out)
+        in_axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+        out = jax.vmap(fn, in_axes=in_axes)(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return wrapped
