@@ -1,11 +1,15 @@
-"""The fused RL loss: policy, value and reference forwards, prioritized KL, PPO/A2C, GAE.
+"""The fused RL loss on arrays: PPO/A2C, value, entropy and the prioritized KL; GAE.
 
-Shapes: B batch, T time (positions of an episode), V vocabulary, D d_model.
+Shapes: B batch, T time (positions of an episode), V vocabulary.
 
-Alignment (as `critkl.sampling.Generation`): per-position arrays are indexed by the position t
-of a generated token. The logits that produced token t are the model's outputs at position
-t - 1, and the value of the state before token t is the value head on hidden[t - 1]; position 0
-is a prompt token, never an action.
+Nothing here runs a model: the trainer passes the policy's outputs (logits, values) and the
+frozen reference's log-probs, so that the loss blocks serve any trainer.
+
+Alignment (as `critkl.sampling.Generation`): per-position targets (old log-probs, advantages,
+returns, the action mask) are indexed by the position t of a generated token. Model outputs
+(logits, values, reference log-probs) are indexed as the model emits them: the output at t - 1
+produced token t and is the value of the state before it; position 0 is a prompt token, never an
+action.
 
 Prioritized KL (METHOD.md section 3): each token's KL term is weighted by
 w = (1 - b) * certainty(reference) ** beta + b, so the policy may leave the reference where the
@@ -23,8 +27,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from critkl.model import GPT, ModelConfig, ValueHead
 
 ALGORITHMS = ("ppo", "a2c")
 SAMPLE_KL_KINDS = ("k1", "k2", "k3")
@@ -163,7 +165,7 @@ class LossConfig:
     kl_placement: "loss" (kl_coef * mean(w * kl) added to the loss) or "reward" (the caller
       subtracts `per_token_kl_penalty` from the rewards before GAE; no KL term in the loss).
     prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
-    value_hidden_sizes: hidden layers of the `ValueHead` whose params `fused_loss` receives.
+    value_hidden_sizes: hidden layers of the trainer's value head (`critkl.model.ValueHead`).
     center_advantages: the collector subtracts the mean advantage over the batch's action
       tokens (`center_advantages`), a batch baseline on top of the value head: with a ternary
       reward and a value head that starts at 0, most episodes fail and every one of their
@@ -206,6 +208,9 @@ class RolloutBatch(NamedTuple):
                   softmax(old_logits / policy_temperature).
     advantages    [B,T] float32.
     returns       [B,T] float32: targets of the value of the state before each token.
+    ref_logprobs  [B,T,V] float32: the frozen reference's log-probs over the vocabulary
+                  (temperature 1), as it emits them on `tokens` (position t predicts t + 1);
+                  computed once per collect.
     """
 
     tokens: jax.Array
@@ -213,6 +218,7 @@ class RolloutBatch(NamedTuple):
     old_logprobs: jax.Array
     advantages: jax.Array
     returns: jax.Array
+    ref_logprobs: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,13 +255,14 @@ def per_token_kl_penalty(
 
 
 def fused_loss(
-    policy_params, value_params, ref_params, model_config: ModelConfig, batch: RolloutBatch,
-    hyper: LossHyper, config: LossConfig,
+    logits: jax.Array, values: jax.Array, batch: RolloutBatch, hyper: LossHyper,
+    config: LossConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The whole RL loss of one batch of episodes -> (loss scalar, metrics of scalars).
 
-    Runs the policy (logits and hidden), the value head on the hidden states and the reference
-    (no gradient reaches ref_params), then averages over the batch's action tokens:
+    logits [B,T,V] and values [B,T]: the policy's outputs and its value head on batch.tokens;
+    batch.ref_logprobs: the reference's (no gradient flows into it). Averages over the batch's
+    action tokens:
       policy_loss   PPO: -mean(min(ratio A, clip(ratio, 1 +- eps) A)), ratio = exp(logp_T - old);
                     A2C: -mean(logp_T A); logp_T under softmax(logits / policy_temperature).
       value_loss    0.5 mean((V - returns)^2), weighted by value_coef in the loss.
@@ -263,18 +270,16 @@ def fused_loss(
                     -entropy_coef.
       weighted_kl   mean(w kl) of the temperature-1 policy against the reference, weighted by
                     kl_coef in the loss when kl_placement == "loss" (w carries no gradient).
-    model_config and config are static (hashable).
+    config is static (hashable).
     """
     tokens = batch.tokens
     chex.assert_rank(tokens, 2)
-    chex.assert_equal_shape(tuple(batch))
-    model = GPT(model_config)
-    logits, hidden = model.apply({"params": policy_params}, tokens)
-    values = ValueHead(config.value_hidden_sizes).apply({"params": value_params}, hidden)
-    ref_logits, _ = model.apply({"params": lax.stop_gradient(ref_params)}, tokens)
+    chex.assert_equal_shape(tuple(batch)[:5] + (values,))
+    chex.assert_equal_shape((logits, batch.ref_logprobs))
+    ref_logp = lax.stop_gradient(batch.ref_logprobs)  # as logits: equal up to a constant
 
     # Position t - 1 of the outputs acts at position t of the batch arrays.
-    logits, ref_logits, values = logits[:, :-1], ref_logits[:, :-1], values[:, :-1]
+    logits, ref_logp, values = logits[:, :-1], ref_logp[:, :-1], values[:, :-1]
     actions = tokens[:, 1:]
     mask = batch.action_mask[:, 1:]
     old_logprobs, advantages, returns = (
@@ -295,8 +300,8 @@ def fused_loss(
     value_loss = 0.5 * mean(jnp.square(values - returns))
     entropy = mean(-jnp.sum(jnp.exp(scaled_logp) * scaled_logp, axis=-1))
 
-    kl = kl_per_token(logits, ref_logits, actions, config.kl_kind)
-    weights = _kl_weights(ref_logits, hyper, config)
+    kl = kl_per_token(logits, ref_logp, actions, config.kl_kind)
+    weights = _kl_weights(ref_logp, hyper, config)
     weighted_kl = mean(weights * kl)
 
     loss = policy_loss + hyper.value_coef * value_loss - hyper.entropy_coef * entropy
@@ -312,6 +317,6 @@ def fused_loss(
         "weight": mean(weights),
         "clip_fraction": mean((jnp.abs(ratio - 1.0) > hyper.clip_epsilon).astype(jnp.float32)),
         "approx_kl": mean(jnp.expm1(-log_ratio) + log_ratio),  # k3 of old vs new acting policy
-        "certainty": mean(certainty(ref_logits, hyper.certainty_temperature)),
+        "certainty": mean(certainty(ref_logp, hyper.certainty_temperature)),
     }
     return loss, jax.tree.map(lax.stop_gradient, metrics)

@@ -158,10 +158,11 @@ def make_train(config: RLConfig, model_config: ModelConfig):
                             addition.terminal_reward(outcome)[:, None], 0.0)
         logits, hidden = model.apply({"params": state.policy}, tokens)
         values = _shift_right(value_head.apply({"params": state.value}, hidden))
-        kl_penalty = jnp.zeros_like(rewards)
+        # The frozen reference, once per collect: every minibatch step reuses its log-probs.
+        ref_logits, _ = model.apply({"params": pretrained}, tokens)
+        ref_logprobs = jax.nn.log_softmax(ref_logits, axis=-1)
         if config.loss.kl_placement == "reward":
-            ref_logits, _ = model.apply({"params": pretrained}, tokens)
-            kl_penalty = losses.per_token_kl_penalty(logits, ref_logits, tokens, hyper.loss,
+            kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, hyper.loss,
                                                      config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
         advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
@@ -169,7 +170,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         if config.loss.center_advantages:
             advantages = losses.center_advantages(advantages, action_mask)
         batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
-                                    advantages, returns)
+                                    advantages, returns, ref_logprobs)
         generated = action_mask.sum(axis=1)
         metrics = {
             "train/success": outcome.success.mean(),
@@ -178,14 +179,15 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         }
         return batch, metrics
 
-    def update(state: RunState, hyper: RLHyper, pretrained, batch, rng):
+    def update(state: RunState, hyper: RLHyper, batch, rng):
         """ppo_epochs passes of minibatch steps over the batch."""
         tx = _optimizer(hyper)
         size = config.episodes // config.minibatches
 
         def loss_fn(params, minibatch):
-            return losses.fused_loss(params["policy"], params["value"], pretrained, model_config,
-                                     minibatch, hyper.loss, config.loss)
+            logits, hidden = model.apply({"params": params["policy"]}, minibatch.tokens)
+            values = value_head.apply({"params": params["value"]}, hidden)
+            return losses.fused_loss(logits, values, minibatch, hyper.loss, config.loss)
 
         def step(carry, minibatch):
             params, opt_state = carry
@@ -210,7 +212,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     def iteration(state: RunState, hyper: RLHyper, pretrained):
         rng, collect_rng, update_rng = jax.random.split(state.rng, 3)
         batch, collect_metrics = collect(state, hyper, pretrained, collect_rng)
-        state, update_metrics = update(state, hyper, pretrained, batch, update_rng)
+        state, update_metrics = update(state, hyper, batch, update_rng)
         metrics = {**collect_metrics, **{f"loss/{k}": v for k, v in update_metrics.items()}}
         return state.replace(iteration=state.iteration + 1, rng=rng), metrics
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from critkl import addition, evaluation, losses
-from critkl.model import ValueHead
+from critkl.model import GPT, ValueHead
 from critkl.pretrained import load_pretrained
 
 
@@ -36,8 +36,10 @@ def main():
     rewards = jnp.where(position == outcome.last[:, None],
                         addition.terminal_reward(outcome)[:, None], 0.0)
     advantages, returns = losses.gae(rewards, jnp.zeros_like(rewards), mask, 1.0, 1.0)
-    batch = losses.RolloutBatch(attempt.generation.tokens, mask, attempt.generation.logprobs,
-                                losses.center_advantages(advantages, mask), returns)
+    tokens = attempt.generation.tokens
+    ref_logprobs = jax.nn.log_softmax(GPT(model_config).apply({"params": reference}, tokens)[0])
+    batch = losses.RolloutBatch(tokens, mask, attempt.generation.logprobs,
+                                losses.center_advantages(advantages, mask), returns, ref_logprobs)
     value = ValueHead((128, 128)).init(jax.random.key(3), jnp.zeros((1, model_config.d_model)))
     config = losses.LossConfig()
 
@@ -48,8 +50,12 @@ def main():
 
     @jax.jit
     def gradient(policy, loss_hyper):
-        return jax.grad(lambda p: losses.fused_loss(p, value["params"], reference, model_config,
-                                                    batch, loss_hyper, config)[0])(policy)
+        def loss(p):
+            logits, hidden = GPT(model_config).apply({"params": p}, tokens)
+            values = ValueHead((128, 128)).apply(value, hidden)
+            return losses.fused_loss(logits, values, batch, loss_hyper, config)[0]
+
+        return jax.grad(loss)(policy)
 
     print(f"episodes 50, sampled success {float(outcome.success.mean()):.2f}")
     optimizer = optax.adam(1e-4)
