@@ -77,6 +77,26 @@ def choose_tokens(rng: jax.Array, logits: jax.Array, temperature) -> tuple[jax.A
     return tokens, logprobs[:, 0]
 
 
+CACHE_WINDOWS = 4  # decode loops, each attending over a cache just long enough for its positions
+
+
+def cache_windows(prompt_width: int, max_length: int) -> tuple[int, ...]:
+    """Cache lengths of the successive decode loops, increasing to max_length.
+
+    Position t attends to positions <= t only, so the loop for positions up to W carries a
+    cache of W positions: attention reads about 5/8 of what one max_length cache would cost.
+    """
+    step = -(-max_length // CACHE_WINDOWS)
+    ends = [min(max_length, step * i) for i in range(1, CACHE_WINDOWS + 1)]
+    return tuple(sorted({max(prompt_width, end) for end in ends}))
+
+
+def _extend_cache(cache: KVCache, length: int) -> KVCache:
+    """The cache padded with zeros to `length` positions (axis 2)."""
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))  # noqa: E731
+    return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn"))
 def generate(
     params,
@@ -118,8 +138,9 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
     model = GPT(config)
     variables = {"params": params}
 
+    windows = cache_windows(prompt_width, max_length)
     logits, _, cache = model.apply(
-        variables, prompts, init_cache(config, batch, max_length), method=GPT.prefill
+        variables, prompts, init_cache(config, batch, windows[0]), method=GPT.prefill
     )
     # First position where some sequence samples (under vmap: of any instance; the others
     # replay their prompts until their own start).
@@ -129,10 +150,10 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
     prompt_mask = jnp.arange(max_length)[None, :] < prompt_lengths[:, None]
     tokens = jnp.where(prompt_mask, padded, PAD_ID)  # [B,M]: each prompt, then PAD
 
-    def cond(state: _LoopState):
+    def cond(state: _LoopState, window: int):
         # Under vmap, one scalar predicate: the loop runs until every instance is done (a
         # finished sequence writes nothing), so no carried buffer is copied at every step.
-        return (state.position < max_length) & ~inplace.all_true(state.ended)
+        return (state.position < window) & ~inplace.all_true(state.ended)
 
     zero = jnp.zeros((), jnp.int32)
 
@@ -167,7 +188,10 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
         stop_state=jnp.zeros((batch,), jnp.int32),
         lengths=prompt_lengths,
     )
-    state = lax.while_loop(cond, body, state)
+    for window, following in zip(windows, windows[1:] + (None,)):
+        state = lax.while_loop(functools.partial(cond, window=window), body, state)
+        if following is not None:  # the next positions need a longer cache
+            state = state._replace(cache=_extend_cache(state.cache, following))
     return Generation(
         tokens=state.tokens, logprobs=state.logprobs, lengths=state.lengths, done=state.ended
     )

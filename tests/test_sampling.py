@@ -1,6 +1,7 @@
 """Tests of critkl.sampling.generate against a full-forward reference."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from critkl.model import GPT, init_params, model_preset
-from critkl.sampling import choose_tokens, default_stop, generate
+from critkl.sampling import cache_windows, choose_tokens, default_stop, generate
 from critkl.tokenizer import EOS_ID, PAD_ID
 
 CONFIG = model_preset("tiny")
@@ -247,10 +248,18 @@ def test_vmap_with_early_stops_and_batched_prompts_matches_each_run(params, runs
 
 
 def _cache_copies(fn, *args) -> int:
-    """Copy operations on key/value-cache-shaped buffers in fn's compiled program."""
+    """Copy operations on key/value-cache-shaped buffers inside the while loops (the decode
+    loops, run once per token) of fn's compiled program."""
     text = jax.jit(fn).lower(*args).compile().as_text()
-    cache_dims = f"{CONFIG.num_heads},{MAX_LENGTH},{CONFIG.head_dim}]"
-    return sum(1 for line in text.splitlines() if cache_dims in line and " copy(" in line)
+    computations = {}  # name -> lines of each computation of the HLO module
+    for block in text.split("\n\n"):
+        header = re.match(r"\s*(?:ENTRY )?%?([\w.\-]+)", block)
+        if header:
+            computations[header.group(1)] = block
+    bodies = re.findall(r"while\(.*?body=%?([\w.\-]+)", text)
+    assert bodies, "no while loop in the compiled program"
+    cache = re.compile(rf"\[[0-9,]*{CONFIG.num_heads},[0-9]+,{CONFIG.head_dim}\]\S* copy\(")
+    return sum(len(cache.findall(computations[body])) for body in bodies)
 
 
 @pytest.mark.parametrize("runs", [1, 4])
@@ -265,3 +274,9 @@ def test_vmapped_sampler_updates_the_cache_in_place(params, runs):
     stacked = jax.tree.map(lambda x: jnp.stack([x] * runs), params)
     rngs = jax.random.split(jax.random.key(0), runs)
     assert _cache_copies(jax.vmap(lambda p, r: run(p, rng=r)), stacked, rngs) == 0
+
+
+def test_cache_windows_cover_every_position_once():
+    assert cache_windows(6, 16) == (6, 8, 12, 16)
+    assert cache_windows(30, 413) == (104, 208, 312, 413)
+    assert cache_windows(16, 16) == (16,)
