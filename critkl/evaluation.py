@@ -30,14 +30,16 @@ def prompts_of(episodes: addition.Episodes, max_digits: int) -> jax.Array:
     return jnp.where(inside, tokens, PAD_ID)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length"))
+@functools.partial(jax.jit, static_argnames=("config", "max_length", "keep_hidden"))
 def attempt(params, config: ModelConfig, operands: addition.Operands, rng: jax.Array, *,
-            temperature, max_length: int) -> Attempt:
-    """Let the model write episodes for `operands` (greedy when temperature <= 0)."""
+            temperature, max_length: int, keep_hidden: bool = False) -> Attempt:
+    """Let the model write episodes for `operands` (greedy when temperature <= 0);
+    keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`)."""
     reference = addition.render(operands)
     generation = sampling.generate(
         params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length, rng,
         max_length=max_length, temperature=temperature, stop_fn=addition.stop_rule,
+        keep_hidden=keep_hidden,
     )
     return Attempt(generation, reference, addition.score(generation.tokens, reference))
 

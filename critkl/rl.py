@@ -148,7 +148,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         operands = addition.sample_rl(problem_rng, config.episodes, n, k, digits)
         attempt = evaluation.attempt(
             state.policy, model_config, operands, sample_rng,
-            temperature=hyper.loss.policy_temperature, max_length=max_length,
+            temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
         )
         tokens, outcome = attempt.generation.tokens, attempt.outcome
         position = jnp.arange(max_length)[None, :]
@@ -156,12 +156,14 @@ def make_train(config: RLConfig, model_config: ModelConfig):
             position <= outcome.last[:, None])
         rewards = jnp.where(position == outcome.last[:, None],
                             addition.terminal_reward(outcome)[:, None], 0.0)
-        logits, hidden = model.apply({"params": state.policy}, tokens)
+        # The sampler's hidden states: the value head needs no second policy forward pass.
+        hidden = attempt.generation.hidden
         values = _shift_right(value_head.apply({"params": state.value}, hidden))
         # The frozen reference, once per collect: every minibatch step reuses its log-probs.
         ref_logits, _ = model.apply({"params": pretrained}, tokens)
         ref_logprobs = jax.nn.log_softmax(ref_logits, axis=-1)
         if config.loss.kl_placement == "reward":
+            logits, _ = model.apply({"params": state.policy}, tokens)
             kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, hyper.loss,
                                                      config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask

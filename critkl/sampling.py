@@ -37,12 +37,17 @@ class Generation(NamedTuple):
              (softmax(logits / temperature), or softmax(logits) when greedy); 0 elsewhere.
     lengths  [B] int32: prompt + generated tokens, through the last generated token.
     done     [B] bool: ended by stop_fn (False: cut at max_length).
+    hidden   [B,M,D] float32 with keep_hidden, else None: the model's final hidden state at
+             each position (as `GPT.__call__` returns it on `tokens`) through the last
+             generated token, so that a value head needs no second forward pass; 0 at
+             positions the loop never reached.
     """
 
     tokens: jax.Array
     logprobs: jax.Array
     lengths: jax.Array
     done: jax.Array
+    hidden: jax.Array | None = None
 
 
 class _LoopState(NamedTuple):
@@ -56,6 +61,7 @@ class _LoopState(NamedTuple):
     ended: jax.Array  # [B] bool
     stop_state: jax.Array  # [B] int32
     lengths: jax.Array  # [B] int32
+    hidden: jax.Array | None  # [B,M,D] float32 with keep_hidden, else None
 
 
 def default_stop(stop_state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -97,7 +103,7 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn"))
+@functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn", "keep_hidden"))
 def generate(
     params,
     config: ModelConfig,
@@ -108,6 +114,7 @@ def generate(
     max_length: int,
     temperature,
     stop_fn: StopFn = default_stop,
+    keep_hidden: bool = False,
 ) -> Generation:
     """Continues each prompt until stop_fn ends it or max_length tokens are reached.
 
@@ -116,6 +123,7 @@ def generate(
     context_length. temperature: scalar, traced (<= 0 means greedy). stop_fn(stop_state [B]
     int32, token [B] int32) -> (stop_state, ended [B] bool), initial state zeros; it sees the
     generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
+    keep_hidden (static): also return the hidden states (`Generation.hidden`).
     """
     chex.assert_rank(prompts, 2)
     batch, prompt_width = prompts.shape
@@ -126,20 +134,20 @@ def generate(
             f"context_length ({config.context_length})"
         )
     decode = inplace.plain_when_mapped_once(functools.partial(
-        _decode, config=config, max_length=max_length, stop_fn=stop_fn))
+        _decode, config=config, max_length=max_length, stop_fn=stop_fn, keep_hidden=keep_hidden))
     return decode(params, prompts, prompt_lengths.astype(jnp.int32), rng,
                   jnp.asarray(temperature, jnp.float32))
 
 
 def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelConfig,
-            max_length: int, stop_fn: StopFn) -> Generation:
+            max_length: int, stop_fn: StopFn, keep_hidden: bool) -> Generation:
     """The decode loop of `generate` (arguments checked there)."""
     batch, prompt_width = prompts.shape
     model = GPT(config)
     variables = {"params": params}
 
     windows = cache_windows(prompt_width, max_length)
-    logits, _, cache = model.apply(
+    logits, prompt_hidden, cache = model.apply(
         variables, prompts, init_cache(config, batch, windows[0]), method=GPT.prefill
     )
     # First position where some sequence samples (under vmap: of any instance; the others
@@ -166,7 +174,10 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
         token = jnp.where(in_prompt, prompt_token, jnp.where(state.ended, PAD_ID, sampled))
         stop_state, stops = stop_fn(state.stop_state, token)
         logprob = jnp.where(active, logprob, 0.0)
-        logits, _, cache = model.apply(variables, token, t, state.cache, method=GPT.decode_step)
+        logits, hidden, cache = model.apply(variables, token, t, state.cache,
+                                            method=GPT.decode_step)
+        if keep_hidden:
+            hidden = inplace.update_slice(state.hidden, hidden[:, None], (zero, t, zero))
         return _LoopState(
             position=t + 1,
             tokens=inplace.update_slice(state.tokens, token[:, None], (zero, t)),
@@ -176,6 +187,7 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
             ended=state.ended | (active & stops),
             stop_state=jnp.where(active, stop_state, state.stop_state),
             lengths=jnp.where(active, t + 1, state.lengths),
+            hidden=hidden if keep_hidden else None,
         )
 
     state = _LoopState(
@@ -187,11 +199,15 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
         ended=jnp.zeros((batch,), bool),
         stop_state=jnp.zeros((batch,), jnp.int32),
         lengths=prompt_lengths,
+        # Positions from `start` on are rewritten by the loop (prefill saw PAD past a prompt).
+        hidden=jnp.pad(prompt_hidden, ((0, 0), (0, max_length - prompt_width), (0, 0)))
+        if keep_hidden else None,
     )
     for window, following in zip(windows, windows[1:] + (None,)):
         state = lax.while_loop(functools.partial(cond, window=window), body, state)
         if following is not None:  # the next positions need a longer cache
             state = state._replace(cache=_extend_cache(state.cache, following))
     return Generation(
-        tokens=state.tokens, logprobs=state.logprobs, lengths=state.lengths, done=state.ended
+        tokens=state.tokens, logprobs=state.logprobs, lengths=state.lengths, done=state.ended,
+        hidden=state.hidden,
     )

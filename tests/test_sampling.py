@@ -280,3 +280,18 @@ def test_cache_windows_cover_every_position_once():
     assert cache_windows(6, 16) == (6, 8, 12, 16)
     assert cache_windows(30, 413) == (104, 208, 312, 413)
     assert cache_windows(16, 16) == (16,)
+
+
+@pytest.mark.parametrize("stop_fn", [never_stop, stop_on_multiple_of_seven])
+def test_kept_hidden_states_match_full_forward(params, stop_fn):
+    """Generation.hidden equals the full forward's hidden states on the generated tokens, at
+    every position through each sequence's last token (prompts of different lengths)."""
+    generation = generate(params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(7),
+                          max_length=MAX_LENGTH, temperature=1.0, stop_fn=stop_fn,
+                          keep_hidden=True)
+    _, expected = GPT(CONFIG).apply({"params": params}, generation.tokens)
+    for b, length in enumerate(np.asarray(generation.lengths)):
+        np.testing.assert_allclose(generation.hidden[b, :length], expected[b, :length],
+                                   atol=1e-4)
+    assert generate(params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(7),
+                    max_length=MAX_LENGTH, temperature=1.0).hidden is None
