@@ -1,61 +1,125 @@
-"""RL throughput at `mini` scale: one run against a vmapped sweep of runs.
+"""RL throughput at `mini` scale: one run and a vmapped sweep, on one core and on two.
 
     python benchmarks/rl_throughput.py [--runs 8] [--iterations 2]
 
-Each measurement is `iterations` RL iterations (collect 50 episodes of the
-4-digit RL distribution with the KV-cached sampler at temperature 2, score them,
-values and GAE, one PPO epoch of 5 minibatch steps on the fused loss) of every
-run, from the shipped `mini-n3` model, in one jitted scan; no evaluation.
+One table, every row measured in this one invocation (each core setting in a fresh
+process, since XLA's devices are fixed when JAX starts):
+
+- iteration: `iterations` RL iterations of every run (collect 50 episodes of the 4-digit
+  RL distribution with the KV-cached sampler at temperature 2, score them, values and
+  GAE, one PPO epoch of 5 minibatch steps on the fused loss), from the shipped `mini-n3`
+  model, in one jitted scan; no evaluation;
+- sampler: the sampling of one collect alone (`evaluation.attempt`: render, generate,
+  score), for every run.
+
+One core: the process pinned to one core, one single-threaded device (as the peer
+anchors in `../shared/anchors` are measured). Two cores: as the training commands run
+(`critkl.cli.use_cpu_cores`): one run on one multi-threaded device, a sweep's runs split
+over one single-threaded device per core.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 
-from critkl import rl
-from critkl.pretrained import load_pretrained
+def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
+    """In this process (JAX configured for `cores`): seconds, episodes and tokens."""
+    import jax
+    import jax.numpy as jnp
 
+    from critkl import addition, evaluation, parallel, rl
+    from critkl.pretrained import load_pretrained
 
-def measure(config: rl.RLConfig, model_config, params, runs: int) -> tuple[float, float, float]:
-    """(episodes/s, generated tokens/s, seconds) of `runs` runs side by side."""
+    pre_config, params = load_pretrained("mini-n3")
+    model_config = pre_config.model_config
+    config = rl.RLConfig(n=3, extra_digits=1, iterations=iterations, eval_every=iterations,
+                         ppo_epochs=1)
     functions = rl.make_train(config, model_config)
     hypers = rl.stack_hypers([rl.RLHyper()] * runs)
     rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
+    mesh = parallel.data_mesh()
+    by_run = (parallel.batch_sharding(mesh) if runs % mesh.devices.size == 0
+              else parallel.replicated(mesh))
+    hypers, rngs = jax.device_put((hypers, rngs), by_run)
     state = jax.jit(jax.vmap(functions.init, in_axes=(0, 0, None)))(rngs, hypers, params)
 
-    def iterations(state, hyper):
+    def iterations_of(state, hyper):
         return jax.lax.scan(lambda s, _: functions.iteration(s, hyper, params), state, None,
-                            length=config.iterations)
+                            length=iterations)
 
-    step = jax.jit(jax.vmap(iterations))
-    jax.block_until_ready(step(state, hypers))  # compile
-    start = time.perf_counter()
-    _, train = step(state, hypers)
-    tokens = float(jax.block_until_ready(train["train/generated_tokens"]).sum())
-    seconds = time.perf_counter() - start
-    episodes = runs * config.iterations * config.episodes
-    return episodes / seconds, tokens / seconds, seconds
+    def sample(rng, hyper):
+        operands = addition.sample_rl(rng, config.episodes, config.n, config.extra_digits,
+                                      config.digits)
+        attempt = evaluation.attempt(params, model_config, operands, rng,
+                                     temperature=hyper.loss.policy_temperature,
+                                     max_length=config.max_length)
+        return (attempt.generation.lengths - attempt.reference.prompt_length).sum()
+
+    results = {}
+    for name, fn, args, episodes in (
+        ("iteration", jax.jit(jax.vmap(iterations_of)), (state, hypers),
+         runs * iterations * config.episodes),
+        ("sampler", jax.jit(jax.vmap(sample)), (rngs, hypers), runs * config.episodes),
+    ):
+        jax.block_until_ready(fn(*args))  # compile
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        seconds = time.perf_counter() - start
+        tokens = (float(out[1]["train/generated_tokens"].sum()) if name == "iteration"
+                  else float(out.sum()))
+        results[name] = {"seconds": seconds, "episodes": episodes, "tokens": tokens}
+    return results
+
+
+def child_environment(cores: int, runs: int) -> dict[str, str]:
+    """Environment of a child process measuring `runs` runs on `cores` cores."""
+    from critkl.parallel import cpu_devices_flags
+
+    env = dict(os.environ)
+    if cores == 1 or runs % cores == 0 and runs > 1:
+        env["XLA_FLAGS"] = cpu_devices_flags(cores)
+    else:  # one run on several cores: one multi-threaded device
+        env.pop("XLA_FLAGS", None)
+    return env
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--child", nargs=2, type=int, metavar=("CORES", "RUNS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    pre_config, params = load_pretrained("mini-n3")
-    config = rl.RLConfig(n=3, extra_digits=1, iterations=args.iterations,
-                         eval_every=args.iterations, ppo_epochs=1)
-    print(f"{jax.device_count()} {jax.default_backend()} device(s); mini model, RL on 4 digits, "
-          f"{config.episodes} episodes per collect, {args.iterations} iterations")
-    print("| runs | episodes/s | generated tokens/s | seconds |")
-    print("|---|---|---|---|")
-    for runs in (1, args.runs):
-        episodes, tokens, seconds = measure(config, pre_config.model_config, params, runs)
-        print(f"| {runs} | {episodes:,.1f} | {tokens:,.0f} | {seconds:.1f} |")
+    if args.child:
+        cores, runs = args.child
+        if cores == 1:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+        print(json.dumps(measure(cores, runs, args.iterations)))
+        return
+
+    available = len(os.sched_getaffinity(0))
+    print(f"mini model, RL on 4 digits from mini-n3, 50 episodes per collect, "
+          f"{args.iterations} iterations per run; {available} cores available")
+    print("| cores | runs | what | episodes/s | generated tokens/s | seconds |")
+    print("|---|---|---|---|---|---|")
+    for cores in (1, 2):
+        if cores > available:
+            continue
+        for runs in (1, args.runs):
+            command = [sys.executable, __file__, "--iterations", str(args.iterations),
+                       "--child", str(cores), str(runs)]
+            output = subprocess.run(command, env=child_environment(cores, runs), check=True,
+                                    capture_output=True, text=True).stdout
+            for what, row in json.loads(output.splitlines()[-1]).items():
+                print(f"| {cores} | {runs} | {what} | {row['episodes'] / row['seconds']:,.1f} | "
+                      f"{row['tokens'] / row['seconds']:,.0f} | {row['seconds']:.1f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

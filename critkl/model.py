@@ -134,6 +134,16 @@ def _residual_std(config: ModelConfig) -> float:
     return INIT_STD / math.sqrt(2 * config.num_layers)
 
 
+QUERY_BLOCK = 128  # full-sequence attention runs in blocks of this many queries
+
+
+def _attend(q, k, v, mask, dtype):
+    """Softmax attention: q [B,H,T,Dh], k, v [B,H,S,Dh], mask [T,S] -> [B,H,T,Dh]."""
+    scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(jnp.where(mask, scores, _MASK_VALUE), axis=-1).astype(dtype)
+    return jnp.einsum("bhts,bhsd->bhtd", weights, v)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection and float32 softmax."""
 
@@ -141,7 +151,7 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, kv=None, start=0):
-        """x [B,T,D]; mask [T,S] bool (True = may attend).
+        """x [B,T,D]; mask [T,S] bool (True = may attend), causal when there is no `kv`.
 
         Without `kv`, attends over the T keys of x (S = T) and returns (y [B,T,D], None).
         With `kv` = (keys, values) [B,H,S,Dh], first writes the T new keys/values at cache
@@ -160,10 +170,15 @@ class CausalSelfAttention(nn.Module):
             v = inplace.update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
         q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
-        scores = jnp.where(mask, scores, _MASK_VALUE)
-        weights = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        y = jnp.einsum("bhts,bhsd->bhtd", weights, v)
+        if kv is None and time > QUERY_BLOCK:
+            # Causal mask: queries lo..hi-1 attend to no key at hi or later, so each block of
+            # queries reads only the keys up to its end (exact; about 60% of the square).
+            blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
+            y = jnp.concatenate([
+                _attend(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], mask[lo:hi, :hi],
+                        cfg.compute_dtype) for lo, hi in blocks], axis=2)
+        else:
+            y = _attend(q, k, v, mask, cfg.compute_dtype)
         y = y.transpose(0, 2, 1, 3).reshape(batch, time, cfg.d_model)
         return _dense(cfg.d_model, cfg, _residual_std(cfg), "out")(y), kv
 

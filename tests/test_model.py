@@ -13,6 +13,7 @@ from critkl.model import (
     GPT,
     INIT_STD,
     PRESETS,
+    QUERY_BLOCK,
     ModelConfig,
     init_cache,
     init_params,
@@ -165,3 +166,19 @@ def test_unknown_preset_lists_allowed_names():
     with pytest.raises(ValueError, match="huge") as error:
         model_preset("huge")
     assert all(name in str(error.value) for name in PRESETS)
+
+
+def test_blocked_causal_attention_matches_cached_path(params):
+    """Past QUERY_BLOCK positions the full forward attends in blocks of queries, each over
+    the keys up to its end; prefill runs the same tokens through one unblocked attention
+    over a cache. Both must agree at every position, across block boundaries."""
+    length = 2 * QUERY_BLOCK + 37  # three blocks, the last one partial
+    assert length <= CONFIG.context_length
+    tokens = jax.random.randint(jax.random.key(8), (2, length), 0, CONFIG.vocab_size)
+    logits, hidden = forward(CONFIG, params, tokens)
+    prefill = jax.jit(functools.partial(GPT(CONFIG).apply, method=GPT.prefill))
+    cached_logits, cached_hidden, _ = prefill({"params": params}, tokens,
+                                              init_cache(CONFIG, batch=2, length=length))
+    np.testing.assert_allclose(logits, cached_logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(hidden, cached_hidden, atol=1e-5, rtol=0)
+    assert float(jnp.std(logits)) > 0.5
