@@ -282,6 +282,60 @@ def _analyze(args) -> None:
           f"certainty_n{config.max_digits}.png; tensorboard --logdir {out}")
 
 
+def causal_defaults():
+    from critkl.causal import Settings
+
+    return Settings()
+
+
+def _critical(args) -> None:
+    import subprocess
+    import time
+
+    from critkl import causal
+    from critkl.pretrained import load_pretrained
+
+    config, params = load_pretrained(args.model)
+    try:
+        settings = causal.Settings(
+            problems=args.problems, temperature=args.temperature, beta=args.beta,
+            certainty_temperature=args.certainty_temperature, forced_below=args.forced_below,
+            batch=args.batch, seed=args.seed)
+    except ValueError as error:
+        raise UsageError(f"--{str(error).replace('_', '-')}") from None
+    out = Path(args.out) if args.out else Path("runs") / f"critical-{Path(args.model).name}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the output folder {out}: {error.strerror}") from None
+    start = time.perf_counter()
+
+    def progress(done, total):
+        elapsed = time.perf_counter() - start
+        print(f"forced continuations: {done}/{total} sampler calls, {elapsed:.0f} s, "
+              f"ETA {elapsed / done * (total - done):.0f} s", flush=True)
+
+    n = config.max_digits
+    print(f"critkl critical {args.model}: {settings.problems} problems of {n + 1}+{n + 1} "
+          f"digits, decisions with p(right) < {settings.forced_below} forced right and wrong",
+          flush=True)
+    rows = causal.causal_map(params, config.model_config, n, settings, progress)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    record = {"command": "critkl " + " ".join(sys.argv[1:]), "commit": commit,
+              "model": args.model, "n": n, "settings": dataclasses.asdict(settings),
+              "rows": rows}
+    (out / "critical.json").write_text(json.dumps(record, indent=1) + "\n")
+    table = causal.markdown(rows, kl_coef=args.kl_coef)
+    (out / "critical.md").write_text(table)
+    causal.plot(rows, out / "critical.png")
+    print(table)
+    print(f"saved {out}: critical.json, critical.md, critical.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from critkl import distributed
     from critkl.pretrain import PretrainConfig
@@ -339,6 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--shown", type=int, default=4, help="episodes coloured and plotted")
     analyze.add_argument("--out", help="output folder (default runs/analyze-MODEL)")
     analyze.set_defaults(run=_analyze)
+
+    critical = commands.add_parser(
+        "critical", help="causal critical-token map: force each uncertain decision right, then "
+        "wrong, and compare the success of the continuations")
+    critical.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
+    defaults = causal_defaults()
+    for flag, kind, text in (
+        ("problems", int, "fixed problems, both operands N+1 digits"),
+        ("temperature", float, "temperature of the sampled continuations (the RL temperature)"),
+        ("beta", float, "exponent of the certainty in the KL weight w"),
+        ("certainty-temperature", float, "temperature of the reference in the certainty"),
+        ("forced-below", float, "force only decisions whose mean p(right) is below this"),
+        ("batch", int, "continuations per sampler call"),
+        ("seed", int, "seed of the problems and the sampled continuations"),
+    ):
+        default = getattr(defaults, flag.replace("-", "_"))
+        critical.add_argument(f"--{flag}", type=kind, default=default,
+                              help=f"{text} (default {default})")
+    critical.add_argument("--kl-coef", type=float, default=5.0,
+                          help="KL coefficient of the predicted optimum in the table (default 5)")
+    critical.add_argument("--out", help="output folder (default runs/critical-MODEL)")
+    critical.set_defaults(run=_critical)
 
     launch = commands.add_parser(
         "launch", help="run a training command as several JAX processes on this machine",

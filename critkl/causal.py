@@ -1,0 +1,241 @@
+"""The causal critical-token map: which decisions of an episode decide its outcome.
+
+For fixed problems whose operands both have N+1 digits (the paper's "identical lengths",
+so that every problem's scratchpad has the same layout), every decision of the scratch
+lines is named by a key (line, role, list, ordinal: "line 2 a-list #4") and measured:
+
+- p(right): the model's teacher-forced probability of the reference token, given the
+  correct prefix;
+- w: the prioritized KL weight certainty(reference at the certainty temperature)^beta there;
+- success after forcing the right token, and after forcing the model's likeliest wrong
+  token, then letting the model continue from that prefix (greedy, and sampled at the RL
+  temperature).
+
+With the ternary reward, Q(s, a) = 2 P(success | a forced at s) - 1, so the two success
+rates are the decision's stakes. A decision is *causally critical* when forcing it wrong
+costs most of the success (at least half of the success after the right token, sampled)
+and the model is unsure of it (p(right) <= 0.9). Decisions the model is nearly sure of
+(p(right) above `forced_below`) are listed with p(right) and w only, without forcing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critkl import addition, losses, sampling
+from critkl.model import GPT, ModelConfig
+from critkl.tokenizer import decode, token_id
+
+SCRATCH_ROLES = ("operand", "partial_result", "carry", "sum", "digit")
+_OPEN = token_id("[")
+_NEWLINE = token_id("\n")
+CRITICAL_COST = 0.5      # forcing wrong loses at least this share of the success ...
+CRITICAL_P_RIGHT = 0.9   # ... where the model gives the right token at most this
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the map is measured on. Defaults: CPU scale, the measured RL temperature 1."""
+
+    problems: int = 64           # fixed problems, both operands n + 1 digits
+    temperature: float = 1.0     # sampled continuations (the RL temperature)
+    beta: float = 150.0          # the KL weight w = certainty ** beta ...
+    certainty_temperature: float = 1.0  # ... of the reference at this temperature
+    forced_below: float = 0.99   # force only decisions whose mean p(right) is below this
+    batch: int = 256             # continuations per sampler call
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("problems", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "certainty_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 < self.forced_below <= 1:
+            raise ValueError(f"forced_below must be in (0, 1], got {self.forced_below}")
+
+
+def decision_keys(episodes: addition.Episodes) -> list[dict[int, tuple]]:
+    """Per problem, {position: (line, role, list, ordinal)} of its scratch-line decisions.
+
+    line counts scratch lines from 1; list is "a", "b" or "A" (which bracket of the line the
+    position follows) for operand and partial-result tokens, else ""; ordinal counts the
+    positions of the same (line, role, list) before this one.
+    """
+    tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)
+    lengths, prompts = np.asarray(episodes.length), np.asarray(episodes.prompt_length)
+    scratch = {addition.ROLE[name] for name in SCRATCH_ROLES}
+    keys = []
+    for b in range(tokens.shape[0]):
+        found, counts, line, brackets, started = {}, defaultdict(int), 0, 0, False
+        for t in range(prompts[b], lengths[b]):
+            role = int(roles[b, t])
+            if tokens[b, t] == _OPEN:
+                brackets += 1
+            if role in scratch:
+                if not started:
+                    started, line = True, 1
+                name = addition.ROLE_NAMES[role]
+                part = "abA"[min(brackets, 3) - 1] if name in ("operand", "partial_result") else ""
+                group = (line, name, part)
+                found[t] = group + (counts[group],)
+                counts[group] += 1
+            if tokens[b, t] == _NEWLINE and started:
+                line, brackets = line + 1, 0
+        keys.append(found)
+    return keys
+
+
+def key_label(key: tuple, token: str) -> str:
+    line, role, part, ordinal = key
+    where = f"{part}-list" if part else role.replace("_", " ")
+    return f"line {line} {where} #{ordinal} {token!r}"
+
+
+def _continue(params, config: ModelConfig, prompts, lengths, rng, temperature, max_length):
+    """Continuations of forced prefixes -> generated tokens [B, M]."""
+    return sampling.generate(params, config, prompts, lengths, rng, max_length=max_length,
+                             temperature=temperature, stop_fn=addition.stop_rule).tokens
+
+
+def causal_map(params, config: ModelConfig, n: int, settings: Settings = Settings(),
+               progress=None) -> list[dict]:
+    """The map's rows, one per decision key, in episode order (see module docstring).
+
+    progress(done, total): called after each sampler call, when given.
+    """
+    digits = n + 1
+    rng = jax.random.key(settings.seed)
+    problem_rng, sample_rng = jax.random.split(rng)
+    operands = addition.sample_identical(problem_rng, settings.problems, digits, digits)
+    episodes = addition.render(operands)
+    tokens = np.asarray(episodes.tokens)
+    logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
+    weights = np.asarray(losses.prioritized_kl_weights(
+        logits, settings.beta, settings.certainty_temperature))
+
+    rows, by_key = {}, defaultdict(list)
+    for b, found in enumerate(decision_keys(episodes)):
+        for t, key in found.items():
+            by_key[key].append((b, t))
+    for key, items in by_key.items():
+        right = np.array([np.exp(logp[b, t - 1, tokens[b, t]]) for b, t in items])
+        rows[key] = {
+            "key": list(key), "label": key_label(key, decode([int(tokens[items[0]])])),
+            "first_position": min(t for _, t in items), "problems": len(items),
+            "p_right": float(right.mean()), "p_right_min": float(right.min()),
+            "kl_weight": float(np.mean([weights[b, t - 1] for b, t in items])),
+        }
+
+    forced = [(key, b, t, wrong) for key, items in by_key.items()
+              if rows[key]["p_right"] < settings.forced_below
+              for b, t in items for wrong in (False, True)]
+    forced.sort(key=lambda item: item[2])  # similar positions share a sampler call
+    width, max_length = tokens.shape[1], addition.episode_limit(digits)
+    successes = defaultdict(lambda: defaultdict(list))
+    calls = -(-len(forced) // settings.batch)
+    for call in range(calls):
+        chunk = forced[call * settings.batch:(call + 1) * settings.batch]
+        padded = chunk + [chunk[-1]] * (settings.batch - len(chunk))  # one compiled shape
+        prompts = np.zeros((settings.batch, width), np.int32)
+        lengths = np.zeros(settings.batch, np.int32)
+        for i, (_, b, t, wrong) in enumerate(padded):
+            prompts[i, :t + 1] = tokens[b, :t + 1]
+            if wrong:
+                scores = logp[b, t - 1].copy()
+                scores[tokens[b, t]] = -np.inf
+                prompts[i, t] = int(np.argmax(scores))
+            lengths[i] = t + 1
+        problems = np.array([b for _, b, _, _ in padded])
+        reference = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[problems]), episodes)
+        for mode, temperature in (("greedy", 0.0), ("sampled", settings.temperature)):
+            generated = _continue(params, config, jnp.asarray(prompts), jnp.asarray(lengths),
+                                  jax.random.fold_in(sample_rng, call), temperature, max_length)
+            success = np.asarray(addition.score(generated, reference).success)
+            for i, (key, _, _, wrong) in enumerate(chunk):
+                successes[key][(mode, wrong)].append(bool(success[i]))
+        if progress:
+            progress(call + 1, calls)
+
+    for key, results in successes.items():
+        row = rows[key]
+        for mode in ("greedy", "sampled"):
+            row[f"success_right_{mode}"] = float(np.mean(results[(mode, False)]))
+            row[f"success_wrong_{mode}"] = float(np.mean(results[(mode, True)]))
+        right, wrong = row["success_right_sampled"], row["success_wrong_sampled"]
+        row["critical"] = bool(right > 0 and right - wrong >= CRITICAL_COST * right
+                               and row["p_right"] <= CRITICAL_P_RIGHT)
+    return sorted(rows.values(), key=lambda row: row["first_position"])
+
+
+def optimum_p_right(row: dict, kl_coef: float, weight: float) -> float | None:
+    """p(right) at the KL-regularised optimum pi* ~ pi_ref exp(Q / (kl_coef w)), with the
+    wrong side lumped into one action of Q from forcing the likeliest wrong token (sampled
+    success). weight: the decision's KL weight (1 for the standard KL). None when unforced."""
+    if "success_right_sampled" not in row:
+        return None
+    q_right = 2 * row["success_right_sampled"] - 1
+    q_wrong = 2 * row["success_wrong_sampled"] - 1
+    p = row["p_right"]
+    if kl_coef * weight <= 0:
+        return 1.0 if q_right > q_wrong else 0.0 if q_right < q_wrong else p
+    scale = np.exp(np.clip((q_right - q_wrong) / (kl_coef * weight), -50, 50))
+    return float(p * scale / (p * scale + 1 - p))
+
+
+def markdown(rows: list[dict], kl_coef: float = 5.0) -> str:
+    """The forced decisions as a table (routine ones are left out), critical ones in bold,
+    with the optimum p(right) under the standard and the prioritized KL."""
+    lines = [
+        "| decision | p(right) | w | success if right (greedy / sampled) | success if wrong "
+        "(greedy / sampled) | optimum p(right): standard / prioritized KL |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "success_right_sampled" not in row:
+            continue
+        label = f"**{row['label']}**" if row["critical"] else row["label"]
+        standard = optimum_p_right(row, kl_coef, 1.0)
+        prioritized = optimum_p_right(row, kl_coef, row["kl_weight"])
+        lines.append(
+            f"| {label} | {row['p_right']:.2f} | {row['kl_weight']:.2f} | "
+            f"{row['success_right_greedy']:.2f} / {row['success_right_sampled']:.2f} | "
+            f"{row['success_wrong_greedy']:.2f} / {row['success_wrong_sampled']:.2f} | "
+            f"{standard:.2f} / {prioritized:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path) -> None:
+    """PNG: per forced decision, success after the right and the wrong token (sampled) and
+    p(right); critical decisions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    forced = [row for row in rows if "success_right_sampled" in row]
+    x = np.arange(len(forced))
+    fig, ax = plt.subplots(figsize=(max(8, 0.32 * len(forced)), 5))
+    ax.bar(x - 0.2, [r["success_right_sampled"] for r in forced], 0.4, label="success if right")
+    ax.bar(x + 0.2, [r["success_wrong_sampled"] for r in forced], 0.4, label="success if wrong")
+    ax.plot(x, [r["p_right"] for r in forced], "k.", markersize=9, label="p(right), teacher-forced")
+    for i, row in enumerate(forced):
+        if row["critical"]:
+            ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.12, lw=0)
+    ax.set_xticks(x, [r["label"] for r in forced], rotation=75, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("rate (sampled continuations)")
+    ax.set_title("Forcing each uncertain decision right or wrong (red: causally critical)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
