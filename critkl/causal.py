@@ -95,9 +95,11 @@ def decision_keys(episodes: addition.Episodes) -> list[dict[int, tuple]]:
 
 
 def key_label(key: tuple, token: str) -> str:
+    """e.g. "line 2 b-list #4 digit": the token's kind (digit, or the separator itself)."""
     line, role, part, ordinal = key
     where = f"{part}-list" if part else role.replace("_", " ")
-    return f"line {line} {where} #{ordinal} {token!r}"
+    kind = "digit" if token.isdigit() else repr(token)
+    return f"line {line} {where} #{ordinal} {kind}"
 
 
 def _continue(params, config: ModelConfig, prompts, lengths, rng, temperature, max_length):
