@@ -53,3 +53,15 @@ def test_settings_name_the_bad_field():
         causal.Settings(temperature=0.0)
     with pytest.raises(ValueError, match="forced_below"):
         causal.Settings(forced_below=1.5)
+
+
+@pytest.mark.parametrize("flag, value, field", [("--temperature", "0", "--temperature"),
+                                                ("--forced-below", "2", "--forced-below"),
+                                                ("--problems", "0", "--problems")])
+def test_critical_command_rejects_bad_settings(capsys, tmp_path, flag, value, field):
+    from critkl import cli
+
+    status = cli.main(["critical", "mini-n3", flag, value, "--out", str(tmp_path / "x")])
+    assert status == cli.USAGE_ERROR
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
