@@ -357,11 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
     evaluate.add_argument("run_dir", help="a pre-training run directory or a shipped model name")
-    evaluate.add_argument("--problems", type=int, default=1000, help="problems per cell")
-    evaluate.add_argument("--batch", type=int, default=500)
+    evaluate.add_argument("--problems", type=int, default=1000,
+                          help="problems per cell (default 1000)")
+    evaluate.add_argument("--batch", type=int, default=500,
+                          help="problems solved per sampler call (default 500)")
     evaluate.add_argument("--rl-episodes", type=int, default=200,
-                          help="sampled episodes per temperature")
-    evaluate.add_argument("--seed", type=int, default=0)
+                          help="sampled episodes per temperature (default 200)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the problems and the sampling (default 0)")
     evaluate.add_argument("--out", help="JSON report path (default RUN_DIR/eval.json)")
     evaluate.set_defaults(run=_evaluate)
 
