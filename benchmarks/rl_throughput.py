@@ -82,7 +82,7 @@ def child_environment(cores: int, runs: int) -> dict[str, str]:
     from critkl.parallel import cpu_devices_flags
 
     env = dict(os.environ)
-    if cores == 1 or runs % cores == 0 and runs > 1:
+    if cores == 1 or (runs > 1 and runs % cores == 0):
         env["XLA_FLAGS"] = cpu_devices_flags(cores)
     else:  # one run on several cores: one multi-threaded device
         env.pop("XLA_FLAGS", None)

@@ -102,12 +102,6 @@ def key_label(key: tuple, token: str) -> str:
     return f"line {line} {where} #{ordinal} {kind}"
 
 
-def _continue(params, config: ModelConfig, prompts, lengths, rng, temperature, max_length):
-    """Continuations of forced prefixes -> generated tokens [B, M]."""
-    return sampling.generate(params, config, prompts, lengths, rng, max_length=max_length,
-                             temperature=temperature, stop_fn=addition.stop_rule).tokens
-
-
 def causal_map(params, config: ModelConfig, n: int, settings: Settings = Settings(),
                progress=None) -> list[dict]:
     """The map's rows, one per decision key, in episode order (see module docstring).
@@ -160,8 +154,10 @@ def causal_map(params, config: ModelConfig, n: int, settings: Settings = Setting
         problems = np.array([b for _, b, _, _ in padded])
         reference = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[problems]), episodes)
         for mode, temperature in (("greedy", 0.0), ("sampled", settings.temperature)):
-            generated = _continue(params, config, jnp.asarray(prompts), jnp.asarray(lengths),
-                                  jax.random.fold_in(sample_rng, call), temperature, max_length)
+            generated = sampling.generate(
+                params, config, jnp.asarray(prompts), jnp.asarray(lengths),
+                jax.random.fold_in(sample_rng, call), max_length=max_length,
+                temperature=temperature, stop_fn=addition.stop_rule).tokens
             success = np.asarray(addition.score(generated, reference).success)
             for i, (key, _, _, wrong) in enumerate(chunk):
                 successes[key][(mode, wrong)].append(bool(success[i]))

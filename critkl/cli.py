@@ -282,12 +282,6 @@ def _analyze(args) -> None:
           f"certainty_n{config.max_digits}.png; tensorboard --logdir {out}")
 
 
-def causal_defaults():
-    from critkl.causal import Settings
-
-    return Settings()
-
-
 def _critical(args) -> None:
     import subprocess
     import time
@@ -401,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         "critical", help="causal critical-token map: force each uncertain decision right, then "
         "wrong, and compare the success of the continuations")
     critical.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
-    defaults = causal_defaults()
+    from critkl.causal import Settings
+
+    defaults = Settings()
     for flag, kind, text in (
         ("problems", int, "fixed problems, both operands N+1 digits"),
         ("temperature", float, "temperature of the sampled continuations (the RL temperature)"),

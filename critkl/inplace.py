@@ -53,26 +53,19 @@ def _update_slice_vmap(axis_size, in_batched, operand, update, start):
     return update_slice(operand, update, (zero, *start)), True
 
 
-@jax.custom_batching.custom_vmap
-def all_true(x: jax.Array) -> jax.Array:
-    """jnp.all(x), a scalar; under vmap, over every mapped instance too (unmapped result)."""
-    return jnp.all(x)
+def _over_every_instance(reduce):
+    """reduce(x) -> scalar, whose vmap rule reduces over the mapped axes too (unmapped result)."""
+    wrapped = jax.custom_batching.custom_vmap(lambda x: reduce(x))
+
+    @wrapped.def_vmap
+    def _rule(axis_size, in_batched, x):
+        return wrapped(x), False  # x carries the mapped axis: reduced with the rest
+
+    return wrapped
 
 
-@all_true.def_vmap
-def _all_true_vmap(axis_size, in_batched, x):
-    return all_true(x), False
-
-
-@jax.custom_batching.custom_vmap
-def minimum(x: jax.Array) -> jax.Array:
-    """jnp.min(x), a scalar; under vmap, over every mapped instance too (unmapped result)."""
-    return jnp.min(x)
-
-
-@minimum.def_vmap
-def _minimum_vmap(axis_size, in_batched, x):
-    return minimum(x), False
+all_true = _over_every_instance(jnp.all)  # jnp.all(x); under vmap, over every instance
+minimum = _over_every_instance(jnp.min)   # jnp.min(x); under vmap, over every instance
 
 
 def plain_when_mapped_once(fn):

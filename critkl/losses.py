@@ -274,7 +274,8 @@ def fused_loss(
     """
     tokens = batch.tokens
     chex.assert_rank(tokens, 2)
-    chex.assert_equal_shape(tuple(batch)[:5] + (values,))
+    chex.assert_equal_shape((tokens, batch.action_mask, batch.old_logprobs, batch.advantages,
+                             batch.returns, values))
     chex.assert_equal_shape((logits, batch.ref_logprobs))
     ref_logp = lax.stop_gradient(batch.ref_logprobs)  # as logits: equal up to a constant
 

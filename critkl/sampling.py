@@ -1,7 +1,9 @@
 """Batched autoregressive generation with a preallocated key/value cache.
 
-One `lax.while_loop` over positions, one token per sequence per iteration, no Python per
-token. Works under `jax.jit` and `jax.vmap` (over params, rng or temperature).
+A few `lax.while_loop`s over positions (`cache_windows`: each attends over a cache just long
+enough for its positions), one token per sequence per iteration, no Python per token. Works
+under `jax.jit` and `jax.vmap` (over params, rng, prompts or temperature), the cache updated in
+place either way (`critkl.inplace`).
 
 Shapes: B batch, P prompt buffer width, M max_length (prompt + generated), V vocabulary.
 
