@@ -21,11 +21,14 @@ and the model is unsure of it (p(right) <= 0.9). Decisions the model is nearly s
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from critkl import addition, losses, sampling
 from critkl.model import GPT, ModelConfig
@@ -63,35 +66,95 @@ class Settings:
             raise ValueError(f"forced_below must be in (0, 1], got {self.forced_below}")
 
 
-def decision_keys(episodes: addition.Episodes) -> list[dict[int, tuple]]:
-    """Per problem, {position: (line, role, list, ordinal)} of its scratch-line decisions.
+_PARTS = ("a", "b", "A", "")   # which bracket of the line a list token follows; "" elsewhere
+_MAX_ORDINAL = 64              # more positions than any (line, role, list) group has
 
-    line counts scratch lines from 1; list is "a", "b" or "A" (which bracket of the line the
-    position follows) for operand and partial-result tokens, else ""; ordinal counts the
-    positions of the same (line, role, list) before this one.
+
+def key_code(key: tuple) -> int:
+    """The integer code of a decision key (line, role, list, ordinal), as `decision_codes`."""
+    line, role, part, ordinal = key
+    if role not in SCRATCH_ROLES or part not in _PARTS or not 0 <= ordinal < _MAX_ORDINAL:
+        raise ValueError(f"not a decision key: {key!r} (role in {SCRATCH_ROLES}, list in "
+                         f"{_PARTS}, ordinal in 0..{_MAX_ORDINAL - 1})")
+    group = (line * len(addition.ROLE_NAMES) + addition.ROLE[role]) * len(_PARTS)
+    return (group + _PARTS.index(part)) * _MAX_ORDINAL + ordinal
+
+
+def _key_of_code(code: int) -> tuple:
+    group, ordinal = divmod(code, _MAX_ORDINAL)
+    group, part = divmod(group, len(_PARTS))
+    line, role = divmod(group, len(addition.ROLE_NAMES))
+    return (line, addition.ROLE_NAMES[role], _PARTS[part], ordinal)
+
+
+def decision_codes(episodes: addition.Episodes) -> jax.Array:
+    """The decision key of every position as one integer ([B, L] int32, -1 off the scratch
+    lines' decisions); pure jnp, so it runs inside jit and vmap.
+
+    A key is (line, role, list, ordinal): line counts scratch lines from 1; list is "a", "b"
+    or "A" (which bracket of the line the position follows) for operand and partial-result
+    tokens, else ""; ordinal counts the positions of the same (line, role, list) before this
+    one. `key_code` gives a key's integer.
     """
-    tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)
-    lengths, prompts = np.asarray(episodes.length), np.asarray(episodes.prompt_length)
-    scratch = {addition.ROLE[name] for name in SCRATCH_ROLES}
-    keys = []
-    for b in range(tokens.shape[0]):
-        found, counts, line, brackets, started = {}, defaultdict(int), 0, 0, False
-        for t in range(prompts[b], lengths[b]):
-            role = int(roles[b, t])
-            if tokens[b, t] == _OPEN:
-                brackets += 1
-            if role in scratch:
-                if not started:
-                    started, line = True, 1
-                name = addition.ROLE_NAMES[role]
-                part = "abA"[min(brackets, 3) - 1] if name in ("operand", "partial_result") else ""
-                group = (line, name, part)
-                found[t] = group + (counts[group],)
-                counts[group] += 1
-            if tokens[b, t] == _NEWLINE and started:
-                line, brackets = line + 1, 0
-        keys.append(found)
+    tokens, role = episodes.tokens, episodes.role
+    width = tokens.shape[1]
+    position = jnp.arange(width)[None, :]
+    inside = (position >= episodes.prompt_length[:, None]) & (
+        position < episodes.length[:, None])
+    scratch = inside & jnp.isin(role, jnp.array([addition.ROLE[r] for r in SCRATCH_ROLES]))
+    started = jnp.cumsum(scratch, axis=1) > 0
+    line_ends = (tokens == _NEWLINE) & started & inside
+    line = 1 + jnp.cumsum(line_ends, axis=1) - line_ends
+    opens = jnp.cumsum(tokens == _OPEN, axis=1)
+    # Brackets opened in this line so far: opens minus those before the line's start.
+    before_line = lax.cummax(jnp.where(line_ends, opens, 0), axis=1)
+    brackets = opens - jnp.pad(before_line[:, :-1], ((0, 0), (1, 0)))
+    is_list = (role == addition.ROLE["operand"]) | (role == addition.ROLE["partial_result"])
+    part = jnp.where(is_list, jnp.clip(brackets, 1, 3) - 1, _PARTS.index(""))
+    group = jnp.where(scratch, (line * len(addition.ROLE_NAMES) + role) * len(_PARTS) + part,
+                      jnp.iinfo(jnp.int32).max // width)
+    # ordinal: rank among the earlier positions of the same group (a stable sort by group).
+    order = jnp.argsort(group * width + position, axis=1)
+    sorted_group = jnp.take_along_axis(group, order, axis=1)
+    index = jnp.broadcast_to(position, group.shape)
+    first = jnp.concatenate([jnp.ones_like(sorted_group[:, :1], bool),
+                             sorted_group[:, 1:] != sorted_group[:, :-1]], axis=1)
+    ordinal_sorted = index - lax.cummax(jnp.where(first, index, 0), axis=1)
+    ordinal = jnp.take_along_axis(ordinal_sorted, jnp.argsort(order, axis=1), axis=1)
+    return jnp.where(scratch, group * _MAX_ORDINAL + ordinal, -1).astype(jnp.int32)
+
+
+def decision_keys(episodes: addition.Episodes) -> list[dict[int, tuple]]:
+    """Per problem, {position: (line, role, list, ordinal)} of its scratch-line decisions
+    (`decision_codes` on the host)."""
+    codes = np.asarray(decision_codes(episodes))
+    return [{int(t): _key_of_code(int(codes[b, t])) for t in np.nonzero(codes[b] >= 0)[0]}
+            for b in range(codes.shape[0])]
+
+
+def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
+    """The keys of a map's causally critical decisions (rows as `causal_map` returns them, or
+    as read back from its JSON)."""
+    return tuple(tuple(row["key"]) for row in rows if row.get("critical"))
+
+
+def read_critical_keys(path) -> tuple[tuple, ...]:
+    """The causally critical keys of a map saved by `critkl critical` (its critical.json)."""
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+        keys = critical_keys(rows)
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError("not a critical.json written by `critkl critical`") from None
+    for key in keys:
+        key_code(key)
     return keys
+
+
+def at_keys(codes: jax.Array, keys) -> jax.Array:
+    """codes [B, L] (`decision_codes`) -> [B, L] bool: the position's key is one of `keys`."""
+    if not keys:
+        return jnp.zeros(codes.shape, bool)
+    return jnp.isin(codes, jnp.array([key_code(key) for key in keys], jnp.int32))
 
 
 def key_label(key: tuple, token: str) -> str:

@@ -155,8 +155,9 @@ def _list_of(kind):
     return parse
 
 
-# RLConfig fields set otherwise: n from the pre-trained model, loss from LossConfig's flags.
-_RL_FIELDS_WITHOUT_FLAGS = ("loss", "n")
+# RLConfig fields set otherwise: n from the pre-trained model, loss from LossConfig's flags,
+# causal_keys from --causal-map.
+_RL_FIELDS_WITHOUT_FLAGS = ("loss", "n", "causal_keys")
 
 
 def _finetune(args) -> None:
@@ -180,6 +181,13 @@ def _finetune(args) -> None:
         runs = finetune.grid_runs(args.seeds, grid, rl.RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.causal_map:
+        from critkl import causal
+
+        try:
+            rl_values["causal_keys"] = causal.read_critical_keys(args.causal_map)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--causal-map {args.causal_map}: {error}") from None
     start_jax(args, len(runs))  # before loading the model, which may compute
     try:
         pre_config, params = load_pretrained(args.pretrained)
@@ -223,6 +231,9 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     distributed.add_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
+    parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
+                        help="critical.json of `critkl critical` for this model: evaluations "
+                        "report p(right) at its causally critical tokens (default: none)")
     for field in dataclasses.fields(rl.RLConfig):
         if field.name not in _RL_FIELDS_WITHOUT_FLAGS:
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=int,

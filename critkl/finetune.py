@@ -29,6 +29,12 @@ HYPER_NAMES = tuple(f.name for f in dataclasses.fields(rl.RLHyper) if f.name != 
     f.name for f in dataclasses.fields(losses.LossHyper))
 
 
+# Training metrics kept in results.json, as their mean over each evaluation period.
+CURVE_TRAIN_KEYS = ("train/success", "loss/kl", "loss/kl_w_low", "loss/kl_w_mid",
+                    "loss/kl_w_high", "loss/tokens_w_low", "loss/tokens_w_mid",
+                    "loss/tokens_w_high")
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     seed: int
@@ -102,8 +108,8 @@ class _Log:
             tracker.scalars(eval_step, {k: v[index] for k, v in evaluation.items()})
             curve.setdefault("iteration", []).append(eval_step)
             if train is not None:
-                curve.setdefault("train/success", []).append(
-                    float(train["train/success"][index].mean()))
+                for k in CURVE_TRAIN_KEYS:
+                    curve.setdefault(k, []).append(float(train[k][index].mean()))
             for k, v in evaluation.items():
                 curve.setdefault(k, []).append(float(v[index]))
         for setting, tracker in self.aggregate.items():
@@ -124,17 +130,23 @@ class _Log:
             tracker.close()
 
 
+# Evaluation metrics of the summary table, where the runs have them.
+SUMMARY_KEYS = ("eval/sampled_success", "eval/pass_at_1", "eval/comfort_pass_at_1",
+                "causal/p_right", "critical/p_right_comma")
+
+
 def summary(results: dict) -> dict[str, dict[str, Any]]:
-    """Per setting: mean and 95% interval of the final and initial pass@1 over seeds."""
+    """Per setting: mean and 95% interval over seeds of each `SUMMARY_KEYS` metric at the
+    end ("eval/...") and before training ("before/eval/...")."""
     table = {}
     for setting in settings_in_order(run["setting"] for run in results["runs"]):
         members = [run for run in results["runs"] if run["setting"] == setting]
         row = {"runs": len(members)}
-        for key in ("eval/pass_at_1", "eval/comfort_pass_at_1", "critical/p_right_comma"):
-            final = np.array([run["curve"][key][-1] for run in members])
-            row[key] = mean_interval(final)
-        first = np.array([run["curve"]["eval/pass_at_1"][0] for run in members])
-        row["before"] = mean_interval(first)
+        for key in SUMMARY_KEYS:
+            if key in members[0]["curve"]:
+                row[key] = mean_interval(np.array([run["curve"][key][-1] for run in members]))
+                row[f"before/{key}"] = mean_interval(
+                    np.array([run["curve"][key][0] for run in members]))
         table[setting or "all"] = row
     return table
 
@@ -147,7 +159,7 @@ def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
     return (jax.jit(jax.vmap(functions.init, in_axes=(0, 0, None))),
             jax.jit(jax.vmap(functions.run, in_axes=(0, 0, None, None)), static_argnums=3,
                     donate_argnums=0),
-            jax.jit(jax.vmap(functions.evaluate, in_axes=(None, 0))))
+            jax.jit(jax.vmap(functions.evaluate, in_axes=(None, 0, 0))))
 
 
 def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
@@ -189,9 +201,10 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
                  f"of {config.episodes} episodes each; compiling, then one line per "
                  f"{config.eval_every} iterations")
         if done == 0:
-            before = parallel.fetch(vevaluate(pretrained, state.eval_rng))
+            before = parallel.fetch(vevaluate(pretrained, state.eval_rng, hypers))
             log.record(0, before)
-            print_fn(f"iteration 0  pass@1 {before['eval/pass_at_1'].mean():.3f}  "
+            print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
+                     f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
                      f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  (pre-trained model)")
         clock = time.perf_counter()
         for period in range(done, periods):
@@ -208,6 +221,7 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
             print_fn(
                 f"iteration {end}/{config.iterations}  "
                 f"train success {train['train/success'].mean():.3f}  "
+                f"sampled {evaluation['eval/sampled_success'].mean():.3f}  "
                 f"pass@1 {evaluation['eval/pass_at_1'].mean():.3f}  "
                 f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
                 f"kl {train['loss/kl'].mean():.4f}  "
@@ -223,11 +237,14 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
 
 
 def markdown_summary(results: dict) -> str:
-    """Final pass@1 per setting (mean and 95% interval over seeds) as Markdown."""
-    lines = ["| setting | runs | pass@1 before | pass@1 after | comfort zone after | p(right) at critical commas |",
-             "|---|---|---|---|---|---|"]
+    """Each summary metric before and after training, per setting (mean and 95% interval
+    over seeds), as Markdown."""
+    rows = results["summary"]
+    keys = [key for key in SUMMARY_KEYS if key in next(iter(rows.values()))]
+    lines = ["| setting | runs | " + " | ".join(f"{key} before -> after" for key in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
     cell = lambda m: f"{100 * m[0]:.1f}% [{100 * m[1]:.1f}, {100 * m[2]:.1f}]"  # noqa: E731
-    for setting, row in results["summary"].items():
-        lines.append(f"| {setting} | {row['runs']} | {cell(row['before'])} | {cell(row['eval/pass_at_1'])} | "
-                     f"{cell(row['eval/comfort_pass_at_1'])} | {row['critical/p_right_comma'][0]:.3f} |")
+    for setting, row in rows.items():
+        cells = [f"{cell(row[f'before/{key}'])} -> {cell(row[key])}" for key in keys]
+        lines.append(f"| {setting} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -32,6 +32,10 @@ ALGORITHMS = ("ppo", "a2c")
 SAMPLE_KL_KINDS = ("k1", "k2", "k3")
 KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
 KL_PLACEMENTS = ("loss", "reward")
+# Buckets of the KL weight for reporting (name, low, high): w < 0.1 (critical-like tokens),
+# 0.1 <= w < 0.9, w >= 0.9 (routine), w taken at the paper's beta whatever the run's beta.
+BUCKET_BETA = 150.0
+KL_BUCKETS = (("low", 0.0, 0.1), ("mid", 0.1, 0.9), ("high", 0.9, math.inf))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +158,9 @@ class LossHyper:
     value_coef: float = 0.1
     entropy_coef: float = 0.0005
     policy_temperature: float = 2.0  # the rollouts sampled from softmax(logits / this)
+    # The KL term compares softmax(logits / this) with softmax(ref_logits / this): 1, or the
+    # policy temperature as the authors do.
+    kl_temperature: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,14 +249,15 @@ def per_token_kl_penalty(
     """w * kl aligned to token positions, to subtract from the rewards: [B,T] float32.
 
     logits, ref_logits [B,T,V]: policy and reference outputs (temperature 1) on the episode
-    tokens; actions [B,T] int32: the episode tokens. Position t holds the penalty of token t
+    tokens, compared at hyper.kl_temperature; actions [B,T] int32: the episode tokens. Position t holds the penalty of token t
     (from the outputs at t - 1); position 0 is 0. Not masked: multiply by the action mask.
     """
     chex.assert_equal_shape((logits, ref_logits))
     chex.assert_shape(actions, logits.shape[:2])
     prev_logits, prev_ref = logits[:, :-1], ref_logits[:, :-1]
     penalty = _kl_weights(prev_ref, hyper, config) * kl_per_token(
-        prev_logits, prev_ref, actions[:, 1:], config.kl_kind
+        prev_logits / hyper.kl_temperature, prev_ref / hyper.kl_temperature, actions[:, 1:],
+        config.kl_kind
     )
     return jnp.pad(penalty, ((0, 0), (1, 0)))
 
@@ -268,8 +276,12 @@ def fused_loss(
       value_loss    0.5 mean((V - returns)^2), weighted by value_coef in the loss.
       entropy       mean entropy of softmax(logits / policy_temperature), weighted by
                     -entropy_coef.
-      weighted_kl   mean(w kl) of the temperature-1 policy against the reference, weighted by
-                    kl_coef in the loss when kl_placement == "loss" (w carries no gradient).
+      weighted_kl   mean(w kl) of the policy against the reference, both at kl_temperature,
+                    weighted by kl_coef in the loss when kl_placement == "loss" (w carries no
+                    gradient).
+    Metrics also give the exact KL at temperature 1 by bucket of the tokens' weight at the
+    paper's beta (`KL_BUCKETS`: kl_w_low, kl_w_mid, kl_w_high, and the share of action
+    tokens in each, tokens_w_*), so that arms of any beta compare on the same tokens.
     config is static (hashable).
     """
     tokens = batch.tokens
@@ -301,7 +313,8 @@ def fused_loss(
     value_loss = 0.5 * mean(jnp.square(values - returns))
     entropy = mean(-jnp.sum(jnp.exp(scaled_logp) * scaled_logp, axis=-1))
 
-    kl = kl_per_token(logits, ref_logp, actions, config.kl_kind)
+    kl = kl_per_token(logits / hyper.kl_temperature, ref_logp / hyper.kl_temperature, actions,
+                      config.kl_kind)
     weights = _kl_weights(ref_logp, hyper, config)
     weighted_kl = mean(weights * kl)
 
@@ -319,5 +332,26 @@ def fused_loss(
         "clip_fraction": mean((jnp.abs(ratio - 1.0) > hyper.clip_epsilon).astype(jnp.float32)),
         "approx_kl": mean(jnp.expm1(-log_ratio) + log_ratio),  # k3 of old vs new acting policy
         "certainty": mean(certainty(ref_logp, hyper.certainty_temperature)),
+        **kl_by_weight_bucket(logits, ref_logp, mask, hyper.certainty_temperature),
     }
     return loss, jax.tree.map(lax.stop_gradient, metrics)
+
+
+def kl_by_weight_bucket(logits: jax.Array, ref_logits: jax.Array, mask: jax.Array,
+                        certainty_temperature) -> dict[str, jax.Array]:
+    """Exact KL(policy || reference) at temperature 1, averaged over the masked tokens of each
+    weight bucket, and each bucket's share of the masked tokens.
+
+    logits, ref_logits [B,T,V], mask [B,T] bool. A token's bucket is set by its weight
+    certainty(ref, certainty_temperature) ** BUCKET_BETA (`KL_BUCKETS`).
+    """
+    weight = certainty(ref_logits, certainty_temperature) ** BUCKET_BETA
+    kl = exact_kl(logits, ref_logits)
+    count = jnp.maximum(jnp.sum(mask), 1)
+    metrics = {}
+    for name, low, high in KL_BUCKETS:
+        inside = mask & (weight >= low) & (weight < high)
+        metrics[f"kl_w_{name}"] = jnp.sum(jnp.where(inside, kl, 0.0)) / jnp.maximum(
+            jnp.sum(inside), 1)
+        metrics[f"tokens_w_{name}"] = jnp.sum(inside) / count
+    return metrics

@@ -212,7 +212,7 @@ def make_train_step(config: PretrainConfig, mesh):
         metrics = {
             "loss": loss,
             "token_accuracy": accuracy,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": learning_rate_schedule(config)(state.step),
             "target_tokens": targets.sum(),
         }

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import addition, evaluation, losses
+from critkl import addition, causal, evaluation, losses
 from critkl.model import GPT, ModelConfig, ValueHead
 
 
@@ -38,6 +38,10 @@ class RLConfig:
     eval_every: int = 5         # iterations between evaluations
     eval_episodes: int = 100
     loss: losses.LossConfig = losses.LossConfig()
+    # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
+    # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
+    # p(right) there, on problems whose operands both have n + extra_digits digits.
+    causal_keys: tuple[tuple, ...] = ()
 
     def __post_init__(self):
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
@@ -56,6 +60,8 @@ class RLConfig:
                 f"RLConfig.episodes={self.episodes} must be a multiple of "
                 f"minibatches={self.minibatches}"
             )
+        for key in self.causal_keys:
+            causal.key_code(key)  # raises ValueError naming the bad key
         if self.digits > addition.MAX_SUPPORTED_DIGITS:
             raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
                              f"{addition.MAX_SUPPORTED_DIGITS} digits")
@@ -111,7 +117,7 @@ class TrainFunctions(NamedTuple):
     init: Callable      # (rng, hyper, pretrained) -> RunState
     iteration: Callable  # (state, hyper, pretrained) -> (state, metrics): collect + update
     run: Callable       # (state, hyper, pretrained, periods) -> (state, (train, eval) metrics)
-    evaluate: Callable  # (policy params, eval rng) -> metrics
+    evaluate: Callable  # (policy params, eval rng, hyper) -> metrics
     train: Callable     # (rng, hyper, pretrained) -> (state, metrics before, metrics)
 
 
@@ -195,7 +201,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
             params, opt_state = carry
             (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
             updates, opt_state = tx.update(grads, opt_state, params)
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), metrics
 
         def epoch(carry, epoch_rng):
@@ -218,19 +224,29 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         metrics = {**collect_metrics, **{f"loss/{k}": v for k, v in update_metrics.items()}}
         return state.replace(iteration=state.iteration + 1, rng=rng), metrics
 
-    def evaluate(policy, eval_rng):
-        """pass@1 (greedy) on the training length and the comfort zone, and the
-        probability of the right token at critical tokens given a correct prefix."""
-        train_rng, comfort_rng, critical_rng = jax.random.split(eval_rng, 3)
+    def evaluate(policy, eval_rng, hyper: RLHyper):
+        """On fixed problems (the same at every evaluation): greedy pass@1 on the training
+        length and the comfort zone; success sampled at the policy temperature on the
+        training length (the paper's metric); the probability of the right token given a
+        correct prefix at the structural critical tokens and at `config.causal_keys`."""
+        train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
         size = config.eval_episodes
         train_ops = addition.sample_rl(train_rng, size, n, k, digits)
         comfort_ops = addition.sample_pretraining(comfort_rng, size, n, digits)
         metrics = {}
-        for name, operands in (("eval/pass_at_1", train_ops), ("eval/comfort_pass_at_1", comfort_ops)):
-            attempt = evaluation.attempt(policy, model_config, operands, critical_rng,
-                                         temperature=0.0, max_length=max_length)
+        for name, operands, temperature in (
+            ("eval/pass_at_1", train_ops, 0.0),
+            ("eval/comfort_pass_at_1", comfort_ops, 0.0),
+            ("eval/sampled_success", train_ops, hyper.loss.policy_temperature),
+        ):
+            attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
+                                         temperature=temperature, max_length=max_length)
             metrics[name] = attempt.outcome.success.mean()
         metrics.update(critical_token_probabilities(policy, model_config, train_ops, n))
+        if config.causal_keys:
+            identical = addition.sample_identical(causal_rng, size, digits, digits)
+            metrics["causal/p_right"] = causal_token_probability(
+                policy, model_config, identical, config.causal_keys)
         return metrics
 
     def run(state: RunState, hyper: RLHyper, pretrained, periods: int):
@@ -238,18 +254,31 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         def period(state, _):
             state, metrics = jax.lax.scan(
                 lambda s, _: iteration(s, hyper, pretrained), state, None, length=config.eval_every)
-            return state, (metrics, evaluate(state.policy, state.eval_rng))
+            return state, (metrics, evaluate(state.policy, state.eval_rng, hyper))
 
         return jax.lax.scan(period, state, None, length=periods)
 
     def train(rng, hyper: RLHyper, pretrained):
         """The whole run: (final state, metrics before training, per-period metrics)."""
         state = init(rng, hyper, pretrained)
-        before = evaluate(pretrained, state.eval_rng)
+        before = evaluate(pretrained, state.eval_rng, hyper)
         state, metrics = run(state, hyper, pretrained, config.iterations // config.eval_every)
         return state, before, metrics
 
     return TrainFunctions(init, iteration, run, evaluate, train)
+
+
+def _right_token_probabilities(params, model_config: ModelConfig, episodes: addition.Episodes):
+    """Teacher-forced probability of each reference token given its correct prefix: [B, L]
+    (position t: token t; position 0 is 0)."""
+    logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    right = jnp.exp(jnp.take_along_axis(logp, episodes.tokens[:, 1:, None], axis=-1)[..., 0])
+    return jnp.pad(right, ((0, 0), (1, 0)))
+
+
+def _mean_over(values: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1)
 
 
 def critical_token_probabilities(params, model_config: ModelConfig, operands: addition.Operands,
@@ -258,17 +287,20 @@ def critical_token_probabilities(params, model_config: ModelConfig, operands: ad
     structural critical tokens (commas and digits of operand lists beyond n digits),
     averaged over the episodes of `operands`; and the lowest such probability."""
     reference = addition.render(operands)
-    logits, _ = GPT(model_config).apply({"params": params}, reference.tokens)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    right = jnp.exp(jnp.take_along_axis(logp, reference.tokens[:, 1:, None], axis=-1)[..., 0])
-    critical = addition.critical_positions(reference, n)[:, 1:]
-    is_comma = reference.tokens[:, 1:] == addition.COMMA_ID
-
-    def mean_over(mask):
-        return jnp.where(mask, right, 0.0).sum() / jnp.maximum(mask.sum(), 1)
-
+    right = _right_token_probabilities(params, model_config, reference)
+    critical = addition.critical_positions(reference, n)
+    is_comma = reference.tokens == addition.COMMA_ID
     return {
-        "critical/p_right_comma": mean_over(critical & is_comma),
-        "critical/p_right_digit": mean_over(critical & ~is_comma),
+        "critical/p_right_comma": _mean_over(right, critical & is_comma),
+        "critical/p_right_digit": _mean_over(right, critical & ~is_comma),
         "critical/p_right_min": jnp.where(critical, right, 1.0).min(),
     }
+
+
+def causal_token_probability(params, model_config: ModelConfig, operands: addition.Operands,
+                             keys) -> jax.Array:
+    """Mean probability of the right token, given the correct prefix, at the positions of
+    the decision `keys` (`critkl.causal`) in the episodes of `operands`."""
+    reference = addition.render(operands)
+    right = _right_token_probabilities(params, model_config, reference)
+    return _mean_over(right, causal.at_keys(causal.decision_codes(reference), keys))

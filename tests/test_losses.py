@@ -22,6 +22,7 @@ from critkl.losses import (
     per_token_kl_penalty,
     prioritized_kl_weights,
 )
+from critkl import losses
 from critkl.model import GPT, ValueHead, init_params, model_preset
 from critkl.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -38,6 +39,7 @@ HYPER = LossHyper(
     value_coef=0.3,
     entropy_coef=0.05,
     policy_temperature=1.7,
+    kl_temperature=1.3,
 )
 
 
@@ -166,10 +168,12 @@ def unfused_head_loss(logits, hidden, value, ref_logits, batch, hyper, config):
         totals["value"] += jnp.sum(0.5 * (values - returns[b, positions]) ** 2)
         totals["entropy"] -= jnp.sum(jnp.exp(scaled) * scaled)
 
-        logp = log_softmax(logits[b][before])
+        logp = log_softmax(logits[b][before] / hyper.kl_temperature)
         ref = ref_logits[b, before]
-        ref_logp = ref - np.log(np.sum(np.exp(ref - ref.max(-1, keepdims=True)), -1, keepdims=True))
-        ref_logp -= ref.max(-1, keepdims=True)
+        warm = ref / hyper.kl_temperature
+        ref_logp = warm - np.log(np.sum(np.exp(warm - warm.max(-1, keepdims=True)), -1,
+                                        keepdims=True))
+        ref_logp -= warm.max(-1, keepdims=True)
         diff = logp[picked] - ref_logp[picked]
         kl = {
             "k1": lambda: diff,
@@ -338,6 +342,28 @@ def distributions(scale, seed=0):
     p = np.exp(logits) / np.exp(logits).sum()
     q = np.exp(ref_logits) / np.exp(ref_logits).sum()
     return logits, ref_logits, p, q
+
+
+def test_kl_by_weight_bucket_against_numpy():
+    rng = np.random.default_rng(4)
+    logits = 3 * rng.standard_normal((4, 9, 7))
+    ref = 4 * rng.standard_normal((4, 9, 7))
+    mask = rng.random((4, 9)) < 0.8
+    metrics = losses.kl_by_weight_bucket(jnp.asarray(logits), jnp.asarray(ref), jnp.asarray(mask),
+                                         0.7)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    q = np.exp(ref) / np.exp(ref).sum(-1, keepdims=True)
+    kl = np.sum(p * (np.log(p) - np.log(q)), -1)
+    cold = np.exp(ref / 0.7) / np.exp(ref / 0.7).sum(-1, keepdims=True)
+    weight = np.clip(1 + np.log(cold.max(-1)) / np.log(7), 0, 1) ** losses.BUCKET_BETA
+    shares = 0.0
+    for name, low, high in losses.KL_BUCKETS:
+        inside = mask & (weight >= low) & (weight < high)
+        assert inside.any(), name  # the draw fills every bucket
+        np.testing.assert_allclose(metrics[f"kl_w_{name}"], kl[inside].mean(), rtol=1e-4)
+        np.testing.assert_allclose(metrics[f"tokens_w_{name}"], inside.sum() / mask.sum())
+        shares += float(metrics[f"tokens_w_{name}"])
+    assert shares == pytest.approx(1.0)
 
 
 def test_exact_kl_against_numpy():

@@ -86,6 +86,37 @@ def test_rl_config_errors(fields, message):
         dataclasses.replace(QUICK, **fields)
 
 
+def test_causal_token_probability_is_the_mean_at_the_keys():
+    """p(right) at decision keys against a plain loop over the positions the keys name."""
+    from critkl import addition, causal
+    from critkl.model import GPT
+
+    params = init_params(jax.random.key(1), TINY)
+    operands = addition.sample_identical(jax.random.key(2), 16, 2, 2)
+    keys = ((1, "operand", "a", 2), (2, "operand", "b", 0))
+    got = rl.causal_token_probability(params, TINY, operands, keys)
+    episodes = addition.render(operands)
+    logits = np.asarray(GPT(TINY).apply({"params": params}, episodes.tokens)[0], np.float64)
+    tokens, values = np.asarray(episodes.tokens), []
+    for b, found in enumerate(causal.decision_keys(episodes)):
+        for t, key in found.items():
+            if key in keys:
+                p = np.exp(logits[b, t - 1] - logits[b, t - 1].max())
+                values.append(p[tokens[b, t]] / p.sum())
+    assert len(values) == 2 * 16
+    np.testing.assert_allclose(got, np.mean(values), rtol=1e-5)
+
+
+def test_evaluation_reports_sampled_success_and_causal_tokens():
+    params = init_params(jax.random.key(0), TINY)
+    config = dataclasses.replace(QUICK, causal_keys=((1, "operand", "a", 2),))
+    evaluate = rl.make_train(config, TINY).evaluate
+    metrics = evaluate(params, jax.random.key(0), rl.RLHyper())
+    assert {"eval/pass_at_1", "eval/sampled_success", "causal/p_right"} <= set(metrics)
+    with pytest.raises(ValueError, match="not a decision key"):
+        dataclasses.replace(QUICK, causal_keys=((1, "operand", "z", 2),))
+
+
 def test_context_too_short_is_refused():
     with pytest.raises(ValueError, match="context_length"):
         rl.make_train(dataclasses.replace(QUICK, n=3), TINY)
