@@ -37,6 +37,10 @@ class RLConfig:
     minibatches: int = 5        # optimizer steps per pass
     eval_every: int = 5         # iterations between evaluations
     eval_episodes: int = 100
+    # At most this many episodes per gradient computation: a minibatch's gradient is summed
+    # over the fewest equal chunks of at most this size (the same gradient; memory grows with
+    # the chunk, ~50 MB per episode for the mini model at 4 digits).
+    update_chunk: int = 16
     loss: losses.LossConfig = losses.LossConfig()
     # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
     # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
@@ -45,7 +49,7 @@ class RLConfig:
 
     def __post_init__(self):
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
-                     "eval_episodes"):
+                     "eval_episodes", "update_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
         if self.extra_digits < 0:
@@ -60,11 +64,22 @@ class RLConfig:
                 f"RLConfig.episodes={self.episodes} must be a multiple of "
                 f"minibatches={self.minibatches}"
             )
+
         for key in self.causal_keys:
             causal.key_code(key)  # raises ValueError naming the bad key
         if self.digits > addition.MAX_SUPPORTED_DIGITS:
             raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
                              f"{addition.MAX_SUPPORTED_DIGITS} digits")
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.episodes // self.minibatches
+
+    @property
+    def chunks(self) -> int:
+        """Gradient chunks per minibatch: the fewest equal ones of at most update_chunk."""
+        size = self.minibatch_size
+        return next(d for d in range(1, size + 1) if size % d == 0 and size // d <= self.update_chunk)
 
     @property
     def digits(self) -> int:
@@ -188,18 +203,37 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         return batch, metrics
 
     def update(state: RunState, hyper: RLHyper, batch, rng):
-        """ppo_epochs passes of minibatch steps over the batch."""
+        """ppo_epochs passes of minibatch steps over the batch. Loss metrics are the
+        token-weighted means of their values on the chunks."""
         tx = _optimizer(hyper)
-        size = config.episodes // config.minibatches
+        size = config.minibatch_size
 
-        def loss_fn(params, minibatch):
-            logits, hidden = model.apply({"params": params["policy"]}, minibatch.tokens)
+        def loss_fn(params, chunk, tokens_in_minibatch):
+            """The chunk's share of the minibatch loss: its loss (a mean over its action
+            tokens) times its share of the minibatch's action tokens."""
+            logits, hidden = model.apply({"params": params["policy"]}, chunk.tokens)
             values = value_head.apply({"params": params["value"]}, hidden)
-            return losses.fused_loss(logits, values, minibatch, hyper.loss, config.loss)
+            loss, metrics = losses.fused_loss(logits, values, chunk, hyper.loss, config.loss)
+            share = jnp.maximum(chunk.action_mask[:, 1:].sum(), 1) / tokens_in_minibatch
+            return share * loss, jax.tree.map(lambda m: share * m, metrics)
 
         def step(carry, minibatch):
+            """One optimizer step; the gradient summed over the minibatch's chunks."""
             params, opt_state = carry
-            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
+            chunks = jax.tree.map(
+                lambda x: x.reshape((config.chunks, size // config.chunks) + x.shape[1:]),
+                minibatch)
+            tokens_in_minibatch = jnp.maximum(minibatch.action_mask[:, 1:].sum(), 1)
+
+            def add_chunk(total, chunk):
+                (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    params, chunk, tokens_in_minibatch)
+                return jax.tree.map(jnp.add, total, (grads, metrics)), None
+
+            zero_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], chunks),
+                                          tokens_in_minibatch)[1]
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (params, zero_metrics))
+            (grads, metrics), _ = jax.lax.scan(add_chunk, zeros, chunks)
             updates, opt_state = tx.update(grads, opt_state, params)
             metrics["grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), metrics

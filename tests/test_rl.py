@@ -35,6 +35,26 @@ def test_vmapped_sweep_equals_separate_runs():
     assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
+def test_update_in_chunks_equals_the_whole_minibatch():
+    """Gradients summed over chunks of 1 and 2 episodes = the gradient of 4 at once."""
+    params = init_params(jax.random.key(0), TINY)
+    config = dataclasses.replace(QUICK, episodes=8, minibatches=2)
+    hyper = rl.RLHyper(learning_rate=1e-3)
+    outcomes = []
+    for chunk in (4, 2, 1):
+        functions = rl.make_train(dataclasses.replace(config, update_chunk=chunk), TINY)
+        state = functions.init(jax.random.key(3), hyper, params)
+        state, metrics = jax.jit(functions.iteration)(state, hyper, params)
+        outcomes.append((state.policy, metrics))
+    assert [dataclasses.replace(config, update_chunk=c).chunks for c in (4, 2, 1)] == [1, 2, 4]
+    for policy, metrics in outcomes[1:]:
+        chex.assert_trees_all_close(policy, outcomes[0][0], atol=1e-6, rtol=1e-5)
+        np.testing.assert_allclose(metrics["loss/loss"], outcomes[0][1]["loss/loss"], rtol=1e-5,
+                                   atol=1e-7)
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), outcomes[0][0], params)
+    assert max(jax.tree.leaves(moved)) > 0
+
+
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, iterations=4, eval_every=2)
