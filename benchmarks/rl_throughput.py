@@ -38,8 +38,8 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
 
     pre_config, params = load_pretrained("mini-n3")
     model_config = pre_config.model_config
-    config = rl.RLConfig(n=3, extra_digits=1, iterations=iterations, eval_every=iterations,
-                         ppo_epochs=1)
+    config = rl.RLConfig(n=3, extra_digits=1, episodes=50, iterations=iterations,
+                         eval_every=iterations, ppo_epochs=1, minibatches=5)
     functions = rl.make_train(config, model_config)
     hypers = rl.stack_hypers([rl.RLHyper()] * runs)
     rngs = jax.vmap(jax.random.key)(jnp.arange(runs))

@@ -8,17 +8,21 @@ import pytest
 
 from critkl import cli, experiments
 
+# Written by every RL sweep entry: the causal map and the plots of its metrics.
+RL_FILES = ("critical.json", "critical.md", "critical.png", "sampled_success.png",
+            "comfort_zone.png", "kl_routine.png", "kl_critical_like.png")
 EXPECTED_FILES = {
     "main": {"main.md", "main.json", "accuracy.png", "accuracy_n1.md", "table1.md",
              "certainty.json", "episodes.html", "certainty_n1.png", "summary.md",
-             "summary.json", "pass_at_1.png", "critical_commas.png", "critical_digits.png"},
+             "summary.json", "pass_at_1.png", "critical_commas.png", "critical_digits.png",
+             *RL_FILES},
     "certainty": {"table1.md", "certainty.json", "episodes.html", "certainty_n1.png"},
     "accuracy": {"accuracy.json", "accuracy.png", "accuracy_n1.md"},
     "levels": {"levels.json", "levels.png"},
     "critical": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
-                 "critical_digits.png"},
+                 "critical_digits.png", *RL_FILES},
     "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
-             "critical_digits.png"},
+             "critical_digits.png", *RL_FILES},
 }
 
 

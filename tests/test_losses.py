@@ -496,7 +496,9 @@ def test_loss_config_validation_names_the_field(field, value):
 
 
 def test_loss_hyper_defaults():
-    assert LossHyper() == LossHyper(5.0, 150.0, 4.0, 0.0, 0.2, 0.1, 0.0005, 2.0)
+    assert LossHyper() == LossHyper(5.0, 150.0, 1.0, 0.0, 0.2, 0.1, 0.0005, 1.0, 1.0)
+    assert LossHyper(**losses.PAPER_TEMPERATURES) == LossHyper(
+        certainty_temperature=4.0, policy_temperature=2.0)
 
 
 def test_value_head_shapes_and_zero_init():

@@ -16,7 +16,7 @@ from critkl.experiments import accuracy, certainty, kl
 from critkl.experiments.outputs import Output
 
 PLAN = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
-        "mini": dict(problems=200, sampled_episodes=50, seeds=[0, 1, 2], betas=[0.0, 50.0]),
+        "mini": dict(problems=200, sampled_episodes=50, seeds=[0, 1], betas=[0.0, 150.0]),
         "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
                       betas=[0.0, 150.0])}
 

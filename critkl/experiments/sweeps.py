@@ -14,15 +14,15 @@ from critkl.experiments.outputs import Curve
 
 @dataclasses.dataclass(frozen=True)
 class RLSettings:
-    """What an experiment's RL runs share at one scale."""
+    """What an experiment's RL runs share at one scale (defaults: the library's)."""
 
     episodes: int
     iterations: int
     eval_every: int
     eval_episodes: int
-    ppo_epochs: int = 2
-    minibatches: int = 5
-    learning_rate: float = 1e-4
+    ppo_epochs: int = rl.RLConfig.ppo_epochs
+    minibatches: int = rl.RLConfig.minibatches
+    learning_rate: float = rl.RLHyper.learning_rate
     kl_coef: float = 5.0
     certainty_temperature: float = 1.0  # 4 in the authors' code; see README on |V| = 42
     policy_temperature: float = 1.0     # 2 in the paper; see README
@@ -42,9 +42,10 @@ class RLSettings:
 RL_SETTINGS = {
     "tiny": RLSettings(episodes=4, iterations=2, eval_every=1, eval_episodes=4, ppo_epochs=1,
                        minibatches=2),
-    "mini": RLSettings(episodes=50, iterations=8, eval_every=2, eval_episodes=100),
+    # Measured to learn on 2 CPU cores (README, "RL that learns"): 1,920 episodes per run.
+    "mini": RLSettings(episodes=128, iterations=15, eval_every=5, eval_episodes=100),
     "paper": RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100,
-                        learning_rate=1e-5),
+                        ppo_epochs=2, minibatches=5, learning_rate=1e-5),
 }
 
 
@@ -60,11 +61,15 @@ def run_sweep(run_dir: Path, pre_config, params, config: rl.RLConfig, base: rl.R
 
 
 def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
-    """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds."""
+    """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds.
+    Training metrics (one point per evaluation period, none before training) are drawn at the
+    period's last iteration."""
     curves = []
     for setting in finetune.settings_in_order(run["setting"] for run in results["runs"]):
         members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
         values = np.array([curve[key] for curve in members])  # [seeds, points]
         stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
-        curves.append(Curve(label(setting), members[0]["iteration"], *stats.T))
+        iterations = members[0]["iteration"]
+        curves.append(Curve(label(setting), iterations[len(iterations) - values.shape[1]:],
+                            *stats.T))
     return curves
