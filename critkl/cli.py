@@ -294,10 +294,9 @@ def _analyze(args) -> None:
 
 
 def _critical(args) -> None:
-    import subprocess
     import time
 
-    from critkl import causal
+    from critkl import causal, provenance
     from critkl.pretrained import load_pretrained
 
     config, params = load_pretrained(args.model)
@@ -325,14 +324,8 @@ def _critical(args) -> None:
           f"digits, decisions with p(right) < {settings.forced_below} forced right and wrong",
           flush=True)
     rows = causal.causal_map(params, config.model_config, n, settings, progress)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    record = {"command": "critkl " + " ".join(sys.argv[1:]), "commit": commit,
-              "model": args.model, "n": n, "settings": dataclasses.asdict(settings),
-              "rows": rows}
+    record = {**provenance.record(), "model": args.model, "n": n,
+              "settings": dataclasses.asdict(settings), "rows": rows}
     (out / "critical.json").write_text(json.dumps(record, indent=1) + "\n")
     table = causal.markdown(rows, kl_coef=args.kl_coef)
     (out / "critical.md").write_text(table)

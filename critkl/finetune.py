@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import checkpoint, losses, parallel, rl
+from critkl import checkpoint, losses, parallel, provenance, rl
 from critkl.model import ModelConfig
 from critkl.tracking import Tracker
 
@@ -191,7 +191,7 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
         run_dir.mkdir(parents=True, exist_ok=True)
         if saved_config is not None and jax.process_index() == 0:
             checkpoint.save_config(run_dir, saved_config)
-        results = {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting,
+        results = {**provenance.record(), "runs": [{"name": r.name, "seed": r.seed, "setting": r.setting,
                              "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper)),
                              "curve": {}} for r in runs]}
     done = int(state.iteration[0]) // config.eval_every

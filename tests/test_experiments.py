@@ -12,7 +12,7 @@ from critkl import cli, experiments
 RL_FILES = ("critical.json", "critical.md", "critical.png", "sampled_success.png",
             "comfort_zone.png", "kl_routine.png", "kl_critical_like.png")
 EXPECTED_FILES = {
-    "main": {"main.md", "main.json", "accuracy.png", "accuracy_n1.md", "table1.md",
+    "main": {"run.json", "main.md", "main.json", "accuracy.png", "accuracy_n1.md", "table1.md",
              "certainty.json", "episodes.html", "certainty_n1.png", "summary.md",
              "summary.json", "pass_at_1.png", "critical_commas.png", "critical_digits.png",
              *RL_FILES},
@@ -84,3 +84,21 @@ def test_analyze_command(tmp_path, capsys):
 def test_analyze_bad_input(capsys):
     assert cli.main(["analyze", "no-such-model"]) == 2
     assert "neither a shipped model" in capsys.readouterr().err
+
+
+# Folders committed before results recorded their provenance; README gives their commands.
+LEGACY_RESULTS = {"kl-beta1000", "kl-mini", "kl-mini-lam0.95", "main-mini", "mini-n3",
+                  "mini-n3-base", "pretrain-b8", "rl-probes"}
+
+
+def test_committed_results_name_their_command_and_commit():
+    """Every results/ folder but the legacy ones names the command and commit that made it."""
+    from pathlib import Path
+
+    for folder in (Path(__file__).parent.parent / "results").iterdir():
+        if folder.name in LEGACY_RESULTS:
+            continue
+        path = folder / "run.json" if (folder / "run.json").exists() else folder / "critical.json"
+        assert path.exists(), f"{folder.name}: no run.json (command and commit)"
+        record = json.loads(path.read_text())
+        assert record["command"].startswith("critkl ") and record["commit"], folder

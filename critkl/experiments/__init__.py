@@ -45,14 +45,18 @@ def entry(name: str) -> Callable:
 
 
 def run(name: str, scale: str, out_dir: str | Path, print_fn=print) -> Path:
-    """Run experiment `name` at `scale`, writing into out_dir/name-scale. Returns that folder."""
+    """Run experiment `name` at `scale`, writing into out_dir/name-scale (with run.json: the
+    command and the commit). Returns that folder."""
     from critkl.experiments.outputs import Output
 
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r} (allowed: {', '.join(EXPERIMENTS)})")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (allowed: {', '.join(SCALES)})")
+    from critkl import provenance
+
     output = Output(Path(out_dir) / f"{name}-{scale}")
+    output.json("run.json", {**provenance.record(), "experiment": name, "scale": scale})
     try:
         entry(name)(scale, output, out_dir, print_fn)
     finally:

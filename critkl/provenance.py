@@ -1,0 +1,26 @@
+"""What made a result: the command line and the commit of the code, recorded beside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def commit() -> str:
+    """The git commit of the critkl source ("unknown" outside a git checkout), with "+changes"
+    when the working tree differs from it."""
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, cwd=here).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty.strip() else "")
+
+
+def record() -> dict[str, str]:
+    """{"command": the critkl command line of this process, "commit": `commit()`}."""
+    return {"command": "critkl " + " ".join(sys.argv[1:]), "commit": commit()}
