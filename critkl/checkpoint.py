@@ -71,6 +71,27 @@ def save_config(run_dir: str | os.PathLike, config: dict) -> None:
         raise
 
 
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    """Nested JSON-like dicts -> {"a.b.c": leaf}; tuples compare as lists."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: json.loads(json.dumps(tree))}
+
+
+def check_same_config(run_dir: str | os.PathLike, config: dict) -> None:
+    """Raise CheckpointError naming every setting of ``config`` that differs from the
+    config.json the run in ``run_dir`` was started with: a resumed run must be the same run."""
+    saved, wanted = _flat(load_config(run_dir)), _flat(config)
+    changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} in the run, {wanted.get(k)!r} now"
+                          for k in changed[:6])
+        raise CheckpointError(
+            f"{os.fspath(run_dir)!r} was started with other settings ({shown}"
+            f"{'; ...' if len(changed) > 6 else ''}). Resume it with its own settings, or "
+            "start a new run in another directory.")
+
+
 def load_config(run_dir: str | os.PathLike) -> dict:
     """Read the config saved by :func:`save_config`."""
     if not os.path.isdir(run_dir):

@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from critkl import provenance
+
+    provenance.set_command(sys.argv[1:] if argv is None else argv)
     from critkl.checkpoint import CheckpointError
     from critkl.pretrain import TrainingDiverged
 

@@ -177,6 +177,8 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))
     periods = config.iterations // config.eval_every
 
+    if resume and saved_config is not None:
+        checkpoint.check_same_config(run_dir, saved_config)
     state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
     checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
     if resume:

@@ -21,6 +21,16 @@ def commit() -> str:
     return head + ("+changes" if dirty.strip() else "")
 
 
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """The critkl arguments being run (`critkl.cli.main` sets them; default: sys.argv)."""
+    global _command
+    _command = list(argv)
+
+
 def record() -> dict[str, str]:
-    """{"command": the critkl command line of this process, "commit": `commit()`}."""
-    return {"command": "critkl " + " ".join(sys.argv[1:]), "commit": commit()}
+    """{"command": the critkl command line being run, "commit": `commit()`}."""
+    argv = sys.argv[1:] if _command is None else _command
+    return {"command": " ".join(["critkl", *argv]), "commit": commit()}

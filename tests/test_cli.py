@@ -46,6 +46,15 @@ def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
     results = json.loads((sweep_dir / "results.json").read_text())
     assert len(results["runs"]) == 4
     assert "beta=150" in capsys.readouterr().out
+    assert results["command"].startswith(f"critkl sweep {pre_dir} --run-dir {sweep_dir}")
+    # Resuming with another setting is refused, naming it; the same settings resume.
+    same = ["sweep", str(pre_dir), "--run-dir", str(sweep_dir), "--seeds", "0,1",
+            "--beta", "0,150", "--iterations", "1", "--eval-every", "1",
+            "--episodes", "4", "--minibatches", "2", "--eval-episodes", "4", "--resume"]
+    assert cli.main([*same[:-1], "--kl-coef", "50", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "grid.kl_coef" in error and "other settings" in error
+    assert cli.main(same) == 0
 
 
 @pytest.mark.parametrize(
