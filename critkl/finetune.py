@@ -56,8 +56,40 @@ def with_values(hyper: rl.RLHyper, values: dict[str, float]) -> rl.RLHyper:
     return hyper.replace(loss=hyper.loss.replace(**loss), **top)
 
 
+# Allowed values of each numeric hyperparameter: (low, high, low included, high included).
+HYPER_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False), "gamma": (0.0, 1.0, True, True),
+    "lam": (0.0, 1.0, True, True), "grad_clip": (0.0, math.inf, False, False),
+    "kl_coef": (0.0, math.inf, True, False), "beta": (0.0, math.inf, True, False),
+    "certainty_temperature": (0.0, math.inf, False, False),
+    "intercept": (-math.inf, 0.0, False, True), "clip_epsilon": (0.0, math.inf, False, False),
+    "value_coef": (0.0, math.inf, True, False), "entropy_coef": (0.0, math.inf, True, False),
+    "policy_temperature": (0.0, math.inf, False, False),
+    "kl_temperature": (0.0, math.inf, False, False),
+}
+
+
+def check_value(name: str, value: float) -> None:
+    """ValueError naming the hyperparameter and its allowed range when `value` is outside it
+    (NaN and infinities included)."""
+    low, high, low_in, high_in = HYPER_RANGES[name]
+    inside = (math.isfinite(value) and (value > low or (low_in and value == low))
+              and (value < high or (high_in and value == high)))
+    if not inside:
+        interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        raise ValueError(f"{name}={value!r} is outside its allowed range {interval}")
+
+
 def grid_runs(seeds, grid: dict[str, list[float]], base: rl.RLHyper) -> list[Run]:
-    """Every combination of the grid's values, for every seed."""
+    """Every combination of the grid's values, for every seed. Raises ValueError for a value
+    outside its range (`HYPER_RANGES`) or a seed given twice."""
+    seeds = list(seeds)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed: repeated runs are not independent")
+    for name, values in grid.items():
+        for value in values:
+            if name in HYPER_RANGES:
+                check_value(name, float(value))
     names = list(grid)
     runs = []
     for values in itertools.product(*(grid[name] for name in names)):

@@ -60,7 +60,8 @@ def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [(["--kl-kind", "k9"], "kl_kind"), (["--episodes", "7", "--minibatches", "5"], "episodes"),
-     (["--seeds", "0,1"], "sweep")],
+     (["--seeds", "0,1"], "sweep"), (["--gamma", "1.5"], "gamma=1.5 is outside"),
+     (["--learning-rate", "nan"], "learning_rate=nan")],
 )
 def test_bad_finetune_flags_give_a_clear_error(flags, message):
     result = run("finetune", "mini-n3", "--run-dir", "unused", *flags)

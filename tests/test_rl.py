@@ -87,6 +87,33 @@ def test_grid_runs_and_hyper_errors():
         finetune.grid_runs([0], {"betta": [1.0]}, rl.RLHyper())
 
 
+def _invalid_values(name):
+    """Values outside each hyperparameter's range, generated from the range itself."""
+    low, high, low_in, high_in = finetune.HYPER_RANGES[name]
+    values = [float("nan"), float("inf"), -float("inf")]
+    if np.isfinite(low):
+        values += [low - 1.0] + ([] if low_in else [low])
+    if np.isfinite(high):
+        values += [high + 0.5] + ([] if high_in else [high])
+    return values
+
+
+@pytest.mark.parametrize("name", finetune.HYPER_NAMES)
+def test_every_hyperparameter_is_range_checked(name):
+    assert name in finetune.HYPER_RANGES
+    default = getattr(rl.RLHyper(), name, None)
+    default = getattr(rl.RLHyper().loss, name) if default is None else default
+    finetune.grid_runs([0], {name: [default]}, rl.RLHyper())  # the default is allowed
+    for value in _invalid_values(name):
+        with pytest.raises(ValueError, match=f"{name}="):
+            finetune.grid_runs([0], {name: [value]}, rl.RLHyper())
+
+
+def test_repeated_seeds_are_refused():
+    with pytest.raises(ValueError, match="repeat a seed"):
+        finetune.grid_runs([0, 1, 0], {}, rl.RLHyper())
+
+
 def test_settings_keep_the_grid_order():
     runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, rl.RLHyper())
     results = {"runs": [{"setting": run.setting,
