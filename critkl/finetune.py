@@ -23,6 +23,7 @@ import numpy as np
 
 from critkl import checkpoint, losses, parallel, provenance, rl
 from critkl.model import ModelConfig
+from critkl.pretrain import TrainingDiverged
 from critkl.tracking import Tracker
 
 HYPER_NAMES = tuple(f.name for f in dataclasses.fields(rl.RLHyper) if f.name != "loss") + tuple(
@@ -183,6 +184,27 @@ def summary(results: dict) -> dict[str, dict[str, Any]]:
     return table
 
 
+@jax.jit
+def _finite_per_run(state: rl.RunState) -> jax.Array:
+    """[runs] bool: every parameter and optimizer value of the run is finite."""
+    leaves = jax.tree.leaves((state.policy, state.value, state.opt_state))
+    per_leaf = [jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1) for x in leaves
+                if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(per_leaf).all(axis=0)
+
+
+def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: int) -> None:
+    """Raise TrainingDiverged, before anything is saved, when a run's state is not finite."""
+    finite = parallel.fetch(_finite_per_run(state))
+    bad = [run.name for run, ok in zip(runs, finite) if not ok]
+    if bad:
+        raise TrainingDiverged(
+            f"{len(bad)} of {len(runs)} runs diverged by iteration {iteration} (non-finite "
+            f"parameters: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}); nothing of it "
+            f"was saved, the last checkpoint is of iteration {saved}. Lower the learning rate "
+            "of those runs.")
+
+
 @functools.lru_cache(maxsize=8)
 def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
     """Jitted init, run and evaluate, vmapped over runs; cached so that sweeps with
@@ -243,6 +265,7 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
         clock = time.perf_counter()
         for period in range(done, periods):
             state, (train, evaluation) = vrun(state, hypers, pretrained, 1)
+            _check_finite(state, runs, (period + 1) * config.eval_every, period * config.eval_every)
             train = {k: v[:, 0] for k, v in parallel.fetch(train).items()}
             evaluation = {k: v[:, 0] for k, v in parallel.fetch(evaluation).items()}
             end = (period + 1) * config.eval_every

@@ -35,6 +35,18 @@ def test_vmapped_sweep_equals_separate_runs():
     assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
+def test_a_diverging_sweep_stops_before_saving(tmp_path):
+    from critkl import checkpoint
+    from critkl.pretrain import TrainingDiverged
+
+    params = init_params(jax.random.key(0), TINY)
+    config = dataclasses.replace(QUICK, iterations=2, eval_every=1)
+    runs = finetune.grid_runs([0, 1], {"learning_rate": [1e-4, 1e30]}, rl.RLHyper())
+    with pytest.raises(TrainingDiverged, match="learning_rate=1e\\+30,seed=0"):
+        finetune.finetune(config, runs, params, TINY, tmp_path / "x", print_fn=lambda line: None)
+    assert checkpoint.latest_checkpoint_step(tmp_path / "x") is None
+
+
 def test_update_in_chunks_equals_the_whole_minibatch():
     """Gradients summed over chunks of 1 and 2 episodes = the gradient of 4 at once."""
     params = init_params(jax.random.key(0), TINY)
