@@ -139,7 +139,10 @@ def _evaluate(args) -> None:
 def _export(args) -> None:
     from critkl.pretrained import export
 
-    folder = export(args.run_dir, args.name)
+    try:
+        folder = export(args.run_dir, args.name, replace=args.replace)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     print(f"exported the latest checkpoint of {args.run_dir} to {folder}; "
           f"load it with critkl.pretrained.load_pretrained({args.name!r})")
 
@@ -368,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="ship a run's model inside the package")
     export.add_argument("run_dir", help="a pre-training run directory")
-    export.add_argument("name", help="name to load it by, e.g. mini-n3")
+    export.add_argument("name", help="name to load it by, e.g. mini-n4")
+    export.add_argument("--replace", action="store_true",
+                        help="overwrite a shipped model of that name (default: refuse)")
     export.set_defaults(run=_export)
 
     finetune = commands.add_parser("finetune", help="RL fine-tuning of a pre-trained model")

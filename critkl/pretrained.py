@@ -7,6 +7,9 @@ A shipped model is a folder under critkl/pretrained_models/NAME with config.json
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import flax.serialization
@@ -41,11 +44,30 @@ def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
     )
 
 
-def export(run_dir: str | Path, name: str) -> Path:
-    """Copy the latest checkpoint of a pre-training run into the package as `name`."""
-    config, params = load_run(run_dir)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def export(run_dir: str | Path, name: str, *, replace: bool = False) -> Path:
+    """Copy the latest checkpoint of a pre-training run into the package as `name` (letters,
+    digits, ".", "_", "-"; no path). A shipped model of that name is kept unless `replace`.
+    The folder is written beside its final place and renamed: never half written."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
     folder = SHIPPED_DIR / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    (folder / "params.msgpack").write_bytes(flax.serialization.to_bytes(jax.device_get(params)))
+    if folder.exists() and not replace:
+        raise ValueError(f"a shipped model {name!r} exists already; choose another name "
+                         "(or pass --replace to overwrite it)")
+    config, params = load_run(run_dir)
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=SHIPPED_DIR, prefix=f".{name}."))
+    try:
+        (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (staging / "params.msgpack").write_bytes(
+            flax.serialization.to_bytes(jax.device_get(params)))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from critkl import cli, reference
@@ -68,3 +69,34 @@ def test_bad_finetune_flags_give_a_clear_error(flags, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, message", [("mini-n3", "exists already"), ("", "model name"),
+                                           ("../../x", "model name"), ("..", "model name")])
+def test_export_refuses_to_overwrite_or_escape(tmp_path, capsys, name, message):
+    from critkl import pretrained
+
+    shipped = (pretrained.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes()
+    assert cli.main(["export", str(tmp_path / "no-run"), name]) == cli.USAGE_ERROR
+    assert message in capsys.readouterr().err
+    assert (pretrained.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes() == shipped
+    assert not (pretrained.SHIPPED_DIR.parent.parent / "x").exists()
+
+
+def test_export_then_load(tmp_path, monkeypatch):
+    from critkl import pretrained
+
+    monkeypatch.setattr(pretrained, "SHIPPED_DIR", tmp_path / "shipped")
+    run_dir = tmp_path / "pre"
+    assert cli.main(["pretrain", "--run-dir", str(run_dir), "--model", "tiny", "--max-digits", "1",
+                     "--eval-extra-digits", "1", "--batch-size", "8", "--steps", "2",
+                     "--warmup-steps", "1", "--eval-problems", "4"]) == 0
+    assert cli.main(["export", str(run_dir), "toy"]) == 0
+    config, params = pretrained.load_pretrained("toy")
+    _, from_run = pretrained.load_run(run_dir)
+    assert config.max_digits == 1
+    assert all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(params),
+                                                    jax.tree.leaves(from_run)))
+    assert cli.main(["export", str(run_dir), "toy"]) == cli.USAGE_ERROR
+    assert cli.main(["export", str(run_dir), "toy", "--replace"]) == 0
+    assert [p.name for p in (tmp_path / "shipped").iterdir()] == ["toy"]  # no staging left
