@@ -293,6 +293,38 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     return results
 
 
+def paired_differences(results: dict, baseline: str) -> dict[str, dict[str, tuple]]:
+    """Per setting other than `baseline`: for each `SUMMARY_KEYS` metric, the mean and 95%
+    interval over seeds of (setting - baseline) at the end, paired by seed (the same seed
+    sees the same evaluation problems and the same first rollouts' random stream)."""
+    final = {(run["setting"], run["seed"]): run["curve"] for run in results["runs"]}
+    seeds = sorted(seed for setting, seed in final if setting == baseline)
+    table = {}
+    for setting in settings_in_order(run["setting"] for run in results["runs"]):
+        if setting == baseline:
+            continue
+        row = {}
+        for key in SUMMARY_KEYS:
+            pairs = [(final[(setting, s)], final[(baseline, s)]) for s in seeds
+                     if (setting, s) in final]
+            if pairs and key in pairs[0][0]:
+                row[key] = mean_interval(np.array([a[key][-1] - b[key][-1] for a, b in pairs]))
+        table[setting] = row
+    return table
+
+
+def markdown_differences(results: dict, baseline: str) -> str:
+    """`paired_differences` as Markdown, in percentage points."""
+    table = paired_differences(results, baseline)
+    keys = [key for key in SUMMARY_KEYS if key in next(iter(table.values()), {})]
+    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for setting, row in table.items():
+        lines.append(f"| {setting} | " + " | ".join(
+            f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]"
+            for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def markdown_summary(results: dict) -> str:
     """Each summary metric before and after training, per setting (mean and 95% interval
     over seeds), as Markdown."""

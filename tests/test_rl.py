@@ -126,6 +126,22 @@ def test_repeated_seeds_are_refused():
         finetune.grid_runs([0, 1, 0], {}, rl.RLHyper())
 
 
+def test_paired_differences_pair_runs_by_seed():
+    rng = np.random.default_rng(0)
+    runs = [{"setting": setting, "seed": seed,
+             "curve": {"eval/pass_at_1": list(rng.random(3)), "eval/sampled_success": [0.1, 0.2]}}
+            for setting in ("beta=0", "beta=150") for seed in (3, 1, 2)]
+    table = finetune.paired_differences({"runs": runs}, "beta=0")
+    by = {(r["setting"], r["seed"]): r["curve"]["eval/pass_at_1"][-1] for r in runs}
+    diffs = np.array([by[("beta=150", s)] - by[("beta=0", s)] for s in (1, 2, 3)])
+    mean, low, high = table["beta=150"]["eval/pass_at_1"]
+    half = 4.30 * diffs.std(ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose([mean, low, high], [diffs.mean(), diffs.mean() - half,
+                                                   diffs.mean() + half])
+    assert table["beta=150"]["eval/sampled_success"][0] == 0.0
+    assert "| beta=150 |" in finetune.markdown_differences({"runs": runs}, "beta=0")
+
+
 def test_settings_keep_the_grid_order():
     runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, rl.RLHyper())
     results = {"runs": [{"setting": run.setting,

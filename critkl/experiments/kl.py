@@ -66,6 +66,8 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
     results = run_sweep(output.folder / "rl", pre_config, params, config,
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)
     output.markdown("summary.md", finetune.markdown_summary(results))
+    if 0.0 in plan["betas"]:  # each beta against the standard KL, paired by seed
+        output.markdown("differences.md", finetune.markdown_differences(results, "beta=0"))
     output.json("summary.json", {"settings": dataclasses.asdict(settings), "n": n,
                                  "summary": results["summary"]})
     return results
