@@ -208,6 +208,33 @@ def _finetune(args) -> None:
           f"tensorboard --logdir {Path(args.run_dir) / 'tensorboard'}")
 
 
+def _plot(args) -> None:
+    from critkl import finetune
+    from critkl.experiments import kl
+    from critkl.experiments.outputs import Output
+
+    path = Path(args.run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+        results["summary"] = finetune.summary(results)
+        rl_config = json.loads((Path(args.run_dir) / "config.json").read_text())["rl"]
+        digits = rl_config["n"] + rl_config["extra_digits"]
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise UsageError(f"{args.run_dir} is not a sweep's run directory with results.json "
+                         f"and config.json ({error!r})") from None
+    output = Output(Path(args.out) if args.out else Path(args.run_dir))
+    try:
+        kl.plot_critical(digits, results, output)
+        output.markdown("summary.md", finetune.markdown_summary(results))
+        settings = {run["setting"] for run in results["runs"]}
+        if args.baseline in settings:
+            output.markdown("differences.md", finetune.markdown_differences(results, args.baseline))
+    finally:
+        output.close()
+    print(finetune.markdown_summary(results))
+    print(f"saved {output.folder}: " + ", ".join(sorted(p.name for p in output.written)))
+
+
 def _launch(args) -> None:
     from critkl.launch import launch
 
@@ -382,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="seeds x hyperparameter grid, vmapped in one program")
     _add_finetune_flags(sweep, lists=True)
     sweep.set_defaults(run=_finetune)
+    plot = commands.add_parser(
+        "plot", help="tables and plots of a sweep's results.json (mean and 95%% interval over "
+        "seeds, and each setting minus a baseline, paired by seed)")
+    plot.add_argument("run_dir", help="the sweep's run directory")
+    plot.add_argument("--baseline", default="beta=0",
+                      help="setting the others are compared with (default beta=0)")
+    plot.add_argument("--out", help="output folder (default: the run directory)")
+    plot.set_defaults(run=_plot)
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
     experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta; or a "

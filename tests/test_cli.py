@@ -56,6 +56,10 @@ def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "grid.kl_coef" in error and "other settings" in error
     assert cli.main(same) == 0
+    assert cli.main(["plot", str(sweep_dir), "--out", str(tmp_path / "plots")]) == 0
+    written = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"summary.md", "differences.md", "sampled_success.png", "pass_at_1.png"} <= written
+    assert cli.main(["plot", str(tmp_path)]) == cli.USAGE_ERROR
 
 
 @pytest.mark.parametrize(

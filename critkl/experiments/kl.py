@@ -73,9 +73,9 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
     return results
 
 
-def _title(scale: str, results: dict, what: str) -> str:
+def _title(digits: int, results: dict, what: str) -> str:
     seeds = len({run["seed"] for run in results["runs"]})
-    return f"{what}, RL on {N[scale] + 1} digits ({seeds} seeds, mean and 95% interval)"
+    return f"{what}, RL on {digits} digits ({seeds} seeds, mean and 95% interval)"
 
 
 PLOTS = (  # file, metric, what it shows
@@ -90,7 +90,7 @@ PLOTS = (  # file, metric, what it shows
 )
 
 
-def plot_critical(scale: str, results: dict, output: Output) -> None:
+def plot_critical(digits: int, results: dict, output: Output) -> None:
     """Figures 4, 6 and 7: per beta, each metric of `PLOTS` against RL iterations."""
     curve = results["runs"][0]["curve"]
     for name, key, what in PLOTS:
@@ -98,7 +98,7 @@ def plot_critical(scale: str, results: dict, output: Output) -> None:
             continue
         is_kl = key.startswith("loss/")
         output.plot(name, setting_curves(results, key, beta_label),
-                    title=_title(scale, results, what), xlabel="RL iteration",
+                    title=_title(digits, results, what), xlabel="RL iteration",
                     ylabel="KL (nats per token)" if is_kl else "rate",
                     ylim=None if is_kl else (-0.02, 1.02))
 
@@ -106,7 +106,7 @@ def plot_critical(scale: str, results: dict, output: Output) -> None:
 def _run(plan: dict):
     def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         results = sweep(scale, plan[scale], output, work_dir, print_fn)
-        plot_critical(scale, results, output)
+        plot_critical(N[scale] + 1, results, output)
         print_fn(finetune.markdown_summary(results))
         return results
     return run

@@ -37,7 +37,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
     step(f"3/3 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
     results = kl.sweep(scale, plan, output, work_dir, print_fn)
-    kl.plot_critical(scale, results, output)
+    kl.plot_critical(n + 1, results, output)
 
     minutes = (time.perf_counter() - started) / 60
     summary = "\n".join([
