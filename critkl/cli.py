@@ -216,6 +216,9 @@ def _plot(args) -> None:
     path = Path(args.run_dir) / "results.json"
     try:
         results = json.loads(path.read_text())
+        if args.add:
+            results = finetune.merge(
+                [results] + [json.loads((Path(d) / "results.json").read_text()) for d in args.add])
         results["summary"] = finetune.summary(results)
         rl_config = json.loads((Path(args.run_dir) / "config.json").read_text())["rl"]
         digits = rl_config["n"] + rl_config["extra_digits"]
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="the sweep's run directory")
     plot.add_argument("--baseline", default="beta=0",
                       help="setting the others are compared with (default beta=0)")
+    plot.add_argument("--add", action="append", metavar="RUN_DIR",
+                      help="another sweep of the same RL settings, merged in (settings renamed by "
+                      "the hyperparameters that differ; repeat for more)")
     plot.add_argument("--out", help="output folder (default: the run directory)")
     plot.set_defaults(run=_plot)
     experiment = commands.add_parser(

@@ -325,6 +325,19 @@ def markdown_differences(results: dict, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def merge(results: list[dict]) -> dict:
+    """The runs of several sweeps as one sweep, each run's setting renamed by the
+    hyperparameters that differ across all of them (e.g. "kl_coef=5,beta=0")."""
+    runs = [dict(run) for result in results for run in result["runs"]]
+    flat = [{**{k: v for k, v in run["hyper"].items() if k != "loss"}, **run["hyper"]["loss"]}
+            for run in runs]
+    differ = [name for name in HYPER_NAMES if len({f[name] for f in flat}) > 1]
+    for run, values in zip(runs, flat):
+        run["setting"] = ",".join(f"{name}={values[name]:g}" for name in differ)
+        run["name"] = f"{run['setting']},seed={run['seed']}"
+    return {"runs": runs}
+
+
 def markdown_summary(results: dict) -> str:
     """Each summary metric before and after training, per setting (mean and 95% interval
     over seeds), as Markdown."""

@@ -142,6 +142,24 @@ def test_paired_differences_pair_runs_by_seed():
     assert "| beta=150 |" in finetune.markdown_differences({"runs": runs}, "beta=0")
 
 
+def test_merged_sweeps_are_named_by_what_differs():
+    from critkl.experiments.kl import beta_label
+
+    def sweep(grid):
+        runs = finetune.grid_runs([0, 1], grid, rl.RLHyper())
+        return {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting, "curve": {},
+                          "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper))}
+                         for r in runs]}
+
+    merged = finetune.merge([sweep({"beta": [0, 150]}), sweep({"kl_coef": [0, 5], "beta": [50]})])
+    settings = finetune.settings_in_order(run["setting"] for run in merged["runs"])
+    assert settings == ["kl_coef=5,beta=0", "kl_coef=5,beta=150", "kl_coef=0,beta=50",
+                        "kl_coef=5,beta=50"]
+    assert [beta_label(s) for s in settings] == [
+        "standard KL", "prioritized KL, beta=150", "no KL", "prioritized KL, beta=50"]
+    assert beta_label("beta=0") == "standard KL"
+
+
 def test_settings_keep_the_grid_order():
     runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, rl.RLHyper())
     results = {"runs": [{"setting": run.setting,

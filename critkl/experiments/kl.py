@@ -53,7 +53,14 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
 
 
 def beta_label(setting: str) -> str:
-    beta = float(setting.split("=")[1])
+    """"beta=150" -> "prioritized KL, beta=150"; "kl_coef=0,..." -> "no KL"; other
+    settings as they are."""
+    values = dict(part.split("=") for part in setting.split(",") if "=" in part)
+    if float(values.get("kl_coef", 1)) == 0:
+        return "no KL"
+    if "beta" not in values:
+        return setting
+    beta = float(values["beta"])
     return "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
 
 
