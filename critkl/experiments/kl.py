@@ -82,7 +82,7 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
 
 def _title(digits: int, results: dict, what: str) -> str:
     seeds = len({run["seed"] for run in results["runs"]})
-    return f"{what}, RL on {digits} digits ({seeds} seeds, mean and 95% interval)"
+    return f"{what}\nRL on {digits} digits, {seeds} seeds, mean and 95% interval"
 
 
 PLOTS = (  # file, metric, what it shows
