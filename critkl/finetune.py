@@ -31,9 +31,8 @@ HYPER_NAMES = tuple(f.name for f in dataclasses.fields(rl.RLHyper) if f.name != 
 
 
 # Training metrics kept in results.json, as their mean over each evaluation period.
-CURVE_TRAIN_KEYS = ("train/success", "loss/kl", "loss/kl_w_low", "loss/kl_w_mid",
-                    "loss/kl_w_high", "loss/tokens_w_low", "loss/tokens_w_mid",
-                    "loss/tokens_w_high")
+CURVE_TRAIN_KEYS = ("train/success", "loss/kl") + tuple(
+    f"loss/{kind}_w_{bucket}" for kind in ("kl", "tokens") for bucket, _, _ in losses.KL_BUCKETS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -253,8 +253,9 @@ def per_token_kl_penalty(
     """w * kl aligned to token positions, to subtract from the rewards: [B,T] float32.
 
     logits, ref_logits [B,T,V]: policy and reference outputs (temperature 1) on the episode
-    tokens, compared at hyper.kl_temperature; actions [B,T] int32: the episode tokens. Position t holds the penalty of token t
-    (from the outputs at t - 1); position 0 is 0. Not masked: multiply by the action mask.
+    tokens, compared at hyper.kl_temperature; actions [B,T] int32: the episode tokens.
+    Position t holds the penalty of token t (from the outputs at t - 1); position 0 is 0. Not
+    masked: multiply by the action mask.
     """
     chex.assert_equal_shape((logits, ref_logits))
     chex.assert_shape(actions, logits.shape[:2])

@@ -65,7 +65,6 @@ class RLConfig:
                 f"RLConfig.episodes={self.episodes} must be a multiple of "
                 f"minibatches={self.minibatches}"
             )
-
         for key in self.causal_keys:
             causal.key_code(key)  # raises ValueError naming the bad key
         if self.digits > addition.MAX_SUPPORTED_DIGITS:

@@ -11,7 +11,6 @@ critical tokens and at the structural ones (commas and digits of operand lists b
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from critkl import causal, finetune
 from critkl.experiments.models import pretrained_model
