@@ -209,9 +209,8 @@ def _finetune(args) -> None:
 
 
 def _plot(args) -> None:
-    from critkl import finetune
-    from critkl.experiments import kl
-    from critkl.experiments.outputs import Output
+    from critkl import finetune, plots
+    from critkl.outputs import Output
 
     path = Path(args.run_dir) / "results.json"
     try:
@@ -227,7 +226,7 @@ def _plot(args) -> None:
                          f"and config.json ({error!r})") from None
     output = Output(Path(args.out) if args.out else Path(args.run_dir))
     try:
-        kl.plot_critical(digits, results, output)
+        plots.plot_sweep(digits, results, output)
         output.markdown("summary.md", finetune.markdown_summary(results))
         settings = {run["setting"] for run in results["runs"]}
         if args.baseline in settings:
@@ -286,7 +285,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
 
 
 def _experiment(args) -> None:
-    from critkl import experiments
+    import experiments
 
     name, scale = (("main", args.name) if args.name in experiments.SCALES
                    else (args.name, args.scale))
@@ -303,9 +302,8 @@ def _experiment(args) -> None:
 
 
 def _analyze(args) -> None:
-    from critkl import analysis
-    from critkl.experiments import certainty
-    from critkl.experiments.outputs import Output
+    from critkl import analysis, certainty_report
+    from critkl.outputs import Output
     from critkl.pretrained import load_pretrained
 
     config, params = load_pretrained(args.model)
@@ -315,10 +313,10 @@ def _analyze(args) -> None:
     output = Output(out)
     pages = []
     try:
-        table = certainty.analyze_model(params, config.model_config, config.max_digits, output,
-                                        episodes=args.episodes, shown=args.shown, pages=pages,
-                                        terminal=sys.stdout.isatty())
-        certainty.write(output, [table], pages)
+        table = certainty_report.analyze_model(
+            params, config.model_config, config.max_digits, output, episodes=args.episodes,
+            shown=args.shown, pages=pages, terminal=sys.stdout.isatty())
+        certainty_report.write(output, [table], pages)
     finally:
         output.close()
     print(analysis.certainty_markdown([table]))

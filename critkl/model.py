@@ -26,7 +26,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from critkl import inplace
 from critkl.tokenizer import VOCAB_SIZE

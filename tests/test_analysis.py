@@ -1,7 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from critkl import addition, analysis, tokenizer
 from critkl.model import init_params, model_preset

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from critkl import cli, experiments
+import experiments
+from critkl import cli
 
 # Written by every RL sweep entry: the causal map and the plots of its metrics.
 RL_FILES = ("critical.json", "critical.md", "critical.png", "sampled_success.png",

@@ -6,7 +6,6 @@ When a change is *meant* to alter the numbers, regenerate the file and say so in
 commit: `python tests/test_golden.py --write`.
 """
 
-import dataclasses
 import json
 import sys
 from pathlib import Path

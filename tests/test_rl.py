@@ -143,7 +143,7 @@ def test_paired_differences_pair_runs_by_seed():
 
 
 def test_merged_sweeps_are_named_by_what_differs():
-    from critkl.experiments.kl import beta_label
+    from critkl.plots import beta_label
 
     def sweep(grid):
         runs = finetune.grid_runs([0, 1], grid, rl.RLHyper())

@@ -5,6 +5,10 @@ experiment mini` (or `tiny`, `paper`) is the main job at that scale. Each entry 
 TensorBoard logs, JSON, Markdown tables and PNG plots under its output folder, reuses the
 models it pre-trains (under DIR/models), and resumes RL sweeps that were cut off.
 
+Each entry is one module of this folder, with its settings per scale (`SETTINGS`) at the
+top; the RL settings they share are in `rl_settings.py`, the pre-training recipes in
+`models.py`.
+
 Scales: `tiny` for tests (seconds, meaningless numbers), `mini` for a 2-core CPU (the shipped
 mini models), `paper` for a GPU or TPU VM (GPT-2 small dimensions).
 """
@@ -14,51 +18,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from critkl import provenance
+from critkl.outputs import Output
+from experiments import accuracy, beta, certainty, critical, levels, main
+
 SCALES = ("tiny", "mini", "paper")
 
 
 class Experiment(NamedTuple):
     result: str  # what of the paper it reproduces
-    module: str
-    function: str
+    run: Callable  # (scale, output, work_dir, print_fn) -> results
 
 
 EXPERIMENTS = {
-    "main": Experiment("the main job: accuracy, certainty, standard vs prioritized KL", "main", "run"),
-    "certainty": Experiment("Table 1, Figure 5: certainty at critical tokens", "certainty", "run"),
+    "main": Experiment("the main job: accuracy, certainty, standard vs prioritized KL", main.run),
+    "certainty": Experiment("Table 1, Figure 5: certainty at critical tokens", certainty.run),
     "accuracy": Experiment("Tables 4-5, Figure 2: accuracy of models pre-trained up to N",
-                           "accuracy", "run"),
-    "levels": Experiment("Figure 3: RL on N+2 from several pre-training levels", "levels", "run"),
+                           accuracy.run),
+    "levels": Experiment("Figure 3: RL on N+2 from several pre-training levels", levels.run),
     "critical": Experiment("Figures 4 and 7: p(right token) at critical tokens during RL",
-                           "kl", "run_critical"),
-    "beta": Experiment("Figure 6: pass@1 during RL for several beta", "kl", "run_beta"),
+                           critical.run),
+    "beta": Experiment("Figure 6: pass@1 during RL for several beta", beta.run),
 }
-
-
-def entry(name: str) -> Callable:
-    """The run(scale, output, work_dir, print_fn) function of an experiment."""
-    import importlib
-
-    experiment = EXPERIMENTS[name]
-    module = importlib.import_module(f"critkl.experiments.{experiment.module}")
-    return getattr(module, experiment.function)
 
 
 def run(name: str, scale: str, out_dir: str | Path, print_fn=print) -> Path:
     """Run experiment `name` at `scale`, writing into out_dir/name-scale (with run.json: the
     command and the commit). Returns that folder."""
-    from critkl.experiments.outputs import Output
-
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r} (allowed: {', '.join(EXPERIMENTS)})")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (allowed: {', '.join(SCALES)})")
-    from critkl import provenance
-
     output = Output(Path(out_dir) / f"{name}-{scale}")
     output.json("run.json", {**provenance.record(), "experiment": name, "scale": scale})
     try:
-        entry(name)(scale, output, out_dir, print_fn)
+        EXPERIMENTS[name].run(scale, output, out_dir, print_fn)
     finally:
         output.close()
     print_fn(f"\nresults in {output.folder}: " + ", ".join(sorted({p.name for p in output.written}))

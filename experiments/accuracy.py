@@ -2,6 +2,8 @@
 
 Greedy pass@1 with 95% Wilson intervals, identical and varying operand lengths
 (`critkl.evaluation.accuracy_table`), one curve per pre-training level.
+
+Run: `critkl experiment accuracy --scale tiny|mini|paper`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import jax
 
 from critkl import evaluation
-from critkl.experiments.models import pretrained_model
-from critkl.experiments.outputs import Curve, Output
+from critkl.outputs import Curve, Output
+from experiments.models import pretrained_model
 
-LEVELS = {"tiny": (1,), "mini": (2, 3), "paper": (7, 9, 11, 13)}
-PROBLEMS = {"tiny": 8, "mini": 1000, "paper": 1000}
-SAMPLED_EPISODES = {"tiny": 8, "mini": 200, "paper": 200}
+# Pre-training levels N, problems per table cell, episodes sampled at the RL temperatures.
+SETTINGS = {"tiny": dict(levels=(1,), problems=8, sampled_episodes=8),
+            "mini": dict(levels=(2, 3), problems=1000, sampled_episodes=200),
+            "paper": dict(levels=(7, 9, 11, 13), problems=1000, sampled_episodes=200)}
 
 
 def evaluate_level(scale: str, n: int, output: Output, work_dir, *, problems: int,
@@ -44,11 +47,11 @@ def plot(output: Output, curves) -> None:
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    reports, curves = {}, []
-    for n in LEVELS[scale]:
+    settings, reports, curves = SETTINGS[scale], {}, []
+    for n in settings["levels"]:
         reports[n], level_curves = evaluate_level(
-            scale, n, output, work_dir, problems=PROBLEMS[scale],
-            sampled_episodes=SAMPLED_EPISODES[scale], print_fn=print_fn)
+            scale, n, output, work_dir, problems=settings["problems"],
+            sampled_episodes=settings["sampled_episodes"], print_fn=print_fn)
         curves += level_curves
     output.json("accuracy.json", reports)
     plot(output, curves)

@@ -1,15 +1,11 @@
-"""RL sweeps inside experiments: the settings of each scale, running (or resuming) a
-sweep, and its curves (mean and 95% interval over seeds) for plots."""
+"""The RL settings every experiment shares at each scale, and running (or resuming) a sweep."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from critkl import checkpoint, finetune, losses, rl
-from critkl.experiments.outputs import Curve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +54,3 @@ def run_sweep(run_dir: Path, pre_config, params, config: rl.RLConfig, base: rl.R
              "base": dataclasses.asdict(base)}
     return finetune.finetune(config, runs, params, pre_config.model_config, run_dir,
                              resume=resume, print_fn=print_fn, saved_config=saved)
-
-
-def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
-    """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds.
-    Training metrics (one point per evaluation period, none before training) are drawn at the
-    period's last iteration."""
-    curves = []
-    for setting in finetune.settings_in_order(run["setting"] for run in results["runs"]):
-        members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
-        values = np.array([curve[key] for curve in members])  # [seeds, points]
-        stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
-        iterations = members[0]["iteration"]
-        curves.append(Curve(label(setting), iterations[len(iterations) - values.shape[1]:],
-                            *stats.T))
-    return curves

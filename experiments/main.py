@@ -5,24 +5,26 @@
 3. RL on N+1 digits with the standard and the prioritized KL over several seeds, one
    vmapped program (Figures 4, 6, 7);
 4. a summary table (summary.md) and the plots.
+
+Run: `critkl experiment mini` (or `tiny`, `paper`).
 """
 
 from __future__ import annotations
 
 import time
 
-from critkl import analysis, evaluation, finetune
-from critkl.experiments import accuracy, certainty, kl
-from critkl.experiments.outputs import Output
+from critkl import analysis, evaluation, finetune, plots
+from critkl.outputs import Output
+from experiments import accuracy, certainty, kl_comparison
 
-PLAN = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
+SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
         "mini": dict(problems=200, sampled_episodes=50, seeds=[0, 1], betas=[0.0, 150.0]),
         "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
                       betas=[0.0, 150.0])}
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    plan, n = PLAN[scale], kl.N[scale]
+    plan, n = SETTINGS[scale], kl_comparison.N[scale]
     started = time.perf_counter()
 
     def step(text: str) -> None:
@@ -36,8 +38,8 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     step(f"2/3 certainty at critical tokens ({n + 1}-digit episodes)")
     table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
     step(f"3/3 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
-    results = kl.sweep(scale, plan, output, work_dir, print_fn)
-    kl.plot_critical(n + 1, results, output)
+    results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn)
+    plots.plot_sweep(n + 1, results, output)
 
     minutes = (time.perf_counter() - started) / 60
     summary = "\n".join([

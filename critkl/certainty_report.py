@@ -1,9 +1,8 @@
-"""Table 1 and Figure 5: the pre-trained model is less certain at critical tokens.
-
-For each pre-training level N: certainty statistics on correct (N+1)-digit episodes
-(`critkl.analysis.certainty_table`), a plot of the certainty along a few episodes with
-the critical tokens marked, and the episodes coloured by certainty (HTML, TensorBoard).
-"""
+"""Table 1 and Figure 5 for one pre-trained model, written to an output folder: certainty
+statistics at critical tokens against the rest (`critkl.analysis.certainty_table`), the
+certainty along a few episodes with the critical tokens marked (PNG), and those episodes
+coloured by certainty (HTML page, TensorBoard text). Used by `critkl analyze` and the
+certainty experiment."""
 
 from __future__ import annotations
 
@@ -11,11 +10,8 @@ import jax
 import numpy as np
 
 from critkl import addition, analysis
-from critkl.experiments.models import pretrained_model
-from critkl.experiments.outputs import Curve, Output
+from critkl.outputs import Curve, Output
 
-LEVELS = {"tiny": (1,), "mini": (3,), "paper": (3, 5, 7)}
-EPISODES = {"tiny": 8, "mini": 50, "paper": 50}
 SHOWN_EPISODES = 4
 
 
@@ -57,18 +53,6 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
                                             int(rendered.prompt_length[0]),
                                             int(rendered.length[0])))
     return table
-
-
-def run(scale: str, output: Output, work_dir, print_fn=print, levels=None) -> dict:
-    """Table 1 and Figure 5 for the models pre-trained up to each of `levels` digits
-    (default: the scale's LEVELS)."""
-    tables, pages = [], []
-    for n in LEVELS[scale] if levels is None else levels:
-        pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
-        tables.append(analyze_model(params, pre_config.model_config, n, output,
-                                    episodes=EPISODES[scale], print_fn=print_fn, pages=pages))
-    write(output, tables, pages)
-    return {"tables": tables}
 
 
 def write(output: Output, tables: list[dict], pages: list) -> None:

@@ -1,0 +1,65 @@
+"""The plots of an RL sweep's results (`critkl plot`, and the KL experiments): per setting,
+each metric against RL iterations, the mean and 95% interval over seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from critkl import finetune
+from critkl.outputs import Curve, Output
+
+SWEEP_PLOTS = (  # file, metric, what it shows
+    ("causal_p_right.png", "causal/p_right", "p(right token) at the causal critical tokens"),
+    ("critical_commas.png", "critical/p_right_comma", "p(right token) at structural critical commas"),
+    ("critical_digits.png", "critical/p_right_digit", "p(right token) at structural critical digits"),
+    ("sampled_success.png", "eval/sampled_success", "Success sampled at the policy temperature"),
+    ("pass_at_1.png", "eval/pass_at_1", "Greedy pass@1"),
+    ("comfort_zone.png", "eval/comfort_pass_at_1", "Greedy pass@1 in the comfort zone"),
+    ("kl_critical_like.png", "loss/kl_w_low", "KL to the reference at tokens of weight w < 0.1"),
+    ("kl_routine.png", "loss/kl_w_high", "KL to the reference at tokens of weight w >= 0.9"),
+)
+
+
+def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
+    """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds.
+    Training metrics (one point per evaluation period, none before training) are drawn at the
+    period's last iteration."""
+    curves = []
+    for setting in finetune.settings_in_order(run["setting"] for run in results["runs"]):
+        members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
+        values = np.array([curve[key] for curve in members])  # [seeds, points]
+        stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
+        iterations = members[0]["iteration"]
+        curves.append(Curve(label(setting), iterations[len(iterations) - values.shape[1]:],
+                            *stats.T))
+    return curves
+
+
+def beta_label(setting: str) -> str:
+    """"beta=150" -> "prioritized KL, beta=150"; "kl_coef=0,..." -> "no KL"; other
+    settings as they are."""
+    values = dict(part.split("=") for part in setting.split(",") if "=" in part)
+    if float(values.get("kl_coef", 1)) == 0:
+        return "no KL"
+    if "beta" not in values:
+        return setting
+    beta = float(values["beta"])
+    return "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
+
+
+def _title(digits: int, results: dict, what: str) -> str:
+    seeds = len({run["seed"] for run in results["runs"]})
+    return f"{what}\nRL on {digits} digits, {seeds} seeds, mean and 95% interval"
+
+
+def plot_sweep(digits: int, results: dict, output: Output) -> None:
+    """Figures 4, 6 and 7: per setting, each metric of `SWEEP_PLOTS` that the results hold."""
+    curve = results["runs"][0]["curve"]
+    for name, key, what in SWEEP_PLOTS:
+        if key not in curve:
+            continue
+        is_kl = key.startswith("loss/")
+        output.plot(name, setting_curves(results, key, beta_label),
+                    title=_title(digits, results, what), xlabel="RL iteration",
+                    ylabel="KL (nats per token)" if is_kl else "rate",
+                    ylim=None if is_kl else (-0.02, 1.02))

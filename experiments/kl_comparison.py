@@ -1,0 +1,66 @@
+"""What Figures 4, 6 and 7 (and the main job) share: standard against prioritized KL during
+RL on N+1 digits.
+
+One vmapped sweep of seeds x beta (beta = 0 is the standard KL) from the model pre-trained
+up to N. First the model's causal critical-token map (`critkl.causal`, reused when the
+experiment folder has it), whose critical decisions the evaluations track. Figure 6 plots the
+success sampled at the policy temperature (the paper's metric) and greedy pass@1 per beta;
+Figures 4 and 7 the probability of the right token, given a correct prefix, at the causal
+critical tokens and at the structural ones (commas and digits of operand lists beyond N).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from critkl import causal, finetune, plots
+from critkl.outputs import Output
+from experiments.models import pretrained_model
+from experiments.rl_settings import RL_SETTINGS, run_sweep
+
+N = {"tiny": 1, "mini": 3, "paper": 7}
+
+# Problems of the causal map (both operands N+1 digits); 32 take about 6 minutes at mini scale.
+CAUSAL_PROBLEMS = {"tiny": 4, "mini": 32, "paper": 64}
+
+
+def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tuple:
+    """The causally critical decision keys of the model, from critical.json in the output
+    folder, or measured (and written there: critical.json, .md, .png)."""
+    path = output.folder / "critical.json"
+    if path.exists():
+        print_fn(f"causal map: reusing {path}")
+        return causal.read_critical_keys(path)
+    settings = causal.Settings(problems=CAUSAL_PROBLEMS[scale])
+    print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
+    rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
+                             lambda done, total: print_fn(f"  forced continuations {done}/{total}"))
+    output.markdown("critical.md", causal.markdown(rows))
+    causal.plot(rows, output.folder / "critical.png")
+    output.json("critical.json", {"settings": dataclasses.asdict(settings), "n": N[scale],
+                                  "rows": rows})
+    return causal.critical_keys(rows)
+
+
+def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
+    n = N[scale]
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+    settings = RL_SETTINGS[scale]
+    config = dataclasses.replace(settings.config(n, 1),
+                                 causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
+    results = run_sweep(output.folder / "rl", pre_config, params, config,
+                        settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)
+    output.markdown("summary.md", finetune.markdown_summary(results))
+    if 0.0 in plan["betas"]:  # each beta against the standard KL, paired by seed
+        output.markdown("differences.md", finetune.markdown_differences(results, "beta=0"))
+    output.json("summary.json", {"settings": dataclasses.asdict(settings), "n": n,
+                                 "summary": results["summary"]})
+    return results
+
+
+def run(scale: str, plan: dict, output: Output, work_dir, print_fn=print) -> dict:
+    """The sweep of `plan` (betas, seeds), its tables and its plots."""
+    results = sweep(scale, plan, output, work_dir, print_fn)
+    plots.plot_sweep(N[scale] + 1, results, output)
+    print_fn(finetune.markdown_summary(results))
+    return results
