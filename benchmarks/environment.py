@@ -2,7 +2,7 @@
 
 Both paths do the same work: operands -> episode token arrays -> success flags.
 The jitted path runs on one CPU core, then with one device per core and the batch
-split over them (as the training commands run, `critkl.cli.use_cpu_cores`); the
+split over them (as the training commands run, `critkl.parallel.use_cpu_cores`); the
 Python reference runs on one core.
 
     python benchmarks/environment.py [--batch 4096] [--digits 13]
@@ -12,7 +12,7 @@ import argparse
 
 from timing import best_seconds
 
-from critkl.cli import use_cpu_cores
+from critkl.parallel import use_cpu_cores
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
 
     import jax
 
-    from critkl import addition, parallel, reference, tokenizer
+    from critkl import env, parallel, reference, tokenizer
 
     def python_path(pairs):
         episodes = [tokenizer.encode(reference.episode_text(a, b)) for a, b in pairs]
@@ -34,11 +34,11 @@ def main():
 
     @jax.jit
     def jax_path(operands):
-        episodes = addition.render(operands)
-        return addition.score(episodes.tokens, episodes).success
+        episodes = env.render(operands)
+        return env.score(episodes.tokens, episodes).success
 
-    operands = addition.sample_identical(jax.random.key(0), args.batch, args.digits, args.digits)
-    pairs = addition.operands_to_ints(operands)
+    operands = env.sample_identical(jax.random.key(0), args.batch, args.digits, args.digits)
+    pairs = env.operands_to_ints(operands)
     assert all(python_path(pairs[:100]))
     meshes = {"critkl jitted jnp, 1 core": parallel.data_mesh(jax.devices()[:1])}
     if jax.device_count() > 1:

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 from timing import best_seconds
 
-from critkl import parallel, pretrain, sampling
-from critkl.model import ModelConfig, init_params, model_preset
+from critkl import parallel, sampling, supervised
+from critkl.config import model_preset, ModelConfig, PretrainConfig
+from critkl.model import init_params
 from critkl.tokenizer import VOCAB_SIZE
 
 
@@ -41,11 +42,11 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
 def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
     """(tokens/s, FLOP/s) of optimizer steps (forward, backward, AdamW) on `batch`
     packed streams of the context, the batch sharded over all devices."""
-    run = pretrain.PretrainConfig(model="mini", steps=10, warmup_steps=1)
-    tx = pretrain.optimizer(run)
+    run = PretrainConfig(model="mini", steps=10, warmup_steps=1)
+    tx = supervised.optimizer(run)
     mesh = parallel.data_mesh()
     tokens, targets = jax.device_put(
-        pretrain.streams_batch(jax.random.key(0), dataclasses.replace(run, batch_size=batch)),
+        supervised.streams_batch(jax.random.key(0), dataclasses.replace(run, batch_size=batch)),
         parallel.batch_sharding(mesh))
     tokens, targets = tokens[:, :config.context_length], targets[:, :config.context_length]
     params = jax.device_put(init_params(jax.random.key(1), config), parallel.replicated(mesh))
@@ -53,7 +54,7 @@ def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, floa
 
     @jax.jit
     def step(params, opt_state):
-        (loss, _), grads = jax.value_and_grad(pretrain.next_token_loss, has_aux=True)(
+        (loss, _), grads = jax.value_and_grad(supervised.next_token_loss, has_aux=True)(
             params, config, tokens, targets)
         updates, opt_state = tx.update(grads, opt_state, params)
         return jax.tree.map(jnp.add, params, updates), opt_state, loss

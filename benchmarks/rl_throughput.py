@@ -14,7 +14,7 @@ process, since XLA's devices are fixed when JAX starts):
 
 One core: the process pinned to one core, one single-threaded device (as the peer
 anchors in `../shared/anchors` are measured). Two cores: as the training commands run
-(`critkl.cli.use_cpu_cores`): one run on one multi-threaded device, a sweep's runs split
+(`critkl.parallel.use_cpu_cores`): one run on one multi-threaded device, a sweep's runs split
 over one single-threaded device per core.
 """
 
@@ -27,21 +27,23 @@ import subprocess
 import sys
 import time
 
+from critkl.config import RLConfig, RLHyper
+
 
 def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
     """In this process (JAX configured for `cores`): seconds, episodes and tokens."""
     import jax
     import jax.numpy as jnp
 
-    from critkl import addition, evaluation, parallel, rl
+    from critkl import env, evaluation, parallel, rl
     from critkl.pretrained import load_pretrained
 
     pre_config, params = load_pretrained("mini-n3")
     model_config = pre_config.model_config
-    config = rl.RLConfig(n=3, extra_digits=1, episodes=50, iterations=iterations,
+    config = RLConfig(n=3, extra_digits=1, episodes=50, iterations=iterations,
                          eval_every=iterations, ppo_epochs=1, minibatches=5)
     functions = rl.make_train(config, model_config)
-    hypers = rl.stack_hypers([rl.RLHyper()] * runs)
+    hypers = rl.stack_hypers([RLHyper()] * runs)
     rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
     mesh = parallel.data_mesh()
     by_run = (parallel.batch_sharding(mesh) if runs % mesh.devices.size == 0
@@ -54,7 +56,7 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
                             length=iterations)
 
     def sample(rng, hyper):
-        operands = addition.sample_rl(rng, config.episodes, config.n, config.extra_digits,
+        operands = env.sample_rl(rng, config.episodes, config.n, config.extra_digits,
                                       config.digits)
         attempt = evaluation.attempt(params, model_config, operands, rng,
                                      temperature=hyper.loss.policy_temperature,

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import addition, evaluation, losses, tokenizer
-from critkl.model import GPT, ModelConfig
+from critkl import env, evaluation, losses, tokenizer
+from critkl.config import ModelConfig
+from critkl.model import GPT
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -37,10 +38,9 @@ def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
     return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
 
 
-def decision_mask(episodes: addition.Episodes) -> jax.Array:
+def decision_mask(episodes: env.Episodes) -> jax.Array:
     """The positions the model writes (after the prompt, up to the episode's end): [B, L] bool."""
-    position = jnp.arange(episodes.tokens.shape[1])[None, :]
-    return (position >= episodes.prompt_length[:, None]) & (position < episodes.length[:, None])
+    return env.span_mask(episodes.prompt_length, episodes.length, episodes.tokens.shape[1])
 
 
 def delta_certainty(certainty: jax.Array, decisions: jax.Array) -> jax.Array:
@@ -99,14 +99,14 @@ def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *
     first leaves the correct one, for the problems it fails). Returns plain numbers
     (mean, std, count over episodes) for JSON.
     """
-    operands = addition.sample_rl(rng, episodes, n, 1, n + 1)
-    reference = addition.render(operands)
+    operands = env.sample_rl(rng, episodes, n, 1, n + 1)
+    reference = env.render(operands)
     certainty = token_certainty(params, model_config, reference.tokens, temperature)
     decisions = decision_mask(reference)
-    structural = episode_stats(certainty, decisions, addition.critical_positions(reference, n))
+    structural = episode_stats(certainty, decisions, env.critical_positions(reference, n))
 
     greedy = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
-                                max_length=addition.episode_limit(n + 1))
+                                max_length=env.episode_limit(n + 1))
     position, erred = evaluation.first_error(greedy)
     failed = erred & ~greedy.outcome.success
     first_wrong = (jnp.arange(reference.tokens.shape[1])[None, :] == position[:, None]) & failed[:, None]

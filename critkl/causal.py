@@ -20,7 +20,6 @@ and the model is unsure of it (p(right) <= 0.9). Decisions the model is nearly s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -28,108 +27,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from critkl import addition, losses, sampling
-from critkl.model import GPT, ModelConfig
-from critkl.tokenizer import decode, token_id
+from critkl import env, losses, sampling
+from critkl.config import CausalMapConfig, ModelConfig
+from critkl.model import GPT
+from critkl.tokenizer import decode
 
-SCRATCH_ROLES = ("operand", "partial_result", "carry", "sum", "digit")
-_OPEN = token_id("[")
-_NEWLINE = token_id("\n")
 CRITICAL_COST = 0.5      # forcing wrong loses at least this share of the success ...
 CRITICAL_P_RIGHT = 0.9   # ... where the model gives the right token at most this
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What the map is measured on. Defaults: CPU scale, the measured RL temperature 1."""
-
-    problems: int = 64           # fixed problems, both operands n + 1 digits
-    temperature: float = 1.0     # sampled continuations (the RL temperature)
-    beta: float = 150.0          # the KL weight w = certainty ** beta ...
-    certainty_temperature: float = 1.0  # ... of the reference at this temperature
-    forced_below: float = 0.99   # force only decisions whose mean p(right) is below this
-    batch: int = 256             # continuations per sampler call
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("problems", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "certainty_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not 0 < self.forced_below <= 1:
-            raise ValueError(f"forced_below must be in (0, 1], got {self.forced_below}")
-
-
-_PARTS = ("a", "b", "A", "")   # which bracket of the line a list token follows; "" elsewhere
-_MAX_ORDINAL = 64              # more positions than any (line, role, list) group has
-
-
-def key_code(key: tuple) -> int:
-    """The integer code of a decision key (line, role, list, ordinal), as `decision_codes`."""
-    line, role, part, ordinal = key
-    if role not in SCRATCH_ROLES or part not in _PARTS or not 0 <= ordinal < _MAX_ORDINAL:
-        raise ValueError(f"not a decision key: {key!r} (role in {SCRATCH_ROLES}, list in "
-                         f"{_PARTS}, ordinal in 0..{_MAX_ORDINAL - 1})")
-    group = (line * len(addition.ROLE_NAMES) + addition.ROLE[role]) * len(_PARTS)
-    return (group + _PARTS.index(part)) * _MAX_ORDINAL + ordinal
-
-
-def _key_of_code(code: int) -> tuple:
-    group, ordinal = divmod(code, _MAX_ORDINAL)
-    group, part = divmod(group, len(_PARTS))
-    line, role = divmod(group, len(addition.ROLE_NAMES))
-    return (line, addition.ROLE_NAMES[role], _PARTS[part], ordinal)
-
-
-def decision_codes(episodes: addition.Episodes) -> jax.Array:
-    """The decision key of every position as one integer ([B, L] int32, -1 off the scratch
-    lines' decisions); pure jnp, so it runs inside jit and vmap.
-
-    A key is (line, role, list, ordinal): line counts scratch lines from 1; list is "a", "b"
-    or "A" (which bracket of the line the position follows) for operand and partial-result
-    tokens, else ""; ordinal counts the positions of the same (line, role, list) before this
-    one. `key_code` gives a key's integer.
-    """
-    tokens, role = episodes.tokens, episodes.role
-    width = tokens.shape[1]
-    position = jnp.arange(width)[None, :]
-    inside = (position >= episodes.prompt_length[:, None]) & (
-        position < episodes.length[:, None])
-    scratch = inside & jnp.isin(role, jnp.array([addition.ROLE[r] for r in SCRATCH_ROLES]))
-    started = jnp.cumsum(scratch, axis=1) > 0
-    line_ends = (tokens == _NEWLINE) & started & inside
-    line = 1 + jnp.cumsum(line_ends, axis=1) - line_ends
-    opens = jnp.cumsum(tokens == _OPEN, axis=1)
-    # Brackets opened in this line so far: opens minus those before the line's start.
-    before_line = lax.cummax(jnp.where(line_ends, opens, 0), axis=1)
-    brackets = opens - jnp.pad(before_line[:, :-1], ((0, 0), (1, 0)))
-    is_list = (role == addition.ROLE["operand"]) | (role == addition.ROLE["partial_result"])
-    part = jnp.where(is_list, jnp.clip(brackets, 1, 3) - 1, _PARTS.index(""))
-    group = jnp.where(scratch, (line * len(addition.ROLE_NAMES) + role) * len(_PARTS) + part,
-                      jnp.iinfo(jnp.int32).max // width)
-    # ordinal: rank among the earlier positions of the same group (a stable sort by group).
-    order = jnp.argsort(group * width + position, axis=1)
-    sorted_group = jnp.take_along_axis(group, order, axis=1)
-    index = jnp.broadcast_to(position, group.shape)
-    first = jnp.concatenate([jnp.ones_like(sorted_group[:, :1], bool),
-                             sorted_group[:, 1:] != sorted_group[:, :-1]], axis=1)
-    ordinal_sorted = index - lax.cummax(jnp.where(first, index, 0), axis=1)
-    ordinal = jnp.take_along_axis(ordinal_sorted, jnp.argsort(order, axis=1), axis=1)
-    return jnp.where(scratch, group * _MAX_ORDINAL + ordinal, -1).astype(jnp.int32)
-
-
-def decision_keys(episodes: addition.Episodes) -> list[dict[int, tuple]]:
-    """Per problem, {position: (line, role, list, ordinal)} of its scratch-line decisions
-    (`decision_codes` on the host)."""
-    codes = np.asarray(decision_codes(episodes))
-    return [{int(t): _key_of_code(int(codes[b, t])) for t in np.nonzero(codes[b] >= 0)[0]}
-            for b in range(codes.shape[0])]
 
 
 def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
@@ -146,26 +51,11 @@ def read_critical_keys(path) -> tuple[tuple, ...]:
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("not a critical.json written by `critkl critical`") from None
     for key in keys:
-        key_code(key)
+        env.key_code(key)
     return keys
 
 
-def at_keys(codes: jax.Array, keys) -> jax.Array:
-    """codes [B, L] (`decision_codes`) -> [B, L] bool: the position's key is one of `keys`."""
-    if not keys:
-        return jnp.zeros(codes.shape, bool)
-    return jnp.isin(codes, jnp.array([key_code(key) for key in keys], jnp.int32))
-
-
-def key_label(key: tuple, token: str) -> str:
-    """e.g. "line 2 b-list #4 digit": the token's kind (digit, or the separator itself)."""
-    line, role, part, ordinal = key
-    where = f"{part}-list" if part else role.replace("_", " ")
-    kind = "digit" if token.isdigit() else repr(token)
-    return f"line {line} {where} #{ordinal} {kind}"
-
-
-def causal_map(params, config: ModelConfig, n: int, settings: Settings = Settings(),
+def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = CausalMapConfig(),
                progress=None) -> list[dict]:
     """The map's rows, one per decision key, in episode order (see module docstring).
 
@@ -174,8 +64,8 @@ def causal_map(params, config: ModelConfig, n: int, settings: Settings = Setting
     digits = n + 1
     rng = jax.random.key(settings.seed)
     problem_rng, sample_rng = jax.random.split(rng)
-    operands = addition.sample_identical(problem_rng, settings.problems, digits, digits)
-    episodes = addition.render(operands)
+    operands = env.sample_identical(problem_rng, settings.problems, digits, digits)
+    episodes = env.render(operands)
     tokens = np.asarray(episodes.tokens)
     logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
@@ -183,13 +73,13 @@ def causal_map(params, config: ModelConfig, n: int, settings: Settings = Setting
         logits, settings.beta, settings.certainty_temperature))
 
     rows, by_key = {}, defaultdict(list)
-    for b, found in enumerate(decision_keys(episodes)):
+    for b, found in enumerate(env.decision_keys(episodes)):
         for t, key in found.items():
             by_key[key].append((b, t))
     for key, items in by_key.items():
         right = np.array([np.exp(logp[b, t - 1, tokens[b, t]]) for b, t in items])
         rows[key] = {
-            "key": list(key), "label": key_label(key, decode([int(tokens[items[0]])])),
+            "key": list(key), "label": env.key_label(key, decode([int(tokens[items[0]])])),
             "first_position": min(t for _, t in items), "problems": len(items),
             "p_right": float(right.mean()), "p_right_min": float(right.min()),
             "kl_weight": float(np.mean([weights[b, t - 1] for b, t in items])),
@@ -199,7 +89,7 @@ def causal_map(params, config: ModelConfig, n: int, settings: Settings = Setting
               if rows[key]["p_right"] < settings.forced_below
               for b, t in items for wrong in (False, True)]
     forced.sort(key=lambda item: item[2])  # similar positions share a sampler call
-    width, max_length = tokens.shape[1], addition.episode_limit(digits)
+    width, max_length = tokens.shape[1], env.episode_limit(digits)
     successes = defaultdict(lambda: defaultdict(list))
     calls = -(-len(forced) // settings.batch)
     for call in range(calls):
@@ -220,8 +110,8 @@ def causal_map(params, config: ModelConfig, n: int, settings: Settings = Setting
             generated = sampling.generate(
                 params, config, jnp.asarray(prompts), jnp.asarray(lengths),
                 jax.random.fold_in(sample_rng, call), max_length=max_length,
-                temperature=temperature, stop_fn=addition.stop_rule).tokens
-            success = np.asarray(addition.score(generated, reference).success)
+                temperature=temperature, stop_fn=env.stop_rule).tokens
+            success = np.asarray(env.score(generated, reference).success)
             for i, (key, _, _, wrong) in enumerate(chunk):
                 successes[key][(mode, wrong)].append(bool(success[i]))
         if progress:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from critkl import addition, analysis
+from critkl import analysis, env
 from critkl.outputs import Curve, Output
 
 SHOWN_EPISODES = 4
@@ -28,10 +28,10 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
     print_fn(f"N={n}: dJ at critical tokens {s['critical']['mean']:+.4f}, at other tokens "
              f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
 
-    operands = addition.sample_rl(jax.random.fold_in(rng, 1), shown, n, 1, n + 1)
-    rendered = addition.render(operands)
+    operands = env.sample_rl(jax.random.fold_in(rng, 1), shown, n, 1, n + 1)
+    rendered = env.render(operands)
     certainty = np.asarray(analysis.token_certainty(params, model_config, rendered.tokens))
-    critical = np.asarray(addition.critical_positions(rendered, n))
+    critical = np.asarray(env.critical_positions(rendered, n))
     curves = []
     for i in range(shown):
         start, end = int(rendered.prompt_length[i]), int(rendered.length[i])

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from critkl import files
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -58,17 +59,8 @@ def save_config(run_dir: str | os.PathLike, config: dict) -> None:
     Call it from one process only (process 0 on multi-host).
     """
     os.makedirs(run_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CONFIG_FILE}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    files.write_atomic(os.path.join(run_dir, CONFIG_FILE), text)
 
 
 def _flat(tree, prefix: str = "") -> dict[str, object]:
@@ -78,11 +70,14 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: json.loads(json.dumps(tree))}
 
 
-def check_same_config(run_dir: str | os.PathLike, config: dict) -> None:
+def check_same_config(run_dir: str | os.PathLike, config: dict,
+                      may_differ: Iterable[str] = ()) -> None:
     """Raise CheckpointError naming every setting of ``config`` that differs from the
-    config.json the run in ``run_dir`` was started with: a resumed run must be the same run."""
+    config.json the run in ``run_dir`` was started with (flattened keys "a.b.c"; those in
+    ``may_differ`` may change): a resumed run must be the same run."""
     saved, wanted = _flat(load_config(run_dir)), _flat(config)
-    changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    changed = sorted(k for k in saved.keys() | wanted.keys()
+                     if saved.get(k) != wanted.get(k) and k not in may_differ)
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the run, {wanted.get(k)!r} now"
                           for k in changed[:6])
@@ -111,32 +106,6 @@ def load_config(run_dir: str | os.PathLike) -> dict:
             f"{path!r} is not valid JSON ({e}). The file is damaged; restore "
             "it from a copy or start a new run."
         ) from None
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, ...)."""
-    return json.loads(json.dumps(value))
-
-
-def check_config_matches(saved: dict, requested: dict, keys: Iterable[str]) -> None:
-    """Raise :class:`CheckpointError` if any of ``keys`` differs between configs.
-
-    A key absent from a config compares as ``<missing>``.
-    """
-    missing = "<missing>"
-    diffs = []
-    for key in keys:
-        old = saved.get(key, missing)
-        new = _as_json(requested[key]) if key in requested else missing
-        if old != new:
-            diffs.append(f"{key}: saved {old!r}, requested {new!r}")
-    if diffs:
-        raise CheckpointError(
-            "The requested configuration does not match the one this run was "
-            "started with, so its checkpoint cannot be resumed with it. "
-            "Differing fields: " + "; ".join(diffs) + ". Resume with the saved "
-            "values, or start a new run in a fresh directory."
-        )
 
 
 def _is_key(x: Any) -> bool:

@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from critkl.config import (CausalMapConfig, HYPER_NAMES, LossConfig, PretrainConfig, RLConfig,
+                           RLHyper)
+
 USAGE_ERROR = 2  # exit status for bad input
 
 
@@ -27,32 +30,14 @@ def parse_operand(text: str, max_digits: int) -> int:
     return int(text)
 
 
-def use_cpu_cores(parallel_items: int) -> None:
-    """On a CPU, XLA runs many operations on one thread: one single-threaded host
-    device per core, with the batch (or a sweep's runs) split over them, trains
-    about 25% faster on 2 cores. `parallel_items` must split evenly over the
-    devices; with one device XLA keeps its own threading. Must run before JAX
-    starts; a user's own XLA_FLAGS win. Harmless on GPU/TPU machines, where these
-    host devices are not used."""
-    if "XLA_FLAGS" in os.environ:
-        return
-    cores = os.cpu_count() or 1
-    devices = max(d for d in range(1, cores + 1) if parallel_items % d == 0)
-    if devices == 1:
-        return
-    from critkl.parallel import cpu_devices_flags
-
-    os.environ["XLA_FLAGS"] = cpu_devices_flags(devices)
-
-
 def start_jax(args, parallel_items: int) -> None:
     """Before a training command computes: one CPU device per core (`use_cpu_cores`,
     for this process's share of `parallel_items`), then join the other processes of
     a multi-process run (critkl.distributed)."""
-    from critkl import distributed
+    from critkl import distributed, parallel
 
     processes = max(args.num_processes or 1, 1)
-    use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
+    parallel.use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
     try:
         distributed.initialize(args)
     except distributed.DistributedError as error:
@@ -62,11 +47,11 @@ def start_jax(args, parallel_items: int) -> None:
 def _render(args) -> None:
     import jax
 
-    from critkl import addition, tokenizer
+    from critkl import env, tokenizer
 
-    a, b = (parse_operand(t, addition.MAX_SUPPORTED_DIGITS) for t in (args.a, args.b))
-    operands = addition.operands_from_ints([(a, b)], max(len(args.a), len(args.b)))
-    episodes = jax.jit(addition.render)(operands)
+    a, b = (parse_operand(t, env.MAX_SUPPORTED_DIGITS) for t in (args.a, args.b))
+    operands = env.operands_from_ints([(a, b)], max(len(args.a), len(args.b)))
+    episodes = jax.jit(env.render)(operands)
     sys.stdout.write(tokenizer.decode(episodes.tokens[0]))
 
 
@@ -98,11 +83,11 @@ def _pretrain(args) -> None:
             saved = checkpoint.load_config(args.run_dir)
         except checkpoint.CheckpointError as error:
             raise UsageError(str(error)) from None
-        explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(pretrain.PretrainConfig)
+        explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
                     if getattr(args, f.name) is not None}
-        config = pretrain.PretrainConfig.from_dict({**saved, **explicit})
+        config = PretrainConfig.from_dict({**saved, **explicit})
     else:
-        config = _config_from(args, pretrain.PretrainConfig)
+        config = _config_from(args, PretrainConfig)
     start_jax(args, config.batch_size)
     pretrain.pretrain(config, args.run_dir, resume=args.resume,
                       print_fn=lambda line: print(line, flush=True))
@@ -113,10 +98,9 @@ def _pretrain(args) -> None:
 def _evaluate(args) -> None:
     import jax
 
-    from critkl import evaluation
-    from critkl.tracking import Tracker
-
+    from critkl import evaluation, files
     from critkl.pretrained import load_pretrained
+    from critkl.tracking import Tracker
 
     config, params = load_pretrained(args.run_dir)
     report = evaluation.accuracy_table(
@@ -129,7 +113,7 @@ def _evaluate(args) -> None:
     default_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path("runs") / args.run_dir
     out = Path(args.out) if args.out else default_dir / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    files.write_atomic(out, json.dumps(report, indent=2))
     with Tracker(out.parent / "tensorboard") as tracker:
         tracker.text(0, "eval/table", table)
         tracker.scalars(0, {f"eval/{key}": cell["pass_at_1"] for key, cell in report["cells"].items()})
@@ -164,15 +148,15 @@ _RL_FIELDS_WITHOUT_FLAGS = ("loss", "n", "causal_keys")
 
 
 def _finetune(args) -> None:
-    from critkl import finetune, losses, rl
+    from critkl import finetune
     from critkl.pretrained import load_pretrained
 
-    loss_fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
-    rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(rl.RLConfig)
+    loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
+    rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RLConfig)
                  if f.name not in _RL_FIELDS_WITHOUT_FLAGS and getattr(args, f.name) is not None}
     loss_values = {name: getattr(args, name) for name in loss_fields
                    if getattr(args, name) is not None}
-    grid = {name: getattr(args, name) for name in finetune.HYPER_NAMES
+    grid = {name: getattr(args, name) for name in HYPER_NAMES
             if getattr(args, name) is not None}
     if args.command == "finetune":
         many = [name for name, values in grid.items() if len(values) > 1]
@@ -180,8 +164,8 @@ def _finetune(args) -> None:
             raise UsageError(f"finetune runs one configuration; use `critkl sweep` for lists "
                              f"({', '.join(many + (['seeds'] if len(args.seeds) > 1 else []))})")
     try:
-        loss_config = losses.LossConfig(**loss_values)
-        runs = finetune.grid_runs(args.seeds, grid, rl.RLHyper())
+        loss_config = LossConfig(**loss_values)
+        runs = finetune.grid_runs(args.seeds, grid, RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.causal_map:
@@ -194,7 +178,7 @@ def _finetune(args) -> None:
     start_jax(args, len(runs))  # before loading the model, which may compute
     try:
         pre_config, params = load_pretrained(args.pretrained)
-        config = rl.RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
+        config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
         config.check_model(pre_config.model_config)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -254,30 +238,44 @@ def _launch(args) -> None:
         raise SystemExit(status)
 
 
-def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
-    from critkl import distributed, finetune, losses, rl
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags of a training command (`critkl.distributed`)."""
+    from critkl import distributed
 
+    group = parser.add_argument_group(
+        "multi-process runs", "give all three to every process (`critkl launch` does it for "
+        "local processes); on a Cloud TPU VM they are read from the TPU metadata")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, where the coordination service listens")
+    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+    group.add_argument("--heartbeat-timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT,
+                       metavar="SECONDS", help="a process silent this long is declared dead "
+                       f"and the others stop (default {distributed.HEARTBEAT_TIMEOUT})")
+
+
+def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
     parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    distributed.add_flags(parser)
+    _add_distributed_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
     parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
                         help="critical.json of `critkl critical` for this model: evaluations "
                         "report p(right) at its causally critical tokens (default: none)")
-    for field in dataclasses.fields(rl.RLConfig):
+    for field in dataclasses.fields(RLConfig):
         if field.name not in _RL_FIELDS_WITHOUT_FLAGS:
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=int,
                                 help=f"default {field.default}")
-    loss_defaults = losses.LossConfig()
-    for field in dataclasses.fields(losses.LossConfig):
+    loss_defaults = LossConfig()
+    for field in dataclasses.fields(LossConfig):
         kind = type(getattr(loss_defaults, field.name))
         kind = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
                             help=f"default {getattr(loss_defaults, field.name)}")
-    defaults = rl.RLHyper()
-    for name in finetune.HYPER_NAMES:
+    defaults = RLHyper()
+    for name in HYPER_NAMES:
         default = getattr(defaults, name, None)
         default = getattr(defaults.loss, name) if default is None else default
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_list_of(float),
@@ -327,12 +325,12 @@ def _analyze(args) -> None:
 def _critical(args) -> None:
     import time
 
-    from critkl import causal, provenance
+    from critkl import causal, files, provenance
     from critkl.pretrained import load_pretrained
 
     config, params = load_pretrained(args.model)
     try:
-        settings = causal.Settings(
+        settings = CausalMapConfig(
             problems=args.problems, temperature=args.temperature, beta=args.beta,
             certainty_temperature=args.certainty_temperature, forced_below=args.forced_below,
             batch=args.batch, seed=args.seed)
@@ -357,18 +355,15 @@ def _critical(args) -> None:
     rows = causal.causal_map(params, config.model_config, n, settings, progress)
     record = {**provenance.record(), "model": args.model, "n": n,
               "settings": dataclasses.asdict(settings), "rows": rows}
-    (out / "critical.json").write_text(json.dumps(record, indent=1) + "\n")
+    files.write_atomic(out / "critical.json", json.dumps(record, indent=1) + "\n")
     table = causal.markdown(rows, kl_coef=args.kl_coef)
-    (out / "critical.md").write_text(table)
+    files.write_atomic(out / "critical.md", table)
     causal.plot(rows, out / "critical.png")
     print(table)
     print(f"saved {out}: critical.json, critical.md, critical.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from critkl import distributed
-    from critkl.pretrain import PretrainConfig
-
     parser = argparse.ArgumentParser(prog="critkl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -381,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--run-dir", required=True, help="where config, checkpoints and logs go")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_config_flags(pretrain, PretrainConfig)
-    distributed.add_flags(pretrain)
+    _add_distributed_flags(pretrain)
     pretrain.set_defaults(run=_pretrain)
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
@@ -428,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU)")
     experiment.add_argument("--out", default="runs/experiments",
                             help="output folder (models pre-trained here are reused)")
-    distributed.add_flags(experiment)
+    _add_distributed_flags(experiment)
     experiment.set_defaults(run=_experiment)
 
     analyze = commands.add_parser(
@@ -443,9 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "critical", help="causal critical-token map: force each uncertain decision right, then "
         "wrong, and compare the success of the continuations")
     critical.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
-    from critkl.causal import Settings
 
-    defaults = Settings()
+    defaults = CausalMapConfig()
     for flag, kind, text in (
         ("problems", int, "fixed problems, both operands N+1 digits"),
         ("temperature", float, "temperature of the sampled continuations (the RL temperature)"),
@@ -485,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
 
     provenance.set_command(sys.argv[1:] if argv is None else argv)
     from critkl.checkpoint import CheckpointError
-    from critkl.pretrain import TrainingDiverged
+    from critkl.supervised import TrainingDiverged
 
     try:
         args.run(args)

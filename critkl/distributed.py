@@ -18,7 +18,6 @@ stops with an error instead of waiting for it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,20 +28,6 @@ HEARTBEAT_TIMEOUT = 60  # seconds
 
 class DistributedError(Exception):
     """The distributed flags are inconsistent, or the processes could not join."""
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The multi-process flags of a training command."""
-    group = parser.add_argument_group(
-        "multi-process runs", "give all three to every process (`critkl launch` does it for "
-        "local processes); on a Cloud TPU VM they are read from the TPU metadata")
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="address of process 0, where the coordination service listens")
-    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
-    group.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_TIMEOUT,
-                       metavar="SECONDS", help="a process silent this long is declared dead "
-                       f"and the others stop (default {HEARTBEAT_TIMEOUT})")
 
 
 def _check(args) -> None:
@@ -83,7 +68,8 @@ def _on_cloud_tpu_vm() -> bool:
 
 def initialize(args) -> None:
     """Join the other processes of this run (see the module docstring); call it before
-    JAX computes anything. Then only process 0 prints on stdout (errors still go to
+    JAX computes anything. args: the training command's flags (`coordinator`,
+    `num_processes`, `process_id`, `heartbeat_timeout`). Then only process 0 prints on stdout (errors still go to
     stderr)."""
     explicit = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
     if explicit:

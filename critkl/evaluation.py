@@ -9,8 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import addition, sampling
-from critkl.model import ModelConfig
+from critkl import env, sampling
+from critkl.config import ModelConfig
 from critkl.tokenizer import PAD_ID
 
 
@@ -18,30 +18,30 @@ class Attempt(NamedTuple):
     """Episodes the model wrote for a batch of problems, and how they went."""
 
     generation: sampling.Generation  # tokens [B, M] of prompt + generation
-    reference: addition.Episodes     # the correct episodes [B, L]
-    outcome: addition.Outcome
+    reference: env.Episodes     # the correct episodes [B, L]
+    outcome: env.Outcome
 
 
-def prompts_of(episodes: addition.Episodes, max_digits: int) -> jax.Array:
+def prompts_of(episodes: env.Episodes, max_digits: int) -> jax.Array:
     """The prompt part of rendered episodes: [B, P] int32, PAD after each prompt."""
-    width = addition.prompt_width(max_digits)
+    width = env.prompt_width(max_digits)
     tokens = episodes.tokens[:, :width]
     inside = jnp.arange(width)[None, :] < episodes.prompt_length[:, None]
     return jnp.where(inside, tokens, PAD_ID)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_length", "keep_hidden"))
-def attempt(params, config: ModelConfig, operands: addition.Operands, rng: jax.Array, *,
+def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array, *,
             temperature, max_length: int, keep_hidden: bool = False) -> Attempt:
     """Let the model write episodes for `operands` (greedy when temperature <= 0);
     keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`)."""
-    reference = addition.render(operands)
+    reference = env.render(operands)
     generation = sampling.generate(
         params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length, rng,
-        max_length=max_length, temperature=temperature, stop_fn=addition.stop_rule,
+        max_length=max_length, temperature=temperature, stop_fn=env.stop_rule,
         keep_hidden=keep_hidden,
     )
-    return Attempt(generation, reference, addition.score(generation.tokens, reference))
+    return Attempt(generation, reference, env.score(generation.tokens, reference))
 
 
 def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
@@ -51,10 +51,8 @@ def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
     correct prefix."""
     reference = attempt.reference
     width = min(attempt.generation.tokens.shape[1], reference.tokens.shape[1])
-    position = jnp.arange(width)[None, :]
     differs = (attempt.generation.tokens[:, :width] != reference.tokens[:, :width]) & (
-        position >= reference.prompt_length[:, None]
-    ) & (position < reference.length[:, None])
+        env.span_mask(reference.prompt_length, reference.length, width))
     any_error = differs.any(axis=1)
     return jnp.where(any_error, jnp.argmax(differs, axis=1), -1).astype(jnp.int32), any_error
 
@@ -99,10 +97,10 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
     report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
     for digits in range(n, n + extra_digits + 1):
         # Cut at the RL limit, or at the context (which holds any correct episode).
-        limit = min(addition.episode_limit(digits), config.context_length)
+        limit = min(env.episode_limit(digits), config.context_length)
         samplers = {
-            "identical": lambda r, b, d=digits: addition.sample_identical(r, b, d, d),
-            "varying": lambda r, b, d=digits: addition.sample_rl(r, b, n, d - n, d),
+            "identical": lambda r, b, d=digits: env.sample_identical(r, b, d, d),
+            "varying": lambda r, b, d=digits: env.sample_rl(r, b, n, d - n, d),
         }
         for kind, sample in samplers.items():
             cell_rng = jax.random.fold_in(rng, 100 * digits + (kind == "varying"))
@@ -120,19 +118,19 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
             if digits == n + 1:
-                counts = {addition.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
+                counts = {env.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
                 report["first_errors"][kind] = {
                     "failures": failures, "at_structural_critical_token": critical,
                     "by_role": counts,
                 }
-    rl_sample = lambda r, b: addition.sample_rl(r, b, n, 1, n + 1)  # noqa: E731
+    rl_sample = lambda r, b: env.sample_rl(r, b, n, 1, n + 1)  # noqa: E731
     for temperature in temperatures:
         successes = sum(
             int(result.outcome.success.sum())
             for result in solve_in_batches(
                 params, config, rl_sample, rl_episodes, min(batch, rl_episodes),
                 jax.random.fold_in(rng, int(temperature * 1000)), temperature=temperature,
-                max_length=addition.episode_limit(n + 1))
+                max_length=env.episode_limit(n + 1))
         )
         report["sampling"][f"{temperature:g}"] = rate(successes, rl_episodes)
     return report

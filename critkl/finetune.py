@@ -21,13 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import checkpoint, losses, parallel, provenance, rl
-from critkl.model import ModelConfig
-from critkl.pretrain import TrainingDiverged
+from critkl import files, losses, parallel, provenance, rl, run_shell
+from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
+                           with_values)
+from critkl.supervised import TrainingDiverged
 from critkl.tracking import Tracker
-
-HYPER_NAMES = tuple(f.name for f in dataclasses.fields(rl.RLHyper) if f.name != "loss") + tuple(
-    f.name for f in dataclasses.fields(losses.LossHyper))
 
 
 # Training metrics kept in results.json, as their mean over each evaluation period.
@@ -38,7 +36,7 @@ CURVE_TRAIN_KEYS = ("train/success", "loss/kl") + tuple(
 @dataclasses.dataclass(frozen=True)
 class Run:
     seed: int
-    hyper: rl.RLHyper
+    hyper: RLHyper
     setting: str  # the hyperparameters that differ across the sweep, e.g. "beta=150"
 
     @property
@@ -46,41 +44,7 @@ class Run:
         return f"{self.setting},seed={self.seed}" if self.setting else f"seed={self.seed}"
 
 
-def with_values(hyper: rl.RLHyper, values: dict[str, float]) -> rl.RLHyper:
-    """Replace named hyperparameters (RLHyper or LossHyper fields) of `hyper`."""
-    top = {k: v for k, v in values.items() if k in HYPER_NAMES and k in rl.RLHyper.__dataclass_fields__}
-    loss = {k: v for k, v in values.items() if k in losses.LossHyper.__dataclass_fields__}
-    unknown = sorted(set(values) - set(top) - set(loss))
-    if unknown:
-        raise ValueError(f"unknown hyperparameters {unknown}; allowed: {', '.join(HYPER_NAMES)}")
-    return hyper.replace(loss=hyper.loss.replace(**loss), **top)
-
-
-# Allowed values of each numeric hyperparameter: (low, high, low included, high included).
-HYPER_RANGES = {
-    "learning_rate": (0.0, math.inf, False, False), "gamma": (0.0, 1.0, True, True),
-    "lam": (0.0, 1.0, True, True), "grad_clip": (0.0, math.inf, False, False),
-    "kl_coef": (0.0, math.inf, True, False), "beta": (0.0, math.inf, True, False),
-    "certainty_temperature": (0.0, math.inf, False, False),
-    "intercept": (-math.inf, 0.0, False, True), "clip_epsilon": (0.0, math.inf, False, False),
-    "value_coef": (0.0, math.inf, True, False), "entropy_coef": (0.0, math.inf, True, False),
-    "policy_temperature": (0.0, math.inf, False, False),
-    "kl_temperature": (0.0, math.inf, False, False),
-}
-
-
-def check_value(name: str, value: float) -> None:
-    """ValueError naming the hyperparameter and its allowed range when `value` is outside it
-    (NaN and infinities included)."""
-    low, high, low_in, high_in = HYPER_RANGES[name]
-    inside = (math.isfinite(value) and (value > low or (low_in and value == low))
-              and (value < high or (high_in and value == high)))
-    if not inside:
-        interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-        raise ValueError(f"{name}={value!r} is outside its allowed range {interval}")
-
-
-def grid_runs(seeds, grid: dict[str, list[float]], base: rl.RLHyper) -> list[Run]:
+def grid_runs(seeds, grid: dict[str, list[float]], base: RLHyper) -> list[Run]:
     """Every combination of the grid's values, for every seed. Raises ValueError for a value
     outside its range (`HYPER_RANGES`) or a seed given twice."""
     seeds = list(seeds)
@@ -153,9 +117,7 @@ class _Log:
 
     def save(self) -> None:
         if jax.process_index() == 0:
-            path = self.run_dir / "results.json"
-            path.with_suffix(".tmp").write_text(json.dumps(self.results, indent=1))
-            path.with_suffix(".tmp").replace(path)
+            files.write_atomic(self.run_dir / "results.json", json.dumps(self.results, indent=1))
 
     def close(self) -> None:
         for tracker in self.trackers + list(self.aggregate.values()):
@@ -205,7 +167,7 @@ def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: in
 
 
 @functools.lru_cache(maxsize=8)
-def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
+def _vmapped(config: RLConfig, model_config: ModelConfig):
     """Jitted init, run and evaluate, vmapped over runs; cached so that sweeps with
     the same structure in one process compile once."""
     functions = rl.make_train(config, model_config)
@@ -215,7 +177,7 @@ def _vmapped(config: rl.RLConfig, model_config: ModelConfig):
             jax.jit(jax.vmap(functions.evaluate, in_axes=(None, 0, 0))))
 
 
-def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
+def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
              run_dir: str | Path, *, resume: bool = False, print_fn=print,
              saved_config: dict | None = None) -> dict:
     """Run (or resume) the runs side by side. Returns results (also in results.json)."""
@@ -230,25 +192,21 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))
     periods = config.iterations // config.eval_every
 
-    if resume and saved_config is not None:
-        checkpoint.check_same_config(run_dir, saved_config)
-    state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
-    checkpointer = checkpoint.Checkpointer(run_dir, create=not resume)
-    if resume:
-        state = checkpointer.restore(target=state)
-        results = json.loads((run_dir / "results.json").read_text())
-        print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
-    else:
-        if checkpoint.latest_checkpoint_step(run_dir) is not None:
-            raise checkpoint.CheckpointError(
-                f"{run_dir} already holds checkpoints: pass --resume to continue, or choose "
-                "another run directory.")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if saved_config is not None and jax.process_index() == 0:
-            checkpoint.save_config(run_dir, saved_config)
-        results = {**provenance.record(), "runs": [{"name": r.name, "seed": r.seed, "setting": r.setting,
-                             "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper)),
-                             "curve": {}} for r in runs]}
+    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume)
+    try:
+        state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
+        if resume:
+            state = checkpointer.restore(target=state)
+            results = json.loads((run_dir / "results.json").read_text())
+            print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
+        else:
+            results = {**provenance.record(), "runs": [
+                {"name": r.name, "seed": r.seed, "setting": r.setting,
+                 "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper)), "curve": {}}
+                for r in runs]}
+    except BaseException:
+        checkpointer.close()
+        raise
     done = int(state.iteration[0]) // config.eval_every
     log = _Log(run_dir, runs, results, purge_step=done * config.eval_every or None)
     try:
@@ -282,7 +240,8 @@ def finetune(config: rl.RLConfig, runs: list[Run], pretrained, model_config: Mod
                 f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
                 f"kl {train['loss/kl'].mean():.4f}  "
                 f"{episodes / per_period:.1f} episodes/s  {tokens / per_period:,.0f} tok/s  "
-                f"ETA {(periods - period - 1) * per_period / 60:.1f} min  (mean of {len(runs)} runs)"
+                + run_shell.timing(elapsed, period + 1 - done, periods - done)
+                + f"  (mean of {len(runs)} runs)"
             )
     finally:
         checkpointer.close()

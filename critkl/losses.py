@@ -18,22 +18,16 @@ reference is uncertain (critical tokens) and stays near it elsewhere.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
 import chex
-import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-ALGORITHMS = ("ppo", "a2c")
-# The authors' temperatures (their code): LossHyper(**PAPER_TEMPERATURES) is their setting.
-PAPER_TEMPERATURES = {"certainty_temperature": 4.0, "policy_temperature": 2.0}
-SAMPLE_KL_KINDS = ("k1", "k2", "k3")
-KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
-KL_PLACEMENTS = ("loss", "reward")
+from critkl.config import KL_KINDS, LossConfig, LossHyper, SAMPLE_KL_KINDS
+
 # Buckets of the KL weight for reporting (name, low, high): w < 0.1 (critical-like tokens),
 # 0.1 <= w < 0.9, w >= 0.9 (routine), w taken at the paper's beta whatever the run's beta.
 BUCKET_BETA = 150.0
@@ -88,10 +82,15 @@ def exact_kl(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
     return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
 
 
-def _action_logprobs(logits: jax.Array, actions: jax.Array) -> jax.Array:
-    """log softmax(logits)[actions]: logits [..., V], actions [...] int -> [...]."""
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log softmax(logits)[tokens]: logits [..., V], tokens [...] int -> [...]."""
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `values` where `mask` is True (0 where it is nowhere): equal shapes -> []."""
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def kl_per_token(logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, kind: str):
@@ -104,7 +103,7 @@ def kl_per_token(logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, k
         return exact_kl(logits, ref_logits)
     if kind not in SAMPLE_KL_KINDS:
         raise ValueError(f"unknown kl kind {kind!r} (allowed: {KL_KINDS})")
-    logp, ref_logp = _action_logprobs(logits, actions), _action_logprobs(ref_logits, actions)
+    logp, ref_logp = token_logprobs(logits, actions), token_logprobs(ref_logits, actions)
     return kl_estimate(logp, ref_logp, kind)
 
 
@@ -140,74 +139,11 @@ def center_advantages(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     """Advantages minus their mean over the action tokens (mask True): [B, T] -> [B, T], 0
     outside the mask."""
     chex.assert_equal_shape((advantages, mask))
-    mean = jnp.sum(jnp.where(mask, advantages, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-    return jnp.where(mask, advantages - mean, 0.0)
+    return jnp.where(mask, advantages - masked_mean(advantages, mask), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
-
-
-@flax.struct.dataclass
-class LossHyper:
-    """Numeric hyperparameters, traced (a sweep may vmap over them). Defaults: METHOD.md 3-4,
-    but for the two temperatures, 1 (measured at CPU scale; the authors' 4 and 2 are
-    `PAPER_TEMPERATURES`, README on why they give no reward and no effective KL here)."""
-
-    kl_coef: float = 5.0
-    beta: float = 150.0  # exponent of the certainty in the KL weight
-    certainty_temperature: float = 1.0  # temperature of the reference in `certainty`
-    intercept: float = 0.0  # b <= 0 in w = (1 - b) certainty^beta + b
-    clip_epsilon: float = 0.2
-    value_coef: float = 0.1
-    entropy_coef: float = 0.0005
-    policy_temperature: float = 1.0  # the rollouts sampled from softmax(logits / this)
-    # The KL term compares softmax(logits / this) with softmax(ref_logits / this): 1, or the
-    # policy temperature as the authors do.
-    kl_temperature: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Static choices of the loss (hashable: a static jit argument).
-
-    algorithm: "ppo" (clipped surrogate) or "a2c" (-logp * A).
-    kl_kind: "k1", "k2", "k3" (estimators on the sampled token) or "exact" (full vocabulary).
-    kl_placement: "loss" (kl_coef * mean(w * kl) added to the loss) or "reward" (the caller
-      subtracts `per_token_kl_penalty` from the rewards before GAE; no KL term in the loss).
-    prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
-    value_hidden_sizes: hidden layers of the trainer's value head (`critkl.model.ValueHead`).
-    center_advantages: the collector subtracts the mean advantage over the batch's action
-      tokens (`center_advantages`), a batch baseline on top of the value head: with a ternary
-      reward and a value head that starts at 0, most episodes fail and every one of their
-      tokens would be pushed down.
-    """
-
-    algorithm: str = "ppo"
-    kl_kind: str = "k2"
-    kl_placement: str = "loss"
-    prioritized: bool = True
-    value_hidden_sizes: tuple[int, ...] = (128, 128)
-    center_advantages: bool = True
-
-    def __post_init__(self):
-        for name, allowed in (
-            ("algorithm", ALGORITHMS),
-            ("kl_kind", KL_KINDS),
-            ("kl_placement", KL_PLACEMENTS),
-            ("prioritized", (True, False)),
-            ("center_advantages", (True, False)),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, type(allowed[0])) or value not in allowed:
-                raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {value!r}")
-        sizes = self.value_hidden_sizes
-        if not isinstance(sizes, tuple) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
-        ):
-            raise ValueError(
-                f"LossConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
-            )
 
 
 class RolloutBatch(NamedTuple):
@@ -303,8 +239,7 @@ def fused_loss(
     old_logprobs, advantages, returns = (
         x[:, 1:] for x in (batch.old_logprobs, batch.advantages, batch.returns)
     )
-    count = jnp.maximum(jnp.sum(mask), 1)
-    mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count  # over the batch's action tokens
+    mean = lambda x: masked_mean(x, mask)  # noqa: E731  over the batch's action tokens
 
     scaled_logp = jax.nn.log_softmax(logits / hyper.policy_temperature, axis=-1)
     logp = jnp.take_along_axis(scaled_logp, actions[..., None], axis=-1)[..., 0]
@@ -356,7 +291,6 @@ def kl_by_weight_bucket(logits: jax.Array, ref_logits: jax.Array, mask: jax.Arra
     metrics = {}
     for name, low, high in KL_BUCKETS:
         inside = mask & (weight >= low) & (weight < high)
-        metrics[f"kl_w_{name}"] = jnp.sum(jnp.where(inside, kl, 0.0)) / jnp.maximum(
-            jnp.sum(inside), 1)
+        metrics[f"kl_w_{name}"] = masked_mean(kl, inside)
         metrics[f"tokens_w_{name}"] = jnp.sum(inside) / count
     return metrics

@@ -17,7 +17,6 @@ always float32 (the final LayerNorm and the tied output projection run in float3
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -28,62 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from critkl import inplace
-from critkl.tokenizer import VOCAB_SIZE
+from critkl.config import ModelConfig
 
-DTYPES = ("float32", "bfloat16")
 INIT_STD = 0.02  # GPT-2: every weight matrix and embedding ~ N(0, 0.02^2)
 LAYER_NORM_EPSILON = 1e-5
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)  # attention score of a masked position
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Size of the decoder. Frozen and hashable, so it can be a static jit argument."""
-
-    vocab_size: int = VOCAB_SIZE
-    num_layers: int
-    num_heads: int
-    d_model: int
-    d_ff: int  # hidden width of the MLP
-    context_length: int  # number of learned positions
-    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay float32)
-
-    def __post_init__(self):
-        for name in ("vocab_size", "num_layers", "num_heads", "d_model", "d_ff", "context_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"ModelConfig.d_model ({self.d_model}) must be divisible by "
-                f"ModelConfig.num_heads ({self.num_heads})"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"ModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=128, context_length=320),
-    "mini": ModelConfig(num_layers=4, num_heads=4, d_model=128, d_ff=512, context_length=512),
-    # GPT-2 small, with enough positions for 16+16-digit episodes (1633 tokens).
-    "paper": ModelConfig(num_layers=12, num_heads=12, d_model=768, d_ff=3072, context_length=1664),
-}
-
-
-def model_preset(name: str) -> ModelConfig:
-    """The named preset config. Raises ValueError listing the allowed names."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r} (allowed: {sorted(PRESETS)})") from None
 
 
 @flax.struct.dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from critkl import files
 from critkl.tracking import Tracker
 
 
@@ -42,9 +43,7 @@ class Output:
         path = self.folder / name
         if not self.enabled:
             return path
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(data)
-        temporary.replace(path)
+        files.write_atomic(path, data)
         self.written.append(path)
         return path
 

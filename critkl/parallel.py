@@ -8,6 +8,8 @@ multi-process run (critkl.distributed) the mesh spans every process's devices:
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -75,3 +77,19 @@ def fetch(tree):
         return np.asarray(x)
 
     return jax.tree.map(leaf, tree)
+
+
+def use_cpu_cores(parallel_items: int) -> None:
+    """On a CPU, XLA runs many operations on one thread: one single-threaded host
+    device per core, with the batch (or a sweep's runs) split over them, trains
+    about 25% faster on 2 cores. `parallel_items` must split evenly over the
+    devices; with one device XLA keeps its own threading. Must run before JAX
+    starts; a user's own XLA_FLAGS win. Harmless on GPU/TPU machines, where these
+    host devices are not used."""
+    if "XLA_FLAGS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    devices = max(d for d in range(1, cores + 1) if parallel_items % d == 0)
+    if devices == 1:
+        return
+    os.environ["XLA_FLAGS"] = cpu_devices_flags(devices)

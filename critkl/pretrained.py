@@ -1,4 +1,4 @@
-"""Pre-trained models shipped inside the package, and loading any pre-trained run.
+"""Pre-trained models shipped inside the package, loading any pre-trained run, and warm starts.
 
 A shipped model is a folder under critkl/pretrained_models/NAME with config.json
 (the PretrainConfig that made it) and params.msgpack (flax serialization).
@@ -11,13 +11,15 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import flax.serialization
 import jax
 
 from critkl import checkpoint
+from critkl.config import PretrainConfig
 from critkl.model import init_params
-from critkl.pretrain import PretrainConfig, load_run
+from critkl.supervised import init_state
 
 SHIPPED_DIR = Path(__file__).parent / "pretrained_models"
 
@@ -42,6 +44,28 @@ def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
         f"{name_or_run_dir!r} is neither a shipped model (available: {shipped_names() or 'none'}) "
         "nor a pre-training run directory."
     )
+
+
+def load_run(run_dir: str | Path) -> tuple[PretrainConfig, Any]:
+    """Config and parameters of the latest checkpoint of a pre-training run."""
+    run_dir = Path(run_dir)
+    config = PretrainConfig.from_dict(checkpoint.load_config(run_dir))
+    target = jax.eval_shape(lambda: init_state(config))
+    with checkpoint.Checkpointer(run_dir, create=False) as checkpointer:
+        state = checkpointer.restore(target=target)
+    return config, state.params
+
+
+def warm_start(config: PretrainConfig):
+    """The parameters of `config.init_from`, checked to have this run's model config."""
+    start_config, params = load_pretrained(config.init_from)
+    if start_config.model_config != config.model_config:
+        raise checkpoint.CheckpointError(
+            f"PretrainConfig.init_from={config.init_from!r} is a '{start_config.model}' model "
+            f"({start_config.model_config}), but this run trains a '{config.model}' model: "
+            "set --model to match it."
+        )
+    return params
 
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

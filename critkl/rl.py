@@ -13,7 +13,6 @@ is `jax.vmap` over (rng, hyper) of the whole run.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -21,94 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import addition, causal, evaluation, losses
-from critkl.model import GPT, ModelConfig, ValueHead
-
-
-@dataclasses.dataclass(frozen=True)
-class RLConfig:
-    """Static structure of a fine-tuning run. Defaults: the CPU setting measured to learn
-    (README, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
-
-    n: int = 3                  # the model was pre-trained up to n digits
-    extra_digits: int = 1       # RL on n + extra_digits digits (difficult operand rule); 0: n
-    episodes: int = 128         # per collect
-    iterations: int = 15        # collect + update cycles
-    ppo_epochs: int = 1         # passes over each collected batch
-    minibatches: int = 2        # optimizer steps per pass
-    eval_every: int = 5         # iterations between evaluations
-    eval_episodes: int = 100
-    # At most this many episodes per gradient computation: a minibatch's gradient is summed
-    # over the fewest equal chunks of at most this size (the same gradient; memory grows with
-    # the chunk, ~50 MB per episode for the mini model at 4 digits).
-    update_chunk: int = 16
-    loss: losses.LossConfig = losses.LossConfig()
-    # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
-    # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
-    # p(right) there, on problems whose operands both have n + extra_digits digits.
-    causal_keys: tuple[tuple, ...] = ()
-
-    def __post_init__(self):
-        for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
-                     "eval_episodes", "update_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
-        if self.extra_digits < 0:
-            raise ValueError(f"RLConfig.extra_digits={self.extra_digits} must be >= 0")
-        if self.iterations % self.eval_every:
-            raise ValueError(
-                f"RLConfig.iterations={self.iterations} must be a multiple of "
-                f"eval_every={self.eval_every}"
-            )
-        if self.episodes % self.minibatches:
-            raise ValueError(
-                f"RLConfig.episodes={self.episodes} must be a multiple of "
-                f"minibatches={self.minibatches}"
-            )
-        for key in self.causal_keys:
-            causal.key_code(key)  # raises ValueError naming the bad key
-        if self.digits > addition.MAX_SUPPORTED_DIGITS:
-            raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
-                             f"{addition.MAX_SUPPORTED_DIGITS} digits")
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.episodes // self.minibatches
-
-    @property
-    def chunks(self) -> int:
-        """Gradient chunks per minibatch: the fewest equal ones of at most update_chunk."""
-        size = self.minibatch_size
-        return next(d for d in range(1, size + 1) if size % d == 0 and size // d <= self.update_chunk)
-
-    @property
-    def digits(self) -> int:
-        return self.n + self.extra_digits
-
-    @property
-    def max_length(self) -> int:
-        """Episodes are cut here: the longest episode of `digits` digits + 100."""
-        return addition.episode_limit(self.digits)
-
-    def check_model(self, model_config: ModelConfig) -> None:
-        if model_config.context_length < self.max_length:
-            raise ValueError(
-                f"RL on {self.digits} digits cuts episodes at {self.max_length} tokens, more "
-                f"than the model's context_length={model_config.context_length}"
-            )
-
-
-@flax.struct.dataclass
-class RLHyper:
-    """Numeric hyperparameters: traced, so sweeps vmap over them."""
-
-    learning_rate: Any = 3e-5
-    gamma: Any = 1.0
-    # GAE lambda. The authors' 0.95 leaves 0.95^270 ~ 1e-6 of the final reward at the
-    # critical tokens, ~270 tokens before the end of a 4-digit episode (README).
-    lam: Any = 1.0
-    grad_clip: Any = 1.0
-    loss: losses.LossHyper = losses.LossHyper()
+from critkl import env, evaluation, losses
+from critkl.config import ModelConfig, RLConfig, RLHyper
+from critkl.model import GPT, ValueHead
 
 
 def stack_hypers(hypers: list[RLHyper]) -> RLHyper:
@@ -166,17 +80,17 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     def collect(state: RunState, hyper: RLHyper, pretrained, rng):
         """Episodes of the RL distribution -> (RolloutBatch, metrics)."""
         problem_rng, sample_rng = jax.random.split(rng)
-        operands = addition.sample_rl(problem_rng, config.episodes, n, k, digits)
+        operands = env.sample_rl(problem_rng, config.episodes, n, k, digits)
         attempt = evaluation.attempt(
             state.policy, model_config, operands, sample_rng,
             temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
         )
         tokens, outcome = attempt.generation.tokens, attempt.outcome
         position = jnp.arange(max_length)[None, :]
-        action_mask = (position >= attempt.reference.prompt_length[:, None]) & (
-            position <= outcome.last[:, None])
+        action_mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1,
+                                    max_length)
         rewards = jnp.where(position == outcome.last[:, None],
-                            addition.terminal_reward(outcome)[:, None], 0.0)
+                            env.terminal_reward(outcome)[:, None], 0.0)
         # The sampler's hidden states: the value head needs no second policy forward pass.
         hidden = attempt.generation.hidden
         values = _shift_right(value_head.apply({"params": state.value}, hidden))
@@ -265,8 +179,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         correct prefix at the structural critical tokens and at `config.causal_keys`."""
         train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
         size = config.eval_episodes
-        train_ops = addition.sample_rl(train_rng, size, n, k, digits)
-        comfort_ops = addition.sample_pretraining(comfort_rng, size, n, digits)
+        train_ops = env.sample_rl(train_rng, size, n, k, digits)
+        comfort_ops = env.sample_pretraining(comfort_rng, size, n, digits)
         metrics = {}
         for name, operands, temperature in (
             ("eval/pass_at_1", train_ops, 0.0),
@@ -278,7 +192,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
             metrics[name] = attempt.outcome.success.mean()
         metrics.update(critical_token_probabilities(policy, model_config, train_ops, n))
         if config.causal_keys:
-            identical = addition.sample_identical(causal_rng, size, digits, digits)
+            identical = env.sample_identical(causal_rng, size, digits, digits)
             metrics["causal/p_right"] = causal_token_probability(
                 policy, model_config, identical, config.causal_keys)
         return metrics
@@ -302,39 +216,34 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     return TrainFunctions(init, iteration, run, evaluate, train)
 
 
-def _right_token_probabilities(params, model_config: ModelConfig, episodes: addition.Episodes):
+def _right_token_probabilities(params, model_config: ModelConfig, episodes: env.Episodes):
     """Teacher-forced probability of each reference token given its correct prefix: [B, L]
     (position t: token t; position 0 is 0)."""
     logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    right = jnp.exp(jnp.take_along_axis(logp, episodes.tokens[:, 1:, None], axis=-1)[..., 0])
+    right = jnp.exp(losses.token_logprobs(logits[:, :-1], episodes.tokens[:, 1:]))
     return jnp.pad(right, ((0, 0), (1, 0)))
 
 
-def _mean_over(values: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1)
-
-
-def critical_token_probabilities(params, model_config: ModelConfig, operands: addition.Operands,
+def critical_token_probabilities(params, model_config: ModelConfig, operands: env.Operands,
                                  n: int) -> dict[str, jax.Array]:
     """Probability the model gives the right token, given the correct prefix, at the
     structural critical tokens (commas and digits of operand lists beyond n digits),
     averaged over the episodes of `operands`; and the lowest such probability."""
-    reference = addition.render(operands)
+    reference = env.render(operands)
     right = _right_token_probabilities(params, model_config, reference)
-    critical = addition.critical_positions(reference, n)
-    is_comma = reference.tokens == addition.COMMA_ID
+    critical = env.critical_positions(reference, n)
+    is_comma = reference.tokens == env.COMMA_ID
     return {
-        "critical/p_right_comma": _mean_over(right, critical & is_comma),
-        "critical/p_right_digit": _mean_over(right, critical & ~is_comma),
+        "critical/p_right_comma": losses.masked_mean(right, critical & is_comma),
+        "critical/p_right_digit": losses.masked_mean(right, critical & ~is_comma),
         "critical/p_right_min": jnp.where(critical, right, 1.0).min(),
     }
 
 
-def causal_token_probability(params, model_config: ModelConfig, operands: addition.Operands,
+def causal_token_probability(params, model_config: ModelConfig, operands: env.Operands,
                              keys) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
     the decision `keys` (`critkl.causal`) in the episodes of `operands`."""
-    reference = addition.render(operands)
+    reference = env.render(operands)
     right = _right_token_probabilities(params, model_config, reference)
-    return _mean_over(right, causal.at_keys(causal.decision_codes(reference), keys))
+    return losses.masked_mean(right, env.at_keys(env.decision_codes(reference), keys))

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl import inplace
-from critkl.model import GPT, KVCache, ModelConfig, init_cache
+from critkl import inplace, losses
+from critkl.config import ModelConfig
+from critkl.model import GPT, KVCache, init_cache
 from critkl.tokenizer import EOS_ID, PAD_ID
 
 StopFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -81,8 +82,7 @@ def choose_tokens(rng: jax.Array, logits: jax.Array, temperature) -> tuple[jax.A
     scaled = logits / jnp.where(greedy, 1.0, temperature)
     sampled = jax.random.categorical(rng, scaled, axis=-1)
     tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
-    logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
-    return tokens, logprobs[:, 0]
+    return tokens, losses.token_logprobs(scaled, tokens)
 
 
 CACHE_WINDOWS = 4  # decode loops, each attending over a cache just long enough for its positions

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from critkl import causal, finetune, plots
+from critkl.config import CausalMapConfig
 from critkl.outputs import Output
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
@@ -31,7 +32,7 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
     if path.exists():
         print_fn(f"causal map: reusing {path}")
         return causal.read_critical_keys(path)
-    settings = causal.Settings(problems=CAUSAL_PROBLEMS[scale])
+    settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
     rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
                              lambda done, total: print_fn(f"  forced continuations {done}/{total}"))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from critkl import checkpoint, pretrain
+from critkl import checkpoint, pretrain, pretrained
+from critkl.config import PretrainConfig
 from critkl.pretrained import load_pretrained, shipped_names
 
 
-def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[pretrain.PretrainConfig]:
+def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
     """The pre-training stages of a `scale` model up to n digits (stage i runs in stage_dirs[i]).
 
     tiny: a few steps, for tests. mini: stage 1 on problems up to n digits (the default
@@ -23,23 +24,23 @@ def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[pretrain.Pretrain
     in bfloat16 on a GPU/TPU.
     """
     if scale == "tiny":
-        return [pretrain.PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
+        return [PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
                                         batch_size=8, steps=12, warmup_steps=2, log_every=6,
                                         eval_every=12, eval_problems=8, checkpoint_every=12)]
     if scale == "mini":
-        return [pretrain.PretrainConfig(max_digits=n),
-                pretrain.PretrainConfig(max_digits=n, init_from=str(stage_dirs[0]),
+        return [PretrainConfig(max_digits=n),
+                PretrainConfig(max_digits=n, init_from=str(stage_dirs[0]),
                                         longer_share=0.02, batch_size=16, steps=100,
                                         learning_rate=5e-4,
                                         warmup_steps=10, checkpoint_every=50, eval_every=100)]
     if scale == "paper":
-        return [pretrain.PretrainConfig(model="paper", max_digits=n, dtype="bfloat16",
+        return [PretrainConfig(model="paper", max_digits=n, dtype="bfloat16",
                                         batch_size=64, steps=20000, learning_rate=3e-4,
                                         warmup_steps=1000)]
     raise ValueError(f"unknown scale {scale!r} (allowed: tiny, mini, paper)")
 
 
-def _finished(run_dir: Path, config: pretrain.PretrainConfig) -> bool:
+def _finished(run_dir: Path, config: PretrainConfig) -> bool:
     return checkpoint.latest_checkpoint_step(run_dir) == config.steps
 
 
@@ -59,4 +60,4 @@ def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):
         print_fn(f"pre-training {name} ({'resuming ' if resume else ''}{run_dir}, "
                  f"{config.steps} steps)")
         pretrain.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
-    return pretrain.load_run(dirs[len(stages) - 1])
+    return pretrained.load_run(dirs[len(stages) - 1])

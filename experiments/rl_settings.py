@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from critkl import checkpoint, finetune, losses, rl
+from critkl import checkpoint, finetune
+from critkl.config import LossHyper, RLConfig, RLHyper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,21 +17,21 @@ class RLSettings:
     iterations: int
     eval_every: int
     eval_episodes: int
-    ppo_epochs: int = rl.RLConfig.ppo_epochs
-    minibatches: int = rl.RLConfig.minibatches
-    learning_rate: float = rl.RLHyper.learning_rate
+    ppo_epochs: int = RLConfig.ppo_epochs
+    minibatches: int = RLConfig.minibatches
+    learning_rate: float = RLHyper.learning_rate
     kl_coef: float = 5.0
     certainty_temperature: float = 1.0  # 4 in the authors' code; see README on |V| = 42
     policy_temperature: float = 1.0     # 2 in the paper; see README
 
-    def config(self, n: int, extra_digits: int) -> rl.RLConfig:
-        return rl.RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
+    def config(self, n: int, extra_digits: int) -> RLConfig:
+        return RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
                            iterations=self.iterations, eval_every=self.eval_every,
                            eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
                            minibatches=self.minibatches)
 
-    def hyper(self) -> rl.RLHyper:
-        return rl.RLHyper(learning_rate=self.learning_rate, loss=losses.LossHyper(
+    def hyper(self) -> RLHyper:
+        return RLHyper(learning_rate=self.learning_rate, loss=LossHyper(
             kl_coef=self.kl_coef, certainty_temperature=self.certainty_temperature,
             policy_temperature=self.policy_temperature))
 
@@ -45,7 +46,7 @@ RL_SETTINGS = {
 }
 
 
-def run_sweep(run_dir: Path, pre_config, params, config: rl.RLConfig, base: rl.RLHyper,
+def run_sweep(run_dir: Path, pre_config, params, config: RLConfig, base: RLHyper,
               seeds: list[int], grid: dict[str, list[float]], print_fn=print) -> dict:
     """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off."""
     resume = checkpoint.latest_checkpoint_step(run_dir) is not None

@@ -2,8 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import addition, analysis, tokenizer
-from critkl.model import init_params, model_preset
+from critkl import analysis, env, tokenizer
+from critkl.config import model_preset
+from critkl.model import init_params
 
 TINY = model_preset("tiny")
 
@@ -37,7 +38,7 @@ def test_summarize_ignores_missing_values():
 
 def test_token_certainty_is_aligned_with_the_predicted_token():
     params = init_params(jax.random.key(0), TINY)
-    tokens = addition.render(addition.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
+    tokens = env.render(env.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
     values = np.asarray(analysis.token_certainty(params, TINY, tokens, temperature=2.0))
     from critkl.model import GPT
 
@@ -52,7 +53,7 @@ def test_token_certainty_is_aligned_with_the_predicted_token():
 
 
 def test_decision_mask_covers_the_target():
-    episodes = addition.render(addition.operands_from_ints([(128, 367)], 3))
+    episodes = env.render(env.operands_from_ints([(128, 367)], 3))
     mask = np.asarray(analysis.decision_mask(episodes))[0]
     text = tokenizer.decode(np.asarray(episodes.tokens[0])[mask])
     assert text.startswith("\n<scratch>") and text.endswith("4 9 5\n")

@@ -7,13 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from critkl import addition, causal
+from critkl import causal, env
+from critkl.config import CausalMapConfig
 from critkl.tokenizer import decode, token_id
 
 
 def _plain_keys(tokens, roles, prompt_length, length):
     """{position: key} of one episode, by reading it token by token (the reference)."""
-    scratch = {addition.ROLE[name] for name in causal.SCRATCH_ROLES}
+    scratch = {env.ROLE[name] for name in env.SCRATCH_ROLES}
     found, counts, line, brackets, started = {}, defaultdict(int), 0, 0, False
     for t in range(prompt_length, length):
         role = int(roles[t])
@@ -22,7 +23,7 @@ def _plain_keys(tokens, roles, prompt_length, length):
         if role in scratch:
             if not started:
                 started, line = True, 1
-            name = addition.ROLE_NAMES[role]
+            name = env.ROLE_NAMES[role]
             part = "abA"[min(brackets, 3) - 1] if name in ("operand", "partial_result") else ""
             group = (line, name, part)
             found[t] = group + (counts[group],)
@@ -34,36 +35,36 @@ def _plain_keys(tokens, roles, prompt_length, length):
 
 def test_decision_codes_match_a_plain_reading_on_random_problems():
     """The jnp keys equal a token-by-token Python reading, on 2,000 problems of 1-7 digits."""
-    operands = addition.sample_pretraining(jax.random.key(3), 2000, 7, 7)
-    episodes = addition.render(operands)
-    keys = causal.decision_keys(episodes)
+    operands = env.sample_pretraining(jax.random.key(3), 2000, 7, 7)
+    episodes = env.render(operands)
+    keys = env.decision_keys(episodes)
     tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)
     for b in range(len(keys)):
         expected = _plain_keys(tokens[b], roles[b], int(episodes.prompt_length[b]),
                                int(episodes.length[b]))
         assert keys[b] == expected, b
-    codes = np.asarray(causal.decision_codes(episodes))
+    codes = np.asarray(env.decision_codes(episodes))
     for b in (0, 1, 2):
         for t, key in keys[b].items():
-            assert codes[b, t] == causal.key_code(key)
+            assert codes[b, t] == env.key_code(key)
 
 
 def test_at_keys_marks_exactly_the_positions_of_the_keys():
-    episodes = addition.render(addition.sample_identical(jax.random.key(0), 50, 4, 4))
+    episodes = env.render(env.sample_identical(jax.random.key(0), 50, 4, 4))
     chosen = ((2, "operand", "b", 6), (1, "operand", "a", 5))
-    mask = np.asarray(causal.at_keys(causal.decision_codes(episodes), chosen))
-    for b, found in enumerate(causal.decision_keys(episodes)):
+    mask = np.asarray(env.at_keys(env.decision_codes(episodes), chosen))
+    for b, found in enumerate(env.decision_keys(episodes)):
         assert set(np.nonzero(mask[b])[0]) == {t for t, key in found.items() if key in chosen}
-    assert not np.asarray(causal.at_keys(causal.decision_codes(episodes), ())).any()
+    assert not np.asarray(env.at_keys(env.decision_codes(episodes), ())).any()
     with pytest.raises(ValueError, match="not a decision key"):
-        causal.key_code((1, "prompt", "", 0))
+        env.key_code((1, "prompt", "", 0))
 
 
 def test_decision_keys_name_the_rendered_tokens():
     """Every key names the token a plain reading of the scratchpad text puts there."""
-    operands = addition.operands_from_ints([(1284, 3671), (9999, 1)], 4)
-    episodes = addition.render(operands)
-    for b, found in enumerate(causal.decision_keys(episodes)):
+    operands = env.operands_from_ints([(1284, 3671), (9999, 1)], 4)
+    episodes = env.render(operands)
+    for b, found in enumerate(env.decision_keys(episodes)):
         text = decode(np.asarray(episodes.tokens[b, :int(episodes.length[b])]).tolist())
         lines = text.split("<scratch>\n")[1].split("\n")
         start = text.index("<scratch>\n") + len("<scratch>\n")
@@ -77,7 +78,7 @@ def test_decision_keys_name_the_rendered_tokens():
                 assert in_line == open_at + 1 + ordinal, (line_text, part, ordinal)
             if role == "partial_result":
                 assert part == "A" and line_text[in_line - 1 - ordinal] == "["
-    keys = causal.decision_keys(episodes)[0]
+    keys = env.decision_keys(episodes)[0]
     tokens = np.asarray(episodes.tokens[0])
     # Line 1 of 1284+3671: "[1,2,8,4] + [3,6,7,1] ...": the a-list's 7th token is "4" and
     # the b-list's 6th is ",".
@@ -100,9 +101,9 @@ def test_optimum_p_right_follows_the_tilted_reference():
 
 def test_settings_name_the_bad_field():
     with pytest.raises(ValueError, match="temperature"):
-        causal.Settings(temperature=0.0)
+        CausalMapConfig(temperature=0.0)
     with pytest.raises(ValueError, match="forced_below"):
-        causal.Settings(forced_below=1.5)
+        CausalMapConfig(forced_below=1.5)
 
 
 @pytest.mark.parametrize("flag, value, field", [("--temperature", "0", "--temperature"),

@@ -13,7 +13,7 @@ import pytest
 from critkl.checkpoint import (
     CheckpointError,
     Checkpointer,
-    check_config_matches,
+    check_same_config,
     latest_checkpoint_step,
     load_config,
     save_config,
@@ -188,17 +188,20 @@ def test_config_round_trip_is_atomic(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 2e-3
 
 
-def test_config_mismatch_lists_fields():
-    saved = {"lr": 0.001, "layers": [2, 2], "seed": 0, "kl": "prioritized"}
-    requested = {"lr": 0.002, "layers": (2, 2), "seed": 1, "kl": "prioritized"}
-    check_config_matches(saved, requested, ["layers", "kl"])  # tuple == list
+def test_config_mismatch_lists_fields(tmp_path):
+    save_config(tmp_path, {"lr": 0.001, "layers": [2, 2], "seed": 0, "rl": {"kl": "k2"},
+                           "log_every": 5})
+    requested = {"lr": 0.002, "layers": (2, 2), "seed": 1, "rl": {"kl": "k2", "new": 3},
+                 "log_every": 7}
+    check_same_config(tmp_path, {**requested, "lr": 0.001, "seed": 0, "rl": {"kl": "k2"}},
+                      may_differ=("log_every",))  # tuple == list; log_every may change
     with pytest.raises(CheckpointError) as err:
-        check_config_matches(saved, requested, ["lr", "layers", "seed", "kl", "new"])
+        check_same_config(tmp_path, requested, may_differ=("log_every",))
     message = str(err.value)
-    assert "lr: saved 0.001, requested 0.002" in message
-    assert "seed: saved 0, requested 1" in message
-    assert "new: saved '<missing>', requested '<missing>'" not in message
-    assert "layers" not in message and "kl:" not in message
+    assert "lr: 0.001 in the run, 0.002 now" in message
+    assert "seed: 0 in the run, 1 now" in message
+    assert "rl.new: None in the run, 3 now" in message
+    assert "layers" not in message and "log_every" not in message
 
 
 def test_sharded_restore(tmp_path):

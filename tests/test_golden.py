@@ -14,14 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import losses, pretrain, rl
+from critkl import pretrain, rl
+from critkl.config import LossConfig, PretrainConfig, RLConfig, RLHyper
 
 GOLDEN = Path(__file__).with_name("golden.json")
-PRETRAIN = pretrain.PretrainConfig(
+PRETRAIN = PretrainConfig(
     model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=4, warmup_steps=1,
     learning_rate=3e-3, log_every=1, eval_every=4, eval_problems=8, checkpoint_every=4)
-RL = rl.RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
-                 eval_every=1, eval_episodes=4, loss=losses.LossConfig(value_hidden_sizes=(8,)))
+RL = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
+                 eval_every=1, eval_episodes=4, loss=LossConfig(value_hidden_sizes=(8,)))
 
 
 def _fingerprint(tree) -> dict[str, float]:
@@ -35,7 +36,7 @@ def golden_run(run_dir) -> dict:
     """Pre-train tiny from seed 0, then 2 RL iterations (prioritized KL) from seed 1."""
     state = pretrain.pretrain(PRETRAIN, run_dir, print_fn=lambda line: None)
     params = jax.device_get(state.params)
-    hyper = jax.tree.map(jnp.float32, rl.RLHyper(learning_rate=1e-3))
+    hyper = jax.tree.map(jnp.float32, RLHyper(learning_rate=1e-3))
     final, before, metrics = jax.jit(rl.make_train(RL, PRETRAIN.model_config).train)(
         jax.random.key(1), hyper, params)
     scalars = {k: float(np.asarray(v).ravel()[-1]) for part in metrics for k, v in part.items()}

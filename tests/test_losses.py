@@ -8,22 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl.losses import (
-    LossConfig,
-    LossHyper,
-    RolloutBatch,
-    center_advantages,
-    certainty,
-    exact_kl,
-    fused_loss,
-    gae,
-    kl_estimate,
-    kl_per_token,
-    per_token_kl_penalty,
-    prioritized_kl_weights,
-)
 from critkl import losses
-from critkl.model import GPT, ValueHead, init_params, model_preset
+from critkl.config import PAPER_TEMPERATURES, LossConfig, LossHyper, model_preset
+from critkl.losses import (RolloutBatch, center_advantages, certainty, exact_kl, fused_loss, gae,
+                           kl_estimate, kl_per_token, per_token_kl_penalty,
+                           prioritized_kl_weights)
+from critkl.model import GPT, ValueHead, init_params
 from critkl.tokenizer import PAD_ID, VOCAB_SIZE
 
 CONFIG = model_preset("tiny")
@@ -497,7 +487,7 @@ def test_loss_config_validation_names_the_field(field, value):
 
 def test_loss_hyper_defaults():
     assert LossHyper() == LossHyper(5.0, 150.0, 1.0, 0.0, 0.2, 0.1, 0.0005, 1.0, 1.0)
-    assert LossHyper(**losses.PAPER_TEMPERATURES) == LossHyper(
+    assert LossHyper(**PAPER_TEMPERATURES) == LossHyper(
         certainty_temperature=4.0, policy_temperature=2.0)
 
 

@@ -9,16 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl.model import (
-    GPT,
-    INIT_STD,
-    PRESETS,
-    QUERY_BLOCK,
-    ModelConfig,
-    init_cache,
-    init_params,
-    model_preset,
-)
+from critkl.config import model_preset, ModelConfig, PRESETS
+from critkl.model import GPT, INIT_STD, QUERY_BLOCK, init_cache, init_params
 
 CONFIG = model_preset("tiny")
 

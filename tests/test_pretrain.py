@@ -10,26 +10,27 @@ import numpy as np
 import optax
 import pytest
 
-from critkl import checkpoint, parallel, pretrain, tokenizer
-from critkl.model import model_preset
+from critkl import checkpoint, parallel, pretrain, pretrained, supervised, tokenizer
+from critkl.config import model_preset, PretrainConfig
+from critkl.model import init_params
 from critkl.tracking import read_scalars
 
-TINY = pretrain.PretrainConfig(
+TINY = PretrainConfig(
     model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=6, warmup_steps=2,
     learning_rate=3e-3, log_every=1, eval_every=3, eval_problems=16, checkpoint_every=2,
 )
 
 
 def run_steps(config, mesh, steps):
-    state = jax.device_put(pretrain.init_state(config), parallel.replicated(mesh))
-    step = pretrain.make_train_step(config, mesh)
+    state = jax.device_put(supervised.init_state(config), parallel.replicated(mesh))
+    step = supervised.make_train_step(config, mesh)
     for _ in range(steps):
         state, _ = step(state)
     return jax.device_get(state.params)
 
 
 def test_streams_cover_every_position_and_mask_prompts():
-    tokens, targets = pretrain.streams_batch(jax.random.key(0), TINY)
+    tokens, targets = supervised.streams_batch(jax.random.key(0), TINY)
     assert tokens.shape == targets.shape == (8, model_preset("tiny").context_length)
     assert (tokens != tokenizer.PAD_ID).all()  # packed to the end of the context
     text = tokenizer.decode(tokens[0])
@@ -41,24 +42,25 @@ def test_streams_cover_every_position_and_mask_prompts():
 
 def test_longer_share_mixes_in_rl_problems_of_one_more_digit():
     config = dataclasses.replace(TINY, max_digits=2, longer_share=0.3)
-    operands = pretrain.training_problems(jax.random.key(0), 20_000, config)
+    operands = supervised.training_problems(jax.random.key(0), 20_000, config)
     longest = np.maximum(np.asarray(operands.a_len), np.asarray(operands.b_len))
     assert longest.max() == 3 and longest.min() >= 1
     longer = (longest == 3).mean()
     assert abs(longer - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 20_000)
-    unmixed = pretrain.training_problems(jax.random.key(0), 2_000, TINY)
+    unmixed = supervised.training_problems(jax.random.key(0), 2_000, TINY)
     assert np.maximum(np.asarray(unmixed.a_len), np.asarray(unmixed.b_len)).max() == 1
 
 
 def test_init_from_starts_at_a_run_s_parameters(tmp_path):
     trained = pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path / "first",
                                 print_fn=lambda line: None)
-    warm = pretrain.init_state(dataclasses.replace(TINY, init_from=str(tmp_path / "first")))
+    warm = supervised.init_state(TINY, pretrained.warm_start(
+        dataclasses.replace(TINY, init_from=str(tmp_path / "first"))))
     chex.assert_trees_all_close(warm.params, jax.device_get(trained.params))
     assert int(warm.step) == 0
     with pytest.raises(checkpoint.CheckpointError, match="--model"):
-        pretrain.init_state(dataclasses.replace(TINY, model="mini", max_digits=1,
-                                                init_from=str(tmp_path / "first")))
+        pretrained.warm_start(dataclasses.replace(TINY, model="mini", max_digits=1,
+                                                  init_from=str(tmp_path / "first")))
 
 
 def test_data_parallel_step_equals_single_device():
@@ -70,14 +72,15 @@ def test_data_parallel_step_equals_single_device():
 
 def test_tiny_model_overfits_a_fixed_batch():
     config = model_preset("tiny")
-    tokens, targets = pretrain.streams_batch(jax.random.key(1), dataclasses.replace(TINY, batch_size=2))
-    params = pretrain.init_params(jax.random.key(0), config)
+    tokens, targets = supervised.streams_batch(jax.random.key(1),
+                                               dataclasses.replace(TINY, batch_size=2))
+    params = init_params(jax.random.key(0), config)
     tx = optax.adam(3e-3)
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state):
-        (loss, _), grads = jax.value_and_grad(pretrain.next_token_loss, has_aux=True)(
+        (loss, _), grads = jax.value_and_grad(supervised.next_token_loss, has_aux=True)(
             params, config, tokens, targets)
         updates, opt_state = tx.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -142,7 +145,7 @@ def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = dataclasses.replace(TINY, learning_rate=1e38, grad_clip=1e38, warmup_steps=0)
-    with pytest.raises(pretrain.TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(supervised.TrainingDiverged, match="last good checkpoint"):
         pretrain.pretrain(config, tmp_path, print_fn=lambda line: None)
     step = checkpoint.latest_checkpoint_step(tmp_path)
     assert step is None or step < config.steps

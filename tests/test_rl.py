@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import finetune, losses, pretrain, rl
-from critkl.model import init_params, model_preset
+from critkl import finetune, pretrain, rl
+from critkl.config import (HYPER_NAMES, HYPER_RANGES, LossConfig, LossHyper, model_preset,
+                           PretrainConfig, RLConfig, RLHyper)
+from critkl.model import init_params
 
 TINY = model_preset("tiny")
-SMALL_LOSS = losses.LossConfig(value_hidden_sizes=(16, 16))
-QUICK = rl.RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
+SMALL_LOSS = LossConfig(value_hidden_sizes=(16, 16))
+QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
                     eval_every=1, eval_episodes=4, loss=SMALL_LOSS)
 
 
@@ -19,7 +21,7 @@ def test_vmapped_sweep_equals_separate_runs():
     params = init_params(jax.random.key(0), TINY)
     train = rl.make_train(QUICK, TINY).train
     seeds = [0, 1, 2]
-    hypers = [dataclasses.replace(rl.RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3)]
+    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3)]
     rngs = jnp.stack([jax.random.key(s) for s in seeds])
     swept_state, _, swept_metrics = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
         rngs, rl.stack_hypers(hypers), params)
@@ -37,11 +39,11 @@ def test_vmapped_sweep_equals_separate_runs():
 
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
     from critkl import checkpoint
-    from critkl.pretrain import TrainingDiverged
+    from critkl.supervised import TrainingDiverged
 
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, iterations=2, eval_every=1)
-    runs = finetune.grid_runs([0, 1], {"learning_rate": [1e-4, 1e30]}, rl.RLHyper())
+    runs = finetune.grid_runs([0, 1], {"learning_rate": [1e-4, 1e30]}, RLHyper())
     with pytest.raises(TrainingDiverged, match="learning_rate=1e\\+30,seed=0"):
         finetune.finetune(config, runs, params, TINY, tmp_path / "x", print_fn=lambda line: None)
     assert checkpoint.latest_checkpoint_step(tmp_path / "x") is None
@@ -51,7 +53,7 @@ def test_update_in_chunks_equals_the_whole_minibatch():
     """Gradients summed over chunks of 1 and 2 episodes = the gradient of 4 at once."""
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, episodes=8, minibatches=2)
-    hyper = rl.RLHyper(learning_rate=1e-3)
+    hyper = RLHyper(learning_rate=1e-3)
     outcomes = []
     for chunk in (4, 2, 1):
         functions = rl.make_train(dataclasses.replace(config, update_chunk=chunk), TINY)
@@ -70,7 +72,7 @@ def test_update_in_chunks_equals_the_whole_minibatch():
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, iterations=4, eval_every=2)
-    runs = finetune.grid_runs(range(8), {"learning_rate": [3e-4]}, rl.RLHyper())  # 8 devices: sharded
+    runs = finetune.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())  # 8 devices: sharded
     straight = finetune.finetune(config, runs, params, TINY, tmp_path / "straight",
                                  print_fn=lambda line: None)
 
@@ -91,17 +93,17 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
 
 
 def test_grid_runs_and_hyper_errors():
-    runs = finetune.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, rl.RLHyper())
+    runs = finetune.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, RLHyper())
     assert [r.name for r in runs] == ["beta=0,seed=0", "beta=0,seed=1", "beta=150,seed=0",
                                       "beta=150,seed=1"]
     assert runs[2].hyper.loss.beta == 150 and runs[2].hyper.loss.kl_coef == 5
     with pytest.raises(ValueError, match="unknown hyperparameters"):
-        finetune.grid_runs([0], {"betta": [1.0]}, rl.RLHyper())
+        finetune.grid_runs([0], {"betta": [1.0]}, RLHyper())
 
 
 def _invalid_values(name):
     """Values outside each hyperparameter's range, generated from the range itself."""
-    low, high, low_in, high_in = finetune.HYPER_RANGES[name]
+    low, high, low_in, high_in = HYPER_RANGES[name]
     values = [float("nan"), float("inf"), -float("inf")]
     if np.isfinite(low):
         values += [low - 1.0] + ([] if low_in else [low])
@@ -110,20 +112,20 @@ def _invalid_values(name):
     return values
 
 
-@pytest.mark.parametrize("name", finetune.HYPER_NAMES)
+@pytest.mark.parametrize("name", HYPER_NAMES)
 def test_every_hyperparameter_is_range_checked(name):
-    assert name in finetune.HYPER_RANGES
-    default = getattr(rl.RLHyper(), name, None)
-    default = getattr(rl.RLHyper().loss, name) if default is None else default
-    finetune.grid_runs([0], {name: [default]}, rl.RLHyper())  # the default is allowed
+    assert name in HYPER_RANGES
+    default = getattr(RLHyper(), name, None)
+    default = getattr(RLHyper().loss, name) if default is None else default
+    finetune.grid_runs([0], {name: [default]}, RLHyper())  # the default is allowed
     for value in _invalid_values(name):
         with pytest.raises(ValueError, match=f"{name}="):
-            finetune.grid_runs([0], {name: [value]}, rl.RLHyper())
+            finetune.grid_runs([0], {name: [value]}, RLHyper())
 
 
 def test_repeated_seeds_are_refused():
     with pytest.raises(ValueError, match="repeat a seed"):
-        finetune.grid_runs([0, 1, 0], {}, rl.RLHyper())
+        finetune.grid_runs([0, 1, 0], {}, RLHyper())
 
 
 def test_paired_differences_pair_runs_by_seed():
@@ -146,7 +148,7 @@ def test_merged_sweeps_are_named_by_what_differs():
     from critkl.plots import beta_label
 
     def sweep(grid):
-        runs = finetune.grid_runs([0, 1], grid, rl.RLHyper())
+        runs = finetune.grid_runs([0, 1], grid, RLHyper())
         return {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting, "curve": {},
                           "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper))}
                          for r in runs]}
@@ -161,7 +163,7 @@ def test_merged_sweeps_are_named_by_what_differs():
 
 
 def test_settings_keep_the_grid_order():
-    runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, rl.RLHyper())
+    runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, RLHyper())
     results = {"runs": [{"setting": run.setting,
                          "curve": {key: [0.5, 0.25] for key in (
                              "eval/pass_at_1", "eval/comfort_pass_at_1",
@@ -181,17 +183,17 @@ def test_rl_config_errors(fields, message):
 
 def test_causal_token_probability_is_the_mean_at_the_keys():
     """p(right) at decision keys against a plain loop over the positions the keys name."""
-    from critkl import addition, causal
+    from critkl import env
     from critkl.model import GPT
 
     params = init_params(jax.random.key(1), TINY)
-    operands = addition.sample_identical(jax.random.key(2), 16, 2, 2)
+    operands = env.sample_identical(jax.random.key(2), 16, 2, 2)
     keys = ((1, "operand", "a", 2), (2, "operand", "b", 0))
     got = rl.causal_token_probability(params, TINY, operands, keys)
-    episodes = addition.render(operands)
+    episodes = env.render(operands)
     logits = np.asarray(GPT(TINY).apply({"params": params}, episodes.tokens)[0], np.float64)
     tokens, values = np.asarray(episodes.tokens), []
-    for b, found in enumerate(causal.decision_keys(episodes)):
+    for b, found in enumerate(env.decision_keys(episodes)):
         for t, key in found.items():
             if key in keys:
                 p = np.exp(logits[b, t - 1] - logits[b, t - 1].max())
@@ -204,7 +206,7 @@ def test_evaluation_reports_sampled_success_and_causal_tokens():
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, causal_keys=((1, "operand", "a", 2),))
     evaluate = rl.make_train(config, TINY).evaluate
-    metrics = evaluate(params, jax.random.key(0), rl.RLHyper())
+    metrics = evaluate(params, jax.random.key(0), RLHyper())
     assert {"eval/pass_at_1", "eval/sampled_success", "causal/p_right"} <= set(metrics)
     with pytest.raises(ValueError, match="not a decision key"):
         dataclasses.replace(QUICK, causal_keys=((1, "operand", "z", 2),))
@@ -222,16 +224,16 @@ def test_toy_run_improves_reward(tmp_path):
     (the A2C gradient: the ratio is 1), 4 seeds vmapped. Measured one seed at a time with A2C:
     12-13% -> 15-18% in 40 iterations (3 seeds); at learning rate 1e-3 every seed collapsed
     instead (README, "Why RL moves slowly here at all")."""
-    pre = pretrain.PretrainConfig(
+    pre = PretrainConfig(
         model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=1200, warmup_steps=20,
         learning_rate=3e-3, log_every=1200, eval_every=1200, eval_problems=16,
         checkpoint_every=1200)
     # On the host, so the runs below go to one device (params replicated over the test's 8
     # devices would make each device compute every run).
     params = jax.device_get(pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params)
-    config = rl.RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
+    config = RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
                          minibatches=1, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
-    hyper = rl.RLHyper(learning_rate=3e-4, loss=losses.LossHyper(kl_coef=0.0, policy_temperature=2.0))
+    hyper = RLHyper(learning_rate=3e-4, loss=LossHyper(kl_coef=0.0, policy_temperature=2.0))
     seeds = 4
     train = jax.vmap(rl.make_train(config, TINY).train, in_axes=(0, 0, None))
     rngs = jnp.stack([jax.random.key(seed) for seed in range(seeds)])

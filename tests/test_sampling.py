@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl.model import GPT, init_params, model_preset
+from critkl.config import model_preset
+from critkl.model import GPT, init_params
 from critkl.sampling import cache_windows, choose_tokens, default_stop, generate
 from critkl.tokenizer import EOS_ID, PAD_ID
 

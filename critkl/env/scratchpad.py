@@ -1,15 +1,11 @@
-"""The addition environment as pure jnp functions (jit- and vmap-able).
-
-Numbers are digit arrays, least significant digit first, zero past their length,
-so the default 32-bit JAX handles operands of up to `MAX_SUPPORTED_DIGITS` digits
-exactly. Rendering, scoring and sampling problems are whole-batch array
-programs: no Python per token or per problem.
+"""The scratchpad format: rendering problems into episodes (prompt and full target, with
+each position's role), their lengths, the structural critical tokens, and packing episodes
+into pre-training streams. Pure jnp: whole-batch array programs, no Python per token.
 
 Shapes: B = batch, D = max_digits (static), L = max_episode_length(D).
 """
 
 from __future__ import annotations
-
 
 from typing import NamedTuple
 
@@ -19,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from critkl import tokenizer
-from critkl.tokenizer import DIGIT_0, EOS_ID, PAD_ID
+from critkl.env.chunks import in_chunks
+from critkl.env.problems import Operands, check_digits
+from critkl.tokenizer import DIGIT_0, PAD_ID
 
-MAX_SUPPORTED_DIGITS = 20
 RL_LENGTH_MARGIN = 100  # METHOD.md: an episode is cut at the longest scratchpad + 100
 
 # Role of each position of an episode (what the token is for), for analysis.
@@ -37,23 +34,12 @@ ROLE_NAMES = (
 )
 ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
 
-_NEWLINE = tokenizer.token_id("\n")
-_SLASH = tokenizer.token_id("/")
 _SPACE = tokenizer.token_id(" ")
 COMMA_ID = tokenizer.token_id(",")
 _PROMPT_EXTRA = len("Input:\n+\nTarget:")  # prompt length = this + digits of a and b
 
 _ROLE_SHIFT = 1 << 6    # slot = token + _ROLE_SHIFT * role + _INDEX_SHIFT * (index + 1)
 _INDEX_SHIFT = 1 << 12
-
-
-class Operands(NamedTuple):
-    """A batch of addition problems a + b."""
-
-    a: jax.Array      # [B, D] int32 digits, least significant first
-    b: jax.Array      # [B, D] int32
-    a_len: jax.Array  # [B] int32 number of digits of a, in 1..D
-    b_len: jax.Array  # [B] int32
 
 
 class Episodes(NamedTuple):
@@ -68,123 +54,10 @@ class Episodes(NamedTuple):
     result_length: jax.Array  # [B] int32 tokens of the result line, its newline included
 
 
-class Outcome(NamedTuple):
-    """What a generated episode achieved."""
-
-    success: jax.Array     # [B] bool: the result line is exactly a + b
-    terminated: jax.Array  # [B] bool: ended by the format or an end token, not cut
-    last: jax.Array        # [B] int32 index of the episode's final token
-
-
-def _check_digits(max_digits: int) -> None:
-    if not 1 <= max_digits <= MAX_SUPPORTED_DIGITS:
-        raise ValueError(
-            f"max_digits={max_digits} is not supported: allowed 1..{MAX_SUPPORTED_DIGITS}"
-        )
-
-
-# ---------------------------------------------------------------- sampling
-
-
-def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.Array:
-    """Uniform numbers of the given digit counts [B] -> digits [B, D].
-
-    A 1-digit number is 0..9; a longer one has a leading digit 1..9.
-    """
-    digits_rng, lead_rng = jax.random.split(rng)
-    batch = lengths.shape[0]
-    digits = jax.random.randint(digits_rng, (batch, max_digits), 0, 10, jnp.int32)
-    lead = jax.random.randint(lead_rng, (batch, 1), 1, 10, jnp.int32)
-    position = jnp.arange(max_digits)[None, :]
-    is_lead = (position == lengths[:, None] - 1) & (lengths[:, None] > 1)
-    digits = jnp.where(is_lead, lead, digits)
-    return jnp.where(position < lengths[:, None], digits, 0)
-
-
-def _operands(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: int) -> Operands:
-    a_rng, b_rng = jax.random.split(rng)
-    return Operands(
-        _sample_numbers(a_rng, a_len, max_digits),
-        _sample_numbers(b_rng, b_len, max_digits),
-        a_len.astype(jnp.int32),
-        b_len.astype(jnp.int32),
-    )
-
-
-def sample_pretraining(rng: jax.Array, batch: int, max_len: int, max_digits: int) -> Operands:
-    """"Up to N digits": each operand's digit count uniform in 1..max_len."""
-    _check_digits(max_digits)
-    if not 1 <= max_len <= max_digits:
-        raise ValueError(f"max_len={max_len} must be in 1..max_digits={max_digits}")
-    len_rng, num_rng = jax.random.split(rng)
-    lengths = jax.random.randint(len_rng, (2, batch), 1, max_len + 1, jnp.int32)
-    return _operands(num_rng, lengths[0], lengths[1], max_digits)
-
-
-def sample_rl(rng: jax.Array, batch: int, n: int, k: int, max_digits: int) -> Operands:
-    """RL on N+k: one operand ("difficult", a fair coin picks which) has exactly n+k
-    digits; the other has 1..n digits half the time and n+1..n+k the other half
-    (1..n always when k = 0). Also the "varying lengths" evaluation at n+k."""
-    _check_digits(max_digits)
-    if n < 1 or k < 0 or n + k > max_digits:
-        raise ValueError(
-            f"RL lengths n={n}, k={k} need n >= 1, k >= 0 and n + k <= max_digits={max_digits}"
-        )
-    len_rng, half_rng, long_rng, swap_rng, num_rng = jax.random.split(rng, 5)
-    short = jax.random.randint(len_rng, (batch,), 1, n + 1, jnp.int32)
-    if k > 0:
-        longer = jax.random.randint(long_rng, (batch,), n + 1, n + k + 1, jnp.int32)
-        other = jnp.where(jax.random.bernoulli(half_rng, 0.5, (batch,)), longer, short)
-    else:
-        other = short
-    difficult = jnp.full((batch,), n + k, jnp.int32)
-    swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
-    return _operands(
-        num_rng, jnp.where(swap, other, difficult), jnp.where(swap, difficult, other), max_digits
-    )
-
-
-def sample_identical(rng: jax.Array, batch: int, length: int, max_digits: int) -> Operands:
-    """Both operands exactly `length` digits (evaluation, paper Table 4)."""
-    _check_digits(max_digits)
-    if not 1 <= length <= max_digits:
-        raise ValueError(f"length={length} must be in 1..max_digits={max_digits}")
-    lengths = jnp.full((batch,), length, jnp.int32)
-    return _operands(rng, lengths, lengths, max_digits)
-
-
-# ---------------------------------------------------------------- host helpers
-
-
-def operands_from_ints(pairs, max_digits: int) -> Operands:
-    """[(a, b), ...] of non-negative Python ints -> Operands (numpy arrays)."""
-    _check_digits(max_digits)
-    count = len(pairs)
-    digits = np.zeros((2, count, max_digits), np.int32)
-    lengths = np.zeros((2, count), np.int32)
-    for row, pair in enumerate(pairs):
-        for side, value in enumerate(pair):
-            text = str(value)
-            if value < 0 or len(text) > max_digits:
-                raise ValueError(f"operand {value} must have 1..{max_digits} digits")
-            digits[side, row, : len(text)] = [int(c) for c in reversed(text)]
-            lengths[side, row] = len(text)
-    return Operands(digits[0], digits[1], lengths[0], lengths[1])
-
-
-def operands_to_ints(operands: Operands) -> list[tuple[int, int]]:
-    """Operands -> [(a, b), ...] of Python ints."""
-    def value(digits, length):
-        return int("".join(str(d) for d in digits[:length][::-1]))
-
-    a, b, a_len, b_len = (np.asarray(x) for x in operands)
-    return [(value(a[i], a_len[i]), value(b[i], b_len[i])) for i in range(a.shape[0])]
-
-
 def max_episode_length(max_digits: int) -> int:
     """Tokens of the longest episode with operands of at most `max_digits` digits
     (both operands that long, every column sum >= 10, a final carry)."""
-    _check_digits(max_digits)
+    check_digits(max_digits)
     d = max_digits
     list_chars = lambda k: 2 + max(2 * k - 1, 0)  # noqa: E731
     regular_tail = len(" , C=0 , 9+9+1=19 , A->9 , C->1\n")
@@ -449,32 +322,6 @@ def _lay_out(pool, offsets, counts, size: int):
     return tokens, role, index, ends[:, -1]
 
 
-# On CPU, rows per chunk hold about this many [B, L] elements: a chunk's intermediates stay
-# in the caches, and XLA:CPU does not page in fresh memory for each whole-batch temporary.
-# Accelerators take the batch in one pass.
-_CHUNK_ELEMENTS = 1 << 20
-
-
-def _in_chunks(fn, arrays, width: int):
-    """fn applied to chunks of rows, one after another (lax.map), results put back in order.
-
-    arrays: a pytree of [B, ...] arrays; fn maps such a tree of [C, ...] to one of [C, ...];
-    width: elements per row of fn's largest intermediates. Row r goes to chunk r % n, so a
-    batch sharded over devices by contiguous rows stays sharded the same way in every chunk.
-    A batch that does not split evenly, or not on CPU, is done in one pass.
-    """
-    batch = jax.tree.leaves(arrays)[0].shape[0]
-    if jax.default_backend() != "cpu":
-        return fn(arrays)
-    rows = 1 << max(3, (_CHUNK_ELEMENTS // width).bit_length() - 1)  # a power of two, >= 8
-    chunks = -(-batch // rows)
-    if chunks == 1 or batch % chunks:
-        return fn(arrays)
-    split = lambda x: jnp.swapaxes(x.reshape((batch // chunks, chunks) + x.shape[1:]), 0, 1)  # noqa: E731
-    merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((batch,) + x.shape[2:])  # noqa: E731
-    return jax.tree.map(merge, jax.lax.map(fn, jax.tree.map(split, arrays)))
-
-
 def _render_rows(operands: Operands, size: int) -> Episodes:
     pool, offsets, counts, result_length = jax.vmap(_pieces_of_problem)(*operands)
     tokens, role, index, length = _lay_out(pool, offsets, counts, size)
@@ -488,10 +335,17 @@ def render(operands: Operands) -> Episodes:
     shape; L = max_episode_length(D). Large batches go in chunks of rows: on one CPU core,
     about 2.5x faster for 4,096 problems of 13 digits than one whole-batch pass."""
     d = operands.a.shape[-1]
-    _check_digits(d)
+    check_digits(d)
     chex.assert_shape([operands.a, operands.b], (None, d))
     size = max_episode_length(d)
-    return _in_chunks(lambda rows: _render_rows(rows, size), operands, size)
+    return in_chunks(lambda rows: _render_rows(rows, size), operands, size)
+
+
+def span_mask(start: jax.Array, stop: jax.Array, width: int) -> jax.Array:
+    """[B, width] bool: True at positions t with start[b] <= t < stop[b] (start, stop [B]);
+    e.g. the positions an episode's target (or a generation) takes after its prompt."""
+    position = jnp.arange(width)[None, :]
+    return (position >= start[:, None]) & (position < stop[:, None])
 
 
 def critical_positions(episodes: Episodes, n: int) -> jax.Array:
@@ -501,91 +355,6 @@ def critical_positions(episodes: Episodes, n: int) -> jax.Array:
     them (METHOD.md section 2). The expected token at each is `episodes.tokens`.
     """
     return episodes.operand_index >= n
-
-
-# ---------------------------------------------------------------- outcome
-
-
-def _two_smallest(x, y):
-    """Reduction step keeping the two smallest values (first <= second) of each side."""
-    return jnp.minimum(x[0], y[0]), jnp.minimum(jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1]))
-
-
-def score(tokens: jax.Array, reference: Episodes) -> Outcome:
-    """Judge generated episodes: tokens [B, T] (prompt then generation, any ids)
-    against the rendered `reference` episodes of the same problems.
-
-    An episode ends at the second newline after the first `/` of the generation
-    (the newline of `</scratch>`, then the result line's), or at the first PAD/EOS,
-    or at the last position. It succeeds if it ended the first way and its result
-    line is exactly the reference's. Never raises and never produces NaN.
-    """
-    chex.assert_rank(tokens, 2)
-    needed = reference._replace(role=None, operand_index=None)  # scoring does not read these
-    return _in_chunks(lambda rows: _score_rows(*rows), (tokens, needed), tokens.shape[1])
-
-
-def _score_rows(tokens: jax.Array, reference: Episodes) -> Outcome:
-    size = tokens.shape[1]
-    # Positions in int16 where they fit, and each scan over [B, T] one (variadic) reduction
-    # that finds several first positions at once: on XLA:CPU these scans are memory-bound,
-    # and this is several times faster than an any() + argmax() per position sought.
-    index_type = jnp.int16 if size < 2**15 else jnp.int32
-    none = jnp.asarray(size, index_type)  # "not found"
-    position = jnp.broadcast_to(jnp.arange(size, dtype=index_type), tokens.shape)
-    column = lambda x: x[:, None].astype(index_type)  # noqa: E731  [B] -> [B, 1]
-    at = lambda flags: jnp.where(flags, position, none)  # noqa: E731
-    generated = position >= column(reference.prompt_length)
-
-    slash, stop = jax.lax.reduce(
-        (at((tokens == _SLASH) & generated),
-         at(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)),
-        (none, none), lambda x, y: (jnp.minimum(x[0], y[0]), jnp.minimum(x[1], y[1])), (1,))
-    after_slash = at((tokens == _NEWLINE) & (position > column(slash)))
-    first_newline, second_newline = jax.lax.reduce(
-        (after_slash, jnp.full_like(after_slash, none)), (none, none), _two_smallest, (1,))
-    stop = stop.astype(jnp.int32)
-    line_start = first_newline.astype(jnp.int32) + 1
-    line_end = second_newline.astype(jnp.int32)  # the result line's end
-    ended_by_format = line_end < jnp.minimum(stop, size)
-
-    expected_length = reference.result_length  # the reference's last positions
-    width = 2 * (MAX_SUPPORTED_DIGITS + 1)
-    window = jnp.arange(width)[None, :]
-    inside = window < expected_length[:, None]
-
-    def line_of(seq, start):
-        index = jnp.clip(start[:, None] + window, 0, seq.shape[1] - 1)
-        return jnp.take_along_axis(seq, index, axis=1)
-
-    expected = line_of(reference.tokens, reference.length - expected_length)
-    found = line_of(tokens, line_start)
-    success = (
-        ended_by_format
-        & (line_end - line_start + 1 == expected_length)
-        & ((found == expected) | ~inside).all(axis=1)
-    )
-    last = jnp.minimum(jnp.minimum(line_end, stop), size - 1)
-    return Outcome(success, ended_by_format | (stop < size), last.astype(jnp.int32))
-
-
-def terminal_reward(outcome: Outcome) -> jax.Array:
-    """Ternary RL reward, given at the final token: +1 success, -1 otherwise. [B] f32."""
-    return jnp.where(outcome.success, 1.0, -1.0).astype(jnp.float32)
-
-
-def stop_rule(state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Streaming form of the end of an episode, for the sampler.
-
-    state [B] int32 starts at 0: 1 after the first `/`, +1 at each newline after
-    it. Returns (new state, ended [B] bool): ended at the second such newline or
-    at PAD/EOS, as in `score`.
-    """
-    seen_slash = state > 0
-    state = jnp.where(~seen_slash & (token == _SLASH), 1, state)
-    state = jnp.where(seen_slash & (token == _NEWLINE), state + 1, state)
-    ended = (state >= 3) | (token == PAD_ID) | (token == EOS_ID)
-    return state, ended
 
 
 def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,378 @@
+"""Every configuration of critkl in one place: frozen dataclasses for the static structure
+of a model, a pre-training run, the RL loss and a fine-tuning run (hashable: static jit
+arguments, saved as config.json), and `flax.struct` dataclasses for the numeric
+hyperparameters that a sweep traces and vmaps over. Each validates itself on creation and
+names the field and its allowed values.
+
+Presets: `PRESETS` (model sizes tiny, mini, paper) and `PAPER_TEMPERATURES` (the authors'
+temperatures; the defaults are the ones measured to learn at CPU scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.struct
+import jax.numpy as jnp
+
+from critkl import env
+from critkl.tokenizer import VOCAB_SIZE
+
+# ----------------------------------------------------------------------------- model
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Size of the decoder. Frozen and hashable, so it can be a static jit argument."""
+
+    vocab_size: int = VOCAB_SIZE
+    num_layers: int
+    num_heads: int
+    d_model: int
+    d_ff: int  # hidden width of the MLP
+    context_length: int  # number of learned positions
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay float32)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_layers", "num_heads", "d_model", "d_ff", "context_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.d_model ({self.d_model}) must be divisible by "
+                f"ModelConfig.num_heads ({self.num_heads})"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=128, context_length=320),
+    "mini": ModelConfig(num_layers=4, num_heads=4, d_model=128, d_ff=512, context_length=512),
+    # GPT-2 small, with enough positions for 16+16-digit episodes (1633 tokens).
+    "paper": ModelConfig(num_layers=12, num_heads=12, d_model=768, d_ff=3072, context_length=1664),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    """The named preset config. Raises ValueError listing the allowed names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r} (allowed: {sorted(PRESETS)})") from None
+
+
+# -------------------------------------------------------------------- pre-training
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines a pre-training run (saved as config.json)."""
+
+    model: str = "mini"             # preset of critkl.model.PRESETS
+    max_digits: int = 3             # N: operands of 1..N digits
+    longer_share: float = 0.0       # share of problems from the RL distribution at N+1
+    init_from: str = ""             # warm start: a shipped model name or a pre-training run dir
+    eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits
+    batch_size: int = 8             # packed streams per step, each context_length tokens
+    steps: int = 2000
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    final_learning_rate_ratio: float = 0.05
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "float32"          # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
+    log_every: int = 20
+    eval_every: int = 250
+    eval_problems: int = 200
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        positive = ("max_digits", "batch_size", "steps", "log_every", "eval_every",
+                    "eval_problems", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.longer_share <= 1.0:
+            raise ValueError(f"PretrainConfig.longer_share={self.longer_share} must be in [0, 1]")
+        if self.learning_rate <= 0:
+            raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate} must be > 0")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(
+                f"PretrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
+            )
+        # Training reaches N+1 digits with longer_share > 0; evaluation N + eval_extra_digits.
+        extra = max(self.eval_extra_digits, 1 if self.longer_share > 0 else 0)
+        longest = self.max_digits + extra
+        if longest > env.MAX_SUPPORTED_DIGITS:
+            raise ValueError(
+                f"PretrainConfig.max_digits + {extra} = {longest} (eval_extra_digits="
+                f"{self.eval_extra_digits}, longer_share={self.longer_share}) exceeds the "
+                f"supported {env.MAX_SUPPORTED_DIGITS} digits"
+            )
+        needed = env.max_episode_length(longest)
+        if self.model_config.context_length < needed:
+            raise ValueError(
+                f"model '{self.model}' has context_length={self.model_config.context_length}, "
+                f"but episodes of {longest} digits (max_digits={self.max_digits}, "
+                f"eval_extra_digits={self.eval_extra_digits}, longer_share={self.longer_share}: "
+                f"N+1 digits are trained when longer_share > 0) need {needed} positions: choose a "
+                "larger model or fewer digits"
+            )
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return dataclasses.replace(model_preset(self.model), dtype=self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------- RL loss
+
+ALGORITHMS = ("ppo", "a2c")
+# The authors' temperatures (their code): LossHyper(**PAPER_TEMPERATURES) is their setting.
+PAPER_TEMPERATURES = {"certainty_temperature": 4.0, "policy_temperature": 2.0}
+SAMPLE_KL_KINDS = ("k1", "k2", "k3")
+KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
+KL_PLACEMENTS = ("loss", "reward")
+
+
+@flax.struct.dataclass
+class LossHyper:
+    """Numeric hyperparameters, traced (a sweep may vmap over them). Defaults: METHOD.md 3-4,
+    but for the two temperatures, 1 (measured at CPU scale; the authors' 4 and 2 are
+    `PAPER_TEMPERATURES`, README on why they give no reward and no effective KL here)."""
+
+    kl_coef: float = 5.0
+    beta: float = 150.0  # exponent of the certainty in the KL weight
+    certainty_temperature: float = 1.0  # temperature of the reference in `certainty`
+    intercept: float = 0.0  # b <= 0 in w = (1 - b) certainty^beta + b
+    clip_epsilon: float = 0.2
+    value_coef: float = 0.1
+    entropy_coef: float = 0.0005
+    policy_temperature: float = 1.0  # the rollouts sampled from softmax(logits / this)
+    # The KL term compares softmax(logits / this) with softmax(ref_logits / this): 1, or the
+    # policy temperature as the authors do.
+    kl_temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static choices of the loss (hashable: a static jit argument).
+
+    algorithm: "ppo" (clipped surrogate) or "a2c" (-logp * A).
+    kl_kind: "k1", "k2", "k3" (estimators on the sampled token) or "exact" (full vocabulary).
+    kl_placement: "loss" (kl_coef * mean(w * kl) added to the loss) or "reward" (the caller
+      subtracts `critkl.losses.per_token_kl_penalty` from the rewards before GAE; no KL term
+      in the loss).
+    prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
+    value_hidden_sizes: hidden layers of the trainer's value head (`critkl.model.ValueHead`).
+    center_advantages: the collector subtracts the mean advantage over the batch's action
+      tokens (`critkl.losses.center_advantages`), a batch baseline on top of the value head:
+      with a ternary reward and a value head that starts at 0, most episodes fail and every
+      one of their tokens would be pushed down.
+    """
+
+    algorithm: str = "ppo"
+    kl_kind: str = "k2"
+    kl_placement: str = "loss"
+    prioritized: bool = True
+    value_hidden_sizes: tuple[int, ...] = (128, 128)
+    center_advantages: bool = True
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("algorithm", ALGORITHMS),
+            ("kl_kind", KL_KINDS),
+            ("kl_placement", KL_PLACEMENTS),
+            ("prioritized", (True, False)),
+            ("center_advantages", (True, False)),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, type(allowed[0])) or value not in allowed:
+                raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {value!r}")
+        sizes = self.value_hidden_sizes
+        if not isinstance(sizes, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+        ):
+            raise ValueError(
+                f"LossConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
+            )
+
+
+# ---------------------------------------------------------------- fine-tuning run
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Static structure of a fine-tuning run. Defaults: the CPU setting measured to learn
+    (README, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
+
+    n: int = 3                  # the model was pre-trained up to n digits
+    extra_digits: int = 1       # RL on n + extra_digits digits (difficult operand rule); 0: n
+    episodes: int = 128         # per collect
+    iterations: int = 15        # collect + update cycles
+    ppo_epochs: int = 1         # passes over each collected batch
+    minibatches: int = 2        # optimizer steps per pass
+    eval_every: int = 5         # iterations between evaluations
+    eval_episodes: int = 100
+    # At most this many episodes per gradient computation: a minibatch's gradient is summed
+    # over the fewest equal chunks of at most this size (the same gradient; memory grows with
+    # the chunk, ~50 MB per episode for the mini model at 4 digits).
+    update_chunk: int = 16
+    loss: LossConfig = LossConfig()
+    # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
+    # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
+    # p(right) there, on problems whose operands both have n + extra_digits digits.
+    causal_keys: tuple[tuple, ...] = ()
+
+    def __post_init__(self):
+        for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
+                     "eval_episodes", "update_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.extra_digits < 0:
+            raise ValueError(f"RLConfig.extra_digits={self.extra_digits} must be >= 0")
+        if self.iterations % self.eval_every:
+            raise ValueError(
+                f"RLConfig.iterations={self.iterations} must be a multiple of "
+                f"eval_every={self.eval_every}"
+            )
+        if self.episodes % self.minibatches:
+            raise ValueError(
+                f"RLConfig.episodes={self.episodes} must be a multiple of "
+                f"minibatches={self.minibatches}"
+            )
+        for key in self.causal_keys:
+            env.key_code(key)  # raises ValueError naming the bad key
+        if self.digits > env.MAX_SUPPORTED_DIGITS:
+            raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
+                             f"{env.MAX_SUPPORTED_DIGITS} digits")
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.episodes // self.minibatches
+
+    @property
+    def chunks(self) -> int:
+        """Gradient chunks per minibatch: the fewest equal ones of at most update_chunk."""
+        size = self.minibatch_size
+        return next(d for d in range(1, size + 1) if size % d == 0 and size // d <= self.update_chunk)
+
+    @property
+    def digits(self) -> int:
+        return self.n + self.extra_digits
+
+    @property
+    def max_length(self) -> int:
+        """Episodes are cut here: the longest episode of `digits` digits + 100."""
+        return env.episode_limit(self.digits)
+
+    def check_model(self, model_config: ModelConfig) -> None:
+        if model_config.context_length < self.max_length:
+            raise ValueError(
+                f"RL on {self.digits} digits cuts episodes at {self.max_length} tokens, more "
+                f"than the model's context_length={model_config.context_length}"
+            )
+
+
+@flax.struct.dataclass
+class RLHyper:
+    """Numeric hyperparameters: traced, so sweeps vmap over them."""
+
+    learning_rate: Any = 3e-5
+    gamma: Any = 1.0
+    # GAE lambda. The authors' 0.95 leaves 0.95^270 ~ 1e-6 of the final reward at the
+    # critical tokens, ~270 tokens before the end of a 4-digit episode (README).
+    lam: Any = 1.0
+    grad_clip: Any = 1.0
+    loss: LossHyper = LossHyper()
+
+
+HYPER_NAMES = tuple(f.name for f in dataclasses.fields(RLHyper) if f.name != "loss") + tuple(
+    f.name for f in dataclasses.fields(LossHyper))
+
+
+def with_values(hyper: RLHyper, values: dict[str, float]) -> RLHyper:
+    """Replace named hyperparameters (RLHyper or LossHyper fields) of `hyper`."""
+    top = {k: v for k, v in values.items() if k in HYPER_NAMES and k in RLHyper.__dataclass_fields__}
+    loss = {k: v for k, v in values.items() if k in LossHyper.__dataclass_fields__}
+    unknown = sorted(set(values) - set(top) - set(loss))
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {unknown}; allowed: {', '.join(HYPER_NAMES)}")
+    return hyper.replace(loss=hyper.loss.replace(**loss), **top)
+
+
+# Allowed values of each numeric hyperparameter: (low, high, low included, high included).
+HYPER_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False), "gamma": (0.0, 1.0, True, True),
+    "lam": (0.0, 1.0, True, True), "grad_clip": (0.0, math.inf, False, False),
+    "kl_coef": (0.0, math.inf, True, False), "beta": (0.0, math.inf, True, False),
+    "certainty_temperature": (0.0, math.inf, False, False),
+    "intercept": (-math.inf, 0.0, False, True), "clip_epsilon": (0.0, math.inf, False, False),
+    "value_coef": (0.0, math.inf, True, False), "entropy_coef": (0.0, math.inf, True, False),
+    "policy_temperature": (0.0, math.inf, False, False),
+    "kl_temperature": (0.0, math.inf, False, False),
+}
+
+
+def check_value(name: str, value: float) -> None:
+    """ValueError naming the hyperparameter and its allowed range when `value` is outside it
+    (NaN and infinities included)."""
+    low, high, low_in, high_in = HYPER_RANGES[name]
+    inside = (math.isfinite(value) and (value > low or (low_in and value == low))
+              and (value < high or (high_in and value == high)))
+    if not inside:
+        interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        raise ValueError(f"{name}={value!r} is outside its allowed range {interval}")
+
+
+# -------------------------------------------------------------- causal map
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalMapConfig:
+    """What the map is measured on. Defaults: CPU scale, the measured RL temperature 1."""
+
+    problems: int = 64           # fixed problems, both operands n + 1 digits
+    temperature: float = 1.0     # sampled continuations (the RL temperature)
+    beta: float = 150.0          # the KL weight w = certainty ** beta ...
+    certainty_temperature: float = 1.0  # ... of the reference at this temperature
+    forced_below: float = 0.99   # force only decisions whose mean p(right) is below this
+    batch: int = 256             # continuations per sampler call
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("problems", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "certainty_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 < self.forced_below <= 1:
+            raise ValueError(f"forced_below must be in (0, 1], got {self.forced_below}")

@@ -1,0 +1,31 @@
+"""Row chunking of whole-batch array programs on CPU (rendering and scoring)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# On CPU, rows per chunk hold about this many [B, L] elements: a chunk's intermediates stay
+# in the caches, and XLA:CPU does not page in fresh memory for each whole-batch temporary.
+# Accelerators take the batch in one pass.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def in_chunks(fn, arrays, width: int):
+    """fn applied to chunks of rows, one after another (lax.map), results put back in order.
+
+    arrays: a pytree of [B, ...] arrays; fn maps such a tree of [C, ...] to one of [C, ...];
+    width: elements per row of fn's largest intermediates. Row r goes to chunk r % n, so a
+    batch sharded over devices by contiguous rows stays sharded the same way in every chunk.
+    A batch that does not split evenly, or not on CPU, is done in one pass.
+    """
+    batch = jax.tree.leaves(arrays)[0].shape[0]
+    if jax.default_backend() != "cpu":
+        return fn(arrays)
+    rows = 1 << max(3, (_CHUNK_ELEMENTS // width).bit_length() - 1)  # a power of two, >= 8
+    chunks = -(-batch // rows)
+    if chunks == 1 or batch % chunks:
+        return fn(arrays)
+    split = lambda x: jnp.swapaxes(x.reshape((batch // chunks, chunks) + x.shape[1:]), 0, 1)  # noqa: E731
+    merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((batch,) + x.shape[2:])  # noqa: E731
+    return jax.tree.map(merge, jax.lax.map(fn, jax.tree.map(split, arrays)))

@@ -1,0 +1,137 @@
+"""Supervised pre-training on addition problems "up to N digits", as pure functions.
+
+Problems are sampled, rendered and packed into full-context streams inside the
+jitted step (no host data pipeline). Packing lays whole episodes end to end, so
+every position of the context is trained (a model evaluated at N+1..N+3 digits
+uses positions that N-digit episodes never reach), and no compute is spent on
+padding. The loss covers the tokens the model writes, not the prompts.
+`critkl.pretrain` runs these steps in a run directory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from critkl import env, evaluation, parallel, reference
+from critkl.config import ModelConfig, PretrainConfig
+from critkl.model import GPT, init_params
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: PretrainConfig) -> optax.Schedule:
+    """Linear warmup, then cosine decay to final_learning_rate_ratio of the peak."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+        decay_steps=config.steps, end_value=config.learning_rate * config.final_learning_rate_ratio,
+    )
+
+
+def optimizer(config: PretrainConfig) -> optax.GradientTransformation:
+    """AdamW with gradient clipping; no weight decay on biases and LayerNorm scales."""
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.98,
+                    weight_decay=config.weight_decay, mask=decay_mask),
+    )
+
+
+def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> env.Operands:
+    """`count` problems up to N digits, of which a `longer_share` fraction (in
+    expectation) come from the RL distribution at N+1 instead."""
+    if config.longer_share == 0.0:
+        return env.sample_pretraining(rng, count, config.max_digits, config.max_digits)
+    width = config.max_digits + 1
+    short_rng, long_rng, pick_rng = jax.random.split(rng, 3)
+    short = env.sample_pretraining(short_rng, count, config.max_digits, width)
+    longer = env.sample_rl(long_rng, count, config.max_digits, 1, width)
+    pick_longer = jax.random.bernoulli(pick_rng, config.longer_share, (count,))
+    return jax.tree.map(
+        lambda s, l: jnp.where(pick_longer.reshape((count,) + (1,) * (s.ndim - 1)), l, s),
+        short, longer,
+    )
+
+
+def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, jax.Array]:
+    """A batch of packed streams: tokens and target mask [batch_size, context_length]."""
+    width = config.model_config.context_length
+    shortest = len(reference.episode_text(0, 0))  # no episode is shorter
+    per_stream = math.ceil(width / shortest) + 1
+    operands = training_problems(rng, config.batch_size * per_stream, config)
+    return env.pack(env.render(operands), config.batch_size, width)
+
+
+def next_token_loss(params, model_config: ModelConfig, tokens, targets):
+    """Mean cross-entropy of the target tokens given the ones before them.
+
+    tokens, targets [B, T]: `targets` marks the tokens to predict. Returns
+    (loss, token accuracy)."""
+    logits, _ = GPT(model_config).apply({"params": params}, tokens[:, :-1])
+    labels = tokens[:, 1:]
+    weight = targets[:, 1:].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    count = jnp.maximum(weight.sum(), 1.0)
+    accuracy = ((jnp.argmax(logits, -1) == labels) * weight).sum() / count
+    return (losses * weight).sum() / count, accuracy
+
+
+def init_state(config: PretrainConfig, params=None) -> TrainState:
+    """Step 0: random parameters, or `params` (a warm start: `critkl.pretrained.warm_start`)."""
+    init_rng, data_rng = jax.random.split(jax.random.key(config.seed))
+    if params is None:
+        params = init_params(init_rng, config.model_config)
+    return TrainState(jnp.int32(0), params, optimizer(config).init(params), data_rng)
+
+
+def make_train_step(config: PretrainConfig, mesh):
+    """One jitted, data-parallel optimizer step: state -> (state, metrics)."""
+    tx = optimizer(config)
+    batch_sharding = parallel.batch_sharding(mesh)
+    model_config = config.model_config
+
+    def step(state: TrainState):
+        rng, data_rng = jax.random.split(state.rng)
+        tokens, targets = streams_batch(jax.random.fold_in(data_rng, state.step), config)
+        tokens = jax.lax.with_sharding_constraint(tokens, batch_sharding)
+        targets = jax.lax.with_sharding_constraint(targets, batch_sharding)
+        (loss, accuracy), grads = jax.value_and_grad(next_token_loss, has_aux=True)(
+            state.params, model_config, tokens, targets
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "token_accuracy": accuracy,
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": learning_rate_schedule(config)(state.step),
+            "target_tokens": targets.sum(),
+        }
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def greedy_pass_at_1(params, model_config: ModelConfig, rng, digits: int, problems: int) -> float:
+    """Greedy pass@1 on `problems` problems with both operands of `digits` digits."""
+    operands = env.sample_identical(rng, problems, digits, digits)
+    attempt = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
+                                 max_length=env.episode_limit(digits))
+    return float(attempt.outcome.success.mean())
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
