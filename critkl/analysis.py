@@ -137,9 +137,16 @@ def certainty_markdown(tables: list[dict]) -> str:
 # ------------------------------------------------------------------ coloured episodes
 
 
-def _colour(value: float) -> tuple[int, int, int]:
-    """Certainty 0 -> red, 1 -> green (through yellow)."""
-    value = min(max(float(value), 0.0), 1.0)
+def colour_floor(values) -> float:
+    """The certainty shown fully red: the lowest of `values` rounded down to 0.05 (at most
+    0.9), so that a model certain of nearly everything still shows its least certain tokens
+    in red rather than all in shades of green."""
+    return min(0.9, np.floor(float(np.min(values)) * 20) / 20)
+
+
+def _colour(value: float, floor: float = 0.0) -> tuple[int, int, int]:
+    """Certainty `floor` (or less) -> red, 1 -> green (through yellow)."""
+    value = min(max((float(value) - floor) / (1.0 - floor), 0.0), 1.0)
     return (int(255 * min(1.0, 2 * (1 - value))), int(200 * min(1.0, 2 * value)), 40)
 
 
@@ -151,31 +158,44 @@ def _token_pieces(tokens, certainty, start: int, end: int):
 
 
 def coloured_terminal(tokens, certainty, start: int, end: int) -> str:
-    """An episode's tokens[start:end] with 24-bit ANSI background colours by certainty."""
+    """An episode's tokens[start:end] with 24-bit ANSI background colours by certainty (red
+    at `colour_floor` of the episode, green at 1)."""
     out = []
+    floor = colour_floor(np.asarray(certainty)[start:end])
     for char, value in _token_pieces(tokens, certainty, start, end):
-        r, g, b = _colour(value)
+        r, g, b = _colour(value, floor)
         shown = char if char != "\n" else "\u21b5"
         out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[30m{shown}\x1b[0m" + ("\n" if char == "\n" else ""))
     return "".join(out)
 
 
-def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, int, int]]) -> str:
-    """A standalone HTML page: each (title, tokens, certainty, start, end) as a block of
-    characters coloured by certainty, the value shown on hover (paper Figure 5)."""
+def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int, int]]) -> str:
+    """A standalone HTML page: each (title, tokens, certainty, critical, start, end) as a
+    block of characters coloured by certainty on one scale for the page (red at its
+    `colour_floor`, green at 1), the critical tokens (`critical` [L] bool) boxed and bold,
+    the value shown on hover (paper Figure 5)."""
+    floor = colour_floor(np.concatenate([np.asarray(c)[s:e] for _, _, c, _, s, e in episodes]))
     blocks = []
-    for title, tokens, certainty, start, end in episodes:
+    for title, tokens, certainty, critical, start, end in episodes:
         spans = []
-        for char, value in _token_pieces(tokens, certainty, start, end):
-            r, g, b = _colour(value)
+        marks = np.asarray(critical)[start:end]
+        kept = ~np.isin(np.asarray(tokens)[start:end], (tokenizer.PAD_ID, tokenizer.EOS_ID))
+        for (char, value), is_critical in zip(_token_pieces(tokens, certainty, start, end),
+                                              marks[kept]):
+            r, g, b = _colour(value, floor)
             shown = html.escape(char) if char != "\n" else "&#8629;<br>"
-            spans.append(f'<span style="background:rgb({r},{g},{b})" '
-                         f'title="certainty {value:.4f}">{shown}</span>')
+            mark = ' class="critical"' if is_critical else ""
+            spans.append(f'<span{mark} style="background:rgb({r},{g},{b})" '
+                         f'title="certainty {value:.4f}{" (critical)" if is_critical else ""}">'
+                         f'{shown}</span>')
         blocks.append(f"<h3>{html.escape(title)}</h3><pre>{''.join(spans)}</pre>")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>critkl certainty</title>"
-            "<style>pre{font:14px monospace;line-height:1.5} span{padding:1px 0}</style></head>"
-            "<body><p>Certainty of the model on each token: green certain, red uncertain "
-            "(hover for the value).</p>" + "".join(blocks) + "</body></html>")
+            "<style>pre{font:14px monospace;line-height:1.5} span{padding:1px 0} "
+            ".critical{font-weight:bold;outline:2px solid #000;outline-offset:-1px}</style>"
+            "</head><body><p>Certainty J of the model on each token: green J = 1, red "
+            f"J &le; {floor:.2f} (the page's least certain tokens), yellow halfway; critical "
+            "tokens boxed in bold; hover for the value.</p>" + "".join(blocks)
+            + "</body></html>")
 
 
 _MARKDOWN_SPECIAL = set("\\*_[]+->#")

@@ -37,17 +37,18 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
         start, end = int(rendered.prompt_length[i]), int(rendered.length[i])
         tokens = np.asarray(rendered.tokens[i])
         if pages is not None:
-            pages.append((f"N={n}, episode {i}", tokens, certainty[i], start, end))
+            pages.append((f"N={n}, episode {i}", tokens, certainty[i], critical[i], start, end))
         output.tracker.text(n, f"episodes/{i}", analysis.certainty_markdown_episode(
             tokens, certainty[i], start, end))
         curves.append(Curve(f"episode {i}", np.arange(start, end) - start,
-                            certainty[i, start:end], style="-"))
+                            certainty[i, start:end], style="-", color=f"C{i}"))
         marks = np.nonzero(critical[i, start:end])[0]
-        curves.append(Curve(f"critical tokens, episode {i}", marks,
-                            certainty[i, start:end][marks], style="x"))
+        curves.append(Curve(f"critical tokens, episode {i}", marks, certainty[i, start:end][marks],
+                            style="X", color=f"C{i}", marker_size=9))
     output.plot(f"certainty_n{n}.png", curves, title=f"Certainty along {n + 1}-digit episodes "
                 f"(model pre-trained up to {n} digits)", xlabel="position in the target",
-                ylabel="certainty J of the next-token distribution", ylim=(-0.02, 1.02))
+                ylabel="certainty J of the next-token distribution",
+                ylim=(analysis.colour_floor(np.concatenate([c.y for c in curves])) - 0.02, 1.01))
     if terminal:
         print_fn(analysis.coloured_terminal(np.asarray(rendered.tokens[0]), certainty[0],
                                             int(rendered.prompt_length[0]),

@@ -18,11 +18,13 @@ from critkl.tracking import Tracker
 
 
 class Curve:
-    """One line of a plot: x [P], y [P], an optional interval (low, high) [P] each, and a
-    matplotlib format string."""
+    """One line of a plot: x [P], y [P], an optional interval (low, high) [P] each, a
+    matplotlib format string, and optionally its colour (e.g. "C0", to match another
+    curve) and marker size."""
 
-    def __init__(self, label: str, x, y, low=None, high=None, style: str = "-o"):
-        self.label, self.style = label, style
+    def __init__(self, label: str, x, y, low=None, high=None, style: str = "-o",
+                 color: str | None = None, marker_size: float = 4):
+        self.label, self.style, self.color, self.marker_size = label, style, color, marker_size
         self.x, self.y = np.asarray(x, float), np.asarray(y, float)
         self.low = None if low is None else np.asarray(low, float)
         self.high = None if high is None else np.asarray(high, float)
@@ -66,10 +68,12 @@ class Output:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         for curve in curves:
-            (line,) = axes.plot(curve.x, curve.y, curve.style, markersize=4, label=curve.label)
+            (line,) = axes.plot(curve.x, curve.y, curve.style, markersize=curve.marker_size,
+                                label=curve.label, color=curve.color)
             if curve.low is not None:
                 axes.fill_between(curve.x, curve.low, curve.high, color=line.get_color(),
                                   alpha=0.2, linewidth=0)
@@ -78,6 +82,8 @@ class Output:
         axes.set_ylabel(ylabel)
         if ylim is not None:
             axes.set_ylim(*ylim)
+        if all(np.array_equal(c.x, np.round(c.x)) for c in curves):  # whole numbers: digits, steps
+            axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
         figure.tight_layout()

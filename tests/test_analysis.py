@@ -80,15 +80,27 @@ CERTAINTY = np.array([0.95, 0.2, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.95])
 def test_coloured_terminal_colours_each_token():
     text = analysis.coloured_terminal(TOKENS, CERTAINTY, 0, len(TOKENS))
     assert text.count("\x1b[48;2;") == len(TOKENS)
-    assert "\x1b[48;2;255;80;40m" in text  # certainty 0.2: red, some green
+    assert "\x1b[48;2;255;0;40m" in text  # the least certain (0.2, the floor): red
+    assert "\x1b[48;2;31;200;40m" in text  # 0.95 on the scale 0.2..1: nearly green
     assert text.count("\n") == 1
 
 
-def test_coloured_html_escapes_and_titles():
-    page = analysis.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, 0, len(TOKENS))])
+def test_colour_scale_reaches_red_at_the_least_certain_token():
+    assert analysis.colour_floor(np.array([0.69, 0.9, 1.0])) == 0.65
+    assert analysis.colour_floor(np.array([0.99, 1.0])) == 0.9
+    high = np.array([0.99, 0.995, 1.0])
+    page = analysis.coloured_html([("x", tokenizer.encode("1,2"), high, np.zeros(3, bool), 0, 3)])
+    assert "rgb(51,200,40)" in page  # 0.99 on the scale 0.9..1, not green as on 0..1
+
+
+def test_coloured_html_escapes_titles_and_marks_critical_tokens():
+    critical = np.zeros(len(TOKENS), bool)
+    critical[[1, 3]] = True
+    page = analysis.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, critical, 0, len(TOKENS))])
     assert "N=3 &lt;first&gt;" in page and "&lt;" in page and "<a>" not in page
     assert page.count("<span") == len(TOKENS)
-    assert 'title="certainty 0.2000"' in page
+    assert page.count('<span class="critical"') == 2
+    assert 'title="certainty 0.2000 (critical)">1<' in page
 
 
 def test_markdown_episode_marks_uncertain_tokens():
