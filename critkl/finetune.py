@@ -192,7 +192,10 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))
     periods = config.iterations // config.eval_every
 
-    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume)
+    # Only the last checkpoint: a sweep's state is large (10 runs of the mini model: ~100 MB),
+    # results.json keeps every evaluation, and a save is atomic (the previous one stays until
+    # the new one is complete).
+    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume, keep=1)
     try:
         state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
         if resume:
