@@ -98,7 +98,7 @@ def _pretrain(args) -> None:
 def _evaluate(args) -> None:
     import jax
 
-    from critkl import evaluation, files
+    from critkl import evaluation, files, run_shell
     from critkl.pretrained import load_pretrained
     from critkl.tracking import Tracker
 
@@ -107,6 +107,7 @@ def _evaluate(args) -> None:
         params, config.model_config, config.max_digits, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
         rl_episodes=args.rl_episodes,
+        progress=run_shell.Progress("accuracy cell", lambda line: print(line, flush=True)),
     )
     table = evaluation.markdown(report)
     print(table)
@@ -323,9 +324,7 @@ def _analyze(args) -> None:
 
 
 def _critical(args) -> None:
-    import time
-
-    from critkl import causal, files, provenance
+    from critkl import causal, files, provenance, run_shell
     from critkl.pretrained import load_pretrained
 
     config, params = load_pretrained(args.model)
@@ -341,13 +340,8 @@ def _critical(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create the output folder {out}: {error.strerror}") from None
-    start = time.perf_counter()
-
-    def progress(done, total):
-        elapsed = time.perf_counter() - start
-        print(f"forced continuations: {done}/{total} sampler calls, {elapsed:.0f} s, "
-              f"ETA {elapsed / done * (total - done):.0f} s", flush=True)
-
+    progress = run_shell.Progress("forced continuations, sampler call",
+                                  lambda line: print(line, flush=True))
     n = config.max_digits
     print(f"critkl critical {args.model}: {settings.problems} problems of {n + 1}+{n + 1} "
           f"digits, decisions with p(right) < {settings.forced_below} forced right and wrong",

@@ -88,13 +88,15 @@ def rate(successes: int, total: int) -> dict:
 
 def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 1000,
                    batch: int = 500, extra_digits: int = 3, temperatures=(1.0, 1.5, 2.0),
-                   rl_episodes: int = 200) -> dict:
+                   rl_episodes: int = 200, progress=None) -> dict:
     """Greedy pass@1 at N..N+extra_digits digits, identical and varying operand
     lengths (paper Tables 4 and 5); where N+1 failures first go wrong; and the
-    success rate when sampling RL problems of N+1 digits at each temperature."""
+    success rate when sampling RL problems of N+1 digits at each temperature.
+    progress(done, total, what): called after each cell, when given."""
     import numpy as np
 
     report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
+    total = 2 * (extra_digits + 1) + len(temperatures)
     for digits in range(n, n + extra_digits + 1):
         # Cut at the RL limit, or at the context (which holds any correct episode).
         limit = min(env.episode_limit(digits), config.context_length)
@@ -117,6 +119,8 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                     critical += int((np.asarray(ref.operand_index)[rows, where] >= n).sum())
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
+            if progress:
+                progress(len(report["cells"]), total, f"{digits} digits, {kind} lengths")
             if digits == n + 1:
                 counts = {env.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
                 report["first_errors"][kind] = {
@@ -133,6 +137,9 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                 max_length=env.episode_limit(n + 1))
         )
         report["sampling"][f"{temperature:g}"] = rate(successes, rl_episodes)
+        if progress:
+            progress(len(report["cells"]) + len(report["sampling"]), total,
+                     f"sampled at temperature {temperature:g}")
     return report
 
 

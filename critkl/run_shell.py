@@ -10,6 +10,7 @@ logged), so a run directory always holds one run.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -50,3 +51,16 @@ def timing(elapsed: float, done: float, total: float) -> str:
     eta = (total - done) * elapsed / done if done > 0 else float("nan")
     return (f"elapsed {format_seconds(elapsed)}  "
             f"ETA {format_seconds(eta) if eta == eta else '?'}")
+
+
+class Progress:
+    """A progress line after each unit of a long stage: "  label 3/10 (what)  elapsed 1m05s
+    ETA 2m32s". Call it as progress(done, total) or progress(done, total, what)."""
+
+    def __init__(self, label: str, print_fn=print):
+        self.label, self.print_fn, self.started = label, print_fn, time.perf_counter()
+
+    def __call__(self, done: int, total: int, what: str = "") -> None:
+        detail = f" ({what})" if what else ""
+        self.print_fn(f"  {self.label} {done}/{total}{detail}  "
+                      + timing(time.perf_counter() - self.started, done, total))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from critkl import causal, finetune, plots
+from critkl import causal, finetune, plots, run_shell
 from critkl.config import CausalMapConfig
 from critkl.outputs import Output
 from experiments.models import pretrained_model
@@ -35,7 +35,7 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
     rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
-                             lambda done, total: print_fn(f"  forced continuations {done}/{total}"))
+                             run_shell.Progress("forced continuations, sampler call", print_fn))
     output.markdown("critical.md", causal.markdown(rows))
     causal.plot(rows, output.folder / "critical.png")
     output.json("critical.json", {"settings": dataclasses.asdict(settings), "n": N[scale],
