@@ -1,7 +1,7 @@
 """How far a step along the policy gradient can go before it hurts, on the toy.
 
 The toy of `tests/test_rl.py`: the `tiny` model pre-trained on 1-digit problems
-(batch 8, learning rate 3e-3, STEPS steps), RL on 1-digit problems sampled at
+(batch 8, learning rate 3e-3, 700 steps), RL on 1-digit problems sampled at
 temperature 1. Estimates the REINFORCE gradient of the success rate (reward +-1,
 batch-mean baseline, lambda 1) from 4,096 episodes, then measures the success rate on
 4,096 fresh episodes (the same problems and random numbers for every point) after
@@ -10,10 +10,15 @@ and after making the output sharper (the final layer norm scaled by 1 + s), a
 direction along which far longer steps pay. Also prints the parameter norm that one
 Adam step of learning rate 1e-4 moves (every parameter by about the learning rate).
 
+The committed output:
+
     XLA_FLAGS=--xla_force_host_platform_device_count=1 \
-        python results/rl-probes/gradient_steps.py > results/rl-probes/gradient_steps.txt
+        python -m benchmarks.probes.gradient_steps > results/rl-probes/gradient_steps.txt
 """
 
+from __future__ import annotations
+
+import argparse
 import math
 import tempfile
 
@@ -21,55 +26,56 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import addition, evaluation, pretrain
+from critkl import env, evaluation, losses, pretrain
+from critkl.config import PretrainConfig
 from critkl.model import GPT
 
-STEPS = 700
-EPISODES, CHUNK = 4096, 512
 
-
-def main():
-    pre = pretrain.PretrainConfig(
-        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=STEPS,
-        warmup_steps=20, learning_rate=3e-3, log_every=STEPS, eval_every=STEPS,
-        eval_problems=16, checkpoint_every=STEPS)
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=700, help="pre-training steps")
+    parser.add_argument("--episodes", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=512, help="episodes per gradient batch")
+    args = parser.parse_args(argv)
+    steps, episodes_total = args.steps, args.episodes
+    pre = PretrainConfig(
+        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=steps,
+        warmup_steps=min(20, steps - 1), learning_rate=3e-3, log_every=steps, eval_every=steps,
+        eval_problems=16, checkpoint_every=steps)
     config = pre.model_config
     with tempfile.TemporaryDirectory() as run_dir:
         params = pretrain.pretrain(pre, run_dir, print_fn=lambda line: None).params
-    limit = addition.episode_limit(1)
+    limit = env.episode_limit(1)
 
     def attempt(params, rng, size):
-        operands = addition.sample_rl(jax.random.fold_in(rng, 1), size, 1, 0, 1)
+        operands = env.sample_rl(jax.random.fold_in(rng, 1), size, 1, 0, 1)
         return evaluation.attempt(params, config, operands, jax.random.fold_in(rng, 2),
                                   temperature=1.0, max_length=limit)
 
     def success(params):
-        return float(attempt(params, jax.random.key(777), EPISODES).outcome.success.mean())
+        return float(attempt(params, jax.random.key(777), episodes_total).outcome.success.mean())
 
     @jax.jit
     def reinforce_gradient(params, tokens, mask, advantage):
         """d/dparams of the sum over episodes of advantage * log pi(episode)."""
         def objective(p):
             logits, _ = GPT(config).apply({"params": p}, tokens)
-            logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-            taken = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            taken = losses.token_logprobs(logits[:, :-1], tokens[:, 1:])
             return jnp.sum(jnp.where(mask[:, 1:], taken * advantage[:, None], 0.0))
         return jax.grad(objective)(params)
 
     gradient = jax.tree.map(jnp.zeros_like, params)
-    for chunk in range(EPISODES // CHUNK):
-        episodes = attempt(params, jax.random.key(100 + chunk), CHUNK)
-        position = jnp.arange(limit)[None, :]
-        mask = (position >= episodes.reference.prompt_length[:, None]) & (
-            position <= episodes.outcome.last[:, None])
-        reward = addition.terminal_reward(episodes.outcome)
+    for chunk in range(episodes_total // args.chunk):
+        episodes = attempt(params, jax.random.key(100 + chunk), args.chunk)
+        mask = env.span_mask(episodes.reference.prompt_length, episodes.outcome.last + 1, limit)
+        reward = env.terminal_reward(episodes.outcome)
         part = reinforce_gradient(params, episodes.generation.tokens, mask, reward - reward.mean())
         gradient = jax.tree.map(jnp.add, gradient, part)
-    norm = optax.global_norm(gradient)
+    norm = optax.tree.norm(gradient)
     count = sum(x.size for x in jax.tree.leaves(params))
 
-    print(f"tiny model pre-trained {STEPS} steps on 1-digit problems; {count:,} parameters")
-    print(f"success at temperature 1, {EPISODES} episodes: {success(params):.3f}")
+    print(f"tiny model pre-trained {steps} steps on 1-digit problems; {count:,} parameters")
+    print(f"success at temperature 1, {episodes_total} episodes: {success(params):.3f}")
     print(f"one Adam step at learning rate 1e-4 moves the parameters by norm ~"
           f"{1e-4 * math.sqrt(count):.3f}")
     print("| step norm | along the gradient | against it |")
@@ -84,7 +90,7 @@ def main():
     for scale in (0.05, 0.1, 0.2):
         sharper = {**params, "final_norm": jax.tree.map(lambda x: x * (1 + scale), final)}
         print(f"| s = {scale} | {success(sharper):.3f} | "
-              f"{scale * float(optax.global_norm(final)):.2f} |")
+              f"{scale * float(optax.tree.norm(final)):.2f} |")
 
 
 if __name__ == "__main__":
