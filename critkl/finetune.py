@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import files, losses, parallel, provenance, rl, run_shell
+from critkl import checkpoint, files, losses, parallel, provenance, rl, run_shell
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
                            with_values)
 from critkl.supervised import TrainingDiverged
@@ -145,6 +145,27 @@ def summary(results: dict) -> dict[str, dict[str, Any]]:
     return table
 
 
+def _results_up_to(run_dir: Path, iteration: int) -> dict:
+    """results.json of a run being resumed, without what was recorded after `iteration`, the
+    restored checkpoint's (a run killed while saving a checkpoint has recorded the period
+    that the checkpoint lacks; it is run again)."""
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+        for run in results["runs"]:
+            curve = run["curve"]
+            kept = sum(1 for step in curve["iteration"] if step <= iteration)
+            total = len(curve["iteration"])
+            # Evaluations have a point at every iteration listed, training metrics one fewer.
+            run["curve"] = {key: values[:kept - (total - len(values))]
+                            for key, values in curve.items()}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise checkpoint.CheckpointError(
+            f"{path} cannot be read back to resume the run ({type(error).__name__}: {error}); "
+            "it is missing or damaged. Start a new run in another directory.") from None
+    return results
+
+
 @jax.jit
 def _finite_per_run(state: rl.RunState) -> jax.Array:
     """[runs] bool: every parameter and optimizer value of the run is finite."""
@@ -200,7 +221,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
         state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
         if resume:
             state = checkpointer.restore(target=state)
-            results = json.loads((run_dir / "results.json").read_text())
+            results = _results_up_to(run_dir, int(state.iteration[0]))
             print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
         else:
             results = {**provenance.record(), "runs": [

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import chex
 import jax
@@ -87,6 +88,14 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
 
     with pytest.raises(Killed):
         finetune.finetune(config, runs, params, TINY, tmp_path / "cut", print_fn=die)
+    # As if killed while saving the second period's checkpoint: results.json already holds
+    # that period, the checkpoint does not. Resume must not record it twice.
+    path = tmp_path / "cut" / "results.json"
+    results = json.loads(path.read_text())
+    for run in results["runs"]:
+        run["curve"] = {k: v + [2 * config.eval_every if k == "iteration" else v[-1]]
+                        for k, v in run["curve"].items()}
+    path.write_text(json.dumps(results))
     resumed = finetune.finetune(config, runs, params, TINY, tmp_path / "cut", resume=True,
                                 print_fn=lambda line: None)
     for a, b in zip(straight["runs"], resumed["runs"]):
