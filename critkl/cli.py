@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -480,7 +481,29 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError, TrainingDiverged) as error:
         print(f"critkl {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except (OSError, UnicodeDecodeError) as error:  # the one I/O boundary of every command
+        print(f"critkl {args.command}: error: {describe_io_error(error)}", file=sys.stderr)
+        return USAGE_ERROR
     return 0
+
+
+def describe_io_error(error: OSError | UnicodeDecodeError) -> str:
+    """One sentence for a file that could not be read or written: what, where, what to do."""
+    if isinstance(error, UnicodeDecodeError):
+        return (f"a file is not valid UTF-8 text ({error.reason} at byte {error.start}); it is "
+                "damaged or not a file critkl wrote")
+    where = " -> ".join(repr(os.fspath(name)) for name in (error.filename, error.filename2)
+                        if name is not None)
+    advice = {
+        errno.ENOSPC: "free some space (a run resumes with --resume, losing nothing saved)",
+        errno.ENOTDIR: "a path given as a folder is a file, or is inside one",
+        errno.EISDIR: "a path given as a file is a folder",
+        errno.EEXIST: "a file is in the way of a folder to be created",
+        errno.EACCES: "check the permissions, or choose another path",
+        errno.EROFS: "the file system is read-only: choose another path",
+        errno.ENOENT: "check the path (and that its parent folder exists)",
+    }.get(error.errno, "check the path and the disk")
+    return f"{error.strerror or error}{f' ({where})' if where else ''}: {advice}"
 
 
 if __name__ == "__main__":

@@ -104,3 +104,33 @@ def test_export_then_load(tmp_path, monkeypatch):
     assert cli.main(["export", str(run_dir), "toy"]) == cli.USAGE_ERROR
     assert cli.main(["export", str(run_dir), "toy", "--replace"]) == 0
     assert [p.name for p in (tmp_path / "shipped").iterdir()] == ["toy"]  # no staging left
+
+
+TINY_PRETRAIN = ["--model", "tiny", "--max-digits", "1", "--eval-extra-digits", "1",
+                 "--steps", "2", "--warmup-steps", "1"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("run dir is a file", "a path given as a folder is a file"),
+    ("config.json not UTF-8", "not valid UTF-8"),
+    ("analyze output is a file", "a file is in the way of a folder"),
+    ("launched program missing", "No such file or directory ('no-such-program-x')"),
+])
+def test_io_errors_give_one_message_and_status_2(tmp_path, case, message):
+    """The commands' one I/O boundary: a path that cannot be used is one line, no traceback."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_bytes(b"\xff\xfe{")
+    argv = {
+        "run dir is a file": ["pretrain", *TINY_PRETRAIN, "--run-dir", str(a_file)],
+        "config.json not UTF-8": ["pretrain", "--run-dir", str(damaged), "--resume"],
+        "analyze output is a file": ["analyze", "mini-n3", "--episodes", "1", "--out", str(a_file)],
+        "launched program missing": ["launch", "--processes", "1", "--", "no-such-program-x"],
+    }[case]
+    result = run(*argv)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
