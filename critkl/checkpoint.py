@@ -9,10 +9,12 @@ and renames it to ``<step>`` only once every file is written, so a run killed
 mid-save leaves a temporary directory that is never listed as a step (stale
 ones are removed when a :class:`Checkpointer` opens the directory).
 
-Damaged checkpoints: a finalised step directory whose files were later
-deleted or truncated is still listed as a step; restoring it raises
-:class:`CheckpointError` naming the directory and the earlier steps. There is
-no silent fallback to an earlier step.
+Damaged checkpoints: every save records a SHA-256 digest of the state's values
+(``checksums/<step>.sha256`` beside ``checkpoints/``, written by process 0 when the
+state is addressable from it); restoring a step recomputes it from the restored values
+and raises :class:`CheckpointError`, naming the step and the earlier ones, when they
+differ (a flipped bit in a data file) or when orbax cannot read the files (deleted or
+truncated ones). There is no silent fallback to an earlier step.
 
 PRNG keys: typed key arrays (``jax.random.key``) are stored as their raw key
 data (``jax.random.key_data``, uint32) and wrapped back with the target
@@ -22,6 +24,7 @@ are stored as 0-d arrays and come back as the target's numpy scalar type.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Iterable
@@ -34,6 +37,7 @@ from critkl import files
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
+CHECKSUM_SUBDIR = "checksums"
 
 
 class CheckpointError(Exception):
@@ -129,6 +133,21 @@ def _to_storable(x: Any) -> Any:
     return x
 
 
+def state_digest(state: Any) -> str | None:
+    """SHA-256 over the dtype, shape and bytes of every leaf of ``state`` (keys as their
+    data), in tree order; None when a leaf is not addressable from this process (a state
+    sharded over several processes)."""
+    leaves = jax.tree.leaves(jax.tree.map(_to_storable, state))
+    if not all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return None
+    digest = hashlib.sha256()
+    for leaf in leaves:
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _to_restore_target(x: Any) -> Any:
     """Abstract leaf telling orbax the shape, dtype and sharding to restore.
 
@@ -173,6 +192,7 @@ class Checkpointer:
         if not create and not os.path.isdir(run_dir):
             raise _missing_run_dir(run_dir)
         self.directory = _checkpoint_dir(run_dir)
+        self.checksums = os.path.join(os.path.dirname(self.directory), CHECKSUM_SUBDIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=create,
@@ -188,11 +208,28 @@ class Checkpointer:
         self._raise_failed_saves()
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
+        digest = state_digest(state) if jax.process_index() == 0 else None
+        if digest is not None:
+            os.makedirs(self.checksums, exist_ok=True)
+            files.write_atomic(self._checksum_path(step), digest + "\n")
         self._manager.save(
             int(step),
             args=ocp.args.StandardSave(jax.tree.map(_to_storable, state)),
             metrics=metrics,
         )
+        self._prune_checksums(keep=int(step))
+
+    def _prune_checksums(self, keep: int | None = None) -> None:
+        """Remove the digests of steps that orbax has pruned (or never finished)."""
+        if jax.process_index() != 0 or not os.path.isdir(self.checksums):
+            return
+        kept = {int(s) for s in self._manager.all_steps()} | {keep}
+        for name in os.listdir(self.checksums):
+            if name.endswith(".sha256") and int(name.split(".")[0]) not in kept:
+                os.remove(os.path.join(self.checksums, name))
+
+    def _checksum_path(self, step: int) -> str:
+        return os.path.join(self.checksums, f"{int(step)}.sha256")
 
     def latest_step(self) -> int | None:
         """The newest completed (or in-flight) step, None if there is none."""
@@ -242,12 +279,33 @@ class Checkpointer:
                 + (f" (available: {earlier})" if earlier else " (there is none)")
                 + "; otherwise resume with the config the run was saved with."
             ) from e
-        return jax.tree.map(_from_restored, target, restored)
+        restored = jax.tree.map(_from_restored, target, restored)
+        self._verify(step, restored, steps)
+        return restored
+
+    def _verify(self, step: int, restored: Any, steps: list[int]) -> None:
+        """CheckpointError if ``step``'s recorded digest differs from the restored values'."""
+        path = self._checksum_path(step)
+        if not os.path.exists(path):
+            return  # saved before digests were recorded, or by several processes
+        with open(path) as f:
+            recorded = f.read().strip()
+        actual = state_digest(restored)
+        if actual is not None and actual != recorded:
+            earlier = [s for s in steps if s < step]
+            raise CheckpointError(
+                f"Checkpoint step {step} in {os.path.join(self.directory, str(step))!r} is "
+                "damaged: its values differ from those saved (SHA-256 recorded in "
+                f"{path!r}), so the run does not continue from it. Move that step directory "
+                "aside to resume from the previous checkpoint"
+                + (f" (available: {earlier})" if earlier else " (there is none: start a new run)")
+                + ".")
 
     def wait(self) -> None:
         """Block until in-flight saves are written and finalised; raise if one failed."""
         self._manager.wait_until_finished()
         self._raise_failed_saves()
+        self._prune_checksums()
 
     def _raise_failed_saves(self) -> None:
         try:

@@ -17,6 +17,7 @@ from critkl.checkpoint import (
     latest_checkpoint_step,
     load_config,
     save_config,
+    state_digest,
 )
 
 
@@ -261,3 +262,45 @@ def test_restore_from_another_topology_with_unsharded_target(tmp_path):
         restored = checkpointer.restore(target=jax.eval_shape(lambda: state))
     np.testing.assert_array_equal(restored["w"], np.arange(8.0))
     assert jax.random.key_data(restored["rng"]).tolist() == jax.random.key_data(state["rng"]).tolist()
+
+
+def _weights(step):
+    """A state whose data file is mostly raw float32 values (4,096 random numbers)."""
+    return {"w": jax.random.normal(jax.random.key(step), (64, 64)), "step": np.int64(step)}
+
+
+def test_a_flipped_byte_in_the_data_is_never_restored(tmp_path):
+    """Before checkpoints recorded a digest, this restored silently with a changed weight."""
+    with Checkpointer(tmp_path) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _weights(step))
+    step_dir = tmp_path / "checkpoints" / "2"
+    data = max((os.path.join(root, name) for root, _, names in os.walk(step_dir)
+                for name in names), key=os.path.getsize)
+    with open(data, "r+b") as f:  # one bit of one byte in the middle of the values
+        f.seek(os.path.getsize(data) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
+    with Checkpointer(tmp_path, create=False) as ckpt:
+        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*available: \[1\]"):
+            ckpt.restore(target=_weights(0))
+        assert_same_state(ckpt.restore(1, target=_weights(0)), _weights(1))
+
+
+def test_values_that_differ_from_the_recorded_digest_are_refused(saved_run):
+    """The digest check alone (the data files intact, the recorded digest not theirs)."""
+    (saved_run / "checksums" / "2.sha256").write_text(
+        (saved_run / "checksums" / "1.sha256").read_text())
+    with Checkpointer(saved_run, create=False) as ckpt:
+        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*available: \[1\]"):
+            ckpt.restore(target=make_state())
+
+
+def test_digests_follow_the_kept_steps(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        for step in range(1, 5):
+            ckpt.save(step, make_state(step))
+    assert sorted(os.listdir(tmp_path / "checksums")) == ["3.sha256", "4.sha256"]
+    assert (tmp_path / "checksums" / "4.sha256").read_text().strip() == \
+        state_digest(make_state(4))
