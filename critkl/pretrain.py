@@ -8,12 +8,20 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from critkl import parallel, pretrained, run_shell
 from critkl.config import PretrainConfig
 from critkl.supervised import (TrainState, TrainingDiverged, greedy_pass_at_1, init_state,
                                make_train_step)
 from critkl.tracking import Tracker
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every floating-point value of `tree` is finite: [] bool."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
 
 # Settings that only change what is logged: a resumed run may change them.
 LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "checkpoint_every")
@@ -85,6 +93,13 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
             print_fn(line)
             if step % config.checkpoint_every == 0 or step == config.steps:
+                # The loss above is the one before this step's update: check what is saved.
+                if not bool(_all_finite((state.params, state.opt_state))):
+                    raise TrainingDiverged(
+                        f"the parameters became non-finite by step {step}; nothing of it was "
+                        f"saved, the last good checkpoint (step {last_saved}) in {run_dir} is "
+                        f"kept. Lower learning_rate (now {config.learning_rate}) or raise "
+                        "warmup_steps, then start a new run.")
                 checkpointer.save(step, state)
                 last_saved = step
     finally:
