@@ -34,10 +34,10 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
+    start = pretrained.warm_start(config) if config.init_from and not resume else None
     checkpointer = run_shell.open_run(run_dir, config.to_dict(), resume=resume,
                                       may_differ=LOGGING_KEYS)
     try:
-        start = pretrained.warm_start(config) if config.init_from and not resume else None
         state = parallel.put(init_state(config, start), parallel.replicated(mesh))
         if resume:
             state = checkpointer.restore(target=state)

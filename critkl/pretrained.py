@@ -58,7 +58,10 @@ def load_run(run_dir: str | Path) -> tuple[PretrainConfig, Any]:
 
 def warm_start(config: PretrainConfig):
     """The parameters of `config.init_from`, checked to have this run's model config."""
-    start_config, params = load_pretrained(config.init_from)
+    try:
+        start_config, params = load_pretrained(config.init_from)
+    except checkpoint.CheckpointError as error:
+        raise checkpoint.CheckpointError(f"PretrainConfig.init_from: {error}") from None
     if start_config.model_config != config.model_config:
         raise checkpoint.CheckpointError(
             f"PretrainConfig.init_from={config.init_from!r} is a '{start_config.model}' model "
