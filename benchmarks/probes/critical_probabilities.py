@@ -27,7 +27,9 @@ def main(argv=None):
     parser.add_argument("--problems", type=int, default=100)
     args = parser.parse_args(argv)
     model_config, params, n = load_model(args.model)
-    episodes = env.render(env.sample_rl(jax.random.key(0), args.problems, n, 1, n + 1))
+    # Integer ops only: jitted, the same episodes as run op by op, in a fraction of the time.
+    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, n, 1, n + 1)))
+    episodes = sample(jax.random.key(0))
     logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
     logits, targets = logits[:, :-1], episodes.tokens[:, 1:]
     right = np.exp(np.asarray(losses.token_logprobs(logits, targets)))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks.probes.common import load_model
 from critkl import env, evaluation, losses, pretrain
 from critkl.config import PretrainConfig
 from critkl.model import GPT
@@ -33,18 +34,22 @@ from critkl.model import GPT
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=700, help="pre-training steps")
+    parser.add_argument("--steps", type=int, default=700,
+                        help="pre-training steps (0: the untrained model, for tests)")
     parser.add_argument("--episodes", type=int, default=4096)
     parser.add_argument("--chunk", type=int, default=512, help="episodes per gradient batch")
     args = parser.parse_args(argv)
     steps, episodes_total = args.steps, args.episodes
-    pre = PretrainConfig(
-        model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=steps,
-        warmup_steps=min(20, steps - 1), learning_rate=3e-3, log_every=steps, eval_every=steps,
-        eval_problems=16, checkpoint_every=steps)
-    config = pre.model_config
-    with tempfile.TemporaryDirectory() as run_dir:
-        params = pretrain.pretrain(pre, run_dir, print_fn=lambda line: None).params
+    if steps:
+        pre = PretrainConfig(
+            model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=steps,
+            warmup_steps=min(20, steps - 1), learning_rate=3e-3, log_every=steps,
+            eval_every=steps, eval_problems=16, checkpoint_every=steps)
+        config = pre.model_config
+        with tempfile.TemporaryDirectory() as run_dir:
+            params = pretrain.pretrain(pre, run_dir, print_fn=lambda line: None).params
+    else:
+        config, params, _ = load_model("tiny-untrained")
     limit = env.episode_limit(1)
 
     def attempt(params, rng, size):
