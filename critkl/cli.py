@@ -144,6 +144,30 @@ def _list_of(kind):
     return parse
 
 
+def _boolean(text: str) -> bool:
+    """argparse type: true/false (also 1/0, yes/no); any other word is refused."""
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    try:
+        return words[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a boolean (allowed: true, false, 1, 0, yes, no)") from None
+
+
+def _at_least(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 # RLConfig fields set otherwise: n from the pre-trained model, loss from LossConfig's flags,
 # causal_keys from --causal-map.
 _RL_FIELDS_WITHOUT_FLAGS = ("loss", "n", "causal_keys")
@@ -273,7 +297,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     loss_defaults = LossConfig()
     for field in dataclasses.fields(LossConfig):
         kind = type(getattr(loss_defaults, field.name))
-        kind = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
+        kind = {bool: _boolean, tuple: lambda text: tuple(_list_of(int)(text))}.get(kind, kind)
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
                             help=f"default {getattr(loss_defaults, field.name)}")
     defaults = RLHyper()
@@ -376,13 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
     evaluate.add_argument("run_dir", help="a pre-training run directory or a shipped model name")
-    evaluate.add_argument("--problems", type=int, default=1000,
+    evaluate.add_argument("--problems", type=_at_least(1), default=1000,
                           help="problems per cell (default 1000)")
-    evaluate.add_argument("--batch", type=int, default=500,
+    evaluate.add_argument("--batch", type=_at_least(1), default=500,
                           help="problems solved per sampler call (default 500)")
-    evaluate.add_argument("--rl-episodes", type=int, default=200,
+    evaluate.add_argument("--rl-episodes", type=_at_least(1), default=200,
                           help="sampled episodes per temperature (default 200)")
-    evaluate.add_argument("--seed", type=int, default=0,
+    evaluate.add_argument("--seed", type=_at_least(0), default=0,
                           help="seed of the problems and the sampling (default 0)")
     evaluate.add_argument("--out", help="JSON report path (default RUN_DIR/eval.json)")
     evaluate.set_defaults(run=_evaluate)
@@ -474,11 +498,12 @@ def main(argv: list[str] | None = None) -> int:
 
     provenance.set_command(sys.argv[1:] if argv is None else argv)
     from critkl.checkpoint import CheckpointError
+    from critkl.parallel import BatchSplitError
     from critkl.supervised import TrainingDiverged
 
     try:
         args.run(args)
-    except (UsageError, CheckpointError, TrainingDiverged) as error:
+    except (UsageError, CheckpointError, TrainingDiverged, BatchSplitError) as error:
         print(f"critkl {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (OSError, UnicodeDecodeError) as error:  # the one I/O boundary of every command

@@ -109,8 +109,16 @@ class PretrainConfig:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.longer_share <= 1.0:
             raise ValueError(f"PretrainConfig.longer_share={self.longer_share} must be in [0, 1]")
-        if self.learning_rate <= 0:
-            raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate} must be > 0")
+        for name, low, high, low_in, high_in in (
+            ("learning_rate", 0.0, math.inf, False, False),
+            ("final_learning_rate_ratio", 0.0, 1.0, True, True),
+            ("weight_decay", 0.0, math.inf, True, False),
+            ("grad_clip", 0.0, math.inf, False, False),
+        ):
+            _check_range(f"PretrainConfig.{name}", getattr(self, name), low, high, low_in, high_in)
+        for name in ("seed", "eval_extra_digits"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 0")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"PretrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
@@ -342,7 +350,12 @@ HYPER_RANGES = {
 def check_value(name: str, value: float) -> None:
     """ValueError naming the hyperparameter and its allowed range when `value` is outside it
     (NaN and infinities included)."""
-    low, high, low_in, high_in = HYPER_RANGES[name]
+    _check_range(name, value, *HYPER_RANGES[name])
+
+
+def _check_range(name: str, value: float, low: float, high: float, low_in: bool,
+                 high_in: bool) -> None:
+    """ValueError naming `name` and the interval when `value` is outside it or not finite."""
     inside = (math.isfinite(value) and (value > low or (low_in and value == low))
               and (value < high or (high_in and value == high)))
     if not inside:
@@ -369,10 +382,12 @@ class CausalMapConfig:
         for name in ("problems", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "certainty_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not 0 < self.forced_below <= 1:
-            raise ValueError(f"forced_below must be in (0, 1], got {self.forced_below}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name, low, high, low_in, high_in in (
+            ("temperature", 0.0, math.inf, False, False),
+            ("certainty_temperature", 0.0, math.inf, False, False),
+            ("beta", 0.0, math.inf, True, False),
+            ("forced_below", 0.0, 1.0, False, True),
+        ):
+            _check_range(name, getattr(self, name), low, high, low_in, high_in)

@@ -50,6 +50,8 @@ def grid_runs(seeds, grid: dict[str, list[float]], base: RLHyper) -> list[Run]:
     seeds = list(seeds)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed: repeated runs are not independent")
+    if any(seed < 0 for seed in seeds):
+        raise ValueError(f"seeds {seeds} must be >= 0")
     for name, values in grid.items():
         for value in values:
             if name in HYPER_RANGES:

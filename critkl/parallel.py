@@ -36,10 +36,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+class BatchSplitError(ValueError):
+    """A batch that the devices of the mesh cannot share evenly (a usage error)."""
+
+
 def check_divisible(name: str, value: int, mesh: Mesh) -> None:
     devices = mesh.devices.size
     if value % devices:
-        raise ValueError(
+        raise BatchSplitError(
             f"{name}={value} must be a multiple of the number of devices ({devices}) "
             "so that the batch splits evenly"
         )

@@ -75,6 +75,16 @@ def test_bad_finetune_flags_give_a_clear_error(flags, message):
     assert "Traceback" not in result.stderr
 
 
+def test_loss_flags_parse_lists_and_strict_booleans():
+    import argparse
+    parser = argparse.ArgumentParser()
+    cli._add_finetune_flags(parser, lists=False)
+    args = parser.parse_args(["m", "--run-dir", "x", "--value-hidden-sizes", "64,32",
+                              "--prioritized", "No", "--center-advantages", "1"])
+    assert args.value_hidden_sizes == (64, 32)
+    assert args.prioritized is False and args.center_advantages is True
+
+
 @pytest.mark.parametrize("name, message", [("mini-n3", "exists already"), ("", "model name"),
                                            ("../../x", "model name"), ("..", "model name")])
 def test_export_refuses_to_overwrite_or_escape(tmp_path, capsys, name, message):

@@ -1,0 +1,96 @@
+"""Every flag of every training command, given values it must refuse: exit status 2, an
+error line that names the flag, no traceback. The table of cases is generated from the
+config dataclasses and the hyperparameter ranges, so a new field is fuzzed too."""
+
+import dataclasses
+import math
+
+import pytest
+
+from critkl import cli
+from critkl.config import (HYPER_NAMES, HYPER_RANGES, CausalMapConfig, LossConfig,
+                           PretrainConfig, RLConfig)
+
+# Invalid whatever the field: not a number of the field's type.
+BAD_BY_TYPE = {int: ["abc", "1.5", "-1"], float: ["abc", "nan", "inf"], bool: ["maybe"],
+               str: ["no-such-choice"]}
+# Fields where -1 or a free string is not an error in itself, or that name a path.
+ALLOWED_NEGATIVE = set()
+FREE_TEXT = {"init_from"}
+
+
+def _field_cases(config_class, skip=()):
+    defaults = config_class() if config_class is not RLConfig else RLConfig()
+    for field in dataclasses.fields(config_class):
+        if field.name in skip:
+            continue
+        kind = type(getattr(defaults, field.name))
+        if kind is tuple:
+            values = ["0", "a,b", "64,-4"]
+        else:
+            values = [v for v in BAD_BY_TYPE[kind] if not (v == "-1" and field.name in ALLOWED_NEGATIVE)]
+            if kind is str and field.name in FREE_TEXT:
+                values = ["no/such/run"]
+        for value in values:
+            yield field.name, value
+
+
+def _hyper_cases():
+    for name in HYPER_NAMES:
+        low, high, low_in, high_in = HYPER_RANGES[name]
+        values = ["abc", "nan", "inf"]
+        if math.isfinite(low):
+            values.append(str(low - 1.0) if low_in else str(low))
+        if math.isfinite(high):
+            values.append(str(high + 1.0) if high_in else str(high))
+        for value in values:
+            yield name, value
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+# A run that is not refused must end in seconds (and then fail the test), so every command
+# gets a tiny budget; the fuzzed flag comes last and overrides it.
+PRETRAIN = ["--run-dir", "{tmp}/run", "--model", "tiny", "--max-digits", "1", "--steps", "2",
+            "--warmup-steps", "0", "--log-every", "1", "--eval-every", "2", "--checkpoint-every",
+            "2", "--eval-problems", "2", "--batch-size", "8"]
+FINETUNE = ["mini-n3", "--run-dir", "{tmp}/rl", "--episodes", "2", "--minibatches", "1",
+            "--iterations", "1", "--eval-every", "1", "--eval-episodes", "2"]
+
+CASES = (
+    [("pretrain", PRETRAIN + [_flag(name), value], name)
+     for name, value in _field_cases(PretrainConfig)]
+    + [("pretrain", PRETRAIN + ["--batch-size", "3"], "batch_size")]  # 8 devices in tests
+    + [("finetune", FINETUNE + [_flag(name), value], name)
+       for name, value in _field_cases(RLConfig, skip=cli._RL_FIELDS_WITHOUT_FLAGS)]
+    + [("finetune", FINETUNE + [_flag(name), value], name)
+       for name, value in _field_cases(LossConfig)]
+    + [("sweep", FINETUNE + [_flag(name), value], name)
+       for name, value in _hyper_cases()]
+    + [("sweep", FINETUNE + ["--seeds", value], "seeds")
+       for value in ("0,0", "a", "-1")]
+    + [("critical", ["mini-n3", "--out", "{tmp}/map", "--problems", "1", "--batch", "8",
+                   _flag(name), value], name)
+       for name, value in _field_cases(CausalMapConfig)]
+    + [("eval", ["mini-n3", "--out", "{tmp}/eval.json", "--problems", "2", "--batch", "2",
+                "--rl-episodes", "2", flag, value], flag[2:])
+       for flag in ("--problems", "--batch", "--rl-episodes") for value in ("0", "-3", "x")]
+)
+
+
+@pytest.mark.parametrize("command, argv, field", CASES,
+                         ids=[f"{c}-{f}={a[-1]!r}" for c, a, f in CASES])
+def test_invalid_values_are_refused_naming_the_field(tmp_path, capsys, command, argv, field):
+    argv = [command] + [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:  # argparse: a value of the wrong type
+        status = exit.code
+    error = capsys.readouterr().err
+    assert status == 2, f"{argv} exited {status}: {error[-500:]}"
+    assert "Traceback" not in error
+    last = error.strip().splitlines()[-1]
+    names = {field, field.replace("_", "-"), field.replace("-", "_")}
+    assert "error" in last and any(name in last for name in names), last
