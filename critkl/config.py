@@ -78,6 +78,14 @@ def model_preset(name: str) -> ModelConfig:
 # -------------------------------------------------------------------- pre-training
 
 
+# Allowed values of PretrainConfig's floats: (low, high, low included, high included).
+PRETRAIN_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False),
+    "final_learning_rate_ratio": (0.0, 1.0, True, True),
+    "weight_decay": (0.0, math.inf, True, False), "grad_clip": (0.0, math.inf, False, False),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Everything that defines a pre-training run (saved as config.json)."""
@@ -109,13 +117,8 @@ class PretrainConfig:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.longer_share <= 1.0:
             raise ValueError(f"PretrainConfig.longer_share={self.longer_share} must be in [0, 1]")
-        for name, low, high, low_in, high_in in (
-            ("learning_rate", 0.0, math.inf, False, False),
-            ("final_learning_rate_ratio", 0.0, 1.0, True, True),
-            ("weight_decay", 0.0, math.inf, True, False),
-            ("grad_clip", 0.0, math.inf, False, False),
-        ):
-            _check_range(f"PretrainConfig.{name}", getattr(self, name), low, high, low_in, high_in)
+        for name, interval in PRETRAIN_RANGES.items():
+            _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
         for name in ("seed", "eval_extra_digits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 0")
@@ -366,6 +369,14 @@ def _check_range(name: str, value: float, low: float, high: float, low_in: bool,
 # -------------------------------------------------------------- causal map
 
 
+# Allowed values of CausalMapConfig's floats, as HYPER_RANGES.
+CAUSAL_MAP_RANGES = {
+    "temperature": (0.0, math.inf, False, False),
+    "certainty_temperature": (0.0, math.inf, False, False),
+    "beta": (0.0, math.inf, True, False), "forced_below": (0.0, 1.0, False, True),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalMapConfig:
     """What the map is measured on. Defaults: CPU scale, the measured RL temperature 1."""
@@ -384,10 +395,5 @@ class CausalMapConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        for name, low, high, low_in, high_in in (
-            ("temperature", 0.0, math.inf, False, False),
-            ("certainty_temperature", 0.0, math.inf, False, False),
-            ("beta", 0.0, math.inf, True, False),
-            ("forced_below", 0.0, 1.0, False, True),
-        ):
-            _check_range(name, getattr(self, name), low, high, low_in, high_in)
+        for name, interval in CAUSAL_MAP_RANGES.items():
+            _check_range(name, getattr(self, name), *interval)

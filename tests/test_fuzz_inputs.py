@@ -1,4 +1,4 @@
-"""Every flag of every training command, given values it must refuse: exit status 2, an
+"""Every flag of the training, map and evaluation commands, given values it must refuse: exit status 2, an
 error line that names the flag, no traceback. The table of cases is generated from the
 config dataclasses and the hyperparameter ranges, so a new field is fuzzed too."""
 
@@ -14,13 +14,12 @@ from critkl.config import (HYPER_NAMES, HYPER_RANGES, CausalMapConfig, LossConfi
 # Invalid whatever the field: not a number of the field's type.
 BAD_BY_TYPE = {int: ["abc", "1.5", "-1"], float: ["abc", "nan", "inf"], bool: ["maybe"],
                str: ["no-such-choice"]}
-# Fields where -1 or a free string is not an error in itself, or that name a path.
-ALLOWED_NEGATIVE = set()
+# Free-text fields (a path): given one that does not exist.
 FREE_TEXT = {"init_from"}
 
 
 def _field_cases(config_class, skip=()):
-    defaults = config_class() if config_class is not RLConfig else RLConfig()
+    defaults = config_class()
     for field in dataclasses.fields(config_class):
         if field.name in skip:
             continue
@@ -28,9 +27,7 @@ def _field_cases(config_class, skip=()):
         if kind is tuple:
             values = ["0", "a,b", "64,-4"]
         else:
-            values = [v for v in BAD_BY_TYPE[kind] if not (v == "-1" and field.name in ALLOWED_NEGATIVE)]
-            if kind is str and field.name in FREE_TEXT:
-                values = ["no/such/run"]
+            values = ["no/such/run"] if field.name in FREE_TEXT else BAD_BY_TYPE[kind]
         for value in values:
             yield field.name, value
 
