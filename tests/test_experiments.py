@@ -53,6 +53,41 @@ def test_main_job_tiny(work_dir, capsys):
     assert set(summary["rl_summary"]) == {"beta=0", "beta=150"}
     assert summary["certainty"]["structural"]["critical"]["count"] == 8
     assert "## Certainty at critical tokens" in out and "| beta=150 | 2 |" in out
+    assert "## Causal critical-token map" in out
+    assert "beta=150: sampled success" in out.split("## Verdict")[1]
+
+
+def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
+    """mini-n3 ships its causal map; the experiments take it instead of re-measuring it
+    (no model given here: measuring would fail)."""
+    from critkl import causal
+    from critkl.outputs import Output
+    from critkl.pretrained import shipped_causal_map
+    from experiments import kl_comparison
+
+    output = Output(tmp_path / "out")
+    try:
+        keys = kl_comparison.causal_keys("mini", None, None, output, print)
+    finally:
+        output.close()
+    assert keys == causal.critical_keys(shipped_causal_map("mini-n3")["rows"]) and len(keys) == 7
+    assert "shipped with mini-n3" in capsys.readouterr().out
+    assert causal.read_critical_keys(tmp_path / "out" / "critical.json") == keys
+    assert (tmp_path / "out" / "critical.png").exists()
+
+
+@pytest.mark.slow
+def test_shipped_causal_map_is_what_its_command_measures():
+    """The shipped map of mini-n3 re-measured with its own settings (6 minutes here)."""
+    from critkl import causal
+    from critkl.config import CausalMapConfig
+    from critkl.pretrained import load_pretrained, shipped_causal_map
+
+    shipped = shipped_causal_map("mini-n3")
+    pre_config, params = load_pretrained("mini-n3")
+    rows = causal.causal_map(params, pre_config.model_config, shipped["n"],
+                             CausalMapConfig(**shipped["settings"]))
+    assert causal.critical_keys(rows) == causal.critical_keys(shipped["rows"])
 
 
 @pytest.mark.slow
@@ -85,21 +120,3 @@ def test_analyze_command(tmp_path, capsys):
 def test_analyze_bad_input(capsys):
     assert cli.main(["analyze", "no-such-model"]) == 2
     assert "neither a shipped model" in capsys.readouterr().err
-
-
-# Folders committed before results recorded their provenance; README gives their commands.
-LEGACY_RESULTS = {"kl-beta1000", "kl-mini", "kl-mini-lam0.95", "main-mini", "mini-n3",
-                  "mini-n3-base", "pretrain-b8", "rl-probes"}
-
-
-def test_committed_results_name_their_command_and_commit():
-    """Every results/ folder but the legacy ones names the command and commit that made it."""
-    from pathlib import Path
-
-    for folder in (Path(__file__).parent.parent / "results").iterdir():
-        if folder.name in LEGACY_RESULTS:
-            continue
-        path = folder / "run.json" if (folder / "run.json").exists() else folder / "critical.json"
-        assert path.exists(), f"{folder.name}: no run.json (command and commit)"
-        record = json.loads(path.read_text())
-        assert record["command"].startswith("critkl ") and record["commit"], folder
