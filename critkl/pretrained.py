@@ -29,6 +29,13 @@ def shipped_names() -> list[str]:
         if SHIPPED_DIR.exists() else []
 
 
+def shipped_causal_map(name: str) -> dict | None:
+    """The causal critical-token map shipped beside the model `name` (its critical.json, as
+    `critkl critical NAME --out DIR` writes it: command, commit, settings, rows), or None."""
+    path = SHIPPED_DIR / name / "critical.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
     """A shipped model by name (e.g. "mini-n3") or the latest checkpoint of a
     pre-training run directory -> (its PretrainConfig, its params)."""

@@ -16,6 +16,7 @@ import dataclasses
 from critkl import causal, finetune, plots, run_shell
 from critkl.config import CausalMapConfig
 from critkl.outputs import Output
+from critkl.pretrained import shipped_causal_map, shipped_names
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
@@ -26,20 +27,28 @@ CAUSAL_PROBLEMS = {"tiny": 4, "mini": 32, "paper": 64}
 
 
 def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tuple:
-    """The causally critical decision keys of the model, from critical.json in the output
-    folder, or measured (and written there: critical.json, .md, .png)."""
+    """The causally critical decision keys of the model: from critical.json in the output
+    folder; else the map shipped with the model when its settings are this scale's; else
+    measured. The map is written to the output folder (critical.json, .md, .png)."""
     path = output.folder / "critical.json"
     if path.exists():
         print_fn(f"causal map: reusing {path}")
         return causal.read_critical_keys(path)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
-    print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
-    rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
-                             run_shell.Progress("forced continuations, sampler call", print_fn))
-    output.markdown("critical.md", causal.markdown(rows))
+    name = f"{scale}-n{N[scale]}"
+    shipped = shipped_causal_map(name) if name in shipped_names() else None
+    if shipped is not None and shipped["settings"] == dataclasses.asdict(settings):
+        print_fn(f"causal map: the one shipped with {name}, measured by `{shipped['command']}` "
+                 f"at commit {shipped['commit'][:7]}")
+        saved, rows = shipped, shipped["rows"]
+    else:
+        print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
+        rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
+                                 run_shell.Progress("forced continuations, sampler call", print_fn))
+        saved = {"settings": dataclasses.asdict(settings), "n": N[scale], "rows": rows}
+    output.markdown("critical.md", causal.markdown(rows, RL_SETTINGS[scale].kl_coef))
     causal.plot(rows, output.folder / "critical.png")
-    output.json("critical.json", {"settings": dataclasses.asdict(settings), "n": N[scale],
-                                  "rows": rows})
+    output.json("critical.json", saved)
     return causal.critical_keys(rows)
 
 

@@ -2,9 +2,12 @@
 
 1. the pre-trained model's accuracy at N..N+3 digits (Tables 4-5);
 2. its certainty at critical tokens against the rest (Table 1, Figure 5);
-3. RL on N+1 digits with the standard and the prioritized KL over several seeds, one
-   vmapped program (Figures 4, 6, 7);
-4. a summary table (summary.md) and the plots.
+3. its causal critical-token map (the decisions that decide the outcome; shipped with the
+   mini model, measured otherwise);
+4. RL on N+1 digits with the standard and the prioritized KL over several seeds, one
+   vmapped program (Figures 4, 6, 7), and the verdict: prioritized minus standard sampled
+   success, paired by seed;
+5. a summary table (main.md) and the plots.
 
 Run: `critkl experiment mini` (or `tiny`, `paper`).
 """
@@ -16,28 +19,49 @@ import time
 from critkl import analysis, evaluation, finetune, plots
 from critkl.outputs import Output
 from experiments import accuracy, certainty, kl_comparison
+from experiments.models import pretrained_model
 
 SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
-        "mini": dict(problems=200, sampled_episodes=50, seeds=[0, 1], betas=[0.0, 150.0]),
-        "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
-                      betas=[0.0, 150.0])}
+            "mini": dict(problems=100, sampled_episodes=50, seeds=[0, 1], betas=[0.0, 150.0]),
+            "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
+                          betas=[0.0, 150.0])}
+
+# Wall time of the whole job from a fresh clone, measured on the project's 2-core CPU.
+MEASURED_MINUTES = {"mini": None}
+
+
+def verdict(results: dict) -> str:
+    """One sentence: the prioritized KL's sampled success minus the standard KL's at the end,
+    paired by seed, and whether its 95% interval excludes zero."""
+    lines = []
+    for setting, row in finetune.paired_differences(results, "beta=0").items():
+        mean, low, high = row["eval/sampled_success"]
+        side = ("above" if low > 0 else "below" if high < 0 else "not distinguishable from")
+        lines.append(f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
+                     f"{100 * high:+.1f}] against the standard KL (paired by seed): {side} it.")
+    return "\n".join(lines)
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plan, n = SETTINGS[scale], kl_comparison.N[scale]
     started = time.perf_counter()
+    if MEASURED_MINUTES.get(scale):
+        print_fn(f"4 stages; about {MEASURED_MINUTES[scale]:.0f} minutes in all on a 2-core CPU")
 
     def step(text: str) -> None:
-        print_fn(f"\n== [{time.perf_counter() - started:5.0f} s] {text}")
+        print_fn(f"\n== [{(time.perf_counter() - started) / 60:4.1f} min] {text}")
 
-    step(f"1/3 accuracy of the model pre-trained up to {n} digits")
+    step(f"1/4 accuracy of the model pre-trained up to {n} digits")
     report, curves = accuracy.evaluate_level(
         scale, n, output, work_dir, problems=plan["problems"],
         sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)
     accuracy.plot(output, curves)
-    step(f"2/3 certainty at critical tokens ({n + 1}-digit episodes)")
+    step(f"2/4 certainty at critical tokens ({n + 1}-digit episodes)")
     table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
-    step(f"3/3 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
+    step(f"3/4 causal critical-token map ({n + 1}-digit episodes)")
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+    kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
+    step(f"4/4 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
     results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn)
     plots.plot_sweep(n + 1, results, output)
 
@@ -48,10 +72,15 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         "", evaluation.markdown(report), "",
         "## Certainty at critical tokens (Table 1)", "",
         analysis.certainty_markdown([table1]), "",
+        "## Causal critical-token map (critical.md, critical.png)", "",
+        (output.folder / "critical.md").read_text().strip(), "",
         f"## RL on {n + 1} digits", "", finetune.markdown_summary(results), "",
+        finetune.markdown_differences(results, "beta=0"), "",
+        "## Verdict", "", verdict(results), "",
     ])
     output.markdown("main.md", summary)
     output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,
-                              "certainty": table1, "rl_summary": results["summary"]})
+                              "certainty": table1, "rl_summary": results["summary"],
+                              "differences": finetune.paired_differences(results, "beta=0")})
     print_fn("\n" + summary)
     return {"minutes": minutes}
