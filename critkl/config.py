@@ -93,6 +93,9 @@ class PretrainConfig:
     model: str = "mini"             # preset of critkl.model.PRESETS
     max_digits: int = 3             # N: operands of 1..N digits
     longer_share: float = 0.0       # share of problems from the RL distribution at N+1
+    # Share of the episodes with an N-digit operand whose list of it closes one digit early
+    # (`env.render_closed_early`): a constructed causal fork, for experiments/mechanism.py.
+    early_close_share: float = 0.0
     init_from: str = ""             # warm start: a shipped model name or a pre-training run dir
     eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits
     batch_size: int = 8             # packed streams per step, each context_length tokens
@@ -115,8 +118,12 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 1")
-        if not 0.0 <= self.longer_share <= 1.0:
-            raise ValueError(f"PretrainConfig.longer_share={self.longer_share} must be in [0, 1]")
+        for name in ("longer_share", "early_close_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.early_close_share > 0 and self.max_digits < 2:
+            raise ValueError(f"PretrainConfig.early_close_share={self.early_close_share} needs "
+                             f"max_digits >= 2 (a 1-digit list cannot close earlier)")
         for name, interval in PRETRAIN_RANGES.items():
             _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
         for name in ("seed", "eval_extra_digits"):

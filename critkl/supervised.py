@@ -70,8 +70,15 @@ def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, ja
     width = config.model_config.context_length
     shortest = len(reference.episode_text(0, 0))  # no episode is shorter
     per_stream = math.ceil(width / shortest) + 1
-    operands = training_problems(rng, config.batch_size * per_stream, config)
-    return env.pack(env.render(operands), config.batch_size, width)
+    count = config.batch_size * per_stream
+    operands = training_problems(rng, count, config)
+    if config.early_close_share > 0:
+        close = jax.random.bernoulli(jax.random.fold_in(rng, 1), config.early_close_share,
+                                     (count,))
+        episodes = env.render_closed_early(operands, close, config.max_digits)
+    else:
+        episodes = env.render(operands)
+    return env.pack(episodes, config.batch_size, width)
 
 
 def next_token_loss(params, model_config: ModelConfig, tokens, targets):

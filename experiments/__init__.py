@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from critkl import provenance
 from critkl.outputs import Output
-from experiments import accuracy, beta, certainty, critical, levels, main
+from experiments import accuracy, beta, certainty, critical, levels, main, mechanism
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -39,6 +39,8 @@ EXPERIMENTS = {
     "critical": Experiment("Figures 4 and 7: p(right token) at critical tokens during RL",
                            critical.run),
     "beta": Experiment("Figure 6: pass@1 during RL for several beta", beta.run),
+    "mechanism": Experiment("constructed: one known causal fork, standard vs prioritized KL "
+                            "against the predicted optimum", mechanism.run),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from critkl import checkpoint, pretrain, pretrained
+from critkl import checkpoint, pretrain
 from critkl.config import PretrainConfig
 from critkl.pretrained import load_pretrained, shipped_names
 
@@ -44,20 +44,32 @@ def _finished(run_dir: Path, config: PretrainConfig) -> bool:
     return checkpoint.latest_checkpoint_step(run_dir) == config.steps
 
 
-def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):
-    """(PretrainConfig, params) of the `scale` model pre-trained up to n digits."""
+def pretrained_source(scale: str, n: int, work_dir: str | Path, print_fn=print) -> str:
+    """What `critkl.pretrained.load_pretrained` loads for the `scale` model pre-trained up to
+    n digits: the shipped model's name, or the run directory of its recipe's last stage
+    (pre-trained, or resumed, first when it is not finished)."""
     name = f"{scale}-n{n}"
     if name in shipped_names():
         print_fn(f"using the shipped model {name}")
-        return load_pretrained(name)
+        return name
     base = Path(work_dir) / "models" / name
     dirs = [base / f"stage{i + 1}" for i in range(2)]
     stages = recipe(scale, n, dirs)
     for run_dir, config in zip(dirs, stages):
-        if _finished(run_dir, config):
-            continue
-        resume = checkpoint.latest_checkpoint_step(run_dir) is not None
-        print_fn(f"pre-training {name} ({'resuming ' if resume else ''}{run_dir}, "
-                 f"{config.steps} steps)")
-        pretrain.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
-    return pretrained.load_run(dirs[len(stages) - 1])
+        train(run_dir, config, f"{name} ", print_fn)
+    return str(dirs[len(stages) - 1])
+
+
+def train(run_dir: Path, config: PretrainConfig, label: str = "", print_fn=print) -> None:
+    """Pre-train `config` in run_dir unless finished there; resumes a run that was cut off."""
+    if _finished(run_dir, config):
+        return
+    resume = checkpoint.latest_checkpoint_step(run_dir) is not None
+    print_fn(f"pre-training {label}({'resuming ' if resume else ''}{run_dir}, "
+             f"{config.steps} steps)")
+    pretrain.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
+
+
+def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):
+    """(PretrainConfig, params) of the `scale` model pre-trained up to n digits."""
+    return load_pretrained(pretrained_source(scale, n, work_dir, print_fn))

@@ -22,6 +22,7 @@ EXPECTED_FILES = {
     "levels": {"levels.json", "levels.png"},
     "critical": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
                  "critical_digits.png", *RL_FILES},
+    "mechanism": {"mechanism.md", "mechanism.json", "pass_at_1.png", *RL_FILES},
     "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
              "critical_digits.png", *RL_FILES},
 }
@@ -91,7 +92,8 @@ def test_shipped_causal_map_is_what_its_command_measures():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta"])
+@pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta",
+                                  "mechanism"])
 def test_entry_tiny(work_dir, name):
     folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
     _check_outputs(folder, name)
