@@ -290,16 +290,15 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
                         help="critical.json of `critkl critical` for this model: evaluations "
                         "report p(right) at its causally critical tokens (default: none)")
-    for field in dataclasses.fields(RLConfig):
-        if field.name not in _RL_FIELDS_WITHOUT_FLAGS:
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=int,
-                                help=f"default {field.default}")
-    loss_defaults = LossConfig()
-    for field in dataclasses.fields(LossConfig):
-        kind = type(getattr(loss_defaults, field.name))
-        kind = {bool: _boolean, tuple: lambda text: tuple(_list_of(int)(text))}.get(kind, kind)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
-                            help=f"default {getattr(loss_defaults, field.name)}")
+    for defaults in (RLConfig(), LossConfig()):
+        for field in dataclasses.fields(defaults):
+            if field.name in _RL_FIELDS_WITHOUT_FLAGS:
+                continue
+            default = getattr(defaults, field.name)
+            kind = {bool: _boolean, tuple: lambda text: tuple(_list_of(int)(text))}.get(
+                type(default), type(default))
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
+                                help=f"default {default}")
     defaults = RLHyper()
     for name in HYPER_NAMES:
         default = getattr(defaults, name, None)

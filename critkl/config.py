@@ -207,7 +207,6 @@ class LossConfig:
       subtracts `critkl.losses.per_token_kl_penalty` from the rewards before GAE; no KL term
       in the loss).
     prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
-    value_hidden_sizes: hidden layers of the trainer's value head (`critkl.model.ValueHead`).
     center_advantages: the collector subtracts the mean advantage over the batch's action
       tokens (`critkl.losses.center_advantages`), a batch baseline on top of the value head:
       with a ternary reward and a value head that starts at 0, most episodes fail and every
@@ -218,7 +217,6 @@ class LossConfig:
     kl_kind: str = "k2"
     kl_placement: str = "loss"
     prioritized: bool = True
-    value_hidden_sizes: tuple[int, ...] = (128, 128)
     center_advantages: bool = True
 
     def __post_init__(self):
@@ -232,13 +230,6 @@ class LossConfig:
             value = getattr(self, name)
             if not isinstance(value, type(allowed[0])) or value not in allowed:
                 raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {value!r}")
-        sizes = self.value_hidden_sizes
-        if not isinstance(sizes, tuple) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
-        ):
-            raise ValueError(
-                f"LossConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
-            )
 
 
 # ---------------------------------------------------------------- fine-tuning run
@@ -261,6 +252,7 @@ class RLConfig:
     # over the fewest equal chunks of at most this size (the same gradient; memory grows with
     # the chunk, ~50 MB per episode for the mini model at 4 digits).
     update_chunk: int = 16
+    value_hidden_sizes: tuple[int, ...] = (128, 128)  # the value head's hidden layers
     loss: LossConfig = LossConfig()
     # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
     # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
@@ -283,6 +275,13 @@ class RLConfig:
             raise ValueError(
                 f"RLConfig.episodes={self.episodes} must be a multiple of "
                 f"minibatches={self.minibatches}"
+            )
+        sizes = self.value_hidden_sizes
+        if not isinstance(sizes, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+        ):
+            raise ValueError(
+                f"RLConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
             )
         for key in self.causal_keys:
             env.key_code(key)  # raises ValueError naming the bad key

@@ -66,7 +66,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     """Build the pure functions of a fine-tuning run (see module docstring)."""
     config.check_model(model_config)
     model = GPT(model_config)
-    value_head = ValueHead(config.loss.value_hidden_sizes)
+    value_head = ValueHead(config.value_hidden_sizes)
     n, k = config.n, config.extra_digits
     digits, max_length = config.digits, config.max_length
 

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from critkl import pretrain, rl
-from critkl.config import LossConfig, PretrainConfig, RLConfig, RLHyper
+from critkl.config import PretrainConfig, RLConfig, RLHyper
 
 GOLDEN = Path(__file__).with_name("golden.json")
 PRETRAIN = PretrainConfig(
     model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=4, warmup_steps=1,
     learning_rate=3e-3, log_every=1, eval_every=4, eval_problems=8, checkpoint_every=4)
 RL = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
-                 eval_every=1, eval_episodes=4, loss=LossConfig(value_hidden_sizes=(8,)))
+                 eval_every=1, eval_episodes=4, value_hidden_sizes=(8,))
 
 
 def _fingerprint(tree) -> dict[str, float]:

@@ -54,7 +54,7 @@ ALGORITHMS, KINDS = ("ppo", "a2c"), ("k1", "k2", "k3", "exact")
 CASES = [  # every algorithm x kl_kind, prioritized on and off in a checkerboard; KL in reward
     (a, k, (i + j) % 2 == 0, "loss") for i, a in enumerate(ALGORITHMS) for j, k in enumerate(KINDS)
 ] + [("ppo", "k3", True, "reward"), ("a2c", "exact", False, "reward")]
-CONFIGS = {case: LossConfig(case[0], case[1], case[3], case[2], VALUE_SIZES) for case in CASES}
+CONFIGS = {case: LossConfig(case[0], case[1], case[3], case[2]) for case in CASES}
 
 
 # These programs run once: a low LLVM optimisation level halves their compile time.
@@ -477,7 +477,6 @@ def test_gae_undiscounted_returns_are_reward_to_go_and_gamma_traces():
         ("kl_kind", "k4"),
         ("kl_placement", "advantage"),
         ("prioritized", 1),
-        ("value_hidden_sizes", (128, 0)),
     ],
 )
 def test_loss_config_validation_names_the_field(field, value):

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from critkl import finetune, pretrain, rl
-from critkl.config import (HYPER_NAMES, HYPER_RANGES, LossConfig, LossHyper, model_preset,
+from critkl.config import (HYPER_NAMES, HYPER_RANGES, LossHyper, model_preset,
                            PretrainConfig, RLConfig, RLHyper)
 from critkl.model import init_params
 
 TINY = model_preset("tiny")
-SMALL_LOSS = LossConfig(value_hidden_sizes=(16, 16))
 QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
-                 eval_every=1, eval_episodes=4, loss=SMALL_LOSS)
+                 eval_every=1, eval_episodes=4, value_hidden_sizes=(16, 16))
 TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
 
@@ -186,6 +185,7 @@ def test_settings_keep_the_grid_order():
     ({"iterations": 5, "eval_every": 2}, "multiple of eval_every"),
     ({"episodes": 5, "minibatches": 2}, "multiple of minibatches"),
     ({"extra_digits": -1}, "extra_digits"),
+    ({"value_hidden_sizes": (128, 0)}, "RLConfig.value_hidden_sizes"),
 ])
 def test_rl_config_errors(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -243,7 +243,8 @@ def test_toy_run_improves_reward(tmp_path):
     # devices would make each device compute every run).
     params = jax.device_get(pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params)
     config = RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
-                         minibatches=1, eval_every=40, eval_episodes=16, loss=SMALL_LOSS)
+                         minibatches=1, eval_every=40, eval_episodes=16,
+                         value_hidden_sizes=(16, 16))
     hyper = RLHyper(learning_rate=3e-4, loss=LossHyper(kl_coef=0.0, policy_temperature=2.0))
     seeds = 4
     train = jax.vmap(rl.make_train(config, TINY).train, in_axes=(0, 0, None))
