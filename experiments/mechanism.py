@@ -43,7 +43,7 @@ SETTINGS = {
                                                          log_every=20, eval_every=200,
                                                          eval_problems=100,
                                                          checkpoint_every=100),
-                 map_problems=32, rl=dict(episodes=128, iterations=10, eval_every=5,
+                 map_problems=32, rl=dict(episodes=128, iterations=15, eval_every=5,
                                           eval_episodes=100),
                  seeds=[0, 1, 2]),
 }
