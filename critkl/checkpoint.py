@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from typing import Any, Iterable
 
 import jax
@@ -206,17 +207,21 @@ class Checkpointer:
         Raises CheckpointError if an earlier asynchronous save failed, so that a run
         never goes on believing its work is saved."""
         self._raise_failed_saves()
+        self._check_free_space(step, state)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
         digest = state_digest(state) if jax.process_index() == 0 else None
         if digest is not None:
             os.makedirs(self.checksums, exist_ok=True)
             files.write_atomic(self._checksum_path(step), digest + "\n")
-        self._manager.save(
-            int(step),
-            args=ocp.args.StandardSave(jax.tree.map(_to_storable, state)),
-            metrics=metrics,
-        )
+        try:  # orbax first waits for the previous save, and raises its error here
+            self._manager.save(
+                int(step),
+                args=ocp.args.StandardSave(jax.tree.map(_to_storable, state)),
+                metrics=metrics,
+            )
+        except Exception as error:
+            raise self._save_failed(error) from error
         self._prune_checksums(keep=int(step))
 
     def _prune_checksums(self, keep: int | None = None) -> None:
@@ -303,7 +308,10 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until in-flight saves are written and finalised; raise if one failed."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # the background save's error, re-raised
+            raise self._save_failed(error) from error
         self._raise_failed_saves()
         self._prune_checksums()
 
@@ -311,11 +319,40 @@ class Checkpointer:
         try:
             self._manager.check_for_errors()
         except Exception as error:  # orbax re-raises the background thread's error
+            raise self._save_failed(error) from error
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """CheckpointError before a save that cannot fit: the state's size against the free
+        space of the checkpoint folder's disk (orbax would fail in background threads)."""
+        needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+        folder = self.directory if os.path.isdir(self.directory) else os.path.dirname(self.directory)
+        free = shutil.disk_usage(folder).free
+        if free < needed:
             raise CheckpointError(
-                f"Saving a checkpoint under {self.directory} failed: {error}. "
-                "Check free disk space and write permission, then resume from the last "
-                "checkpoint that was saved."
-            ) from error
+                f"Not enough disk space for checkpoint step {step} under {self.directory}: it "
+                f"needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
+                f"{self._last_complete()}.")
+
+    def _last_complete(self) -> str:
+        """What is kept, and how to go on: for the message of a save that failed."""
+        steps = ocp.utils.checkpoint_steps(self.directory)
+        if steps:
+            return (f"the last complete checkpoint, step {max(steps)}, is intact. Free disk "
+                    "space (or fix the write permission), then run the same command with --resume")
+        return ("no checkpoint was completed. Free disk space (or fix the write permission), "
+                "then start the run again")
+
+    def _save_failed(self, error: Exception) -> CheckpointError:
+        """One message for a failed save: the cause (a full disk named as such), the last
+        complete checkpoint, what to do."""
+        text = str(error)
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            cause = "the disk is full"
+        else:
+            cause = (text.strip().splitlines() or [type(error).__name__])[0][:300]
+        return CheckpointError(
+            f"Saving a checkpoint under {self.directory} failed: {cause}; "
+            f"{self._last_complete()}.")
 
     def close(self) -> None:
         """Wait for saves, release orbax's resources; raise if a save failed."""

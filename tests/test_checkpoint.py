@@ -304,3 +304,33 @@ def test_digests_follow_the_kept_steps(tmp_path):
     assert sorted(os.listdir(tmp_path / "checksums")) == ["3.sha256", "4.sha256"]
     assert (tmp_path / "checksums" / "4.sha256").read_text().strip() == \
         state_digest(make_state(4))
+
+
+def test_a_save_that_cannot_fit_is_refused_before_orbax_starts(tmp_path, monkeypatch):
+    """A full disk: one message naming the space needed and free, and the intact step."""
+    import collections
+
+    from critkl import checkpoint
+
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, make_state(1))
+        ckpt.wait()
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(1000, 990, 10))
+        with pytest.raises(CheckpointError, match=r"Not enough disk space for checkpoint step 2"
+                           r".*MiB are free; the last complete checkpoint, step 1, is intact"):
+            ckpt.save(2, make_state(2))
+    assert latest_checkpoint_step(tmp_path) == 1
+
+
+def test_a_save_that_fails_in_orbax_names_a_full_disk(tmp_path, monkeypatch):
+    """The error orbax raises (from its background threads) for a full disk, as one message."""
+    with Checkpointer(tmp_path) as ckpt:
+        def full(*args, **kwargs):
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing \"step/0\" ... Failed to write "
+                             "23898 bytes to file 7: No space left on device [os_error_code='28']")
+
+        monkeypatch.setattr(ckpt._manager, "save", full)
+        with pytest.raises(CheckpointError, match="failed: the disk is full; no checkpoint was "
+                           "completed.*start the run again"):
+            ckpt.save(1, make_state(1))
