@@ -36,15 +36,19 @@ def setting_curves(results: dict, key: str, label=lambda setting: setting) -> li
 
 
 def beta_label(setting: str) -> str:
-    """"beta=150" -> "prioritized KL, beta=150"; "kl_coef=0,..." -> "no KL"; other
-    settings as they are."""
+    """"beta=150" -> "prioritized KL, beta=150"; "kl_coef=0,..." -> "no KL"; the other
+    hyperparameters of a merged sweep's setting follow ("standard KL, kl_coef=0.1"); a
+    setting without beta as it is."""
     values = dict(part.split("=") for part in setting.split(",") if "=" in part)
     if float(values.get("kl_coef", 1)) == 0:
-        return "no KL"
-    if "beta" not in values:
+        name, shown = "no KL", ()
+    elif "beta" in values:
+        beta = float(values["beta"])
+        name = "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
+        shown = [f"{key}={value}" for key, value in values.items() if key != "beta"]
+    else:
         return setting
-    beta = float(values["beta"])
-    return "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
+    return ", ".join([name, *shown])
 
 
 def _title(digits: int, results: dict, what: str) -> str:

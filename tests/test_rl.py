@@ -168,7 +168,8 @@ def test_merged_sweeps_are_named_by_what_differs():
     assert settings == ["kl_coef=5,beta=0", "kl_coef=5,beta=150", "kl_coef=0,beta=50",
                         "kl_coef=5,beta=50"]
     assert [beta_label(s) for s in settings] == [
-        "standard KL", "prioritized KL, beta=150", "no KL", "prioritized KL, beta=50"]
+        "standard KL, kl_coef=5", "prioritized KL, beta=150, kl_coef=5", "no KL",
+        "prioritized KL, beta=50, kl_coef=5"]
     assert beta_label("beta=0") == "standard KL"
 
 
