@@ -40,16 +40,29 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
     if shipped is not None and shipped["settings"] == dataclasses.asdict(settings):
         print_fn(f"causal map: the one shipped with {name}, measured by `{shipped['command']}` "
                  f"at commit {shipped['commit'][:7]}")
-        saved, rows = shipped, shipped["rows"]
+        record = shipped
     else:
-        print_fn(f"causal map: {settings.problems} problems of {N[scale] + 1}+{N[scale] + 1} digits")
-        rows = causal.causal_map(params, pre_config.model_config, N[scale], settings,
-                                 run_shell.Progress("forced continuations, sampler call", print_fn))
-        saved = {"settings": dataclasses.asdict(settings), "n": N[scale], "rows": rows}
-    output.markdown("critical.md", causal.markdown(rows, RL_SETTINGS[scale].kl_coef))
-    causal.plot(rows, output.folder / "critical.png")
-    output.json("critical.json", saved)
-    return causal.critical_keys(rows)
+        record = measure_causal_map(params, pre_config.model_config, N[scale], settings, print_fn)
+    write_causal_map(output, record, RL_SETTINGS[scale].kl_coef)
+    return causal.critical_keys(record["rows"])
+
+
+def measure_causal_map(params, model_config, n: int, settings: CausalMapConfig,
+                       print_fn) -> dict:
+    """The map of a model pre-trained up to n, on (n+1)-digit problems, with progress lines:
+    the record critical.json holds (settings, n, rows)."""
+    print_fn(f"causal map: {settings.problems} problems of {n + 1}+{n + 1} digits")
+    rows = causal.causal_map(params, model_config, n, settings,
+                             run_shell.Progress("forced continuations, sampler call", print_fn))
+    return {"settings": dataclasses.asdict(settings), "n": n, "rows": rows}
+
+
+def write_causal_map(output: Output, record: dict, kl_coef: float) -> None:
+    """critical.json (the record), critical.md (the optimum p(right) at kl_coef) and
+    critical.png in the output folder."""
+    output.markdown("critical.md", causal.markdown(record["rows"], kl_coef))
+    causal.plot(record["rows"], output.folder / "critical.png")
+    output.json("critical.json", record)
 
 
 def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:

@@ -26,9 +26,6 @@ SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.
             "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
                           betas=[0.0, 150.0])}
 
-# Wall time of the whole job from a fresh clone, measured on the project's 2-core CPU.
-MEASURED_MINUTES = {"mini": None}
-
 
 def verdict(results: dict) -> str:
     """One sentence: the prioritized KL's sampled success minus the standard KL's at the end,
@@ -45,8 +42,6 @@ def verdict(results: dict) -> str:
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plan, n = SETTINGS[scale], kl_comparison.N[scale]
     started = time.perf_counter()
-    if MEASURED_MINUTES.get(scale):
-        print_fn(f"4 stages; about {MEASURED_MINUTES[scale]:.0f} minutes in all on a 2-core CPU")
 
     def step(text: str) -> None:
         print_fn(f"\n== [{(time.perf_counter() - started) / 60:4.1f} min] {text}")

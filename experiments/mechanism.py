@@ -18,15 +18,15 @@ Run: `critkl experiment mechanism --scale tiny|mini`.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from critkl import causal, finetune, plots, run_shell
+from critkl import causal, finetune, plots
 from critkl.config import CausalMapConfig, LossHyper, PretrainConfig, RLConfig, RLHyper
 from critkl.outputs import Output
 from critkl.pretrained import load_pretrained
+from experiments.kl_comparison import measure_causal_map, write_causal_map
 from experiments.models import pretrained_source, train
 from experiments.rl_settings import run_sweep
 
@@ -79,13 +79,9 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     pre_config, params = load_pretrained(fork_stage(scale, plan, work_dir, print_fn))
 
     settings = CausalMapConfig(problems=plan["map_problems"], beta=BETA)
-    print_fn(f"causal map of the forked model: {settings.problems} problems of "
-             f"{n + 1}+{n + 1} digits")
-    rows = causal.causal_map(params, pre_config.model_config, n, settings,
-                             run_shell.Progress("forced continuations, sampler call", print_fn))
-    output.markdown("critical.md", causal.markdown(rows, KL_COEF))
-    causal.plot(rows, output.folder / "critical.png")
-    output.json("critical.json", {"settings": dataclasses.asdict(settings), "n": n, "rows": rows})
+    record = measure_causal_map(params, pre_config.model_config, n, settings, print_fn)
+    write_causal_map(output, record, KL_COEF)
+    rows = record["rows"]
     predicted = prediction(rows)
     for row in predicted:
         print_fn(f"predicted before RL, {row['label']}: p(right) {row['p_right']:.2f} -> "

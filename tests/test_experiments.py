@@ -77,6 +77,16 @@ def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
     assert (tmp_path / "out" / "critical.png").exists()
 
 
+def test_shipped_causal_map_is_the_committed_result():
+    """The package's copy of mini-n3's map is results/critical-mini-n3's, which README cites."""
+    from pathlib import Path
+
+    from critkl.pretrained import shipped_causal_map
+
+    committed = Path(__file__).parent.parent / "results" / "critical-mini-n3" / "critical.json"
+    assert shipped_causal_map("mini-n3") == json.loads(committed.read_text())
+
+
 @pytest.mark.slow
 def test_shipped_causal_map_is_what_its_command_measures():
     """The shipped map of mini-n3 re-measured with its own settings (6 minutes here)."""
