@@ -10,13 +10,13 @@ plain one). The functions here carry their own vmap rules (`jax.custom_batching.
   operand (start 0 on the mapped axis), which XLA updates in place;
 - `plain_when_mapped_once`: a vmap over one instance (as a single fine-tuning run is vmapped)
   runs the function unmapped, since a unit mapped axis makes XLA:CPU copy the cache anyway;
-- `all_true` and `minimum`: reduce over the mapped axes too and return an unmapped scalar, so
-  that a vmapped loop keeps one scalar predicate (it runs until every mapped instance is done)
-  and one scalar start.
+- `all_true`, `minimum` and `maximum`: reduce over the mapped axes too and return an unmapped
+  scalar, so that a vmapped loop keeps one scalar predicate (it runs until every mapped instance
+  is done) and one scalar start, and a vmapped `lax.switch` one branch index.
 
-Use `all_true` and `minimum` only where running longer, or starting earlier, leaves the
-results unchanged (the sampler's finished sequences write nothing; earlier positions replay
-the prompt). None of these functions may be differentiated (custom_vmap has no autodiff rule);
+Use these reductions only where running longer, starting earlier or computing over more
+positions leaves the results unchanged (the sampler's finished sequences write nothing; earlier
+positions replay the prompt; positions past an episode's end are masked out of the loss). None of these functions may be differentiated (custom_vmap has no autodiff rule);
 the sampler never is.
 """
 
@@ -66,6 +66,7 @@ def _over_every_instance(reduce):
 
 all_true = _over_every_instance(jnp.all)  # jnp.all(x); under vmap, over every instance
 minimum = _over_every_instance(jnp.min)   # jnp.min(x); under vmap, over every instance
+maximum = _over_every_instance(jnp.max)   # jnp.max(x); under vmap, over every instance
 
 
 def plain_when_mapped_once(fn):

@@ -19,8 +19,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
-from critkl import env, evaluation, losses
+from critkl import env, evaluation, inplace, losses
 from critkl.config import ModelConfig, RLConfig, RLHyper
 from critkl.model import GPT, ValueHead
 
@@ -62,6 +63,56 @@ def _shift_right(x: jax.Array) -> jax.Array:
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
 
 
+def update_widths(config: RLConfig) -> tuple[int, ...]:
+    """The widths (positions) a chunk of sampled episodes is cut to after sampling: the
+    longest episode that ends in time, halfway to the cut, the cut (`config.max_length`).
+    Each chunk runs at the narrowest that holds its longest episode."""
+    longest = env.max_episode_length(config.digits)
+    return tuple(sorted({longest, (longest + config.max_length) // 2, config.max_length}))
+
+
+def _episode_widths(action_mask: jax.Array) -> jax.Array:
+    """Positions each episode uses, its last action + 1 (0 without one): [B, T] -> [B]."""
+    positions = jnp.arange(1, action_mask.shape[1] + 1)
+    return jnp.max(jnp.where(action_mask, positions, 0), axis=1)
+
+
+def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, *arrays):
+    """fn(*arrays cut to the narrowest of the static `widths` that holds `needed` positions).
+
+    arrays: pytrees of [rows, T, ...]; fn's outputs have the same shapes at every width. One
+    `lax.switch`: in a vmapped sweep every run takes the widest run's width
+    (`inplace.maximum`), so that it stays one conditional and does not run every branch.
+    """
+    index = jnp.searchsorted(jnp.asarray(widths), inplace.maximum(needed))
+
+    def at(width):
+        return lambda *a: fn(*jax.tree.map(lambda x: x[:, :width], a))
+
+    return lax.switch(index, [at(width) for width in widths], *arrays)
+
+
+def _forward_by_width(apply, tokens: jax.Array, needed: jax.Array, rows: int,
+                      widths: tuple[int, ...]) -> jax.Array:
+    """apply(tokens [rows, W]) -> [rows, W, ...] over every episode, in chunks of `rows`
+    episodes sorted by `needed` [B] (positions used), each chunk at its narrowest width;
+    the outputs zero-padded to T, in the episodes' order: [B, T, ...]."""
+    batch, time = tokens.shape
+    order = jnp.argsort(needed)
+
+    def padded(chunk):
+        out = apply(chunk)
+        return jnp.pad(out, ((0, 0), (0, time - out.shape[1])) + ((0, 0),) * (out.ndim - 2))
+
+    def one(_, chunk_and_needed):
+        chunk, chunk_needed = chunk_and_needed
+        return None, _at_width(padded, widths, chunk_needed.max(), chunk)
+
+    _, outputs = lax.scan(one, None, (tokens[order].reshape(-1, rows, time),
+                                      needed[order].reshape(-1, rows)))
+    return outputs.reshape((batch, time) + outputs.shape[3:])[jnp.argsort(order)]
+
+
 def make_train(config: RLConfig, model_config: ModelConfig):
     """Build the pure functions of a fine-tuning run (see module docstring)."""
     config.check_model(model_config)
@@ -69,6 +120,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     value_head = ValueHead(config.value_hidden_sizes)
     n, k = config.n, config.extra_digits
     digits, max_length = config.digits, config.max_length
+    widths = update_widths(config)
+    chunk_rows = config.minibatch_size // config.chunks
 
     def init(rng, hyper: RLHyper, pretrained) -> RunState:
         value_rng, rng, eval_rng = jax.random.split(rng, 3)
@@ -95,10 +148,13 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         hidden = attempt.generation.hidden
         values = _shift_right(value_head.apply({"params": state.value}, hidden))
         # The frozen reference, once per collect: every minibatch step reuses its log-probs.
-        ref_logits, _ = model.apply({"params": pretrained}, tokens)
-        ref_logprobs = jax.nn.log_softmax(ref_logits, axis=-1)
+        needed = outcome.last + 1
+        ref_logprobs = _forward_by_width(
+            lambda x: jax.nn.log_softmax(model.apply({"params": pretrained}, x)[0], axis=-1),
+            tokens, needed, chunk_rows, widths)
         if config.loss.kl_placement == "reward":
-            logits, _ = model.apply({"params": state.policy}, tokens)
+            logits = _forward_by_width(lambda x: model.apply({"params": state.policy}, x)[0],
+                                       tokens, needed, chunk_rows, widths)
             kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, hyper.loss,
                                                      config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
@@ -117,8 +173,10 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         return batch, metrics
 
     def update(state: RunState, hyper: RLHyper, batch, rng):
-        """ppo_epochs passes of minibatch steps over the batch. Loss metrics are the
-        token-weighted means of their values on the chunks."""
+        """ppo_epochs passes of minibatch steps over the batch. A minibatch's episodes are
+        sorted by length into its chunks, each chunk run at its narrowest width (the sum of
+        the chunks' gradients does not depend on which episode is in which). Loss metrics are
+        the token-weighted means of their values on the chunks."""
         tx = _optimizer(hyper)
         size = config.minibatch_size
 
@@ -134,14 +192,17 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         def step(carry, minibatch):
             """One optimizer step; the gradient summed over the minibatch's chunks."""
             params, opt_state = carry
+            by_length = jnp.argsort(_episode_widths(minibatch.action_mask))
             chunks = jax.tree.map(
-                lambda x: x.reshape((config.chunks, size // config.chunks) + x.shape[1:]),
+                lambda x: x[by_length].reshape((config.chunks, chunk_rows) + x.shape[1:]),
                 minibatch)
             tokens_in_minibatch = jnp.maximum(minibatch.action_mask[:, 1:].sum(), 1)
 
             def add_chunk(total, chunk):
-                (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    params, chunk, tokens_in_minibatch)
+                (_, metrics), grads = _at_width(
+                    lambda c: jax.value_and_grad(loss_fn, has_aux=True)(
+                        params, c, tokens_in_minibatch),
+                    widths, _episode_widths(chunk.action_mask).max(), chunk)
                 return jax.tree.map(jnp.add, total, (grads, metrics)), None
 
             zero_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], chunks),

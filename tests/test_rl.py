@@ -71,6 +71,50 @@ def test_update_in_chunks_equals_the_whole_minibatch():
     assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_forward_by_width_equals_the_full_forward_where_episodes_are():
+    """Chunks of episodes sorted by length, each cut to its narrowest width: the same outputs as
+    one full-width forward at every position an episode uses, zeros past its chunk's width, in
+    episode order."""
+    from critkl.model import GPT
+
+    params = init_params(jax.random.key(0), TINY)
+    tokens = jax.random.randint(jax.random.key(1), (6, 40), 0, TINY.vocab_size)
+    needed = jnp.array([40, 9, 23, 12, 31, 5])
+    widths = (10, 24, 32, 40)
+    apply = lambda x: GPT(TINY).apply({"params": params}, x)[0]  # noqa: E731
+    cut = rl._forward_by_width(apply, tokens, needed, 2, widths)
+    full = apply(tokens)
+    used = jnp.arange(40)[None, :] < needed[:, None]
+    np.testing.assert_allclose(jnp.where(used[..., None], cut, 0.0),
+                               jnp.where(used[..., None], full, 0.0), atol=1e-5, rtol=1e-5)
+    # Sorted in pairs: (5, 9) at width 10, (12, 23) at 24, (31, 40) at 40.
+    chunk_width = jnp.array([40, 10, 24, 24, 40, 10])
+    past = jnp.arange(40)[None, :] >= chunk_width[:, None]
+    assert float(jnp.abs(jnp.where(past[..., None], cut, 0.0)).max()) == 0.0
+    # Under vmap, every instance takes the widest instance's width: the same outputs.
+    stacked = jax.vmap(lambda t, n: rl._forward_by_width(apply, t, n, 2, widths))(
+        jnp.stack([tokens, tokens[::-1]]), jnp.stack([needed, needed[::-1]]))
+    np.testing.assert_allclose(stacked[0], cut, atol=1e-5, rtol=1e-5)
+
+
+def test_episodes_cut_to_their_width_update_as_at_full_width(monkeypatch):
+    """An iteration whose chunks run at several widths = the same iteration at the cut only."""
+    params = init_params(jax.random.key(0), TINY)
+    config = dataclasses.replace(QUICK, episodes=8, minibatches=2, update_chunk=1)
+    hyper = RLHyper(learning_rate=1e-3)
+    outcomes = []
+    for widths in ((config.max_length,), (16, 20, 24, 28, 32, 40, 64, config.max_length)):
+        monkeypatch.setattr(rl, "update_widths", lambda c, widths=widths: widths)
+        functions = rl.make_train(config, TINY)
+        state = functions.init(jax.random.key(3), hyper, params)
+        outcomes.append(jax.jit(functions.iteration)(state, hyper, params))
+    (full_state, full_metrics), (cut_state, cut_metrics) = outcomes
+    chex.assert_trees_all_close(cut_state.policy, full_state.policy, atol=1e-6, rtol=1e-5)
+    chex.assert_trees_all_close(cut_metrics, full_metrics, atol=1e-6, rtol=1e-5)
+    # The random model's episodes end early: most chunks ran below the cut.
+    assert float(full_metrics["train/episode_tokens"]) < 40
+
+
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = TWO_PERIODS
