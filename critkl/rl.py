@@ -65,10 +65,10 @@ def _shift_right(x: jax.Array) -> jax.Array:
 
 def update_widths(config: RLConfig) -> tuple[int, ...]:
     """The widths (positions) a chunk of sampled episodes is cut to after sampling: the
-    longest episode that ends in time, halfway to the cut, the cut (`config.max_length`).
-    Each chunk runs at the narrowest that holds its longest episode."""
-    longest = env.max_episode_length(config.digits)
-    return tuple(sorted({longest, (longest + config.max_length) // 2, config.max_length}))
+    longest episode that ends in time and the cut (`config.max_length`). Each chunk runs at
+    the narrower one when it holds its longest episode. (Every width compiles the update once
+    more: two keep the compile time down.)"""
+    return tuple(sorted({env.max_episode_length(config.digits), config.max_length}))
 
 
 def _episode_widths(action_mask: jax.Array) -> jax.Array:
