@@ -242,15 +242,18 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         size = config.eval_episodes
         train_ops = env.sample_rl(train_rng, size, n, k, digits)
         comfort_ops = env.sample_pretraining(comfort_rng, size, n, digits)
-        metrics = {}
-        for name, operands, temperature in (
-            ("eval/pass_at_1", train_ops, 0.0),
-            ("eval/comfort_pass_at_1", comfort_ops, 0.0),
-            ("eval/sampled_success", train_ops, hyper.loss.policy_temperature),
-        ):
+        names = ("eval/pass_at_1", "eval/comfort_pass_at_1", "eval/sampled_success")
+        operands = jax.tree.map(lambda *x: jnp.stack(x), train_ops, comfort_ops, train_ops)
+        temperatures = jnp.stack([0.0, 0.0, hyper.loss.policy_temperature])
+
+        def success(operands_and_temperature):
+            operands, temperature = operands_and_temperature
             attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
                                          temperature=temperature, max_length=max_length)
-            metrics[name] = attempt.outcome.success.mean()
+            return attempt.outcome.success.mean()
+
+        # One after the other in a loop, so that the three share one sampler's buffers.
+        metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
         metrics.update(critical_token_probabilities(policy, model_config, train_ops, n))
         if config.causal_keys:
             identical = env.sample_identical(causal_rng, size, digits, digits)
@@ -277,11 +280,18 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     return TrainFunctions(init, iteration, run, evaluate, train)
 
 
+EVAL_FORWARD_ROWS = 20  # episodes per teacher-forced forward of an evaluation
+
+
 def _right_token_probabilities(params, model_config: ModelConfig, episodes: env.Episodes):
     """Teacher-forced probability of each reference token given its correct prefix: [B, L]
-    (position t: token t; position 0 is 0)."""
-    logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
-    right = jnp.exp(losses.token_logprobs(logits[:, :-1], episodes.tokens[:, 1:]))
+    (position t: token t; position 0 is 0). The forward runs EVAL_FORWARD_ROWS episodes at a
+    time, so its activations stay small."""
+    def one(tokens):  # [L] -> [L - 1]
+        logits, _ = GPT(model_config).apply({"params": params}, tokens[None])
+        return jnp.exp(losses.token_logprobs(logits[0, :-1], tokens[1:]))
+
+    right = jax.lax.map(one, episodes.tokens, batch_size=EVAL_FORWARD_ROWS)
     return jnp.pad(right, ((0, 0), (1, 0)))
 
 
