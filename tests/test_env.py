@@ -218,7 +218,7 @@ def test_stop_rule_ends_where_score_ends():
     episodes = render(operands)
     tokens = np.array(episodes.tokens)
     for row in range(0, 300, 3):  # some rows: garbage after the prompt
-        p = episodes.prompt_length[row]
+        p = int(episodes.prompt_length[row])
         tokens[row, p:] = rng.choice([tokenizer.token_id(c) for c in "/\n12,"] + [0], tokens.shape[1] - p)
     outcome = score(jnp.asarray(tokens), episodes)
     state = jnp.zeros(300, jnp.int32)
