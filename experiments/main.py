@@ -39,24 +39,36 @@ def verdict(results: dict) -> str:
     return "\n".join(lines)
 
 
+# Minutes each of the four stages took at mini scale from a fresh clone on this project's
+# 2-core CPU (results/main-mini/run.json): the job's overall estimate. Other scales print none.
+STAGE_MINUTES = {"mini": (3.2, 0.4, 0.0, 11.1)}
+
+
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plan, n = SETTINGS[scale], kl_comparison.N[scale]
     started = time.perf_counter()
+    stage = 0
 
     def step(text: str) -> None:
-        print_fn(f"\n== [{(time.perf_counter() - started) / 60:4.1f} min] {text}")
+        nonlocal stage
+        stage += 1
+        line = f"\n== [{(time.perf_counter() - started) / 60:4.1f} min] {stage}/4 {text}"
+        if scale in STAGE_MINUTES:
+            line += (f"  (about {sum(STAGE_MINUTES[scale][stage - 1:]):.0f} min left at the "
+                     "speed of a 2-core CPU)")
+        print_fn(line)
 
-    step(f"1/4 accuracy of the model pre-trained up to {n} digits")
+    step(f"accuracy of the model pre-trained up to {n} digits")
     report, curves = accuracy.evaluate_level(
         scale, n, output, work_dir, problems=plan["problems"],
         sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)
     accuracy.plot(output, curves)
-    step(f"2/4 certainty at critical tokens ({n + 1}-digit episodes)")
+    step(f"certainty at critical tokens ({n + 1}-digit episodes)")
     table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
-    step(f"3/4 causal critical-token map ({n + 1}-digit episodes)")
+    step(f"causal critical-token map ({n + 1}-digit episodes)")
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
     kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    step(f"4/4 RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
+    step(f"RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
     results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn)
     plots.plot_sweep(n + 1, results, output)
 
