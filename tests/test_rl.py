@@ -243,7 +243,8 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
     from critkl.model import GPT
 
     params = init_params(jax.random.key(1), TINY)
-    operands = env.sample_identical(jax.random.key(2), 16, 2, 2)
+    problems = 2 * rl.EVAL_FORWARD_ROWS + 5  # two whole forward chunks and a remainder
+    operands = env.sample_identical(jax.random.key(2), problems, 2, 2)
     keys = ((1, "operand", "a", 2), (2, "operand", "b", 0))
     got = rl.causal_token_probability(params, TINY, operands, keys)
     episodes = env.render(operands)
@@ -254,7 +255,7 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
             if key in keys:
                 p = np.exp(logits[b, t - 1] - logits[b, t - 1].max())
                 values.append(p[tokens[b, t]] / p.sum())
-    assert len(values) == 2 * 16
+    assert len(values) == 2 * problems
     np.testing.assert_allclose(got, np.mean(values), rtol=1e-5)
 
 
@@ -266,6 +267,32 @@ def test_evaluation_reports_sampled_success_and_causal_tokens():
     assert {"eval/pass_at_1", "eval/sampled_success", "causal/p_right"} <= set(metrics)
     with pytest.raises(ValueError, match="not a decision key"):
         dataclasses.replace(QUICK, causal_keys=((1, "operand", "z", 2),))
+
+
+def test_evaluation_successes_equal_separate_attempts():
+    """The three samplings that evaluate runs in one loop, against one attempt each, on the
+    shipped mini-n3, whose three success rates differ (so a swap would show)."""
+    from critkl import env, evaluation
+    from critkl.pretrained import load_pretrained
+
+    pre, params = load_pretrained("mini-n3")
+    size = 16
+    config = RLConfig(n=3, extra_digits=1, eval_episodes=size)
+    hyper = RLHyper()
+    metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(3), hyper)
+    train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(3), 4)
+    train_ops = env.sample_rl(train_rng, size, config.n, config.extra_digits, config.digits)
+    comfort_ops = env.sample_pretraining(comfort_rng, size, config.n, config.digits)
+    direct = {}
+    for name, operands, temperature in (
+            ("eval/pass_at_1", train_ops, 0.0), ("eval/comfort_pass_at_1", comfort_ops, 0.0),
+            ("eval/sampled_success", train_ops, hyper.loss.policy_temperature)):
+        attempt = evaluation.attempt(params, pre.model_config, operands, solve_rng,
+                                     temperature=temperature, max_length=config.max_length)
+        direct[name] = float(attempt.outcome.success.mean())
+    assert len(set(direct.values())) == 3, direct
+    for name, value in direct.items():
+        np.testing.assert_allclose(metrics[name], value, err_msg=name)
 
 
 def test_context_too_short_is_refused():
