@@ -34,7 +34,7 @@ def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
     tokens [B, T] int32 -> [B, T] float32 in [0, 1]; position 0 (no prediction) holds 1.
     """
     logits, _ = GPT(model_config).apply({"params": params}, tokens)
-    values = losses.certainty(logits[:, :-1].astype(jnp.float32), temperature)
+    values = weighting.certainty(logits[:, :-1].astype(jnp.float32), temperature)
     return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, losses, sampling
+from critkl import env, sampling, weighting
 from critkl.config import CausalMapConfig, ModelConfig
 from critkl.model import GPT
 from critkl.tokenizer import decode
@@ -69,7 +69,7 @@ def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = 
     tokens = np.asarray(episodes.tokens)
     logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
-    weights = np.asarray(losses.prioritized_kl_weights(
+    weights = np.asarray(weighting.prioritized_kl_weights(
         logits, settings.beta, settings.certainty_temperature))
 
     rows, by_key = {}, defaultdict(list)

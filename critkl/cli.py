@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from critkl.config import (CausalMapConfig, HYPER_NAMES, LossConfig, PretrainConfig, RLConfig,
-                           RLHyper)
+                           RLHyper, WEIGHTINGS, weighting_preset)
 
 USAGE_ERROR = 2  # exit status for bad input
 
@@ -144,6 +144,11 @@ def _list_of(kind):
     return parse
 
 
+def _tuple_of(kind):
+    """Parse "a,b" into a tuple of `kind`."""
+    return lambda text: tuple(_list_of(kind)(text))
+
+
 def _boolean(text: str) -> bool:
     """argparse type: true/false (also 1/0, yes/no); any other word is refused."""
     words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -184,6 +189,10 @@ def _finetune(args) -> None:
                    if getattr(args, name) is not None}
     grid = {name: getattr(args, name) for name in HYPER_NAMES
             if getattr(args, name) is not None}
+    if args.weighting:
+        fields, values = weighting_preset(args.weighting)
+        loss_values = {**fields, **loss_values}
+        grid = {**{name: [value] for name, value in values.items()}, **grid}
     if args.command == "finetune":
         many = [name for name, values in grid.items() if len(values) > 1]
         if many or len(args.seeds) > 1:
@@ -287,6 +296,10 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     _add_distributed_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help="comma-separated seeds" if lists else "the seed (one)")
+    parser.add_argument("--weighting", choices=list(WEIGHTINGS),
+                        help="a named per-token weighting (README, 'Token weightings'): sets "
+                        "weight-signal, weight-rule, weight-targets and its numeric values "
+                        "unless given (default: the flags' defaults, the paper's prioritized KL)")
     parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
                         help="critical.json of `critkl critical` for this model: evaluations "
                         "report p(right) at its causally critical tokens (default: none)")
@@ -295,8 +308,8 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
             if field.name in _RL_FIELDS_WITHOUT_FLAGS:
                 continue
             default = getattr(defaults, field.name)
-            kind = {bool: _boolean, tuple: lambda text: tuple(_list_of(int)(text))}.get(
-                type(default), type(default))
+            kind = (_boolean if isinstance(default, bool) else
+                    _tuple_of(type(default[0])) if isinstance(default, tuple) else type(default))
             parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
                                 help=f"default {default}")
     defaults = RLHyper()

@@ -176,6 +176,12 @@ PAPER_TEMPERATURES = {"certainty_temperature": 4.0, "policy_temperature": 2.0}
 SAMPLE_KL_KINDS = ("k1", "k2", "k3")
 KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
 KL_PLACEMENTS = ("loss", "reward")
+# Token weighting (`critkl.weighting`: what each name means).
+WEIGHT_SIGNALS = ("certainty", "reference_entropy", "policy_entropy", "policy_max_prob",
+                  "covariance", "oracle")
+WEIGHT_RULES = ("power", "quantile", "episode_quantile", "top_k")
+WEIGHT_TARGETS = ("kl", "kl_only", "pg", "pg_detach", "clip")
+_EXCLUSIVE_TARGETS = (("kl", "kl_only"), ("pg", "pg_detach"))
 
 
 @flax.struct.dataclass
@@ -195,6 +201,12 @@ class LossHyper:
     # The KL term compares softmax(logits / this) with softmax(ref_logits / this): 1, or the
     # policy temperature as the authors do.
     kl_temperature: float = 1.0
+    # Token weighting (`critkl.weighting`): the share of the batch's (or episode's) action
+    # tokens the quantile rules single out, the count the top_k rule does, and the clip range
+    # of a fully singled-out token when the clip is a target.
+    focus_share: float = 0.2
+    focus_tokens: float = 64.0
+    wide_clip_epsilon: float = 0.4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +218,11 @@ class LossConfig:
     kl_placement: "loss" (kl_coef * mean(w * kl) added to the loss) or "reward" (the caller
       subtracts `critkl.losses.per_token_kl_penalty` from the rewards before GAE; no KL term
       in the loss).
-    prioritized: weight the KL by the reference's certainty^beta (False: weights 1).
+    prioritized: apply the token weighting below (False: every KL weight 1, no target
+      changed: the standard KL).
+    weight_signal, weight_rule, weight_targets: the token weighting (`critkl.weighting`);
+      the defaults are the paper's prioritized KL (certainty ** beta weights the KL term);
+      `WEIGHTINGS` names the rules of the literature.
     center_advantages: the collector subtracts the mean advantage over the batch's action
       tokens (`critkl.losses.center_advantages`), a batch baseline on top of the value head:
       with a ternary reward and a value head that starts at 0, most episodes fail and every
@@ -218,6 +234,9 @@ class LossConfig:
     kl_placement: str = "loss"
     prioritized: bool = True
     center_advantages: bool = True
+    weight_signal: str = "certainty"
+    weight_rule: str = "power"
+    weight_targets: tuple[str, ...] = ("kl",)
 
     def __post_init__(self):
         for name, allowed in (
@@ -226,10 +245,60 @@ class LossConfig:
             ("kl_placement", KL_PLACEMENTS),
             ("prioritized", (True, False)),
             ("center_advantages", (True, False)),
+            ("weight_signal", WEIGHT_SIGNALS),
+            ("weight_rule", WEIGHT_RULES),
         ):
             value = getattr(self, name)
             if not isinstance(value, type(allowed[0])) or value not in allowed:
                 raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {value!r}")
+        targets = self.weight_targets
+        if (not isinstance(targets, tuple) or not targets
+                or any(t not in WEIGHT_TARGETS for t in targets) or len(set(targets)) < len(targets)):
+            raise ValueError(f"LossConfig.weight_targets must be a non-empty tuple of distinct "
+                             f"names from {WEIGHT_TARGETS}, got {targets!r}")
+        for pair in _EXCLUSIVE_TARGETS:
+            if set(pair) <= set(targets):
+                raise ValueError(f"LossConfig.weight_targets: {pair[0]!r} and {pair[1]!r} "
+                                 f"contradict each other (choose one), got {targets!r}")
+        if self.weight_rule == "power" and self.weight_signal == "covariance":
+            raise ValueError("LossConfig.weight_rule='power' needs a signal in [0, 1]; "
+                             "weight_signal='covariance' is not: use 'quantile', "
+                             "'episode_quantile' or 'top_k'")
+        if self.kl_placement == "reward" and self.prioritized and (
+                targets != ("kl",) or self.weight_signal == "covariance"):
+            raise ValueError(f"LossConfig.kl_placement='reward' supports weight_targets "
+                             f"('kl',) and signals known before the advantages only, got "
+                             f"{targets!r} and {self.weight_signal!r}")
+
+
+# Named token weightings: (LossConfig fields, LossHyper values) of each rule of the
+# literature, as critkl implements it (README, "Token weightings").
+WEIGHTINGS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
+    "standard": ({"prioritized": False}, {}),
+    "prioritized": ({"weight_signal": "certainty", "weight_rule": "power",
+                     "weight_targets": ("kl",)}, {"beta": 150.0}),
+    # Wang et al. 2025: the policy gradient from the 20% highest-entropy tokens only.
+    "80-20": ({"weight_signal": "policy_entropy", "weight_rule": "quantile",
+               "weight_targets": ("pg",)}, {"focus_share": 0.2}),
+    # Archer (2025): above each response's 80th entropy percentile, no KL and a wider clip.
+    "archer": ({"weight_signal": "policy_entropy", "weight_rule": "episode_quantile",
+                "weight_targets": ("kl", "clip")}, {"focus_share": 0.2}),
+    # Cui et al. 2025: a KL penalty only on the 0.2% of tokens of highest covariance ...
+    "kl-cov": ({"weight_signal": "covariance", "weight_rule": "quantile",
+                "weight_targets": ("kl_only",)}, {"focus_share": 0.002}),
+    # ... or their policy gradient detached (Clip-Cov; here the top 0.02%, not a random draw
+    # from a covariance band).
+    "clip-cov": ({"weight_signal": "covariance", "weight_rule": "quantile",
+                  "weight_targets": ("pg_detach",)}, {"focus_share": 0.0002}),
+}
+
+
+def weighting_preset(name: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """(LossConfig fields, LossHyper values) of a named weighting; ValueError lists names."""
+    try:
+        return WEIGHTINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown weighting {name!r} (allowed: {', '.join(WEIGHTINGS)})") from None
 
 
 # ---------------------------------------------------------------- fine-tuning run
@@ -286,6 +355,9 @@ class RLConfig:
             )
         for key in self.causal_keys:
             env.key_code(key)  # raises ValueError naming the bad key
+        if self.loss.prioritized and self.loss.weight_signal == "oracle" and not self.causal_keys:
+            raise ValueError("LossConfig.weight_signal='oracle' needs RLConfig.causal_keys "
+                             "(the causal map's critical decisions: --causal-map)")
         if self.digits > env.MAX_SUPPORTED_DIGITS:
             raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
                              f"{env.MAX_SUPPORTED_DIGITS} digits")
@@ -354,6 +426,8 @@ HYPER_RANGES = {
     "value_coef": (0.0, math.inf, True, False), "entropy_coef": (0.0, math.inf, True, False),
     "policy_temperature": (0.0, math.inf, False, False),
     "kl_temperature": (0.0, math.inf, False, False),
+    "focus_share": (0.0, 1.0, True, True), "focus_tokens": (0.0, math.inf, True, False),
+    "wide_clip_epsilon": (0.0, math.inf, False, False),
 }
 
 

@@ -13,7 +13,9 @@ action.
 
 Prioritized KL (METHOD.md section 3): each token's KL term is weighted by
 w = (1 - b) * certainty(reference) ** beta + b, so the policy may leave the reference where the
-reference is uncertain (critical tokens) and stays near it elsewhere.
+reference is uncertain (critical tokens) and stays near it elsewhere. The trainer computes w
+once per collect (`critkl.weighting`, where the paper's rule is one of a family that may also
+act on the policy gradient and the clip range) and passes it in the batch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from critkl.config import KL_KINDS, LossConfig, LossHyper, SAMPLE_KL_KINDS
+from critkl.weighting import certainty, target_weights
 
 # Buckets of the KL weight for reporting (name, low, high): w < 0.1 (critical-like tokens),
 # 0.1 <= w < 0.9, w >= 0.9 (routine), w taken at the paper's beta whatever the run's beta.
@@ -36,23 +39,6 @@ KL_BUCKETS = (("low", 0.0, 0.1), ("mid", 0.1, 0.9), ("high", 0.9, math.inf))
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks
-
-
-def certainty(ref_logits: jax.Array, temperature) -> jax.Array:
-    """1 + log(max softmax(ref_logits / temperature)) / log|V|: [..., V] -> [...] in [0, 1].
-
-    1 means fully certain (one-hot), 0 uniform. `temperature` may be traced.
-    """
-    log_max = jnp.max(jax.nn.log_softmax(ref_logits / temperature, axis=-1), axis=-1)
-    return jnp.clip(1.0 + log_max / math.log(ref_logits.shape[-1]), 0.0, 1.0)
-
-
-def prioritized_kl_weights(ref_logits: jax.Array, beta, temperature, intercept=0.0) -> jax.Array:
-    """(1 - intercept) * certainty(ref_logits, temperature) ** beta + intercept: [..., V] -> [...].
-
-    beta = 0 gives weights 1 (standard KL). beta, temperature and intercept may be traced.
-    """
-    return (1.0 - intercept) * certainty(ref_logits, temperature) ** beta + intercept
 
 
 def kl_estimate(logp: jax.Array, ref_logp: jax.Array, kind: str) -> jax.Array:
@@ -158,6 +144,8 @@ class RolloutBatch(NamedTuple):
     ref_logprobs  [B,T,V] float32: the frozen reference's log-probs over the vocabulary
                   (temperature 1), as it emits them on `tokens` (position t predicts t + 1);
                   computed once per collect.
+    weights       [B,T] float32: the token weighting's w of token t (`critkl.weighting`: 1
+                  routine, towards 0 decisive), computed once per collect.
     """
 
     tokens: jax.Array
@@ -166,37 +154,29 @@ class RolloutBatch(NamedTuple):
     advantages: jax.Array
     returns: jax.Array
     ref_logprobs: jax.Array
+    weights: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
 # The loss
 
 
-def _kl_weights(ref_logits: jax.Array, hyper: LossHyper, config: LossConfig) -> jax.Array:
-    """KL weights without gradient: ref_logits [..., V] -> [...]."""
-    if not config.prioritized:
-        return jnp.ones(ref_logits.shape[:-1], jnp.float32)
-    weights = prioritized_kl_weights(
-        ref_logits, hyper.beta, hyper.certainty_temperature, hyper.intercept
-    )
-    return lax.stop_gradient(weights)
-
-
 def per_token_kl_penalty(
-    logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, hyper: LossHyper,
-    config: LossConfig,
+    logits: jax.Array, ref_logits: jax.Array, actions: jax.Array, weights: jax.Array,
+    hyper: LossHyper, config: LossConfig,
 ) -> jax.Array:
     """w * kl aligned to token positions, to subtract from the rewards: [B,T] float32.
 
     logits, ref_logits [B,T,V]: policy and reference outputs (temperature 1) on the episode
-    tokens, compared at hyper.kl_temperature; actions [B,T] int32: the episode tokens.
-    Position t holds the penalty of token t (from the outputs at t - 1); position 0 is 0. Not
-    masked: multiply by the action mask.
+    tokens, compared at hyper.kl_temperature; actions [B,T] int32: the episode tokens;
+    weights [B,T]: w of token t. Position t holds the penalty of token t (from the outputs at
+    t - 1); position 0 is 0. Not masked: multiply by the action mask.
     """
     chex.assert_equal_shape((logits, ref_logits))
+    chex.assert_equal_shape((actions, weights))
     chex.assert_shape(actions, logits.shape[:2])
     prev_logits, prev_ref = logits[:, :-1], ref_logits[:, :-1]
-    penalty = _kl_weights(prev_ref, hyper, config) * kl_per_token(
+    penalty = weights[:, 1:] * kl_per_token(
         prev_logits / hyper.kl_temperature, prev_ref / hyper.kl_temperature, actions[:, 1:],
         config.kl_kind
     )
@@ -212,14 +192,17 @@ def fused_loss(
     logits [B,T,V] and values [B,T]: the policy's outputs and its value head on batch.tokens;
     batch.ref_logprobs: the reference's (no gradient flows into it). Averages over the batch's
     action tokens:
-      policy_loss   PPO: -mean(min(ratio A, clip(ratio, 1 +- eps) A)), ratio = exp(logp_T - old);
-                    A2C: -mean(logp_T A); logp_T under softmax(logits / policy_temperature).
+      policy_loss   PPO: -mean(w_pg min(ratio A, clip(ratio, 1 +- eps) A)), ratio =
+                    exp(logp_T - old); A2C: -mean(w_pg logp_T A); logp_T under
+                    softmax(logits / policy_temperature).
       value_loss    0.5 mean((V - returns)^2), weighted by value_coef in the loss.
       entropy       mean entropy of softmax(logits / policy_temperature), weighted by
                     -entropy_coef.
-      weighted_kl   mean(w kl) of the policy against the reference, both at kl_temperature,
-                    weighted by kl_coef in the loss when kl_placement == "loss" (w carries no
-                    gradient).
+      weighted_kl   mean(w_kl kl) of the policy against the reference, both at kl_temperature,
+                    weighted by kl_coef in the loss when kl_placement == "loss".
+    w_kl, w_pg and each token's eps come from batch.weights and the weighting's targets
+    (`critkl.weighting.target_weights`; the paper's case: w_kl = w, w_pg = 1, eps fixed); they
+    carry no gradient.
     Metrics also give the exact KL at temperature 1 by bucket of the tokens' weight at the
     paper's beta (`KL_BUCKETS`: kl_w_low, kl_w_mid, kl_w_high, and the share of action
     tokens in each, tokens_w_*), so that arms of any beta compare on the same tokens.
@@ -228,7 +211,7 @@ def fused_loss(
     tokens = batch.tokens
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape((tokens, batch.action_mask, batch.old_logprobs, batch.advantages,
-                             batch.returns, values))
+                             batch.returns, batch.weights, values))
     chex.assert_equal_shape((logits, batch.ref_logprobs))
     ref_logp = lax.stop_gradient(batch.ref_logprobs)  # as logits: equal up to a constant
 
@@ -236,9 +219,10 @@ def fused_loss(
     logits, ref_logp, values = logits[:, :-1], ref_logp[:, :-1], values[:, :-1]
     actions = tokens[:, 1:]
     mask = batch.action_mask[:, 1:]
-    old_logprobs, advantages, returns = (
-        x[:, 1:] for x in (batch.old_logprobs, batch.advantages, batch.returns)
+    old_logprobs, advantages, returns, weights = (
+        x[:, 1:] for x in (batch.old_logprobs, batch.advantages, batch.returns, batch.weights)
     )
+    targets = target_weights(config, lax.stop_gradient(weights), hyper)
     mean = lambda x: masked_mean(x, mask)  # noqa: E731  over the batch's action tokens
 
     scaled_logp = jax.nn.log_softmax(logits / hyper.policy_temperature, axis=-1)
@@ -246,17 +230,16 @@ def fused_loss(
     log_ratio = logp - old_logprobs
     ratio = jnp.exp(log_ratio)
     if config.algorithm == "ppo":
-        clipped = jnp.clip(ratio, 1.0 - hyper.clip_epsilon, 1.0 + hyper.clip_epsilon)
-        policy_loss = -mean(jnp.minimum(ratio * advantages, clipped * advantages))
+        clipped = jnp.clip(ratio, 1.0 - targets.clip_epsilon, 1.0 + targets.clip_epsilon)
+        policy_loss = -mean(targets.policy * jnp.minimum(ratio * advantages, clipped * advantages))
     else:
-        policy_loss = -mean(logp * advantages)
+        policy_loss = -mean(targets.policy * logp * advantages)
     value_loss = 0.5 * mean(jnp.square(values - returns))
     entropy = mean(-jnp.sum(jnp.exp(scaled_logp) * scaled_logp, axis=-1))
 
     kl = kl_per_token(logits / hyper.kl_temperature, ref_logp / hyper.kl_temperature, actions,
                       config.kl_kind)
-    weights = _kl_weights(ref_logp, hyper, config)
-    weighted_kl = mean(weights * kl)
+    weighted_kl = mean(targets.kl * kl)
 
     loss = policy_loss + hyper.value_coef * value_loss - hyper.entropy_coef * entropy
     if config.kl_placement == "loss":
@@ -268,8 +251,9 @@ def fused_loss(
         "entropy": entropy,
         "kl": mean(kl),
         "weighted_kl": weighted_kl,
-        "weight": mean(weights),
-        "clip_fraction": mean((jnp.abs(ratio - 1.0) > hyper.clip_epsilon).astype(jnp.float32)),
+        "weight": mean(targets.kl),
+        "pg_weight": mean(targets.policy),
+        "clip_fraction": mean((jnp.abs(ratio - 1.0) > targets.clip_epsilon).astype(jnp.float32)),
         "approx_kl": mean(jnp.expm1(-log_ratio) + log_ratio),  # k3 of old vs new acting policy
         "certainty": mean(certainty(ref_logp, hyper.certainty_temperature)),
         **kl_by_weight_bucket(logits, ref_logp, mask, hyper.certainty_temperature),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from critkl import env, evaluation, inplace, losses
+from critkl import env, evaluation, inplace, losses, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
 from critkl.model import GPT, ValueHead
 
@@ -59,8 +59,21 @@ def _optimizer(hyper: RLHyper) -> optax.GradientTransformation:
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
-    """Per-position values of the state *before* each token: x[t-1] at t, 0 at t=0."""
-    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+    """Per-position values of the state *before* each token: x[t-1] at t, 0 at t=0
+    ([B, T, ...] -> [B, T, ...])."""
+    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
+
+
+def causal_critical_mask(tokens: jax.Array, reference: env.Episodes, keys) -> jax.Array:
+    """Token t is one of the decision `keys` and tokens[:t] is the correct prefix: [B, T]
+    bool (tokens [B, T]; reference: the problems' correct episodes)."""
+    width = tokens.shape[1]
+    fit = lambda x, fill: (jnp.pad(x, ((0, 0), (0, max(width - x.shape[1], 0))),  # noqa: E731
+                                   constant_values=fill)[:, :width])
+    at_key = fit(env.at_keys(env.decision_codes(reference), keys), False)
+    same = tokens == fit(reference.tokens, -1)
+    correct_prefix = _shift_right(jnp.cumprod(same, axis=1).astype(bool))
+    return at_key & correct_prefix
 
 
 def update_widths(config: RLConfig) -> tuple[int, ...]:
@@ -152,18 +165,32 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         ref_logprobs = _forward_by_width(
             lambda x: jax.nn.log_softmax(model.apply({"params": pretrained}, x)[0], axis=-1),
             tokens, needed, chunk_rows, widths)
-        if config.loss.kl_placement == "reward":
+        signal = config.loss.weight_signal
+        policy_logits = None
+        if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
+            embedding = state.policy["token_embedding"]["embedding"]
+            policy_logits = _shift_right(hidden @ embedding.T)  # the acting policy's logits
+        critical = (causal_critical_mask(tokens, attempt.reference, config.causal_keys)
+                    if config.loss.prioritized and signal == "oracle" else None)
+        weigh = lambda advantages: weighting.token_weights(  # noqa: E731
+            config.loss, weighting.SignalInputs(
+                _shift_right(ref_logprobs), policy_logits, attempt.generation.logprobs,
+                advantages, critical, action_mask), hyper.loss)
+        if config.loss.kl_placement == "reward":  # signals that need no advantages
+            weights = weigh(None)
             logits = _forward_by_width(lambda x: model.apply({"params": state.policy}, x)[0],
                                        tokens, needed, chunk_rows, widths)
-            kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, hyper.loss,
-                                                     config.loss)
+            kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, weights,
+                                                     hyper.loss, config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
         advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
                                          hyper.gamma, hyper.lam)
         if config.loss.center_advantages:
             advantages = losses.center_advantages(advantages, action_mask)
+        if config.loss.kl_placement == "loss":
+            weights = weigh(advantages)
         batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
-                                    advantages, returns, ref_logprobs)
+                                    advantages, returns, ref_logprobs, weights)
         generated = action_mask.sum(axis=1)
         metrics = {
             "train/success": outcome.success.mean(),

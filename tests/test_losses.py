@@ -10,9 +10,9 @@ import pytest
 
 from critkl import losses
 from critkl.config import PAPER_TEMPERATURES, LossConfig, LossHyper, model_preset
-from critkl.losses import (RolloutBatch, center_advantages, certainty, exact_kl, fused_loss, gae,
-                           kl_estimate, kl_per_token, per_token_kl_penalty,
-                           prioritized_kl_weights)
+from critkl.losses import (RolloutBatch, center_advantages, exact_kl, fused_loss, gae,
+                           kl_estimate, kl_per_token, per_token_kl_penalty)
+from critkl.weighting import certainty, prioritized_kl_weights
 from critkl.model import GPT, ValueHead, init_params
 from critkl.tokenizer import PAD_ID, VOCAB_SIZE
 
@@ -88,6 +88,8 @@ def setup():
     old = np.pad(acting + 0.3 * rng.standard_normal(acting.shape), ((0, 0), (1, 0)))
     ref_logits, _ = forward(CONFIG, ref, jnp.asarray(tokens))
     batch = RolloutBatch(
+        # The trainer's weights: the paper's w of token t, from the reference's output at t - 1.
+        weights=paper_weights(ref_logits, HYPER),
         tokens=jnp.asarray(tokens),
         action_mask=jnp.asarray(mask),
         old_logprobs=jnp.asarray(np.where(mask, old, 0.0), jnp.float32),
@@ -96,6 +98,13 @@ def setup():
         ref_logprobs=jax.nn.log_softmax(ref_logits, axis=-1),
     )
     return policy, value, ref, batch
+
+
+def paper_weights(ref_logits, hyper):
+    """The prioritized KL weight of each token position: [B, T, V] -> [B, T] (0 at t = 0)."""
+    weights = prioritized_kl_weights(ref_logits[:, :-1], hyper.beta,
+                                     hyper.certainty_temperature, hyper.intercept)
+    return jnp.pad(weights, ((0, 0), (1, 0)))
 
 
 def policy_loss(policy, value, batch, hyper, config):
@@ -198,7 +207,7 @@ def unfused(setup):
     """
     policy, value, ref, batch = setup
     ref_logits = np.asarray(forward(CONFIG, ref, batch.tokens)[0], np.float64)
-    batch = RolloutBatch(*(np.asarray(x) for x in batch[:5]), None)  # constants, for numpy
+    batch = RolloutBatch(*(np.asarray(x) for x in batch[:5]), None, None)  # constants, for numpy
 
     def run(policy, value):
         apply = lambda p: GPT(CONFIG).apply({"params": p}, batch.tokens)
@@ -258,7 +267,8 @@ def test_per_token_penalty_matches_fused_metric_and_vmaps_over_hyper(setup, fuse
     (_, metrics), _ = fused[case]
     logits, _ = forward(CONFIG, policy, batch.tokens)
     ref_logits, _ = forward(CONFIG, ref, batch.tokens)
-    penalty = per_token_kl_penalty(logits, ref_logits, batch.tokens, HYPER, CONFIGS[case])
+    penalty = per_token_kl_penalty(logits, ref_logits, batch.tokens, batch.weights, HYPER,
+                                   CONFIGS[case])
     assert penalty.shape == batch.tokens.shape and not np.any(penalty[:, 0])
     mask = np.asarray(batch.action_mask)
     np.testing.assert_allclose(penalty[mask].mean(), metrics["weighted_kl"], rtol=1e-5, atol=1e-7)
@@ -267,16 +277,19 @@ def test_per_token_penalty_matches_fused_metric_and_vmaps_over_hyper(setup, fuse
     betas = jnp.array([0.0, 3.0, 150.0])
     sweep = jax.vmap(
         lambda beta: per_token_kl_penalty(
-            logits, ref_logits, batch.tokens, HYPER.replace(beta=beta), config
+            logits, ref_logits, batch.tokens, paper_weights(ref_logits, HYPER.replace(beta=beta)),
+            HYPER, config
         )
     )(betas)
     for beta, row in zip(betas, sweep):
+        hyper = HYPER.replace(beta=float(beta))
         expected = per_token_kl_penalty(
-            logits, ref_logits, batch.tokens, HYPER.replace(beta=float(beta)), config
+            logits, ref_logits, batch.tokens, paper_weights(ref_logits, hyper), hyper, config
         )
         np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-7)
     plain = per_token_kl_penalty(
-        logits, ref_logits, batch.tokens, HYPER, LossConfig(kl_kind="k2", prioritized=False)
+        logits, ref_logits, batch.tokens, jnp.ones(batch.tokens.shape), HYPER,
+        LossConfig(kl_kind="k2", prioritized=False)
     )
     np.testing.assert_allclose(sweep[0], plain, rtol=1e-6)  # beta = 0: standard KL
 

@@ -45,7 +45,7 @@ def main(argv=None):
     # Position t of `targets` is position t + 1 of the episode.
     target = np.asarray(env.span_mask(episodes.prompt_length - 1, episodes.length - 1,
                                       targets.shape[1]))
-    certainty = np.asarray(losses.certainty(logits, 1.0))
+    certainty = np.asarray(weighting.certainty(logits, 1.0))
     print("\n| beta | mean KL weight, other target tokens | mean KL weight, critical tokens |")
     print("|---|---|---|")
     for beta in (50, 150, 1000):

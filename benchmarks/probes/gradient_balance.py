@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.probes.common import load_model
-from critkl import env, evaluation, losses
+from critkl import env, evaluation, losses, weighting
 from critkl.config import LossConfig, LossHyper
 from critkl.model import GPT, ValueHead
 
@@ -46,7 +46,10 @@ def main(argv=None):
     tokens = attempt.generation.tokens
     ref_logprobs = jax.nn.log_softmax(GPT(model_config).apply({"params": reference}, tokens)[0])
     batch = losses.RolloutBatch(tokens, mask, attempt.generation.logprobs,
-                                losses.center_advantages(advantages, mask), returns, ref_logprobs)
+                                losses.center_advantages(advantages, mask), returns, ref_logprobs,
+                                weights=jnp.ones_like(returns))
+    # The weight of token t is read from the reference's output for the state before it.
+    before_token = jnp.pad(ref_logprobs[:, :-1], ((0, 0), (1, 0), (0, 0)))
     value = ValueHead((128, 128)).init(jax.random.key(3), jnp.zeros((1, model_config.d_model)))
     config = LossConfig()
 
@@ -57,10 +60,14 @@ def main(argv=None):
 
     @jax.jit
     def gradient(policy, loss_hyper):
+        weights = weighting.prioritized_kl_weights(
+            before_token, loss_hyper.beta, loss_hyper.certainty_temperature, loss_hyper.intercept)
+
         def loss(p):
             logits, hidden = GPT(model_config).apply({"params": p}, tokens)
             values = ValueHead((128, 128)).apply(value, hidden)
-            return losses.fused_loss(logits, values, batch, loss_hyper, config)[0]
+            return losses.fused_loss(logits, values, batch._replace(weights=weights), loss_hyper,
+                                     config)[0]
 
         return jax.grad(loss)(policy)
 
