@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from critkl import provenance
 from critkl.outputs import Output
-from experiments import accuracy, beta, certainty, critical, levels, main, mechanism
+from experiments import accuracy, beta, certainty, critical, levels, main, mechanism, weightings
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -41,6 +41,8 @@ EXPERIMENTS = {
     "beta": Experiment("Figure 6: pass@1 during RL for several beta", beta.run),
     "mechanism": Experiment("constructed: one known causal fork, standard vs prioritized KL "
                             "against the predicted optimum", mechanism.run),
+    "weightings": Experiment("beyond the paper: standard KL, prioritized KL, 80/20, Archer and "
+                             "KL-Cov side by side", weightings.run),
 }
 
 
