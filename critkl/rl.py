@@ -58,22 +58,10 @@ def _optimizer(hyper: RLHyper) -> optax.GradientTransformation:
     )
 
 
-def _shift_right(x: jax.Array) -> jax.Array:
+def shift_right(x: jax.Array) -> jax.Array:
     """Per-position values of the state *before* each token: x[t-1] at t, 0 at t=0
     ([B, T, ...] -> [B, T, ...])."""
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
-
-
-def causal_critical_mask(tokens: jax.Array, reference: env.Episodes, keys) -> jax.Array:
-    """Token t is one of the decision `keys` and tokens[:t] is the correct prefix: [B, T]
-    bool (tokens [B, T]; reference: the problems' correct episodes)."""
-    width = tokens.shape[1]
-    fit = lambda x, fill: (jnp.pad(x, ((0, 0), (0, max(width - x.shape[1], 0))),  # noqa: E731
-                                   constant_values=fill)[:, :width])
-    at_key = fit(env.at_keys(env.decision_codes(reference), keys), False)
-    same = tokens == fit(reference.tokens, -1)
-    correct_prefix = _shift_right(jnp.cumprod(same, axis=1).astype(bool))
-    return at_key & correct_prefix
 
 
 def update_widths(config: RLConfig) -> tuple[int, ...]:
@@ -159,7 +147,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
                             env.terminal_reward(outcome)[:, None], 0.0)
         # The sampler's hidden states: the value head needs no second policy forward pass.
         hidden = attempt.generation.hidden
-        values = _shift_right(value_head.apply({"params": state.value}, hidden))
+        values = shift_right(value_head.apply({"params": state.value}, hidden))
         # The frozen reference, once per collect: every minibatch step reuses its log-probs.
         needed = outcome.last + 1
         ref_logprobs = _forward_by_width(
@@ -169,12 +157,12 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         policy_logits = None
         if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
             embedding = state.policy["token_embedding"]["embedding"]
-            policy_logits = _shift_right(hidden @ embedding.T)  # the acting policy's logits
-        critical = (causal_critical_mask(tokens, attempt.reference, config.causal_keys)
+            policy_logits = shift_right(hidden @ embedding.T)  # the acting policy's logits
+        critical = (env.causal_critical_mask(tokens, attempt.reference, config.causal_keys)
                     if config.loss.prioritized and signal == "oracle" else None)
         weigh = lambda advantages: weighting.token_weights(  # noqa: E731
             config.loss, weighting.SignalInputs(
-                _shift_right(ref_logprobs), policy_logits, attempt.generation.logprobs,
+                shift_right(ref_logprobs), policy_logits, attempt.generation.logprobs,
                 advantages, critical, action_mask), hyper.loss)
         if config.loss.kl_placement == "reward":  # signals that need no advantages
             weights = weigh(None)

@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple
 
 from critkl import provenance
 from critkl.outputs import Output
-from experiments import accuracy, beta, certainty, critical, levels, main, mechanism, weightings
+from experiments import (accuracy, beta, certainty, critical, detectors, levels, main, mechanism,
+                         weightings)
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -41,6 +42,8 @@ EXPERIMENTS = {
     "beta": Experiment("Figure 6: pass@1 during RL for several beta", beta.run),
     "mechanism": Experiment("constructed: one known causal fork, standard vs prioritized KL "
                             "against the predicted optimum", mechanism.run),
+    "detectors": Experiment("beyond the paper: each token signal scored against the causal "
+                            "critical tokens (precision-recall)", detectors.run),
     "weightings": Experiment("beyond the paper: standard KL, prioritized KL, 80/20, Archer and "
                              "KL-Cov side by side", weightings.run),
 }

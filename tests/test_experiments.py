@@ -25,6 +25,8 @@ EXPECTED_FILES = {
     "mechanism": {"mechanism.md", "mechanism.json", "pass_at_1.png", *RL_FILES},
     "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
              "critical_digits.png", *RL_FILES},
+    "detectors": {"detectors.md", "detectors.json", "detectors.png", "critical.json"},
+    "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
 }
 
 
@@ -103,7 +105,7 @@ def test_shipped_causal_map_is_what_its_command_measures():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta",
-                                  "mechanism"])
+                                  "mechanism", "detectors", "weightings"])
 def test_entry_tiny(work_dir, name):
     folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
     _check_outputs(folder, name)

@@ -202,7 +202,7 @@ def test_causal_critical_mask_matches_plain_python():
     width = reference.tokens.shape[1] + 5
     tokens = np.pad(np.asarray(reference.tokens), ((0, 0), (0, 5)))
     tokens[1, 30] = (tokens[1, 30] + 1) % V   # an early slip: later keys are off the path
-    got = np.asarray(rl.causal_critical_mask(jnp.asarray(tokens), reference, keys))
+    got = np.asarray(env.causal_critical_mask(jnp.asarray(tokens), reference, keys))
     assert got.shape == (6, width)
     found = env.decision_keys(reference)
     ref_tokens = np.asarray(reference.tokens)

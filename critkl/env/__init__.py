@@ -9,8 +9,9 @@ or per problem. `from critkl import env`, then `env.sample_rl`, `env.render`, `e
 - `forks`: a constructed causal fork (a list closed one digit early) for the mechanism test.
 """
 
-from critkl.env.decisions import (SCRATCH_ROLES, at_keys, decision_codes, decision_keys,
-                                  key_code, key_label)
+from critkl.env.decisions import (SCRATCH_ROLES, at_keys, causal_critical_mask,
+                                  correct_prefix, decision_codes, decision_keys, key_code,
+                                  key_label)
 from critkl.env.forks import render_closed_early
 from critkl.env.problems import (MAX_SUPPORTED_DIGITS, Operands, operands_from_ints,
                                  operands_to_ints, sample_identical, sample_pretraining,

@@ -94,3 +94,23 @@ def key_label(key: tuple, token: str) -> str:
     where = f"{part}-list" if part else role.replace("_", " ")
     kind = "digit" if token.isdigit() else repr(token)
     return f"line {line} {where} #{ordinal} {kind}"
+
+
+def correct_prefix(tokens: jax.Array, reference: Episodes) -> jax.Array:
+    """tokens[:t] equals the reference episode's first t tokens: [B, T] bool (tokens [B, T]
+    int32; the reference may be narrower or wider)."""
+    width = tokens.shape[1]
+    ref = jnp.pad(reference.tokens, ((0, 0), (0, max(width - reference.tokens.shape[1], 0))),
+                  constant_values=-1)[:, :width]
+    same_so_far = jnp.cumprod(tokens == ref, axis=1).astype(bool)
+    return jnp.pad(same_so_far[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+
+
+def causal_critical_mask(tokens: jax.Array, reference: Episodes, keys) -> jax.Array:
+    """Token t is one of the decision `keys` and tokens[:t] is the correct prefix: [B, T]
+    bool (tokens [B, T]; reference: the problems' correct episodes)."""
+    codes = decision_codes(reference)
+    width = tokens.shape[1]
+    codes = jnp.pad(codes, ((0, 0), (0, max(width - codes.shape[1], 0))),
+                    constant_values=-1)[:, :width]
+    return at_keys(codes, keys) & correct_prefix(tokens, reference)
