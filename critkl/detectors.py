@@ -77,10 +77,13 @@ def average_precision(confidence: np.ndarray, critical: np.ndarray) -> float:
 
 
 def at_share(confidence: np.ndarray, critical: np.ndarray, share: float) -> tuple[float, float]:
-    """(precision, recall) of the least confident `share` of the tokens (ties included)."""
-    shares, precision, recall = precision_recall(confidence, critical)
-    index = min(np.searchsorted(shares, share), len(shares) - 1)
-    return float(precision[index]), float(recall[index])
+    """(precision, recall) of the ceil(share * N) least confident tokens, the tokens tied at
+    the boundary counted at their mean label (the expectation over orders among ties)."""
+    k = max(1, int(np.ceil(share * len(confidence))))
+    boundary = np.sort(confidence)[k - 1]
+    below, tied = confidence < boundary, confidence == boundary
+    hits = critical[below].sum() + (k - below.sum()) * critical[tied].mean()
+    return float(hits / k), float(hits / max(critical.sum(), 1))
 
 
 def table(ranked: Ranked) -> list[dict]:

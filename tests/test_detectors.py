@@ -46,3 +46,11 @@ def test_scored_tokens_carry_the_oracle_labels():
     assert [row["signal"] for row in rows] == list(detectors.SIGNALS)
     assert rows[-1]["average_precision"] == 1.0
     assert all(0 <= row["average_precision"] <= 1 for row in rows)
+
+
+def test_at_share_counts_ties_at_their_mean_label():
+    confidence = np.array([0.0] * 4 + [1.0] * 16)
+    critical = np.array([True] * 4 + [True] * 2 + [False] * 14)
+    assert detectors.at_share(confidence, critical, 0.1) == (1.0, 2 / 6)       # 2 of the 4 ties
+    precision, recall = detectors.at_share(confidence, critical, 0.5)          # 4 + 6 of 16 ties
+    np.testing.assert_allclose((precision, recall), ((4 + 6 * 2 / 16) / 10, (4 + 6 * 2 / 16) / 6))
