@@ -176,6 +176,9 @@ PAPER_TEMPERATURES = {"certainty_temperature": 4.0, "policy_temperature": 2.0}
 SAMPLE_KL_KINDS = ("k1", "k2", "k3")
 KL_KINDS = SAMPLE_KL_KINDS + ("exact",)
 KL_PLACEMENTS = ("loss", "reward")
+# Where an episode's advantage comes from: the value head (GAE), or its group of episodes of
+# the same problem (`critkl.losses.group_advantages`).
+BASELINES = ("value", "grpo", "dr_grpo", "rloo")
 # Token weighting (`critkl.weighting`: what each name means).
 WEIGHT_SIGNALS = ("certainty", "reference_entropy", "policy_entropy", "policy_max_prob",
                   "covariance", "oracle")
@@ -227,6 +230,10 @@ class LossConfig:
       tokens (`critkl.losses.center_advantages`), a batch baseline on top of the value head:
       with a ternary reward and a value head that starts at 0, most episodes fail and every
       one of their tokens would be pushed down.
+    baseline: "value" (GAE on the value head) or a group baseline over the
+      RLConfig.group_size episodes of each problem: "grpo" (reward minus the group's mean,
+      over its standard deviation), "dr_grpo" (minus the mean only), "rloo" (minus the mean
+      of the others); every action token of an episode gets its advantage.
     """
 
     algorithm: str = "ppo"
@@ -234,6 +241,7 @@ class LossConfig:
     kl_placement: str = "loss"
     prioritized: bool = True
     center_advantages: bool = True
+    baseline: str = "value"
     weight_signal: str = "certainty"
     weight_rule: str = "power"
     weight_targets: tuple[str, ...] = ("kl",)
@@ -245,6 +253,7 @@ class LossConfig:
             ("kl_placement", KL_PLACEMENTS),
             ("prioritized", (True, False)),
             ("center_advantages", (True, False)),
+            ("baseline", BASELINES),
             ("weight_signal", WEIGHT_SIGNALS),
             ("weight_rule", WEIGHT_RULES),
         ):
@@ -264,6 +273,9 @@ class LossConfig:
             raise ValueError("LossConfig.weight_rule='power' needs a signal in [0, 1]; "
                              "weight_signal='covariance' is not: use 'quantile', "
                              "'episode_quantile' or 'top_k'")
+        if self.kl_placement == "reward" and self.baseline != "value":
+            raise ValueError(f"LossConfig.kl_placement='reward' needs baseline='value' (a group "
+                             f"baseline reads the terminal reward only), got {self.baseline!r}")
         if self.kl_placement == "reward" and self.prioritized and (
                 targets != ("kl",) or self.weight_signal == "covariance"):
             raise ValueError(f"LossConfig.kl_placement='reward' supports weight_targets "
@@ -317,6 +329,9 @@ class RLConfig:
     minibatches: int = 2        # optimizer steps per pass
     eval_every: int = 5         # iterations between evaluations
     eval_episodes: int = 100
+    # Episodes drawn per problem in a collect (episodes / group_size problems): a group
+    # baseline (LossConfig.baseline) needs at least 2.
+    group_size: int = 1
     # At most this many episodes per gradient computation: a minibatch's gradient is summed
     # over the fewest equal chunks of at most this size (the same gradient; memory grows with
     # the chunk, ~50 MB per episode for the mini model at 4 digits; 8 was also faster than 16
@@ -331,7 +346,7 @@ class RLConfig:
 
     def __post_init__(self):
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
-                     "eval_episodes", "update_chunk"):
+                     "eval_episodes", "update_chunk", "group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
         if self.extra_digits < 0:
@@ -346,6 +361,13 @@ class RLConfig:
                 f"RLConfig.episodes={self.episodes} must be a multiple of "
                 f"minibatches={self.minibatches}"
             )
+        if self.episodes % self.group_size:
+            raise ValueError(f"RLConfig.episodes={self.episodes} must be a multiple of "
+                             f"group_size={self.group_size}")
+        if self.loss.baseline != "value" and self.group_size < 2:
+            raise ValueError(f"LossConfig.baseline={self.loss.baseline!r} needs "
+                             f"RLConfig.group_size >= 2 episodes per problem, got "
+                             f"{self.group_size}")
         sizes = self.value_hidden_sizes
         if not isinstance(sizes, tuple) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes

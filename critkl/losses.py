@@ -128,6 +128,24 @@ def center_advantages(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, advantages - masked_mean(advantages, mask), 0.0)
 
 
+def group_advantages(rewards: jax.Array, group_size: int, baseline: str) -> jax.Array:
+    """Each episode's advantage from its group: rewards [B] -> [B], B = problems * group_size
+    with a problem's episodes adjacent (static group_size and baseline, see
+    `critkl.config.LossConfig`). GRPO divides by the group's standard deviation with Bessel's
+    correction (as TRL does) plus 1e-4."""
+    groups = rewards.reshape(-1, group_size).astype(jnp.float32)
+    mean = groups.mean(axis=1, keepdims=True)
+    if baseline == "grpo":
+        advantages = (groups - mean) / (jnp.std(groups, axis=1, ddof=1, keepdims=True) + 1e-4)
+    elif baseline == "dr_grpo":
+        advantages = groups - mean
+    elif baseline == "rloo":
+        advantages = (groups - mean) * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"not a group baseline: {baseline!r}")
+    return advantages.reshape(rewards.shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration
 

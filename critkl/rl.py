@@ -64,6 +64,14 @@ def shift_right(x: jax.Array) -> jax.Array:
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
 
 
+def collect_problems(rng, config: RLConfig) -> env.Operands:
+    """The problems of one collect: episodes / group_size problems of the RL distribution,
+    each repeated group_size times in a row ([episodes] operands)."""
+    operands = env.sample_rl(rng, config.episodes // config.group_size, config.n,
+                             config.extra_digits, config.digits)
+    return jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), operands)
+
+
 def update_widths(config: RLConfig) -> tuple[int, ...]:
     """The widths (positions) a chunk of sampled episodes is cut to after sampling: the
     longest episode that ends in time and the cut (`config.max_length`). Each chunk runs at
@@ -134,7 +142,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     def collect(state: RunState, hyper: RLHyper, pretrained, rng):
         """Episodes of the RL distribution -> (RolloutBatch, metrics)."""
         problem_rng, sample_rng = jax.random.split(rng)
-        operands = env.sample_rl(problem_rng, config.episodes, n, k, digits)
+        operands = collect_problems(problem_rng, config)
         attempt = evaluation.attempt(
             state.policy, model_config, operands, sample_rng,
             temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
@@ -173,6 +181,10 @@ def make_train(config: RLConfig, model_config: ModelConfig):
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
         advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
                                          hyper.gamma, hyper.lam)
+        if config.loss.baseline != "value":
+            episode = losses.group_advantages(env.terminal_reward(outcome), config.group_size,
+                                              config.loss.baseline)
+            advantages = jnp.where(action_mask, episode[:, None], 0.0)
         if config.loss.center_advantages:
             advantages = losses.center_advantages(advantages, action_mask)
         if config.loss.kl_placement == "loss":

@@ -518,3 +518,24 @@ def test_center_advantages_subtracts_the_mean_over_actions():
     mask = jnp.array([[False, True, True, False], [False, True, False, False]])
     centered = center_advantages(advantages, mask)  # mean over actions: 2
     np.testing.assert_allclose(centered, [[0.0, -1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Group baselines
+
+
+@pytest.mark.parametrize("baseline", ["grpo", "dr_grpo", "rloo"])
+def test_group_advantages_match_numpy(baseline):
+    rewards = np.random.default_rng(0).choice([-1.0, 1.0], size=12)
+    group = 4
+    got = np.asarray(losses.group_advantages(jnp.asarray(rewards), group, baseline))
+    for start in range(0, 12, group):
+        r = rewards[start:start + group]
+        for i in range(group):
+            others = np.delete(r, i)
+            expected = {"grpo": (r[i] - r.mean()) / (np.std(r, ddof=1) + 1e-4),
+                        "dr_grpo": r[i] - r.mean(),
+                        "rloo": r[i] - others.mean()}[baseline]
+            np.testing.assert_allclose(got[start + i], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="group baseline"):
+        losses.group_advantages(jnp.asarray(rewards), group, "value")

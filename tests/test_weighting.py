@@ -257,3 +257,37 @@ def test_sweep_over_a_rules_parameters_equals_separate_runs():
                                    metrics[0]["loss/weight"], rtol=1e-5)
     weights = swept_metrics[0]["loss/weight"][:, -1]
     assert weights[0] > weights[1]  # a larger share frees the KL on more tokens
+
+
+def test_group_baseline_sweep_equals_separate_runs():
+    """RLOO with the paper's weighting: 2 episodes per problem, vmapped runs of two KL
+    coefficients against separate runs."""
+    config = dataclasses.replace(QUICK, group_size=2, loss=LossConfig(baseline="rloo"))
+    params = init_params(jax.random.key(0), TINY)
+    train = rl.make_train(config, TINY).train
+    hypers = [RLHyper(learning_rate=1e-3, loss=LossHyper(kl_coef=c)) for c in (0.1, 2.0)]
+    swept, _, _ = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
+        jnp.stack([jax.random.key(3)] * 2), rl.stack_hypers(hypers), params)
+    for index, hyper in enumerate(hypers):
+        state, _, _ = jax.jit(train)(jax.random.key(3), jax.tree.map(jnp.float32, hyper), params)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[index], swept.policy),
+                                    state.policy, atol=1e-5, rtol=1e-4)
+
+
+def test_a_collect_draws_group_size_episodes_per_problem():
+    config = RLConfig(episodes=12, minibatches=2, group_size=3)
+    operands = rl.collect_problems(jax.random.key(0), config)
+    a, b = np.asarray(operands.a), np.asarray(operands.b)
+    assert a.shape[0] == 12
+    for start in range(0, 12, 3):
+        assert (a[start:start + 3] == a[start]).all() and (b[start:start + 3] == b[start]).all()
+    assert len({a[i].tobytes() + b[i].tobytes() for i in range(0, 12, 3)}) == 4
+
+
+def test_group_baselines_need_groups():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        RLConfig(loss=LossConfig(baseline="grpo"))
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        RLConfig(episodes=128, group_size=3)
+    with pytest.raises(ValueError, match="baseline='value'"):
+        LossConfig(baseline="rloo", kl_placement="reward")
