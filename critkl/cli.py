@@ -281,9 +281,12 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
         "multi-process runs", "give all three to every process (`critkl launch` does it for "
         "local processes); on a Cloud TPU VM they are read from the TPU metadata")
     group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="address of process 0, where the coordination service listens")
-    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+                       help="address of process 0, where the coordination service listens "
+                       "(default: none, one process)")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help="number of processes (default 1)")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help="this process, 0..N-1 (default 0)")
     group.add_argument("--heartbeat-timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT,
                        metavar="SECONDS", help="a process silent this long is declared dead "
                        f"and the others stop (default {distributed.HEARTBEAT_TIMEOUT})")
@@ -295,7 +298,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_distributed_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
-                        help="comma-separated seeds" if lists else "the seed (one)")
+                        help=("comma-separated seeds" if lists else "the seed (one)") + " (default 0)")
     parser.add_argument("--weighting", choices=list(WEIGHTINGS),
                         help="a named per-token weighting (README, 'Token weightings'): sets "
                         "weight-signal, weight-rule, weight-targets and its numeric values "
@@ -444,24 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="setting the others are compared with (default beta=0)")
     plot.add_argument("--add", action="append", metavar="RUN_DIR",
                       help="another sweep of the same RL settings, merged in (settings renamed by "
-                      "the hyperparameters that differ; repeat for more)")
+                      "the hyperparameters that differ; repeat for more; default: none)")
     plot.add_argument("--out", help="output folder (default: the run directory)")
     plot.set_defaults(run=_plot)
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
     experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta; or a "
                             "scale (mini, tiny, paper) for the main job at that scale")
-    experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU)")
+    experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU) (default mini)")
     experiment.add_argument("--out", default="runs/experiments",
-                            help="output folder (models pre-trained here are reused)")
+                            help="output folder (models pre-trained here are reused; default "
+                            "runs/experiments)")
     _add_distributed_flags(experiment)
     experiment.set_defaults(run=_experiment)
 
     analyze = commands.add_parser(
         "analyze", help="certainty of a model on (N+1)-digit episodes: Table 1, coloured episodes")
     analyze.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
-    analyze.add_argument("--episodes", type=int, default=50, help="episodes for the statistics")
-    analyze.add_argument("--shown", type=int, default=4, help="episodes coloured and plotted")
+    analyze.add_argument("--episodes", type=int, default=50,
+                         help="episodes for the statistics (default 50)")
+    analyze.add_argument("--shown", type=int, default=4,
+                         help="episodes coloured and plotted (default 4)")
     analyze.add_argument("--out", help="output folder (default runs/analyze-MODEL)")
     analyze.set_defaults(run=_analyze)
 

@@ -144,3 +144,18 @@ def test_io_errors_give_one_message_and_status_2(tmp_path, case, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_every_option_names_its_default():
+    """`critkl COMMAND --help` gives every option that takes a value its default."""
+    import argparse
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            takes_value = action.option_strings and action.nargs != 0
+            if takes_value and action.required is False and "default" not in (action.help or ""):
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, missing
