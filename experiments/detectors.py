@@ -1,7 +1,9 @@
 """Beyond the paper: which per-token signal finds the decisive tokens? Each signal of
 `critkl.weighting` scored against the causal critical-token map of the model pre-trained up
 to N (`critkl.detectors`): precision-recall curves and average precision on the
-correct-prefix action tokens of sampled N+1-digit episodes. No RL.
+correct-prefix action tokens of sampled N+1-digit episodes. No RL. Then the same for the
+constructed model of the mechanism test (one known fork; `experiments.mechanism`), whose
+fork stage is trained (or reused) and its map measured first (files *_constructed.*).
 
 Run: `critkl experiment detectors --scale tiny|mini|paper`.
 """
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 import jax
 
-from critkl import detectors
+from critkl import causal, detectors
 from critkl.outputs import Output
-from experiments import kl_comparison
+from experiments import kl_comparison, mechanism
 from experiments.models import pretrained_model
 
 # Problems (both operands N+1 digits), sampled episodes of each, at the RL temperature 1.
@@ -20,21 +22,37 @@ SETTINGS = {"tiny": dict(problems=4, samples=2), "mini": dict(problems=64, sampl
             "paper": dict(problems=256, samples=4)}
 
 
+def score(params, model_config, n: int, keys, plan: dict, output: Output, suffix: str,
+          print_fn) -> list[dict]:
+    """Score every signal on the model's sampled episodes; write detectors{suffix}.md,
+    .json and .png."""
+    print_fn(f"detectors: {plan['samples']} sampled episodes of each of {plan['problems']} "
+             f"problems of {n + 1}+{n + 1} digits, against {len(keys)} causally critical keys")
+    ranked = detectors.score_tokens(params, model_config, n, keys, problems=plan["problems"],
+                                    samples=plan["samples"], rng=jax.random.key(0))
+    rows = detectors.table(ranked)
+    text = detectors.markdown(rows, ranked)
+    output.markdown(f"detectors{suffix}.md", text)
+    output.json(f"detectors{suffix}.json", {"n": n, "keys": [list(k) for k in keys], **plan,
+                                            "tokens": len(ranked.critical),
+                                            "critical_tokens": int(ranked.critical.sum()),
+                                            "rows": rows})
+    detectors.plot(ranked, output.folder / f"detectors{suffix}.png")
+    print_fn(text)
+    return rows
+
+
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plan, n = SETTINGS[scale], kl_comparison.N[scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    print_fn(f"detectors: {plan['samples']} sampled episodes of each of {plan['problems']} "
-             f"problems of {n + 1}+{n + 1} digits, against {len(keys)} causally critical keys")
-    ranked = detectors.score_tokens(params, pre_config.model_config, n, keys,
-                                    problems=plan["problems"], samples=plan["samples"],
-                                    rng=jax.random.key(0))
-    rows = detectors.table(ranked)
-    text = detectors.markdown(rows, ranked)
-    output.markdown("detectors.md", text)
-    output.json("detectors.json", {"n": n, "keys": [list(k) for k in keys], **plan,
-                                   "tokens": len(ranked.critical),
-                                   "critical_tokens": int(ranked.critical.sum()), "rows": rows})
-    detectors.plot(ranked, output.folder / "detectors.png")
-    print_fn(text)
-    return {"rows": rows}
+    results = {"rows": score(params, pre_config.model_config, n, keys, plan, output, "",
+                             print_fn)}
+    if scale in mechanism.SETTINGS:
+        print_fn("\nthe constructed model of the mechanism test (one known fork)")
+        pre_config, params, n, record = mechanism.forked_model_and_map(scale, work_dir, print_fn)
+        output.json("critical_constructed.json", record)
+        keys = causal.critical_keys(record["rows"])
+        results["constructed"] = score(params, pre_config.model_config, n, keys, plan, output,
+                                       "_constructed", print_fn)
+    return results

@@ -62,6 +62,17 @@ def fork_stage(scale: str, plan: dict, work_dir, print_fn) -> str:
     return str(run_dir)
 
 
+def forked_model_and_map(scale: str, work_dir, print_fn):
+    """The forked model (trained unless it is there) and its causal map:
+    (pre-training config, params, n, the map's record); the fork is at n + 1 digits."""
+    plan = SETTINGS[scale]
+    n = plan["fork_digits"] - 1
+    pre_config, params = load_pretrained(fork_stage(scale, plan, work_dir, print_fn))
+    settings = CausalMapConfig(problems=plan["map_problems"], beta=BETA)
+    record = measure_causal_map(params, pre_config.model_config, n, settings, print_fn)
+    return pre_config, params, n, record
+
+
 def prediction(rows: list[dict]) -> list[dict]:
     """Per causally critical decision: p(right) now and at the optimum of each KL."""
     return [{"label": row["label"], "p_right": row["p_right"], "kl_weight": row["kl_weight"],
@@ -75,11 +86,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         raise ValueError(f"the mechanism test has no {scale!r} scale (allowed: "
                          f"{', '.join(SETTINGS)})")
     plan = SETTINGS[scale]
-    n = plan["fork_digits"] - 1
-    pre_config, params = load_pretrained(fork_stage(scale, plan, work_dir, print_fn))
-
-    settings = CausalMapConfig(problems=plan["map_problems"], beta=BETA)
-    record = measure_causal_map(params, pre_config.model_config, n, settings, print_fn)
+    pre_config, params, n, record = forked_model_and_map(scale, work_dir, print_fn)
     write_causal_map(output, record, KL_COEF)
     rows = record["rows"]
     predicted = prediction(rows)

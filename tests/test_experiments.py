@@ -25,7 +25,8 @@ EXPECTED_FILES = {
     "mechanism": {"mechanism.md", "mechanism.json", "pass_at_1.png", *RL_FILES},
     "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
              "critical_digits.png", *RL_FILES},
-    "detectors": {"detectors.md", "detectors.json", "detectors.png", "critical.json"},
+    "detectors": {"detectors.md", "detectors.json", "detectors.png", "critical.json",
+                  "detectors_constructed.md", "critical_constructed.json"},
     "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
 }
 
