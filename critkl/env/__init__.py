@@ -22,7 +22,8 @@ from critkl.env.scratchpad import (COMMA_ID, RL_LENGTH_MARGIN, ROLE, ROLE_NAMES,
                                    prompt_width, render, span_mask)
 
 __all__ = [
-    "SCRATCH_ROLES", "at_keys", "decision_codes", "decision_keys", "key_code", "key_label",
+    "SCRATCH_ROLES", "at_keys", "causal_critical_mask", "correct_prefix", "decision_codes",
+    "decision_keys", "key_code", "key_label",
     "MAX_SUPPORTED_DIGITS", "Operands", "operands_from_ints", "operands_to_ints",
     "sample_identical", "sample_pretraining", "sample_rl",
     "Outcome", "score", "stop_rule", "terminal_reward",
