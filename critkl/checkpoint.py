@@ -76,13 +76,18 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
 
 
 def check_same_config(run_dir: str | os.PathLike, config: dict,
-                      may_differ: Iterable[str] = ()) -> None:
+                      may_differ: Iterable[str] = (), defaults: dict | None = None) -> None:
     """Raise CheckpointError naming every setting of ``config`` that differs from the
     config.json the run in ``run_dir`` was started with (flattened keys "a.b.c"; those in
-    ``may_differ`` may change): a resumed run must be the same run."""
+    ``may_differ`` may change): a resumed run must be the same run. A setting that the run's
+    config.json lacks (added to critkl since) is the same when ``config`` holds it at its
+    value in ``defaults`` (nested like ``config``): the behaviour the run had."""
     saved, wanted = _flat(load_config(run_dir)), _flat(config)
+    added_at_default = {k for k, v in _flat(defaults or {}).items()
+                        if k not in saved and wanted.get(k, v) == v}
     changed = sorted(k for k in saved.keys() | wanted.keys()
-                     if saved.get(k) != wanted.get(k) and k not in may_differ)
+                     if saved.get(k) != wanted.get(k) and k not in may_differ
+                     and k not in added_at_default)
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} in the run, {wanted.get(k)!r} now"
                           for k in changed[:6])

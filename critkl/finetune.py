@@ -218,7 +218,10 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     # Only the last checkpoint: a sweep's state is large (10 runs of the mini model: ~100 MB),
     # results.json keeps every evaluation, and a save is atomic (the previous one stays until
     # the new one is complete).
-    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume, keep=1)
+    # Settings added to critkl after a run was made are its own at their defaults.
+    defaults = {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
+    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume, defaults=defaults,
+                                      keep=1)
     try:
         state = parallel.put(vinit(rngs, hypers, pretrained), by_run)
         if resume:

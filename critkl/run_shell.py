@@ -19,13 +19,15 @@ from critkl import checkpoint
 
 
 def open_run(run_dir: str | os.PathLike, config: dict | None, *, resume: bool,
-             may_differ: tuple[str, ...] = (), keep: int = 3) -> checkpoint.Checkpointer:
+             may_differ: tuple[str, ...] = (), defaults: dict | None = None,
+             keep: int = 3) -> checkpoint.Checkpointer:
     """The checkpointer of a fresh run (config.json written) or of a resumed one (its
-    config.json compared with `config`), keeping the last `keep` checkpoints. `config`
-    None: nothing is written or compared."""
+    config.json compared with `config`; settings added since, at their `defaults`, are
+    the same), keeping the last `keep` checkpoints. `config` None: nothing is written or
+    compared."""
     run_dir = Path(run_dir)
     if resume and config is not None:
-        checkpoint.check_same_config(run_dir, config, may_differ)
+        checkpoint.check_same_config(run_dir, config, may_differ, defaults)
     checkpointer = checkpoint.Checkpointer(run_dir, max_to_keep=keep, create=not resume)
     if not resume:  # every process checks, so that all stop together
         if checkpoint.latest_checkpoint_step(run_dir) is not None:

@@ -205,6 +205,16 @@ def test_config_mismatch_lists_fields(tmp_path):
     assert "layers" not in message and "log_every" not in message
 
 
+def test_settings_added_since_a_run_are_the_same_at_their_defaults(tmp_path):
+    save_config(tmp_path, {"rl": {"kl": "k2"}})
+    defaults = {"rl": {"kl": "k1", "new": 1}}
+    check_same_config(tmp_path, {"rl": {"kl": "k2", "new": 1}}, defaults=defaults)
+    with pytest.raises(CheckpointError, match="rl.new: None in the run, 2 now"):
+        check_same_config(tmp_path, {"rl": {"kl": "k2", "new": 2}}, defaults=defaults)
+    with pytest.raises(CheckpointError, match="rl.kl: 'k2' in the run, 'k1' now"):
+        check_same_config(tmp_path, {"rl": {"kl": "k1", "new": 1}}, defaults=defaults)
+
+
 def test_sharded_restore(tmp_path):
     # Needs two devices, so it runs in a fresh process with two CPU devices.
     script = textwrap.dedent(
