@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, evaluation, losses, tokenizer
+from critkl import env, evaluation, tokenizer, weighting
 from critkl.config import ModelConfig
 from critkl.model import GPT
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from benchmarks.probes.common import load_model
-from critkl import env, losses
+from critkl import env, losses, weighting
 from critkl.model import GPT
 
 
