@@ -44,6 +44,25 @@ def _check_outputs(folder, name):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _tensorboard_tags(folder) -> dict[str, set]:
+    """Scalar, image and text tags of every event file under `folder`, read with
+    TensorBoard's own reader (what `tensorboard --logdir folder` serves)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tags = {"scalars": set(), "images": set(), "text": set()}
+    for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
+        reader = event_accumulator.EventAccumulator(str(directory), size_guidance={
+            event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0,
+            event_accumulator.TENSORS: 0})
+        reader.Reload()
+        found = reader.Tags()
+        tags["scalars"] |= set(found["scalars"])
+        tags["images"] |= set(found["images"])
+        tags["text"] |= {tag for tag in found["tensors"]
+                         if reader.SummaryMetadata(tag).plugin_data.plugin_name == "text"}
+    return tags
+
+
 def test_every_entry_has_a_smoke_test():
     assert set(EXPECTED_FILES) == set(experiments.EXPERIMENTS)
 
@@ -59,6 +78,10 @@ def test_main_job_tiny(work_dir, capsys):
     assert "## Certainty at critical tokens" in out and "| beta=150 | 2 |" in out
     assert "## Causal critical-token map" in out
     assert "beta=150: sampled success" in out.split("## Verdict")[1]
+    tags = _tensorboard_tags(folder)  # what the job's closing `tensorboard --logdir` serves
+    assert {"eval/sampled_success", "loss/kl", "critical/p_right_comma"} <= tags["scalars"], tags
+    assert {"sampled_success", "accuracy", "certainty_n1"} <= tags["images"], tags
+    assert {"main/text_summary", "table1/text_summary"} <= tags["text"], tags
 
 
 def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
