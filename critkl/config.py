@@ -459,10 +459,15 @@ def check_value(name: str, value: float) -> None:
     _check_range(name, value, *HYPER_RANGES[name])
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # larger values become infinite where they are traced
+
+
 def _check_range(name: str, value: float, low: float, high: float, low_in: bool,
                  high_in: bool) -> None:
-    """ValueError naming `name` and the interval when `value` is outside it or not finite."""
-    inside = (math.isfinite(value) and (value > low or (low_in and value == low))
+    """ValueError naming `name` and the interval when `value` is outside it or not finite
+    (in float32, as the values are traced)."""
+    inside = (math.isfinite(value) and abs(value) <= FLOAT32_MAX
+              and (value > low or (low_in and value == low))
               and (value < high or (high_in and value == high)))
     if not inside:
         interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"

@@ -12,7 +12,7 @@ from critkl.config import (HYPER_NAMES, HYPER_RANGES, CausalMapConfig, LossConfi
                            PretrainConfig, RLConfig)
 
 # Invalid whatever the field: not a number of the field's type.
-BAD_BY_TYPE = {int: ["abc", "1.5", "-1"], float: ["abc", "nan", "inf"], bool: ["maybe"],
+BAD_BY_TYPE = {int: ["abc", "1.5", "-1"], float: ["abc", "nan", "inf", "1e39"], bool: ["maybe"],
                str: ["no-such-choice"]}
 # Free-text fields (a path): given one that does not exist.
 FREE_TEXT = {"init_from"}
@@ -35,7 +35,7 @@ def _field_cases(config_class, skip=()):
 def _hyper_cases():
     for name in HYPER_NAMES:
         low, high, low_in, high_in = HYPER_RANGES[name]
-        values = ["abc", "nan", "inf"]
+        values = ["abc", "nan", "inf", "1e39"]  # 1e39: infinite in float32
         if math.isfinite(low):
             values.append(str(low - 1.0) if low_in else str(low))
         if math.isfinite(high):

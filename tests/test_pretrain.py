@@ -144,7 +144,7 @@ def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    config = dataclasses.replace(TINY, learning_rate=1e39, grad_clip=1e38, warmup_steps=0,
+    config = dataclasses.replace(TINY, learning_rate=1e38, grad_clip=1e38, warmup_steps=0,
                                  checkpoint_every=1)  # a save right after the first update
     with pytest.raises(supervised.TrainingDiverged, match="last good checkpoint"):
         pretrain.pretrain(config, tmp_path, print_fn=lambda line: None)
