@@ -300,7 +300,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
                         help=("comma-separated seeds" if lists else "the seed (one)") + " (default 0)")
     parser.add_argument("--weighting", choices=list(WEIGHTINGS),
-                        help="a named per-token weighting (README, 'Token weightings'): sets "
+                        help="a named per-token weighting (README, 'Beyond the paper'): sets "
                         "weight-signal, weight-rule, weight-targets and its numeric values "
                         "unless given (default: the flags' defaults, the paper's prioritized KL)")
     parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
@@ -452,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=_plot)
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
-    experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta; or a "
-                            "scale (mini, tiny, paper) for the main job at that scale")
+    experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta, "
+                            "mechanism, detectors, weightings; or a scale (mini, tiny, paper) "
+                            "for the main job at that scale")
     experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU) (default mini)")
     experiment.add_argument("--out", default="runs/experiments",
                             help="output folder (models pre-trained here are reused; default "

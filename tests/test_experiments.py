@@ -67,6 +67,13 @@ def test_every_entry_has_a_smoke_test():
     assert set(EXPECTED_FILES) == set(experiments.EXPERIMENTS)
 
 
+def test_experiment_help_names_every_entry(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["experiment", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(name in shown for name in experiments.EXPERIMENTS)
+
+
 def test_main_job_tiny(work_dir, capsys):
     assert cli.main(["experiment", "tiny", "--out", str(work_dir)]) == 0
     out = capsys.readouterr().out

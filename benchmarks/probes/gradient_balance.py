@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.probes.common import load_model
-from critkl import env, evaluation, losses, weighting
+from critkl import env, evaluation, losses, rl, weighting
 from critkl.config import LossConfig, LossHyper
 from critkl.model import GPT, ValueHead
 
@@ -49,7 +49,7 @@ def main(argv=None):
                                 losses.center_advantages(advantages, mask), returns, ref_logprobs,
                                 weights=jnp.ones_like(returns))
     # The weight of token t is read from the reference's output for the state before it.
-    before_token = jnp.pad(ref_logprobs[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    before_token = rl.shift_right(ref_logprobs)
     value = ValueHead((128, 128)).init(jax.random.key(3), jnp.zeros((1, model_config.d_model)))
     config = LossConfig()
 

@@ -96,21 +96,21 @@ def key_label(key: tuple, token: str) -> str:
     return f"line {line} {where} #{ordinal} {kind}"
 
 
+def _to_width(x: jax.Array, width: int, fill) -> jax.Array:
+    """[B, L] -> [B, width]: cut, or padded with `fill`."""
+    return jnp.pad(x, ((0, 0), (0, max(width - x.shape[1], 0))), constant_values=fill)[:, :width]
+
+
 def correct_prefix(tokens: jax.Array, reference: Episodes) -> jax.Array:
     """tokens[:t] equals the reference episode's first t tokens: [B, T] bool (tokens [B, T]
     int32; the reference may be narrower or wider)."""
-    width = tokens.shape[1]
-    ref = jnp.pad(reference.tokens, ((0, 0), (0, max(width - reference.tokens.shape[1], 0))),
-                  constant_values=-1)[:, :width]
-    same_so_far = jnp.cumprod(tokens == ref, axis=1).astype(bool)
+    same_so_far = jnp.cumprod(tokens == _to_width(reference.tokens, tokens.shape[1], -1),
+                              axis=1).astype(bool)
     return jnp.pad(same_so_far[:, :-1], ((0, 0), (1, 0)), constant_values=True)
 
 
 def causal_critical_mask(tokens: jax.Array, reference: Episodes, keys) -> jax.Array:
     """Token t is one of the decision `keys` and tokens[:t] is the correct prefix: [B, T]
     bool (tokens [B, T]; reference: the problems' correct episodes)."""
-    codes = decision_codes(reference)
-    width = tokens.shape[1]
-    codes = jnp.pad(codes, ((0, 0), (0, max(width - codes.shape[1], 0))),
-                    constant_values=-1)[:, :width]
+    codes = _to_width(decision_codes(reference), tokens.shape[1], -1)
     return at_keys(codes, keys) & correct_prefix(tokens, reference)
