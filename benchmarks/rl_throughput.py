@@ -21,6 +21,7 @@ over one single-threaded device per core.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -46,10 +47,12 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
     hypers = rl.stack_hypers([RLHyper()] * runs)
     rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
     mesh = parallel.data_mesh()
-    by_run = (parallel.batch_sharding(mesh) if runs % mesh.devices.size == 0
-              else parallel.replicated(mesh))
+    split = runs % mesh.devices.size == 0
+    by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
     hypers, rngs = jax.device_put((hypers, rngs), by_run)
-    state = jax.jit(jax.vmap(functions.init, in_axes=(0, 0, None)))(rngs, hypers, params)
+    over_runs = functools.partial(parallel.over_runs, mesh=mesh if split else None)  # as finetune
+
+    state = jax.jit(over_runs(functions.init, in_axes=(0, 0, None)))(rngs, hypers, params)
 
     def iterations_of(state, hyper):
         return jax.lax.scan(lambda s, _: functions.iteration(s, hyper, params), state, None,
@@ -65,9 +68,10 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
 
     results = {}
     for name, fn, args, episodes in (
-        ("iteration", jax.jit(jax.vmap(iterations_of)), (state, hypers),
+        ("iteration", jax.jit(over_runs(iterations_of, in_axes=(0, 0))), (state, hypers),
          runs * iterations * config.episodes),
-        ("sampler", jax.jit(jax.vmap(sample)), (rngs, hypers), runs * config.episodes),
+        ("sampler", jax.jit(over_runs(sample, in_axes=(0, 0))), (rngs, hypers),
+         runs * config.episodes),
     ):
         jax.block_until_ready(fn(*args))  # compile
         start = time.perf_counter()

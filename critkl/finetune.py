@@ -190,14 +190,19 @@ def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: in
 
 
 @functools.lru_cache(maxsize=8)
-def _vmapped(config: RLConfig, model_config: ModelConfig):
-    """Jitted init, run and evaluate, vmapped over runs; cached so that sweeps with
-    the same structure in one process compile once."""
+def _vmapped(config: RLConfig, model_config: ModelConfig, mesh):
+    """Jitted init, run and evaluate, vmapped over runs (split over `mesh`'s devices; None:
+    all on each device); cached so that sweeps with the same structure in one process compile
+    once."""
     functions = rl.make_train(config, model_config)
-    return (jax.jit(jax.vmap(functions.init, in_axes=(0, 0, None))),
-            jax.jit(jax.vmap(functions.run, in_axes=(0, 0, None, None)), static_argnums=3,
-                    donate_argnums=0),
-            jax.jit(jax.vmap(functions.evaluate, in_axes=(None, 0, 0))))
+
+    def run(state, hypers, pretrained, periods):
+        return parallel.over_runs(functools.partial(functions.run, periods=periods), mesh,
+                                  (0, 0, None))(state, hypers, pretrained)
+
+    return (jax.jit(parallel.over_runs(functions.init, mesh, (0, 0, None))),
+            jax.jit(run, static_argnums=3, donate_argnums=0),
+            jax.jit(parallel.over_runs(functions.evaluate, mesh, (None, 0, 0))))
 
 
 def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
@@ -205,11 +210,11 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
              saved_config: dict | None = None) -> dict:
     """Run (or resume) the runs side by side. Returns results (also in results.json)."""
     run_dir = Path(run_dir)
-    vinit, vrun, vevaluate = _vmapped(config, model_config)
     mesh = parallel.data_mesh()
     # Runs are independent: split them over the devices when they divide evenly.
-    by_run = (parallel.batch_sharding(mesh) if len(runs) % mesh.devices.size == 0
-              else parallel.replicated(mesh))
+    split = len(runs) % mesh.devices.size == 0
+    by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
+    vinit, vrun, vevaluate = _vmapped(config, model_config, mesh if split else None)
     hypers = parallel.put(rl.stack_hypers([r.hyper for r in runs]), by_run)
     rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))

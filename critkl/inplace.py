@@ -1,4 +1,5 @@
-"""Loop primitives that keep the sampler's buffers updated in place under `jax.vmap`.
+"""Primitives with their own `jax.vmap` rules: the sampler's buffers updated in place, and the
+parts of a sweep that run one run at a time.
 
 `jax.vmap` of `lax.dynamic_update_slice` becomes a scatter even when the start indices are
 not mapped, and a `lax.while_loop` whose predicate is mapped guards every carried buffer with
@@ -10,14 +11,16 @@ plain one). The functions here carry their own vmap rules (`jax.custom_batching.
   operand (start 0 on the mapped axis), which XLA updates in place;
 - `plain_when_mapped_once`: a vmap over one instance (as a single fine-tuning run is vmapped)
   runs the function unmapped, since a unit mapped axis makes XLA:CPU copy the cache anyway;
-- `all_true`, `minimum` and `maximum`: reduce over the mapped axes too and return an unmapped
-  scalar, so that a vmapped loop keeps one scalar predicate (it runs until every mapped instance
-  is done) and one scalar start, and a vmapped `lax.switch` one branch index.
+- `all_true` and `minimum`: reduce over the mapped axes too and return an unmapped scalar, so
+  that a vmapped loop keeps one scalar predicate (it runs until every mapped instance is done)
+  and one scalar start;
+- `one_at_a_time`: the mapped instances run one after the other, each as it would alone (a
+  sweep's update chunks, each run at its own width and with one run's activations in memory).
 
-Use these reductions only where running longer, starting earlier or computing over more
-positions leaves the results unchanged (the sampler's finished sequences write nothing; earlier
-positions replay the prompt; positions past an episode's end are masked out of the loss). None of these functions may be differentiated (custom_vmap has no autodiff rule);
-the sampler never is.
+Use the reductions only where running longer or starting earlier leaves the results unchanged
+(the sampler's finished sequences write nothing; earlier positions replay the prompt). None of
+these functions may be differentiated (custom_vmap has no autodiff rule); the sampler and the
+update's chunks differentiate inside them, never through them.
 """
 
 from __future__ import annotations
@@ -66,7 +69,6 @@ def _over_every_instance(reduce):
 
 all_true = _over_every_instance(jnp.all)  # jnp.all(x); under vmap, over every instance
 minimum = _over_every_instance(jnp.min)   # jnp.min(x); under vmap, over every instance
-maximum = _over_every_instance(jnp.max)   # jnp.max(x); under vmap, over every instance
 
 
 def plain_when_mapped_once(fn):
@@ -84,6 +86,36 @@ def plain_when_mapped_once(fn):
             return jax.tree.map(lambda y: y[None], out), jax.tree.map(lambda _: True, out)
         in_axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
         out = jax.vmap(fn, in_axes=in_axes)(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return wrapped
+
+
+def one_at_a_time(fn):
+    """fn with a vmap rule that runs the mapped instances one after the other (`lax.map`),
+    each as fn alone would run (over one instance: fn itself).
+
+    For the parts of a vmapped sweep whose shapes depend on each run's data (an update chunk
+    cut to the run's own width) and whose memory grows with the number of runs in flight.
+    fn takes positional pytrees of arrays, closes over nothing traced, and returns a pytree of
+    arrays.
+    """
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        leaves, tree = jax.tree.flatten(args)
+        batched = jax.tree.leaves(tuple(in_batched))
+        if axis_size == 1:
+            out = wrapped(*tree.unflatten([x[0] if b else x for x, b in zip(leaves, batched)]))
+            return jax.tree.map(lambda y: y[None], out), jax.tree.map(lambda _: True, out)
+
+        def one(instance):
+            it = iter(instance)
+            return wrapped(*tree.unflatten([next(it) if b else x
+                                            for x, b in zip(leaves, batched)]))
+
+        out = lax.map(one, [x for x, b in zip(leaves, batched) if b])
         return out, jax.tree.map(lambda _: True, out)
 
     return wrapped

@@ -36,6 +36,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def over_runs(fn, mesh: Mesh | None, in_axes: tuple):
+    """`jax.vmap(fn, in_axes)` over runs, the runs split over the mesh's devices: each device
+    maps over its own runs (`jax.shard_map`), so that no run's data crosses devices and the
+    parts of a run that take turns under vmap (`inplace.one_at_a_time`) take them per device.
+
+    in_axes: 0 (a leading run axis, split) or None (the same for every run, replicated) per
+    argument; every output has the run axis. The number of runs must split evenly over the
+    devices (`check_divisible`); with one device, or mesh None, this is jax.vmap itself.
+    """
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+    if mesh is None or mesh.devices.size == 1:
+        return vmapped
+    in_specs = tuple(PartitionSpec() if axis is None else PartitionSpec(DATA_AXIS)
+                     for axis in in_axes)
+    # check_vma off: the runs share nothing, and a run's loops start from constants.
+    return jax.shard_map(vmapped, mesh=mesh, in_specs=in_specs,
+                         out_specs=PartitionSpec(DATA_AXIS), check_vma=False)
+
+
 class BatchSplitError(ValueError):
     """A batch that the devices of the mesh cannot share evenly (a usage error)."""
 

@@ -86,36 +86,40 @@ def _episode_widths(action_mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(action_mask, positions, 0), axis=1)
 
 
-def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, *arrays):
-    """fn(*arrays cut to the narrowest of the static `widths` that holds `needed` positions).
+def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, cut, *rest):
+    """fn(cut at the narrowest of the static `widths` that holds `needed` positions, *rest).
 
-    arrays: pytrees of [rows, T, ...]; fn's outputs have the same shapes at every width. One
-    `lax.switch`: in a vmapped sweep every run takes the widest run's width
-    (`inplace.maximum`), so that it stays one conditional and does not run every branch.
+    cut: a pytree of [rows, T, ...] arrays; rest: any operands (parameters, hyperparameters);
+    fn closes over nothing traced, and its outputs have the same shapes at every width. Under
+    `jax.vmap` (a sweep) the runs take their turns (`inplace.one_at_a_time`): each run at its
+    own width, as a run alone would, with one run's activations in memory at a time.
     """
-    index = jnp.searchsorted(jnp.asarray(widths), inplace.maximum(needed))
+    def at_narrowest(needed, cut, *rest):
+        index = jnp.searchsorted(jnp.asarray(widths), needed)
 
-    def at(width):
-        return lambda *a: fn(*jax.tree.map(lambda x: x[:, :width], a))
+        def at(width):
+            return lambda c, *r: fn(jax.tree.map(lambda x: x[:, :width], c), *r)
 
-    return lax.switch(index, [at(width) for width in widths], *arrays)
+        return lax.switch(index, [at(width) for width in widths], cut, *rest)
+
+    return inplace.one_at_a_time(at_narrowest)(needed, cut, *rest)
 
 
-def _forward_by_width(apply, tokens: jax.Array, needed: jax.Array, rows: int,
+def _forward_by_width(apply, params, tokens: jax.Array, needed: jax.Array, rows: int,
                       widths: tuple[int, ...]) -> jax.Array:
-    """apply(tokens [rows, W]) -> [rows, W, ...] over every episode, in chunks of `rows`
-    episodes sorted by `needed` [B] (positions used), each chunk at its narrowest width;
-    the outputs zero-padded to T, in the episodes' order: [B, T, ...]."""
+    """apply(params, tokens [rows, W]) -> [rows, W, ...] over every episode, in chunks of
+    `rows` episodes sorted by `needed` [B] (positions used), each chunk at its narrowest
+    width; the outputs zero-padded to T, in the episodes' order: [B, T, ...]."""
     batch, time = tokens.shape
     order = jnp.argsort(needed)
 
-    def padded(chunk):
-        out = apply(chunk)
+    def padded(chunk, params):
+        out = apply(params, chunk)
         return jnp.pad(out, ((0, 0), (0, time - out.shape[1])) + ((0, 0),) * (out.ndim - 2))
 
     def one(_, chunk_and_needed):
         chunk, chunk_needed = chunk_and_needed
-        return None, _at_width(padded, widths, chunk_needed.max(), chunk)
+        return None, _at_width(padded, widths, chunk_needed.max(), chunk, params)
 
     _, outputs = lax.scan(one, None, (tokens[order].reshape(-1, rows, time),
                                       needed[order].reshape(-1, rows)))
@@ -159,8 +163,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         # The frozen reference, once per collect: every minibatch step reuses its log-probs.
         needed = outcome.last + 1
         ref_logprobs = _forward_by_width(
-            lambda x: jax.nn.log_softmax(model.apply({"params": pretrained}, x)[0], axis=-1),
-            tokens, needed, chunk_rows, widths)
+            lambda p, x: jax.nn.log_softmax(model.apply({"params": p}, x)[0], axis=-1),
+            pretrained, tokens, needed, chunk_rows, widths)
         signal = config.loss.weight_signal
         policy_logits = None
         if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
@@ -174,8 +178,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
                 advantages, critical, action_mask), hyper.loss)
         if config.loss.kl_placement == "reward":  # signals that need no advantages
             weights = weigh(None)
-            logits = _forward_by_width(lambda x: model.apply({"params": state.policy}, x)[0],
-                                       tokens, needed, chunk_rows, widths)
+            logits = _forward_by_width(lambda p, x: model.apply({"params": p}, x)[0],
+                                       state.policy, tokens, needed, chunk_rows, widths)
             kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, weights,
                                                      hyper.loss, config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
@@ -207,12 +211,12 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         tx = _optimizer(hyper)
         size = config.minibatch_size
 
-        def loss_fn(params, chunk, tokens_in_minibatch):
+        def loss_fn(params, chunk, tokens_in_minibatch, loss_hyper):
             """The chunk's share of the minibatch loss: its loss (a mean over its action
             tokens) times its share of the minibatch's action tokens."""
             logits, hidden = model.apply({"params": params["policy"]}, chunk.tokens)
             values = value_head.apply({"params": params["value"]}, hidden)
-            loss, metrics = losses.fused_loss(logits, values, chunk, hyper.loss, config.loss)
+            loss, metrics = losses.fused_loss(logits, values, chunk, loss_hyper, config.loss)
             share = jnp.maximum(chunk.action_mask[:, 1:].sum(), 1) / tokens_in_minibatch
             return share * loss, jax.tree.map(lambda m: share * m, metrics)
 
@@ -227,13 +231,13 @@ def make_train(config: RLConfig, model_config: ModelConfig):
 
             def add_chunk(total, chunk):
                 (_, metrics), grads = _at_width(
-                    lambda c: jax.value_and_grad(loss_fn, has_aux=True)(
-                        params, c, tokens_in_minibatch),
-                    widths, _episode_widths(chunk.action_mask).max(), chunk)
+                    lambda c, p, n, h: jax.value_and_grad(loss_fn, has_aux=True)(p, c, n, h),
+                    widths, _episode_widths(chunk.action_mask).max(), chunk, params,
+                    tokens_in_minibatch, hyper.loss)
                 return jax.tree.map(jnp.add, total, (grads, metrics)), None
 
             zero_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], chunks),
-                                          tokens_in_minibatch)[1]
+                                          tokens_in_minibatch, hyper.loss)[1]
             zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (params, zero_metrics))
             (grads, metrics), _ = jax.lax.scan(add_chunk, zeros, chunks)
             updates, opt_state = tx.update(grads, opt_state, params)

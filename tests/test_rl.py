@@ -38,6 +38,31 @@ def test_vmapped_sweep_equals_separate_runs():
     assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
+def test_sweep_split_over_devices_equals_separate_runs():
+    """Runs split over 2 devices (each device maps over its own runs) = each run alone, and
+    the compiled sweep moves no run's data between devices."""
+    from critkl import parallel
+
+    params = init_params(jax.random.key(0), TINY)
+    train = rl.make_train(QUICK, TINY).train
+    mesh = parallel.data_mesh(jax.devices()[:2])
+    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 1e-3, 3e-4, 1e-3)]
+    seeds = [0, 1, 2, 3]
+    by_run = parallel.batch_sharding(mesh)
+    rngs = parallel.put(jnp.stack([jax.random.key(s) for s in seeds]), by_run)
+    swept_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
+    arguments = (rngs, parallel.put(rl.stack_hypers(hypers), by_run), params)
+    assert "all-gather" not in swept_train.lower(*arguments).compile().as_text()
+    swept_state, _, swept_metrics = swept_train(*arguments)
+    single = jax.jit(train)
+    for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
+        state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x[index], swept_state.policy), state.policy, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
+                                   metrics[0]["train/success"])
+
+
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
     from critkl import checkpoint
     from critkl.supervised import TrainingDiverged
@@ -81,9 +106,9 @@ def test_forward_by_width_equals_the_full_forward_where_episodes_are():
     tokens = jax.random.randint(jax.random.key(1), (6, 40), 0, TINY.vocab_size)
     needed = jnp.array([40, 9, 23, 12, 31, 5])
     widths = (10, 24, 32, 40)
-    apply = lambda x: GPT(TINY).apply({"params": params}, x)[0]  # noqa: E731
-    cut = rl._forward_by_width(apply, tokens, needed, 2, widths)
-    full = apply(tokens)
+    apply = lambda p, x: GPT(TINY).apply({"params": p}, x)[0]  # noqa: E731
+    cut = rl._forward_by_width(apply, params, tokens, needed, 2, widths)
+    full = apply(params, tokens)
     used = jnp.arange(40)[None, :] < needed[:, None]
     np.testing.assert_allclose(jnp.where(used[..., None], cut, 0.0),
                                jnp.where(used[..., None], full, 0.0), atol=1e-5, rtol=1e-5)
@@ -91,10 +116,17 @@ def test_forward_by_width_equals_the_full_forward_where_episodes_are():
     chunk_width = jnp.array([40, 10, 24, 24, 40, 10])
     past = jnp.arange(40)[None, :] >= chunk_width[:, None]
     assert float(jnp.abs(jnp.where(past[..., None], cut, 0.0)).max()) == 0.0
-    # Under vmap, every instance takes the widest instance's width: the same outputs.
-    stacked = jax.vmap(lambda t, n: rl._forward_by_width(apply, t, n, 2, widths))(
-        jnp.stack([tokens, tokens[::-1]]), jnp.stack([needed, needed[::-1]]))
+    # Under vmap (a sweep), each instance at its own widths, with its own parameters: the
+    # outputs of separate calls, zeros past each chunk's width included.
+    other = init_params(jax.random.key(5), TINY)
+    narrow = jnp.minimum(needed, 20)
+    stacked = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths))(
+        jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other),
+        jnp.stack([tokens, tokens]), jnp.stack([needed, narrow]))
     np.testing.assert_allclose(stacked[0], cut, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stacked[1], rl._forward_by_width(apply, other, tokens, narrow, 2,
+                                                                widths), atol=1e-5, rtol=1e-5)
+    assert float(jnp.abs(stacked[1][:, 24:]).max()) == 0.0  # every chunk of it at 10 or 24
 
 
 def test_episodes_cut_to_their_width_update_as_at_full_width(monkeypatch):
