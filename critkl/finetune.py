@@ -317,15 +317,21 @@ def markdown_differences(results: dict, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def swept_values(runs: list[dict]) -> list[dict[str, float]]:
+    """Per run record of results.json: the hyperparameters whose values differ across `runs`,
+    read from each run's "hyper" (in `HYPER_NAMES` order), e.g. {"kl_coef": 5.0, "beta": 0.0}."""
+    flat = [{**{k: v for k, v in run["hyper"].items() if k != "loss"}, **run["hyper"]["loss"]}
+            for run in runs]
+    differ = [name for name in HYPER_NAMES if len({f[name] for f in flat}) > 1]
+    return [{name: f[name] for name in differ} for f in flat]
+
+
 def merge(results: list[dict]) -> dict:
     """The runs of several sweeps as one sweep, each run's setting renamed by the
     hyperparameters that differ across all of them (e.g. "kl_coef=5,beta=0")."""
     runs = [dict(run) for result in results for run in result["runs"]]
-    flat = [{**{k: v for k, v in run["hyper"].items() if k != "loss"}, **run["hyper"]["loss"]}
-            for run in runs]
-    differ = [name for name in HYPER_NAMES if len({f[name] for f in flat}) > 1]
-    for run, values in zip(runs, flat):
-        run["setting"] = ",".join(f"{name}={values[name]:g}" for name in differ)
+    for run, values in zip(runs, swept_values(runs)):
+        run["setting"] = ",".join(f"{name}={value:g}" for name, value in values.items())
         run["name"] = f"{run['setting']},seed={run['seed']}"
     return {"runs": runs}
 

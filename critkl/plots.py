@@ -20,35 +20,37 @@ SWEEP_PLOTS = (  # file, metric, what it shows
 )
 
 
-def setting_curves(results: dict, key: str, label=lambda setting: setting) -> list[Curve]:
+def setting_curves(results: dict, key: str, label=None) -> list[Curve]:
     """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds.
-    Training metrics (one point per evaluation period, none before training) are drawn at the
-    period's last iteration."""
+    label(setting, values) names a curve, values being the setting's swept hyperparameters
+    (`finetune.swept_values`); default: the setting. Training metrics (one point per
+    evaluation period, none before training) are drawn at the period's last iteration."""
+    runs = results["runs"]
+    values_of = {}
+    if label is not None:
+        values_of = dict(zip((run["setting"] for run in runs), finetune.swept_values(runs)))
     curves = []
-    for setting in finetune.settings_in_order(run["setting"] for run in results["runs"]):
-        members = [run["curve"] for run in results["runs"] if run["setting"] == setting]
+    for setting in finetune.settings_in_order(run["setting"] for run in runs):
+        members = [run["curve"] for run in runs if run["setting"] == setting]
         values = np.array([curve[key] for curve in members])  # [seeds, points]
         stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
         iterations = members[0]["iteration"]
-        curves.append(Curve(label(setting), iterations[len(iterations) - values.shape[1]:],
-                            *stats.T))
+        name = setting if label is None else label(setting, values_of[setting])
+        curves.append(Curve(name, iterations[len(iterations) - values.shape[1]:], *stats.T))
     return curves
 
 
-def beta_label(setting: str) -> str:
-    """"beta=150" -> "prioritized KL, beta=150"; "kl_coef=0,..." -> "no KL"; the other
-    hyperparameters of a merged sweep's setting follow ("standard KL, kl_coef=0.1"); a
-    setting without beta as it is."""
-    values = dict(part.split("=") for part in setting.split(",") if "=" in part)
-    if float(values.get("kl_coef", 1)) == 0:
-        name, shown = "no KL", ()
-    elif "beta" in values:
-        beta = float(values["beta"])
-        name = "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
-        shown = [f"{key}={value}" for key, value in values.items() if key != "beta"]
-    else:
+def kl_label(setting: str, values: dict[str, float]) -> str:
+    """A setting named by its KL, from its swept hyperparameters: {"beta": 150.0} ->
+    "prioritized KL, beta=150"; kl_coef 0 -> "no KL"; the others follow ({"kl_coef": 0.1,
+    "beta": 0.0} -> "standard KL, kl_coef=0.1"); a setting that sweeps no beta keeps its name."""
+    if values.get("kl_coef", 1.0) == 0:
+        return "no KL"
+    if "beta" not in values:
         return setting
-    return ", ".join([name, *shown])
+    beta = values["beta"]
+    name = "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
+    return ", ".join([name, *(f"{k}={v:g}" for k, v in values.items() if k != "beta")])
 
 
 def _title(digits: int, results: dict, what: str) -> str:
@@ -63,7 +65,7 @@ def plot_sweep(digits: int, results: dict, output: Output) -> None:
         if key not in curve:
             continue
         is_kl = key.startswith("loss/")
-        output.plot(name, setting_curves(results, key, beta_label),
+        output.plot(name, setting_curves(results, key, kl_label),
                     title=_title(digits, results, what), xlabel="RL iteration",
                     ylabel="KL (nats per token)" if is_kl else "rate",
                     ylim=None if is_kl else (-0.02, 1.02))

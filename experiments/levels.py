@@ -33,7 +33,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
                             plan["seeds"], {"beta": [0.0]}, print_fn)
         summaries[n] = results["summary"]
         curves += plots.setting_curves(results, "eval/pass_at_1",
-                                       label=lambda _, n=n: f"pre-trained up to {n} digits")
+                                       label=lambda *_, n=n: f"pre-trained up to {n} digits")
     output.json("levels.json", summaries)
     output.plot("levels.png", curves, title=f"RL on N+{plan['extra_digits']} digits, standard KL "
                 f"(mean and 95% interval over {len(plan['seeds'])} seeds)",

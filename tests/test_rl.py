@@ -231,7 +231,7 @@ def test_paired_differences_pair_runs_by_seed():
 
 
 def test_merged_sweeps_are_named_by_what_differs():
-    from critkl.plots import beta_label
+    from critkl.plots import kl_label
 
     def sweep(grid):
         runs = finetune.grid_runs([0, 1], grid, RLHyper())
@@ -243,10 +243,16 @@ def test_merged_sweeps_are_named_by_what_differs():
     settings = finetune.settings_in_order(run["setting"] for run in merged["runs"])
     assert settings == ["kl_coef=5,beta=0", "kl_coef=5,beta=150", "kl_coef=0,beta=50",
                         "kl_coef=5,beta=50"]
-    assert [beta_label(s) for s in settings] == [
+    values = dict(zip((run["setting"] for run in merged["runs"]),
+                      finetune.swept_values(merged["runs"])))
+    assert values["kl_coef=5,beta=150"] == {"kl_coef": 5.0, "beta": 150.0}
+    assert [kl_label(s, values[s]) for s in settings] == [
         "standard KL, kl_coef=5", "prioritized KL, beta=150, kl_coef=5", "no KL",
         "prioritized KL, beta=50, kl_coef=5"]
-    assert beta_label("beta=0") == "standard KL"
+    alone = sweep({"beta": [0, 150]})["runs"]
+    assert [kl_label(r["setting"], v) for r, v in zip(alone, finetune.swept_values(alone))][:2] \
+        == ["standard KL", "standard KL"]
+    assert kl_label("arm", {"learning_rate": 1e-3}) == "arm"
 
 
 def test_settings_keep_the_grid_order():
