@@ -59,8 +59,7 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
                             length=iterations)
 
     def sample(rng, hyper):
-        operands = env.sample_rl(rng, config.episodes, config.n, config.extra_digits,
-                                      config.digits)
+        operands = env.sample_rl(rng, config.episodes, config.task)
         attempt = evaluation.attempt(params, model_config, operands, rng,
                                      temperature=hyper.loss.policy_temperature,
                                      max_length=config.max_length)

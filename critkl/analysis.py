@@ -99,7 +99,7 @@ def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *
     first leaves the correct one, for the problems it fails). Returns plain numbers
     (mean, std, count over episodes) for JSON.
     """
-    operands = env.sample_rl(rng, episodes, n, 1, n + 1)
+    operands = env.sample_rl(rng, episodes, env.Task(n, 1))
     reference = env.render(operands)
     certainty = token_certainty(params, model_config, reference.tokens, temperature)
     decisions = decision_mask(reference)

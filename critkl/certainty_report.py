@@ -28,7 +28,7 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
     print_fn(f"N={n}: dJ at critical tokens {s['critical']['mean']:+.4f}, at other tokens "
              f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
 
-    operands = env.sample_rl(jax.random.fold_in(rng, 1), shown, n, 1, n + 1)
+    operands = env.sample_rl(jax.random.fold_in(rng, 1), shown, env.Task(n, 1))
     rendered = env.render(operands)
     certainty = np.asarray(analysis.token_certainty(params, model_config, rendered.tokens))
     critical = np.asarray(env.critical_positions(rendered, n))

@@ -395,8 +395,13 @@ class RLConfig:
         return next(d for d in range(1, size + 1) if size % d == 0 and size // d <= self.update_chunk)
 
     @property
+    def task(self) -> env.Task:
+        """The addition task's parameters: pre-training up to n digits, RL on n+extra_digits."""
+        return env.Task(self.n, self.extra_digits)
+
+    @property
     def digits(self) -> int:
-        return self.n + self.extra_digits
+        return self.task.digits
 
     @property
     def max_length(self) -> int:

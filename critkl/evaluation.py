@@ -102,7 +102,7 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
         limit = min(env.episode_limit(digits), config.context_length)
         samplers = {
             "identical": lambda r, b, d=digits: env.sample_identical(r, b, d, d),
-            "varying": lambda r, b, d=digits: env.sample_rl(r, b, n, d - n, d),
+            "varying": lambda r, b, d=digits: env.sample_rl(r, b, env.Task(n, d - n)),
         }
         for kind, sample in samplers.items():
             cell_rng = jax.random.fold_in(rng, 100 * digits + (kind == "varying"))
@@ -127,7 +127,7 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                     "failures": failures, "at_structural_critical_token": critical,
                     "by_role": counts,
                 }
-    rl_sample = lambda r, b: env.sample_rl(r, b, n, 1, n + 1)  # noqa: E731
+    rl_sample = lambda r, b: env.sample_rl(r, b, env.Task(n, 1))  # noqa: E731
     for temperature in temperatures:
         successes = sum(
             int(result.outcome.success.sum())

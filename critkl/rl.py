@@ -67,8 +67,7 @@ def shift_right(x: jax.Array) -> jax.Array:
 def collect_problems(rng, config: RLConfig) -> env.Operands:
     """The problems of one collect: episodes / group_size problems of the RL distribution,
     each repeated group_size times in a row ([episodes] operands)."""
-    operands = env.sample_rl(rng, config.episodes // config.group_size, config.n,
-                             config.extra_digits, config.digits)
+    operands = env.sample_rl(rng, config.episodes // config.group_size, config.task)
     return jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), operands)
 
 
@@ -131,8 +130,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
     config.check_model(model_config)
     model = GPT(model_config)
     value_head = ValueHead(config.value_hidden_sizes)
-    n, k = config.n, config.extra_digits
-    digits, max_length = config.digits, config.max_length
+    task, max_length = config.task, config.max_length
     widths = update_widths(config)
     chunk_rows = config.minibatch_size // config.chunks
 
@@ -271,8 +269,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         correct prefix at the structural critical tokens and at `config.causal_keys`."""
         train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
         size = config.eval_episodes
-        train_ops = env.sample_rl(train_rng, size, n, k, digits)
-        comfort_ops = env.sample_pretraining(comfort_rng, size, n, digits)
+        train_ops = env.sample_rl(train_rng, size, task)
+        comfort_ops = env.sample_pretraining(comfort_rng, size, task)
         names = ("eval/pass_at_1", "eval/comfort_pass_at_1", "eval/sampled_success")
         operands = jax.tree.map(lambda *x: jnp.stack(x), train_ops, comfort_ops, train_ops)
         temperatures = jnp.stack([0.0, 0.0, hyper.loss.policy_temperature])
@@ -285,9 +283,9 @@ def make_train(config: RLConfig, model_config: ModelConfig):
 
         # One after the other in a loop, so that the three share one sampler's buffers.
         metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
-        metrics.update(critical_token_probabilities(policy, model_config, train_ops, n))
+        metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n))
         if config.causal_keys:
-            identical = env.sample_identical(causal_rng, size, digits, digits)
+            identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
             metrics["causal/p_right"] = causal_token_probability(
                 policy, model_config, identical, config.causal_keys)
         return metrics

@@ -53,11 +53,11 @@ def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> env
     """`count` problems up to N digits, of which a `longer_share` fraction (in
     expectation) come from the RL distribution at N+1 instead."""
     if config.longer_share == 0.0:
-        return env.sample_pretraining(rng, count, config.max_digits, config.max_digits)
-    width = config.max_digits + 1
+        return env.sample_pretraining(rng, count, env.Task(config.max_digits, 0))
+    task = env.Task(config.max_digits, 1)  # both kinds N+1 digits wide
     short_rng, long_rng, pick_rng = jax.random.split(rng, 3)
-    short = env.sample_pretraining(short_rng, count, config.max_digits, width)
-    longer = env.sample_rl(long_rng, count, config.max_digits, 1, width)
+    short = env.sample_pretraining(short_rng, count, task)
+    longer = env.sample_rl(long_rng, count, task)
     pick_longer = jax.random.bernoulli(pick_rng, config.longer_share, (count,))
     return jax.tree.map(
         lambda s, l: jnp.where(pick_longer.reshape((count,) + (1,) * (s.ndim - 1)), l, s),

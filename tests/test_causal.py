@@ -35,7 +35,7 @@ def _plain_keys(tokens, roles, prompt_length, length):
 
 def test_decision_codes_match_a_plain_reading_on_random_problems():
     """The jnp keys equal a token-by-token Python reading, on 2,000 problems of 1-7 digits."""
-    operands = env.sample_pretraining(jax.random.key(3), 2000, 7, 7)
+    operands = env.sample_pretraining(jax.random.key(3), 2000, env.Task(7, 0))
     episodes = env.render(operands)
     keys = env.decision_keys(episodes)
     tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)

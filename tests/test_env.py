@@ -70,7 +70,7 @@ def test_render_with_fewer_digits_and_length_bound(digits):
 def test_chunked_rows_equal_one_pass(monkeypatch):
     """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
     pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
-    operands = env.sample_pretraining(jax.random.key(5), 1024, D, D)
+    operands = env.sample_pretraining(jax.random.key(5), 1024, env.Task(D, 0))
     scans = lambda: str(jax.make_jaxpr(lambda o: env.render(o))(operands)).count("scan[")  # noqa: E731
     episodes, chunked_scans = env.render(operands), scans()
     garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, tokenizer.VOCAB_SIZE)
@@ -88,7 +88,7 @@ def test_chunked_rows_equal_one_pass(monkeypatch):
 class TestJitAgreement(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_render_and_score(self):
-        operands = env.sample_rl(jax.random.key(3), 16, 3, 2, 6)
+        operands = env.sample_rl(jax.random.key(3), 16, env.Task(3, 2, 6))
 
         def run(ops):
             episodes = env.render(ops)
@@ -107,7 +107,7 @@ def within_binomial(count, total, p, sigmas=5.0):
 
 def test_pretraining_lengths_and_digits_are_uniform():
     batch, n = 40_000, 5
-    ops = jax.device_get(env.sample_pretraining(jax.random.key(0), batch, n, 8))
+    ops = jax.device_get(env.sample_pretraining(jax.random.key(0), batch, env.Task(n, 0, 8)))
     for lengths, digits in ((ops.a_len, ops.a), (ops.b_len, ops.b)):
         for length in range(1, n + 1):
             assert within_binomial((lengths == length).sum(), batch, 1 / n)
@@ -124,7 +124,7 @@ def test_pretraining_lengths_and_digits_are_uniform():
 
 def test_rl_lengths_follow_the_difficult_operand_rule():
     batch, n, k = 40_000, 3, 2
-    ops = jax.device_get(env.sample_rl(jax.random.key(1), batch, n, k, 8))
+    ops = jax.device_get(env.sample_rl(jax.random.key(1), batch, env.Task(n, k, 8)))
     longest = np.maximum(ops.a_len, ops.b_len)
     assert (longest == n + k).all()
     a_difficult = ops.a_len == n + k
@@ -143,10 +143,13 @@ def test_identical_lengths():
 
 
 def test_sampler_errors_name_the_problem():
-    with pytest.raises(ValueError, match="max_digits"):
-        env.sample_pretraining(jax.random.key(0), 4, 3, 21)
-    with pytest.raises(ValueError, match="n=3, k=2"):
-        env.sample_rl(jax.random.key(0), 4, 3, 2, 4)
+    with pytest.raises(ValueError, match="max_digits=21"):
+        env.Task(3, 0, 21)
+    with pytest.raises(ValueError, match=r"Task\(n=3, extra_digits=2, digits=4\) needs"):
+        env.Task(3, 2, 4)
+    with pytest.raises(ValueError, match="extra_digits >= 0"):
+        env.Task(3, -1)
+    assert env.Task(3, 2).digits == 5
     with pytest.raises(ValueError, match="operand -1"):
         env.operands_from_ints([(-1, 2)], 4)
 
@@ -193,7 +196,7 @@ def test_score_matches_reference_judge_on_mutated_episodes():
 
 def test_score_never_fails_on_garbage():
     rng = np.random.default_rng(1)
-    operands = env.sample_pretraining(jax.random.key(5), 256, 4, 4)
+    operands = env.sample_pretraining(jax.random.key(5), 256, env.Task(4, 0))
     episodes = render(operands)
     for width in (episodes.tokens.shape[1], episodes.tokens.shape[1] + 100, 40):
         garbage = jnp.asarray(rng.integers(-5, 100, (256, width)), jnp.int32)
@@ -214,7 +217,7 @@ def test_terminal_reward_is_ternary_on_correct_and_wrong():
 
 def test_stop_rule_ends_where_score_ends():
     rng = np.random.default_rng(2)
-    operands = env.sample_pretraining(jax.random.key(6), 300, 3, 3)
+    operands = env.sample_pretraining(jax.random.key(6), 300, env.Task(3, 0))
     episodes = render(operands)
     tokens = np.array(episodes.tokens)
     for row in range(0, 300, 3):  # some rows: garbage after the prompt
@@ -246,7 +249,7 @@ def test_critical_positions_hand_example():
 
 def test_critical_positions_count():
     n = 3
-    ops = env.sample_pretraining(jax.random.key(7), 500, 6, 6)
+    ops = env.sample_pretraining(jax.random.key(7), 500, env.Task(6, 0))
     critical = np.asarray(env.critical_positions(render(ops), n)).sum(axis=1)
     a_len, b_len = np.asarray(ops.a_len), np.asarray(ops.b_len)
     want = [

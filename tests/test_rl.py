@@ -319,8 +319,8 @@ def test_evaluation_successes_equal_separate_attempts():
     hyper = RLHyper()
     metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(3), hyper)
     train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(3), 4)
-    train_ops = env.sample_rl(train_rng, size, config.n, config.extra_digits, config.digits)
-    comfort_ops = env.sample_pretraining(comfort_rng, size, config.n, config.digits)
+    train_ops = env.sample_rl(train_rng, size, config.task)
+    comfort_ops = env.sample_pretraining(comfort_rng, size, config.task)
     direct = {}
     for name, operands, temperature in (
             ("eval/pass_at_1", train_ops, 0.0), ("eval/comfort_pass_at_1", comfort_ops, 0.0),

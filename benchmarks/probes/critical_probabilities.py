@@ -28,7 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model_config, params, n = load_model(args.model)
     # Integer ops only: jitted, the same episodes as run op by op, in a fraction of the time.
-    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, n, 1, n + 1)))
+    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, env.Task(n, 1))))
     episodes = sample(jax.random.key(0))
     logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
     logits, targets = logits[:, :-1], episodes.tokens[:, 1:]

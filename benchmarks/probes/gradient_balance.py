@@ -35,7 +35,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model_config, reference, n = load_model(args.model)
     limit = env.episode_limit(n + 1)
-    operands = env.sample_rl(jax.random.key(1), args.episodes, n, 1, n + 1)
+    operands = env.sample_rl(jax.random.key(1), args.episodes, env.Task(n, 1))
     attempt = evaluation.attempt(reference, model_config, operands, jax.random.key(2),
                                  temperature=1.0, max_length=limit)
     outcome = attempt.outcome

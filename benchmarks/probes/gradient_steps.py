@@ -53,7 +53,7 @@ def main(argv=None):
     limit = env.episode_limit(1)
 
     def attempt(params, rng, size):
-        operands = env.sample_rl(jax.random.fold_in(rng, 1), size, 1, 0, 1)
+        operands = env.sample_rl(jax.random.fold_in(rng, 1), size, env.Task(1, 0))
         return evaluation.attempt(params, config, operands, jax.random.fold_in(rng, 2),
                                   temperature=1.0, max_length=limit)
 
