@@ -19,48 +19,34 @@ TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
 
 def test_vmapped_sweep_equals_separate_runs():
-    params = init_params(jax.random.key(0), TINY)
-    train = rl.make_train(QUICK, TINY).train
-    seeds = [0, 1, 2]
-    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3)]
-    rngs = jnp.stack([jax.random.key(s) for s in seeds])
-    swept_state, _, swept_metrics = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
-        rngs, rl.stack_hypers(hypers), params)
-    single = jax.jit(train)
-    for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
-        state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
-        chex.assert_trees_all_close(
-            jax.tree.map(lambda x: x[index], swept_state.policy), state.policy, atol=1e-5, rtol=1e-4)
-        np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
-                                   metrics[0]["train/success"])
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), swept_state.policy,
-                         jax.tree.map(lambda x: jnp.stack([x] * 3), params))
-    assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
-
-
-def test_sweep_split_over_devices_equals_separate_runs():
-    """Runs split over 2 devices (each device maps over its own runs) = each run alone, and
-    the compiled sweep moves no run's data between devices."""
+    """A sweep vmapped on one device, and split over 2 devices (each device maps over its own
+    runs, and the compiled sweep moves no run's data between devices) = each run alone."""
     from critkl import parallel
 
     params = init_params(jax.random.key(0), TINY)
     train = rl.make_train(QUICK, TINY).train
-    mesh = parallel.data_mesh(jax.devices()[:2])
-    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 1e-3, 3e-4, 1e-3)]
     seeds = [0, 1, 2, 3]
+    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3, 1e-3)]
+    rngs = jnp.stack([jax.random.key(s) for s in seeds])
+    one_device = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
+        rngs, rl.stack_hypers(hypers), params)
+    mesh = parallel.data_mesh(jax.devices()[:2])
     by_run = parallel.batch_sharding(mesh)
-    rngs = parallel.put(jnp.stack([jax.random.key(s) for s in seeds]), by_run)
-    swept_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
-    arguments = (rngs, parallel.put(rl.stack_hypers(hypers), by_run), params)
-    assert "all-gather" not in swept_train.lower(*arguments).compile().as_text()
-    swept_state, _, swept_metrics = swept_train(*arguments)
+    split_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
+    arguments = (parallel.put(rngs, by_run), parallel.put(rl.stack_hypers(hypers), by_run), params)
+    assert "all-gather" not in split_train.lower(*arguments).compile().as_text()
+    two_devices = split_train(*arguments)
     single = jax.jit(train)
     for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
         state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
-        chex.assert_trees_all_close(
-            jax.tree.map(lambda x: x[index], swept_state.policy), state.policy, atol=1e-5, rtol=1e-4)
-        np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
-                                   metrics[0]["train/success"])
+        for swept_state, _, swept_metrics in (one_device, two_devices):
+            chex.assert_trees_all_close(jax.tree.map(lambda x: x[index], swept_state.policy),
+                                        state.policy, atol=1e-5, rtol=1e-4)
+            np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
+                                       metrics[0]["train/success"])
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), one_device[0].policy,
+                         jax.tree.map(lambda x: jnp.stack([x] * 4), params))
+    assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
