@@ -174,3 +174,28 @@ def test_blocked_causal_attention_matches_cached_path(params):
     np.testing.assert_allclose(logits, cached_logits, atol=1e-5, rtol=0)
     np.testing.assert_allclose(hidden, cached_hidden, atol=1e-5, rtol=0)
     assert float(jnp.std(logits)) > 0.5
+
+
+def test_attention_equals_softmax_then_values_with_its_gradients():
+    """The model's attention (normalised after the product with the values) against numpy's
+    softmax-then-product, and its gradients against autodiff of jax.nn.softmax's version."""
+    from critkl.model import _attend
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 7, 4)) * 3 for i in range(3))
+    mask = np.tril(np.ones((7, 7), bool))
+    scores = np.einsum("bhtd,bhsd->bhts", q, k)
+    scores = np.where(mask, scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = np.einsum("bhts,bhsd->bhtd", weights / weights.sum(-1, keepdims=True), v)
+    np.testing.assert_allclose(_attend(q, k, v, mask, jnp.float32), expected, atol=1e-5, rtol=1e-5)
+
+    def plain(q, k, v):
+        weights = jax.nn.softmax(jnp.where(mask, jnp.einsum("bhtd,bhsd->bhts", q, k), -1e30))
+        return jnp.einsum("bhts,bhsd->bhtd", weights, v)
+
+    cotangent = jax.random.normal(jax.random.key(9), q.shape)
+    grads = jax.grad(lambda *a: jnp.sum(_attend(*a, mask, jnp.float32) * cotangent),
+                     argnums=(0, 1, 2))(q, k, v)
+    expected_grads = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
