@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import env, sampling
+from critkl import env, inplace, sampling
 from critkl.config import ModelConfig
 from critkl.tokenizer import PAD_ID
 
@@ -34,14 +34,20 @@ def prompts_of(episodes: env.Episodes, max_digits: int) -> jax.Array:
 def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array, *,
             temperature, max_length: int, keep_hidden: bool = False) -> Attempt:
     """Let the model write episodes for `operands` (greedy when temperature <= 0);
-    keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`)."""
-    reference = env.render(operands)
-    generation = sampling.generate(
-        params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length, rng,
-        max_length=max_length, temperature=temperature, stop_fn=env.stop_rule,
-        keep_hidden=keep_hidden,
-    )
-    return Attempt(generation, reference, env.score(generation.tokens, reference))
+    keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`).
+    Under vmap (a sweep) on a CPU, the runs sample one after the other
+    (`inplace.one_at_a_time`)."""
+    def solve(params, operands, rng, temperature):
+        reference = env.render(operands)
+        generation = sampling.generate(
+            params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length,
+            rng, max_length=max_length, temperature=temperature, stop_fn=env.stop_rule,
+            keep_hidden=keep_hidden,
+        )
+        return Attempt(generation, reference, env.score(generation.tokens, reference))
+
+    return inplace.one_at_a_time(solve)(params, operands, rng,
+                                        jnp.asarray(temperature, jnp.float32))
 
 
 def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:

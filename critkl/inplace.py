@@ -11,14 +11,16 @@ plain one). The functions here carry their own vmap rules (`jax.custom_batching.
   operand (start 0 on the mapped axis), which XLA updates in place;
 - `plain_when_mapped_once`: a vmap over one instance (as a single fine-tuning run is vmapped)
   runs the function unmapped, since a unit mapped axis makes XLA:CPU copy the cache anyway;
-- `all_true` and `minimum`: reduce over the mapped axes too and return an unmapped scalar, so
-  that a vmapped loop keeps one scalar predicate (it runs until every mapped instance is done)
-  and one scalar start;
-- `one_at_a_time`: the mapped instances run one after the other, each as it would alone (a
-  sweep's update chunks, each run at its own width and with one run's activations in memory).
+- `all_true`, `minimum` and `maximum`: reduce over the mapped axes too and return an unmapped
+  scalar, so that a vmapped loop keeps one scalar predicate (it runs until every mapped instance
+  is done) and one scalar start, and a vmapped `lax.switch` one branch index;
+- `one_at_a_time`: on a CPU, the mapped instances run one after the other, each as it would
+  alone (a sweep's sampling and update chunks: each run at its own width, with one run's
+  buffers in memory); elsewhere batched.
 
-Use the reductions only where running longer or starting earlier leaves the results unchanged
-(the sampler's finished sequences write nothing; earlier positions replay the prompt). None of
+Use the reductions only where running longer, starting earlier or computing over more positions
+leaves the results unchanged (the sampler's finished sequences write nothing; earlier positions
+replay the prompt; positions past an episode's end are masked out of the loss). None of
 these functions may be differentiated (custom_vmap has no autodiff rule); the sampler and the
 update's chunks differentiate inside them, never through them.
 """
@@ -69,6 +71,7 @@ def _over_every_instance(reduce):
 
 all_true = _over_every_instance(jnp.all)  # jnp.all(x); under vmap, over every instance
 minimum = _over_every_instance(jnp.min)   # jnp.min(x); under vmap, over every instance
+maximum = _over_every_instance(jnp.max)   # jnp.max(x); under vmap, over every instance
 
 
 def plain_when_mapped_once(fn):
@@ -76,30 +79,25 @@ def plain_when_mapped_once(fn):
 
     fn takes positional pytrees of arrays and returns a pytree of arrays.
     """
-    wrapped = jax.custom_batching.custom_vmap(fn)
-
-    @wrapped.def_vmap
-    def _rule(axis_size, in_batched, *args):
-        if axis_size == 1:
-            args = jax.tree.map(lambda x, b: x[0] if b else x, args, tuple(in_batched))
-            out = fn(*args)
-            return jax.tree.map(lambda y: y[None], out), jax.tree.map(lambda _: True, out)
-        in_axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
-        out = jax.vmap(fn, in_axes=in_axes)(*args)
-        return out, jax.tree.map(lambda _: True, out)
-
-    return wrapped
+    return _mapped(fn, sequential_on_cpu=False)
 
 
 def one_at_a_time(fn):
-    """fn with a vmap rule that runs the mapped instances one after the other (`lax.map`),
-    each as fn alone would run (over one instance: fn itself).
+    """fn with a vmap rule that, on a CPU, runs the mapped instances one after the other
+    (`lax.map`), each as fn alone would run; elsewhere it is jax.vmap(fn) (over one instance,
+    fn itself).
 
     For the parts of a vmapped sweep whose shapes depend on each run's data (an update chunk
-    cut to the run's own width) and whose memory grows with the number of runs in flight.
-    fn takes positional pytrees of arrays, closes over nothing traced, and returns a pytree of
-    arrays.
+    cut to the run's own width) and whose memory grows with the runs in flight (activations,
+    the sampler's key/value cache). On a CPU, batching runs makes no product faster (one run's
+    already fill the core), so each run keeps its own shapes and one run's memory is live at a
+    time; accelerators gain from the batch. fn takes positional pytrees of arrays, closes over
+    nothing traced, and returns a pytree of arrays.
     """
+    return _mapped(fn, sequential_on_cpu=True)
+
+
+def _mapped(fn, sequential_on_cpu: bool):
     wrapped = jax.custom_batching.custom_vmap(fn)
 
     @wrapped.def_vmap
@@ -108,14 +106,20 @@ def one_at_a_time(fn):
         batched = jax.tree.leaves(tuple(in_batched))
         if axis_size == 1:
             out = wrapped(*tree.unflatten([x[0] if b else x for x, b in zip(leaves, batched)]))
-            return jax.tree.map(lambda y: y[None], out), jax.tree.map(lambda _: True, out)
+            return _all_mapped(jax.tree.map(lambda y: y[None], out))
+        if sequential_on_cpu and jax.default_backend() == "cpu":
+            def one(instance):
+                it = iter(instance)
+                return wrapped(*tree.unflatten([next(it) if b else x
+                                                for x, b in zip(leaves, batched)]))
 
-        def one(instance):
-            it = iter(instance)
-            return wrapped(*tree.unflatten([next(it) if b else x
-                                            for x, b in zip(leaves, batched)]))
-
-        out = lax.map(one, [x for x, b in zip(leaves, batched) if b])
-        return out, jax.tree.map(lambda _: True, out)
+            return _all_mapped(lax.map(one, [x for x, b in zip(leaves, batched) if b]))
+        in_axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+        return _all_mapped(jax.vmap(fn, in_axes=in_axes)(*args))
 
     return wrapped
+
+
+def _all_mapped(out):
+    """A vmap rule's result: `out` and its batched flags (every output has the mapped axis)."""
+    return out, jax.tree.map(lambda _: True, out)

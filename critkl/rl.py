@@ -90,11 +90,13 @@ def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, cut, *rest):
 
     cut: a pytree of [rows, T, ...] arrays; rest: any operands (parameters, hyperparameters);
     fn closes over nothing traced, and its outputs have the same shapes at every width. Under
-    `jax.vmap` (a sweep) the runs take their turns (`inplace.one_at_a_time`): each run at its
-    own width, as a run alone would, with one run's activations in memory at a time.
+    `jax.vmap` (a sweep) on a CPU the runs take their turns (`inplace.one_at_a_time`): each at its
+    own width, as a run alone would, with one run's activations in memory at a time; on an
+    accelerator they are batched and every run takes the widest run's width
+    (`inplace.maximum`), so that the switch stays one conditional and runs one branch.
     """
     def at_narrowest(needed, cut, *rest):
-        index = jnp.searchsorted(jnp.asarray(widths), needed)
+        index = jnp.searchsorted(jnp.asarray(widths), inplace.maximum(needed))
 
         def at(width):
             return lambda c, *r: fn(jax.tree.map(lambda x: x[:, :width], c), *r)

@@ -82,7 +82,7 @@ def test_update_in_chunks_equals_the_whole_minibatch():
     assert max(jax.tree.leaves(moved)) > 0
 
 
-def test_forward_by_width_equals_the_full_forward_where_episodes_are():
+def test_forward_by_width_equals_the_full_forward_where_episodes_are(monkeypatch):
     """Chunks of episodes sorted by length, each cut to its narrowest width: the same outputs as
     one full-width forward at every position an episode uses, zeros past its chunk's width, in
     episode order."""
@@ -113,6 +113,18 @@ def test_forward_by_width_equals_the_full_forward_where_episodes_are():
     np.testing.assert_allclose(stacked[1], rl._forward_by_width(apply, other, tokens, narrow, 2,
                                                                 widths), atol=1e-5, rtol=1e-5)
     assert float(jnp.abs(stacked[1][:, 24:]).max()) == 0.0  # every chunk of it at 10 or 24
+    # On an accelerator the instances are batched, each chunk at the widest instance's width:
+    # the same outputs where episodes are.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    batched = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths))(
+        jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other),
+        jnp.stack([tokens, tokens]), jnp.stack([needed, narrow]))
+    monkeypatch.undo()
+    np.testing.assert_allclose(batched[0], cut, atol=1e-5, rtol=1e-5)
+    used_narrow = (jnp.arange(40)[None, :] < narrow[:, None])[..., None]
+    np.testing.assert_allclose(jnp.where(used_narrow, batched[1], 0.0),
+                               jnp.where(used_narrow, stacked[1], 0.0), atol=1e-5, rtol=1e-5)
+    assert float(jnp.abs(batched[1][:, 24:]).max()) > 0.0  # chunks at the other's width 40
 
 
 def test_episodes_cut_to_their_width_update_as_at_full_width(monkeypatch):
