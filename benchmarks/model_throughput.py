@@ -6,8 +6,9 @@ fraction of a large float32 matmul measured in the same run.
 Training: one jitted pre-training step (forward, backward, AdamW) on packed
 streams. Sampling: `critkl.sampling.generate` with the KV cache at temperature 2,
 every sequence running to the full length. Model FLOPs count the matmuls of the
-forward pass (2 per multiply-add; the backward pass twice that), attention over
-the whole causal square as computed.
+forward pass (2 per multiply-add; the backward pass twice that), attention over the
+keys it computes: in training, each block of `QUERY_BLOCK` queries over the keys up
+to its end; in sampling, each token over its decode loop's cache window.
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ from timing import best_seconds
 
 from critkl import parallel, sampling, supervised
 from critkl.config import model_preset, ModelConfig, PretrainConfig
-from critkl.model import init_params
+from critkl.model import QUERY_BLOCK, init_params
 from critkl.tokenizer import VOCAB_SIZE
 
 
-def forward_flops_per_token(config: ModelConfig, attended: int) -> float:
+def blocked_attended(time: int) -> float:
+    """Keys per query that the full forward's blocked causal attention computes, on average."""
+    blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
+    return sum((hi - lo) * hi for lo, hi in blocks) / time
+
+
+def windowed_attended(prompt_width: int, length: int) -> float:
+    """Keys per generated token that the sampler computes (its cache window), on average."""
+    windows = sampling.cache_windows(prompt_width, length)
+    return sum(next(w for w in windows if w > t) for t in range(prompt_width, length)) / (
+        length - prompt_width)
+
+
+def forward_flops_per_token(config: ModelConfig, attended: float) -> float:
     """Matmul FLOPs of one token's forward pass, attending over `attended` positions."""
     d, layers = config.d_model, config.num_layers
     per_layer = 2 * (3 * d * d + d * d + 2 * d * config.d_ff) + 2 * 2 * attended * d
@@ -65,8 +79,13 @@ def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, floa
 
     seconds = best_seconds(one, repeats)
     count = batch * config.context_length
-    flops = 3 * forward_flops_per_token(config, config.context_length) * count
+    flops = 3 * forward_flops_per_token(config, blocked_attended(config.context_length)) * count
     return count / seconds, flops / seconds
+
+
+def never_stop(stop_state: jax.Array, token: jax.Array):
+    """A stop rule that ends no sequence: every one runs to the full length."""
+    return stop_state, jnp.zeros(token.shape, bool)
 
 
 def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -> tuple[float, float]:
@@ -77,11 +96,11 @@ def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -
 
     def one():
         sampling.generate(params, config, prompts, lengths, jax.random.key(2), max_length=length,
-                          temperature=2.0).tokens.block_until_ready()
+                          temperature=2.0, stop_fn=never_stop).tokens.block_until_ready()
 
     seconds = best_seconds(one, repeats)
     generated = batch * (length - 25)
-    flops = forward_flops_per_token(config, length) * generated
+    flops = forward_flops_per_token(config, windowed_attended(25, length)) * generated
     return generated / seconds, flops / seconds
 
 
