@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import checkpoint, files, losses, parallel, provenance, rl, run_shell
+from critkl import (checkpoint, files, host_memory, losses, parallel, provenance, rl,
+                    run_shell)
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
                            with_values)
 from critkl.supervised import TrainingDiverged
@@ -255,6 +256,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                      f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  (pre-trained model)")
         clock = time.perf_counter()
         for period in range(done, periods):
+            host_memory.release_freed()  # what compiling and the last period freed
             state, (train, evaluation) = vrun(state, hypers, pretrained, 1)
             _check_finite(state, runs, (period + 1) * config.eval_every, period * config.eval_every)
             train = {k: v[:, 0] for k, v in parallel.fetch(train).items()}
