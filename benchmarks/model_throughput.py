@@ -27,6 +27,9 @@ from critkl.model import QUERY_BLOCK, init_params
 from critkl.tokenizer import VOCAB_SIZE
 
 
+PROMPT_WIDTH = 25  # the sampling rows' prompt, as an RL episode's
+
+
 def blocked_attended(time: int) -> float:
     """Keys per query that the full forward's blocked causal attention computes, on average."""
     blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
@@ -91,16 +94,16 @@ def never_stop(stop_state: jax.Array, token: jax.Array):
 def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -> tuple[float, float]:
     """(generated tokens/s, FLOP/s) of KV-cached sampling at temperature 2."""
     params = init_params(jax.random.key(0), config)
-    prompts = jnp.full((batch, 25), 5, jnp.int32)
-    lengths = jnp.full((batch,), 25, jnp.int32)
+    prompts = jnp.full((batch, PROMPT_WIDTH), 5, jnp.int32)
+    lengths = jnp.full((batch,), PROMPT_WIDTH, jnp.int32)
 
     def one():
         sampling.generate(params, config, prompts, lengths, jax.random.key(2), max_length=length,
                           temperature=2.0, stop_fn=never_stop).tokens.block_until_ready()
 
     seconds = best_seconds(one, repeats)
-    generated = batch * (length - 25)
-    flops = forward_flops_per_token(config, windowed_attended(25, length)) * generated
+    generated = batch * (length - PROMPT_WIDTH)
+    flops = forward_flops_per_token(config, windowed_attended(PROMPT_WIDTH, length)) * generated
     return generated / seconds, flops / seconds
 
 
