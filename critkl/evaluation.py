@@ -76,14 +76,14 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
 def solve_in_batches(params, config: ModelConfig, sample, problems: int, batch: int, rng,
                      *, temperature, max_length: int):
     """Yield `Attempt`s (on the host) for `problems` problems drawn by
-    sample(rng, batch) -> Operands, `batch` at a time."""
+    sample(rng, batch) -> Operands, `batch` at a time. A last, partial batch solves only
+    the problems it keeps (the first of its draw)."""
     for index, start in enumerate(range(0, problems, batch)):
         draw_rng, solve_rng = jax.random.split(jax.random.fold_in(rng, index))
-        operands = sample(draw_rng, batch)
-        result = attempt(params, config, operands, solve_rng, temperature=temperature,
-                         max_length=max_length)
         keep = min(batch, problems - start)
-        yield jax.tree.map(lambda x: x[:keep], jax.device_get(result))
+        operands = jax.tree.map(lambda x: x[:keep], sample(draw_rng, batch))
+        yield jax.device_get(attempt(params, config, operands, solve_rng,
+                                     temperature=temperature, max_length=max_length))
 
 
 def rate(successes: int, total: int) -> dict:

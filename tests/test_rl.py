@@ -331,6 +331,31 @@ def test_evaluation_successes_equal_separate_attempts():
         np.testing.assert_allclose(metrics[name], value, err_msg=name)
 
 
+def test_a_partial_batch_solves_the_first_problems_of_its_draw(monkeypatch):
+    """solve_in_batches with fewer problems than a batch solves only those (no sampler
+    memory for the rest): the problems and greedy outcomes of solving the whole draw and
+    keeping its first rows."""
+    from critkl import env, evaluation
+
+    solved, attempt = [], evaluation.attempt
+    monkeypatch.setattr(evaluation, "attempt", lambda params, config, operands, *a, **k: (
+        solved.append(operands.a.shape[0]) or attempt(params, config, operands, *a, **k)))
+    params = init_params(jax.random.key(0), TINY)
+    task = env.Task(1, 1)
+    sample = lambda rng, batch: env.sample_rl(rng, batch, task)  # noqa: E731
+    rng, problems, batch = jax.random.key(5), 3, 8
+    (got,) = evaluation.solve_in_batches(params, TINY, sample, problems, batch, rng,
+                                         temperature=0.0, max_length=QUICK.max_length)
+    assert solved == [problems]
+    draw_rng, solve_rng = jax.random.split(jax.random.fold_in(rng, 0))
+    whole = evaluation.attempt(params, TINY, sample(draw_rng, batch), solve_rng,
+                               temperature=0.0, max_length=QUICK.max_length)
+    for name, mine, theirs in (("problems", got.reference.tokens, whole.reference.tokens),
+                               ("episodes", got.generation.tokens, whole.generation.tokens)):
+        assert len(mine) == problems, name
+        np.testing.assert_array_equal(mine, np.asarray(theirs)[:problems], err_msg=name)
+
+
 def test_context_too_short_is_refused():
     with pytest.raises(ValueError, match="context_length"):
         rl.make_train(dataclasses.replace(QUICK, n=3), TINY)
