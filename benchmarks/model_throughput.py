@@ -1,7 +1,7 @@
 """Training and sampling throughput of the transformer, with achieved FLOP/s as a
 fraction of a large float32 matmul measured in the same run.
 
-    python benchmarks/model_throughput.py [--quick]
+    python benchmarks/model_throughput.py [--quick] [--one-device]
 
 Training: one jitted pre-training step (forward, backward, AdamW) on packed
 streams. Sampling: `critkl.sampling.generate` with the KV cache at temperature 2,
@@ -9,6 +9,10 @@ every sequence running to the full length. Model FLOPs count the matmuls of the
 forward pass (2 per multiply-add; the backward pass twice that), attention over the
 keys it computes: in training, each block of `QUERY_BLOCK` queries over the keys up
 to its end; in sampling, each token over its decode loop's cache window.
+
+Devices: as the training commands run (`parallel.use_cpu_cores`), one single-threaded device
+per core with the batch split over them, the matmul one per device at once; with
+`--one-device`, one default CPU device (XLA's own threading).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from critkl.tokenizer import VOCAB_SIZE
 
 
 PROMPT_WIDTH = 25  # the sampling rows' prompt, as an RL episode's
+TRAINING_BATCH = 16  # packed streams of the context per training step (the mini rows)
 
 
 def blocked_attended(time: int) -> float:
@@ -51,9 +56,12 @@ def forward_flops_per_token(config: ModelConfig, attended: float) -> float:
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
-    a = jnp.ones((size, size), jnp.float32)
+    """Float32 size^3 matmuls, one per device at once: FLOP/s of all devices together."""
+    mesh = parallel.data_mesh()
+    devices = mesh.devices.size
+    a = jax.device_put(jnp.ones((devices, size, size), jnp.float32), parallel.batch_sharding(mesh))
     matmul = jax.jit(lambda x: x @ x)
-    return 2 * size**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats)
+    return 2 * devices * size**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats)
 
 
 def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
@@ -70,14 +78,14 @@ def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, floa
     state = [params, tx.init(params)]
 
     @jax.jit
-    def step(params, opt_state):
+    def step(params, opt_state, tokens, targets):  # the batch an argument: split, not a constant
         (loss, _), grads = jax.value_and_grad(supervised.next_token_loss, has_aux=True)(
             params, config, tokens, targets)
         updates, opt_state = tx.update(grads, opt_state, params)
         return jax.tree.map(jnp.add, params, updates), opt_state, loss
 
     def one():
-        state[0], state[1], loss = step(*state)
+        state[0], state[1], loss = step(*state, tokens, targets)
         loss.block_until_ready()
 
     seconds = best_seconds(one, repeats)
@@ -92,10 +100,13 @@ def never_stop(stop_state: jax.Array, token: jax.Array):
 
 
 def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -> tuple[float, float]:
-    """(generated tokens/s, FLOP/s) of KV-cached sampling at temperature 2."""
-    params = init_params(jax.random.key(0), config)
-    prompts = jnp.full((batch, PROMPT_WIDTH), 5, jnp.int32)
-    lengths = jnp.full((batch,), PROMPT_WIDTH, jnp.int32)
+    """(generated tokens/s, FLOP/s) of KV-cached sampling at temperature 2, the batch split
+    over the devices."""
+    mesh = parallel.data_mesh()
+    params = jax.device_put(init_params(jax.random.key(0), config), parallel.replicated(mesh))
+    prompts, lengths = jax.device_put(
+        (jnp.full((batch, PROMPT_WIDTH), 5, jnp.int32), jnp.full((batch,), PROMPT_WIDTH, jnp.int32)),
+        parallel.batch_sharding(mesh))
 
     def one():
         sampling.generate(params, config, prompts, lengths, jax.random.key(2), max_length=length,
@@ -110,11 +121,15 @@ def sampling_speed(config: ModelConfig, batch: int, length: int, repeats: int) -
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, mini only")
+    parser.add_argument("--one-device", action="store_true",
+                        help="one default CPU device, not one per core as the training commands")
     args = parser.parse_args()
+    if not args.one_device:
+        parallel.use_cpu_cores(TRAINING_BATCH)
     repeats = 2 if args.quick else 4
     mini = model_preset("mini")
     paper_width = dataclasses.replace(model_preset("paper"), num_layers=2, context_length=512)
-    cases = [("mini (4x128)", mini, 16, 256)]
+    cases = [("mini (4x128)", mini, TRAINING_BATCH, 256)]
     if not args.quick:
         cases.append(("paper width (2x768)", paper_width, 4, 64))
     peak = matmul_flops_per_second()
