@@ -105,7 +105,7 @@ def fetch(tree):
 def use_cpu_cores(parallel_items: int) -> None:
     """On a CPU, XLA runs many operations on one thread: one single-threaded host
     device per core, with the batch (or a sweep's runs) split over them, trains
-    about 25% faster on 2 cores. `parallel_items` must split evenly over the
+    10-25% faster on 2 cores (BUILD.md). `parallel_items` must split evenly over the
     devices; with one device XLA keeps its own threading. Must run before JAX
     starts; a user's own XLA_FLAGS win. Harmless on GPU/TPU machines, where these
     host devices are not used."""
