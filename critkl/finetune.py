@@ -196,7 +196,7 @@ class _Programs:
     (`_programs`), so that sweeps with the same structure in one process compile once.
 
     An iteration and an evaluation are compiled ahead of their first call, once per number
-    of runs, and the host memory compiling freed is given back before they run: a job's peak
+    of runs (the state's leading axis), and the host memory compiling freed is given back before they run: a job's peak
     is then the larger of compiling and running, not their sum. Each call runs one iteration:
     XLA:CPU holds memory a program allocates until the call returns (a 4-run mini sweep on 2
     devices: a call of a period, 5 iterations and an evaluation, peaked 0.7 GB above a call
@@ -216,12 +216,13 @@ class _Programs:
             "evaluate": jax.jit(parallel.over_runs(evaluate, mesh, (0, 0)))}
         self._compiled = {}
 
-    def __call__(self, name: str, runs: int, *args):
-        """Program `name` ("iteration" or "evaluate") on args, for `runs` runs."""
-        if (name, runs) not in self._compiled:
-            self._compiled[name, runs] = self._jitted[name].lower(*args).compile()
+    def __call__(self, name: str, state: rl.RunState, *args):
+        """Program `name` ("iteration" or "evaluate") on (state, *args)."""
+        key = (name, state.iteration.shape)
+        if key not in self._compiled:
+            self._compiled[key] = self._jitted[name].lower(state, *args).compile()
         host_memory.release_freed()  # what compiling and the last call freed
-        return self._compiled[name, runs](*args)
+        return self._compiled[key](state, *args)
 
 
 @functools.lru_cache(maxsize=8)
@@ -272,7 +273,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                  f"of {config.episodes} episodes each; compiling, then one line per "
                  f"{config.eval_every} iterations")
         if done == 0:
-            before = parallel.fetch(programs("evaluate", len(runs), state, hypers))
+            before = parallel.fetch(programs("evaluate", state, hypers))
             log.record(0, before)
             print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
                      f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
@@ -281,11 +282,11 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
         for period in range(done, periods):
             train = []
             for _ in range(config.eval_every):
-                state, metrics = programs("iteration", len(runs), state, hypers, pretrained)
+                state, metrics = programs("iteration", state, hypers, pretrained)
                 train.append(parallel.fetch(metrics))
             _check_finite(state, runs, (period + 1) * config.eval_every, period * config.eval_every)
             train = {k: np.stack([m[k] for m in train], axis=1) for k in train[0]}
-            evaluation = parallel.fetch(programs("evaluate", len(runs), state, hypers))
+            evaluation = parallel.fetch(programs("evaluate", state, hypers))
             end = (period + 1) * config.eval_every
             log.record(end, evaluation, train, range(end - config.eval_every + 1, end + 1))
             checkpointer.save(period + 1, state)

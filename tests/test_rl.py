@@ -174,6 +174,15 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(straight["runs"], resumed["runs"]):
         assert a["curve"] == b["curve"]
     assert set(straight["summary"]) == {"all"}
+    # The shell's calls (one iteration or evaluation each) = the run as one jitted program.
+    _, before, (train, evaluation) = jax.jit(rl.make_train(config, TINY).train)(
+        jax.random.key(runs[0].seed), jax.tree.map(jnp.float32, runs[0].hyper), params)
+    curve = straight["runs"][0]["curve"]
+    for key in ("eval/sampled_success", "eval/pass_at_1", "critical/p_right_comma"):
+        np.testing.assert_allclose(curve[key], [before[key], *evaluation[key]], atol=1e-6,
+                                   err_msg=key)
+    np.testing.assert_allclose(curve["train/success"], train["train/success"].mean(axis=1),
+                               atol=1e-6)
 
 
 def test_grid_runs_and_hyper_errors():
