@@ -5,6 +5,12 @@ enough for its positions), one token per sequence per iteration, no Python per t
 under `jax.jit` and `jax.vmap` (over params, rng, prompts or temperature), the cache updated in
 place either way (`critkl.inplace`).
 
+Sequence b draws its tokens with its own key, `fold_in(rng, b)`, so that what it writes does
+not depend on the other sequences of the batch. On a CPU the batch is decoded in groups of at
+most `CPU_DECODE_ROWS` sequences, one group after the other: a group's key/value cache stays in
+the processor's caches, which reading the whole batch's cache at every token does not, and a
+group stops as soon as its own sequences end.
+
 Shapes: B batch, P prompt buffer width, M max_length (prompt + generated), V vocabulary.
 
 Prompts of different lengths: the whole prompt buffer [B,P] is prefilled in one call; a
@@ -72,19 +78,21 @@ def default_stop(stop_state: jax.Array, token: jax.Array) -> tuple[jax.Array, ja
     return stop_state, (token == EOS_ID) | (token == PAD_ID)
 
 
-def choose_tokens(rng: jax.Array, logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
-    """logits [B,V] float32 -> (tokens [B] int32, logprobs [B] float32).
+def choose_tokens(keys: jax.Array, logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
+    """keys [B] (one per sequence), logits [B,V] float32 -> (tokens [B] int32, logprobs [B]
+    float32).
 
     temperature > 0 samples from softmax(logits / temperature); temperature <= 0 takes the
     argmax, with its log-prob under softmax(logits). `temperature` may be traced.
     """
     greedy = temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, temperature)
-    sampled = jax.random.categorical(rng, scaled, axis=-1)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
     tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
     return tokens, losses.token_logprobs(scaled, tokens)
 
 
+CPU_DECODE_ROWS = 5  # on a CPU, sequences decoded at a time (README, Throughput)
 CACHE_WINDOWS = 4  # decode loops, each attending over a cache just long enough for its positions
 
 
@@ -105,7 +113,15 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn", "keep_hidden"))
+def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
+    """(groups, rows per group): the fewest groups of at most `rows_at_a_time` sequences that
+    hold `batch`, as even as can be (the last group padded)."""
+    groups = -(-batch // rows_at_a_time)
+    return groups, -(-batch // groups)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn", "keep_hidden",
+                                             "rows_at_a_time"))
 def generate(
     params,
     config: ModelConfig,
@@ -117,6 +133,7 @@ def generate(
     temperature,
     stop_fn: StopFn = default_stop,
     keep_hidden: bool = False,
+    rows_at_a_time: int | None = None,
 ) -> Generation:
     """Continues each prompt until stop_fn ends it or max_length tokens are reached.
 
@@ -126,6 +143,9 @@ def generate(
     int32, token [B] int32) -> (stop_state, ended [B] bool), initial state zeros; it sees the
     generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
     keep_hidden (static): also return the hidden states (`Generation.hidden`).
+    rows_at_a_time (static): decode at most this many sequences at a time, group after group
+    (default: CPU_DECODE_ROWS on a CPU, the whole batch elsewhere). The tokens do not depend
+    on it.
     """
     chex.assert_rank(prompts, 2)
     batch, prompt_width = prompts.shape
@@ -135,13 +155,38 @@ def generate(
             f"need prompt width ({prompt_width}) <= max_length ({max_length}) <= "
             f"context_length ({config.context_length})"
         )
+    if rows_at_a_time is None:
+        rows_at_a_time = CPU_DECODE_ROWS if jax.default_backend() == "cpu" else batch
+    if rows_at_a_time < 1:
+        raise ValueError(f"rows_at_a_time must be at least 1, got {rows_at_a_time}")
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     decode = inplace.plain_when_mapped_once(functools.partial(
-        _decode, config=config, max_length=max_length, stop_fn=stop_fn, keep_hidden=keep_hidden))
-    return decode(params, prompts, prompt_lengths.astype(jnp.int32), rng,
+        _decode_in_groups, rows_at_a_time=rows_at_a_time, config=config, max_length=max_length,
+        stop_fn=stop_fn, keep_hidden=keep_hidden))
+    return decode(params, prompts, prompt_lengths.astype(jnp.int32), keys,
                   jnp.asarray(temperature, jnp.float32))
 
 
-def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelConfig,
+def _decode_in_groups(params, prompts, prompt_lengths, keys, temperature, *,
+                      rows_at_a_time: int, **settings) -> Generation:
+    """`_decode` on groups of at most `rows_at_a_time` sequences, one after the other; the
+    last group is padded with copies of the last sequence, dropped from the result."""
+    batch = prompts.shape[0]
+    if batch <= rows_at_a_time:
+        return _decode(params, prompts, prompt_lengths, keys, temperature, **settings)
+    groups, rows = decode_groups(batch, rows_at_a_time)
+    pad = groups * rows - batch
+
+    def grouped(x):  # [B, ...] -> [groups, rows, ...]
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+        return x.reshape((groups, rows) + x.shape[1:])
+
+    out = lax.map(lambda group: _decode(params, *group, temperature, **settings),
+                  jax.tree.map(grouped, (prompts, prompt_lengths, keys)))
+    return jax.tree.map(lambda x: x.reshape((groups * rows,) + x.shape[2:])[:batch], out)
+
+
+def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: ModelConfig,
             max_length: int, stop_fn: StopFn, keep_hidden: bool) -> Generation:
     """The decode loop of `generate` (arguments checked there)."""
     batch, prompt_width = prompts.shape
@@ -169,7 +214,8 @@ def _decode(params, prompts, prompt_lengths, rng, temperature, *, config: ModelC
 
     def body(state: _LoopState) -> _LoopState:
         t = state.position
-        sampled, logprob = choose_tokens(jax.random.fold_in(rng, t), state.logits, temperature)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+        sampled, logprob = choose_tokens(step_keys, state.logits, temperature)
         in_prompt = t < prompt_lengths
         active = ~in_prompt & ~state.ended  # sequences that sample at position t
         prompt_token = lax.dynamic_index_in_dim(state.tokens, t, axis=1, keepdims=False)

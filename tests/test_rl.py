@@ -324,8 +324,8 @@ def test_evaluation_successes_equal_separate_attempts():
     size = 16
     config = RLConfig(n=3, extra_digits=1, eval_episodes=size)
     hyper = RLHyper()
-    metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(3), hyper)
-    train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(3), 4)
+    metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(4), hyper)
+    train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(4), 4)
     train_ops = env.sample_rl(train_rng, size, config.task)
     comfort_ops = env.sample_pretraining(comfort_rng, size, config.task)
     direct = {}

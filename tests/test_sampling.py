@@ -10,7 +10,7 @@ import pytest
 
 from critkl.config import model_preset
 from critkl.model import GPT, init_params
-from critkl.sampling import cache_windows, choose_tokens, default_stop, generate
+from critkl.sampling import cache_windows, choose_tokens, decode_groups, default_stop, generate
 from critkl.tokenizer import EOS_ID, PAD_ID
 
 CONFIG = model_preset("tiny")
@@ -121,7 +121,7 @@ def test_sampled_logprobs_match_full_forward(params):
 
 def test_choose_tokens_follows_softmax_at_temperature():
     logits = jnp.tile(jnp.array([[2.0, 1.0, 0.0, -1.0]]), (20000, 1))
-    tokens, logprobs = choose_tokens(jax.random.key(0), logits, 2.0)
+    tokens, logprobs = choose_tokens(jax.random.split(jax.random.key(0), len(logits)), logits, 2.0)
     probs = jax.nn.softmax(logits[0] / 2.0)
     frequencies = np.bincount(np.asarray(tokens), minlength=4) / len(tokens)
     np.testing.assert_allclose(frequencies, probs, atol=0.015)
@@ -130,7 +130,7 @@ def test_choose_tokens_follows_softmax_at_temperature():
 
 def test_stop_fn_ends_sequences(params):
     free = generate(
-        params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(2),
+        params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(3),
         max_length=MAX_LENGTH, temperature=2.0, stop_fn=never_stop,
     )
     # Play the slash rule with two tokens that the free run wrote often.
@@ -138,7 +138,7 @@ def test_stop_fn_ends_sequences(params):
     slash_id, newline_id = np.argsort(np.bincount(sampled))[-2:].tolist()
     stop = make_slash_stop(slash_id, newline_id)
     gen = generate(
-        params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(2),
+        params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(3),
         max_length=MAX_LENGTH, temperature=2.0, stop_fn=stop,
     )
     stopped = 0
@@ -296,3 +296,55 @@ def test_kept_hidden_states_match_full_forward(params, stop_fn):
                                    atol=1e-4)
     assert generate(params, CONFIG, PROMPTS, PROMPT_LENGTHS, jax.random.key(7),
                     max_length=MAX_LENGTH, temperature=1.0).hidden is None
+
+
+def test_decode_groups_cover_the_batch_evenly():
+    assert decode_groups(50, 5) == (10, 5)
+    assert decode_groups(128, 5) == (26, 5)   # 130 rows, the last group padded by 2
+    assert decode_groups(11, 5) == (3, 4)
+    assert decode_groups(3, 5) == (1, 3)
+
+
+@pytest.mark.parametrize("rows_at_a_time", [1, 2])
+def test_decoding_in_groups_writes_the_same_sequences(params, rows_at_a_time):
+    """Sequences decoded a few at a time (as on a CPU) are those of the whole batch at once:
+    each draws with its own key, and the loops of a group end with its own sequences."""
+    run = functools.partial(generate, params, CONFIG, PROMPTS, PROMPT_LENGTHS,
+                            jax.random.key(8), max_length=MAX_LENGTH, temperature=1.5,
+                            stop_fn=stop_on_multiple_of_seven, keep_hidden=True)
+    whole, grouped = run(rows_at_a_time=len(PROMPTS)), run(rows_at_a_time=rows_at_a_time)
+    np.testing.assert_array_equal(grouped.tokens, whole.tokens)
+    np.testing.assert_array_equal(grouped.lengths, whole.lengths)
+    np.testing.assert_array_equal(grouped.done, whole.done)
+    np.testing.assert_allclose(grouped.logprobs, whole.logprobs, atol=1e-5)
+    for b, length in enumerate(np.asarray(whole.lengths)):  # defined through the last token
+        np.testing.assert_allclose(grouped.hidden[b, :length], whole.hidden[b, :length],
+                                   atol=1e-5)
+    assert len(set(np.asarray(whole.lengths).tolist())) > 1  # groups end at different steps
+
+
+def test_a_sequence_draws_the_same_tokens_in_a_smaller_batch(params):
+    """Sequence b's draw depends on the key and b alone: the first two prompts continue as
+    they do in the batch of three."""
+    run = functools.partial(generate, params, CONFIG, rng=jax.random.key(9),
+                            max_length=MAX_LENGTH, temperature=1.5, stop_fn=never_stop)
+    whole = run(prompts=PROMPTS, prompt_lengths=PROMPT_LENGTHS)
+    first_two = run(prompts=PROMPTS[:2], prompt_lengths=PROMPT_LENGTHS[:2])
+    np.testing.assert_array_equal(first_two.tokens, whole.tokens[:2])
+
+
+def test_vmapped_runs_decoding_in_groups_match_each_run(params):
+    """Over several runs (the accelerator path of a sweep) the groups are decoded for every
+    run at once; each run writes what it writes alone."""
+    run = functools.partial(generate, config=CONFIG, prompts=PROMPTS,
+                            prompt_lengths=PROMPT_LENGTHS, max_length=MAX_LENGTH,
+                            temperature=1.5, stop_fn=stop_on_multiple_of_seven,
+                            rows_at_a_time=2)
+    param_sets = [params, jax.tree.map(lambda x: 0.9 * x, params)]
+    rngs = jax.random.split(jax.random.key(10), 2)
+    batched = jax.jit(jax.vmap(lambda p, r: run(p, rng=r)))(
+        jax.tree.map(lambda *xs: jnp.stack(xs), *param_sets), rngs)
+    for i in range(2):
+        single = run(param_sets[i], rng=rngs[i], rows_at_a_time=len(PROMPTS))
+        np.testing.assert_array_equal(batched.tokens[i], single.tokens)
+        np.testing.assert_array_equal(batched.lengths[i], single.lengths)
