@@ -6,9 +6,9 @@ One table, every row measured in this one invocation (each core setting in a fre
 process, since XLA's devices are fixed when JAX starts):
 
 - iteration: `iterations` RL iterations of every run (collect 50 episodes of the 4-digit
-  RL distribution with the KV-cached sampler at temperature 2, score them, values and
-  GAE, one PPO epoch of 5 minibatch steps on the fused loss), from the shipped `mini-n3`
-  model, in one jitted scan; no evaluation;
+  RL distribution with the KV-cached sampler at the default policy temperature 1, score
+  them, values and GAE, one PPO epoch of 5 minibatch steps on the fused loss), from the
+  shipped `mini-n3` model, in one jitted scan; no evaluation;
 - sampler: the sampling of one collect alone (`evaluation.attempt`: render, generate,
   score), for every run.
 

@@ -6,8 +6,9 @@ under `jax.jit` and `jax.vmap` (over params, rng, prompts or temperature), the c
 place either way (`critkl.inplace`).
 
 Sequence b draws its tokens with its own key, `fold_in(rng, b)`, so that what it writes does
-not depend on the other sequences of the batch. On a CPU the batch is decoded in groups of at
-most `CPU_DECODE_ROWS` sequences, one group after the other: a group's key/value cache stays in
+not depend on the other sequences of the batch. On a CPU the batch is decoded in groups, one
+group after the other, each as many sequences as keep the model's weights and the group's
+key/value cache within `CPU_DECODE_BYTES` (`cpu_decode_rows`): a group's cache then stays in
 the processor's caches, which reading the whole batch's cache at every token does not, and a
 group stops as soon as its own sequences end.
 
@@ -92,7 +93,10 @@ def choose_tokens(keys: jax.Array, logits: jax.Array, temperature) -> tuple[jax.
     return tokens, losses.token_logprobs(scaled, tokens)
 
 
-CPU_DECODE_ROWS = 5  # on a CPU, sequences decoded at a time (README, Throughput)
+# On a CPU, a decode group's weights and key/value cache stay within this many bytes: the
+# mini model at 4 digits (3.4 MB of weights, 1.7 MB of cache per sequence) then decodes 5
+# sequences at a time, the fastest of 2-10 measured (README, Throughput).
+CPU_DECODE_BYTES = 12 * 2**20
 CACHE_WINDOWS = 4  # decode loops, each attending over a cache just long enough for its positions
 
 
@@ -111,6 +115,17 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     """The cache padded with zeros to `length` positions (axis 2)."""
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))  # noqa: E731
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
+
+
+def cpu_decode_rows(params, config: ModelConfig, max_length: int) -> int | None:
+    """Sequences a CPU decodes at a time: as many as keep the weights and their key/value
+    cache (max_length positions) within CPU_DECODE_BYTES; None (the whole batch at once)
+    when not even one fits, as the weights are then read from memory at every token anyway."""
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    cache = (2 * config.num_layers * max_length * config.d_model
+             * jnp.dtype(config.compute_dtype).itemsize)
+    rows = (CPU_DECODE_BYTES - weights) // cache
+    return rows if rows >= 1 else None
 
 
 def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
@@ -144,8 +159,8 @@ def generate(
     generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
     keep_hidden (static): also return the hidden states (`Generation.hidden`).
     rows_at_a_time (static): decode at most this many sequences at a time, group after group
-    (default: CPU_DECODE_ROWS on a CPU, the whole batch elsewhere). The tokens do not depend
-    on it.
+    (default: `cpu_decode_rows` on a CPU, the whole batch elsewhere). The tokens do not
+    depend on it.
     """
     chex.assert_rank(prompts, 2)
     batch, prompt_width = prompts.shape
@@ -155,8 +170,10 @@ def generate(
             f"need prompt width ({prompt_width}) <= max_length ({max_length}) <= "
             f"context_length ({config.context_length})"
         )
+    if rows_at_a_time is None and jax.default_backend() == "cpu":
+        rows_at_a_time = cpu_decode_rows(params, config, max_length)
     if rows_at_a_time is None:
-        rows_at_a_time = CPU_DECODE_ROWS if jax.default_backend() == "cpu" else batch
+        rows_at_a_time = batch
     if rows_at_a_time < 1:
         raise ValueError(f"rows_at_a_time must be at least 1, got {rows_at_a_time}")
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))

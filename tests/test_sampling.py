@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from critkl.config import model_preset
-from critkl.model import GPT, init_params
+from critkl.model import GPT, KVCache, init_params
 from critkl.sampling import cache_windows, choose_tokens, decode_groups, default_stop, generate
 from critkl.tokenizer import EOS_ID, PAD_ID
 
@@ -348,3 +348,25 @@ def test_vmapped_runs_decoding_in_groups_match_each_run(params):
         single = run(param_sets[i], rng=rngs[i], rows_at_a_time=len(PROMPTS))
         np.testing.assert_array_equal(batched.tokens[i], single.tokens)
         np.testing.assert_array_equal(batched.lengths[i], single.lengths)
+
+
+def test_cpu_decode_groups_fit_weights_and_cache_in_the_budget():
+    """A CPU decodes as many sequences at a time as keep the weights and their cache within
+    CPU_DECODE_BYTES, and the whole batch at once when the weights alone exceed it."""
+    from critkl import sampling
+
+    def nbytes(tree):
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    for name, length in (("tiny", 64), ("mini", 413), ("mini", 200)):
+        config = model_preset(name)
+        params = jax.eval_shape(lambda c=config: init_params(jax.random.key(0), c))
+        rows = sampling.cpu_decode_rows(params, config, length)
+        cache = nbytes(jax.eval_shape(lambda c=config: KVCache(*[
+            tuple(jnp.zeros((1, c.num_heads, length, c.head_dim)) for _ in range(c.num_layers))
+        ] * 2)))
+        assert nbytes(params) + rows * cache <= sampling.CPU_DECODE_BYTES
+        assert nbytes(params) + (rows + 1) * cache > sampling.CPU_DECODE_BYTES
+    paper = model_preset("paper")
+    paper_params = jax.eval_shape(lambda: init_params(jax.random.key(0), paper))
+    assert sampling.cpu_decode_rows(paper_params, paper, 413) is None
