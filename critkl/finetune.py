@@ -196,8 +196,9 @@ class _Programs:
     (`_programs`), so that sweeps with the same structure in one process compile once.
 
     An iteration and an evaluation are compiled ahead of their first call, once per number
-    of runs (the state's leading axis), and the host memory compiling freed is given back before they run: a job's peak
-    is then the larger of compiling and running, not their sum. Each call runs one iteration:
+    of runs (the state's leading axis), and the host memory compiling freed is given back
+    before they run: a job's peak is then the larger of compiling and running, not their
+    sum. Each call runs one iteration:
     XLA:CPU holds memory a program allocates until the call returns (a 4-run mini sweep on 2
     devices: a call of a period, 5 iterations and an evaluation, peaked 0.7 GB above a call
     of one iteration).

@@ -121,10 +121,11 @@ def cpu_decode_rows(params, config: ModelConfig, max_length: int) -> int | None:
     """Sequences a CPU decodes at a time: as many as keep the weights and their key/value
     cache (max_length positions) within CPU_DECODE_BYTES; None (the whole batch at once)
     when not even one fits, as the weights are then read from memory at every token anyway."""
-    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    cache = (2 * config.num_layers * max_length * config.d_model
-             * jnp.dtype(config.compute_dtype).itemsize)
-    rows = (CPU_DECODE_BYTES - weights) // cache
+    def nbytes(tree) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    cache = nbytes(jax.eval_shape(lambda: init_cache(config, 1, max_length)))  # per sequence
+    rows = (CPU_DECODE_BYTES - nbytes(params)) // cache
     return rows if rows >= 1 else None
 
 
