@@ -62,6 +62,10 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(num_layers=2, num_heads=2, d_model=32, d_ff=128, context_length=320),
     "mini": ModelConfig(num_layers=4, num_heads=4, d_model=128, d_ff=512, context_length=512),
+    # The mini model with room for 10+10-digit episodes (865 tokens): pre-trained up to 7
+    # digits and evaluated up to N+3 (the paper's setting).
+    "mini-long": ModelConfig(num_layers=4, num_heads=4, d_model=128, d_ff=512,
+                             context_length=896),
     # GPT-2 small, with enough positions for 16+16-digit episodes (1633 tokens).
     "paper": ModelConfig(num_layers=12, num_heads=12, d_model=768, d_ff=3072, context_length=1664),
 }

@@ -15,18 +15,27 @@ from critkl.config import PretrainConfig
 from critkl.pretrained import load_pretrained, shipped_names
 
 
+# From this many digits up, a mini model is pre-trained as in the paper: no longer problems.
+PAPER_SETTING_DIGITS = 5
+
+
 def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
     """The pre-training stages of a `scale` model up to n digits (stage i runs in stage_dirs[i]).
 
-    tiny: a few steps, for tests. mini: stage 1 on problems up to n digits (the default
-    recipe, 97% at n = 3 in 13 minutes here), then stage 2 as the shipped mini-n3's (README):
-    100 steps of 16 streams with 2% of (n+1)-digit RL problems. paper: GPT-2 small dimensions
+    tiny: a few steps, for tests. mini, n <= 4: stage 1 on problems up to n digits (the
+    default recipe, 97% at n = 3 in 13 minutes here), then stage 2 as the shipped mini-n3's
+    (README): 100 steps of 16 streams with 2% of (n+1)-digit RL problems. mini, n >= 5 (the
+    paper's setting): one stage of the mini model with a context for N+3 digits
+    (`mini-long`), never shown a problem longer than n digits. paper: GPT-2 small dimensions
     in bfloat16 on a GPU/TPU.
     """
     if scale == "tiny":
         return [PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
                                         batch_size=8, steps=12, warmup_steps=2, log_every=6,
                                         eval_every=12, eval_problems=8, checkpoint_every=12)]
+    if scale == "mini" and n >= PAPER_SETTING_DIGITS:
+        return [PretrainConfig(model="mini-long", max_digits=n, steps=12000, warmup_steps=200,
+                               eval_every=500, checkpoint_every=200)]
     if scale == "mini":
         return [PretrainConfig(max_digits=n),
                 PretrainConfig(max_digits=n, init_from=str(stage_dirs[0]),

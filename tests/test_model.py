@@ -145,7 +145,7 @@ def test_dtype_error_lists_allowed_values():
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "mini", "paper"}
+    assert set(PRESETS) == {"tiny", "mini", "mini-long", "paper"}
     paper = model_preset("paper")
     assert (paper.num_layers, paper.d_model, paper.num_heads, paper.d_ff) == (12, 768, 12, 3072)
     assert paper.context_length == 1664
