@@ -2,7 +2,7 @@
 
 Both paths do the same work: operands -> episode token arrays -> success flags.
 The jitted path runs on one CPU core, then with one device per core and the batch
-split over them (as the training commands run, `critkl.parallel.use_cpu_cores`); the
+split over them (as the training commands run, `critkl.infra.parallel.use_cpu_cores`); the
 Python reference runs on one core.
 
     python benchmarks/environment.py [--batch 4096] [--digits 13]
@@ -12,7 +12,7 @@ import argparse
 
 from timing import best_seconds
 
-from critkl.parallel import use_cpu_cores
+from critkl.infra.parallel import use_cpu_cores
 
 
 def main():
@@ -25,11 +25,13 @@ def main():
 
     import jax
 
-    from critkl import env, parallel, reference, tokenizer
+    from critkl import env, tokenizer
+    from critkl.infra import parallel
+    from critkl.env import oracle
 
     def python_path(pairs):
-        episodes = [tokenizer.encode(reference.episode_text(a, b)) for a, b in pairs]
-        return [reference.is_correct(tokenizer.decode(ids), a, b)
+        episodes = [tokenizer.encode(oracle.episode_text(a, b)) for a, b in pairs]
+        return [oracle.is_correct(tokenizer.decode(ids), a, b)
                 for ids, (a, b) in zip(episodes, pairs)]
 
     @jax.jit

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from timing import best_seconds
 
-from critkl import parallel, sampling, supervised
+from critkl import sampling, supervised
+from critkl.infra import parallel
 from critkl.config import model_preset, ModelConfig, PretrainConfig
 from critkl.model import QUERY_BLOCK, init_params
 from critkl.tokenizer import VOCAB_SIZE

@@ -14,7 +14,7 @@ process, since XLA's devices are fixed when JAX starts):
 
 One core: the process pinned to one core, one single-threaded device (as the peer
 anchors in `../shared/anchors` are measured). Two cores: as the training commands run
-(`critkl.parallel.use_cpu_cores`): one run on one multi-threaded device, a sweep's runs split
+(`critkl.infra.parallel.use_cpu_cores`): one run on one multi-threaded device, a sweep's runs split
 over one single-threaded device per core.
 """
 
@@ -36,8 +36,9 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from critkl import env, evaluation, parallel, rl
-    from critkl.pretrained import load_pretrained
+    from critkl import env, evaluation, rl
+    from critkl.infra import parallel
+    from critkl.runs.models import load_pretrained
 
     pre_config, params = load_pretrained("mini-n3")
     model_config = pre_config.model_config
@@ -84,7 +85,7 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
 
 def child_environment(cores: int, runs: int) -> dict[str, str]:
     """Environment of a child process measuring `runs` runs on `cores` cores."""
-    from critkl.parallel import cpu_devices_flags
+    from critkl.infra.parallel import cpu_devices_flags
 
     env = dict(os.environ)
     if cores == 1 or (runs > 1 and runs % cores == 0):

@@ -34,8 +34,8 @@ def parse_operand(text: str, max_digits: int) -> int:
 def start_jax(args, parallel_items: int) -> None:
     """Before a training command computes: one CPU device per core (`use_cpu_cores`,
     for this process's share of `parallel_items`), then join the other processes of
-    a multi-process run (critkl.distributed)."""
-    from critkl import distributed, parallel
+    a multi-process run (critkl.infra.distributed)."""
+    from critkl.infra import distributed, parallel
 
     processes = max(args.num_processes or 1, 1)
     parallel.use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
@@ -75,10 +75,10 @@ def _config_from(args, config_class):
 
 
 def _pretrain(args) -> None:
-    from critkl import pretrain
+    from critkl.runs import pretraining
 
     if args.resume:
-        from critkl import checkpoint
+        from critkl.infra import checkpoint
 
         try:
             saved = checkpoint.load_config(args.run_dir)
@@ -90,7 +90,7 @@ def _pretrain(args) -> None:
     else:
         config = _config_from(args, PretrainConfig)
     start_jax(args, config.batch_size)
-    pretrain.pretrain(config, args.run_dir, resume=args.resume,
+    pretraining.pretrain(config, args.run_dir, resume=args.resume,
                       print_fn=lambda line: print(line, flush=True))
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
           f"(tensorboard --logdir {Path(args.run_dir) / 'tensorboard'})")
@@ -99,16 +99,18 @@ def _pretrain(args) -> None:
 def _evaluate(args) -> None:
     import jax
 
-    from critkl import evaluation, files, run_shell
-    from critkl.pretrained import load_pretrained
-    from critkl.tracking import Tracker
+    from critkl import evaluation
+    from critkl.infra import files
+    from critkl.runs import directory
+    from critkl.runs.models import load_pretrained
+    from critkl.infra.tracking import Tracker
 
     config, params = load_pretrained(args.run_dir)
     report = evaluation.accuracy_table(
         params, config.model_config, config.max_digits, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
         rl_episodes=args.rl_episodes,
-        progress=run_shell.Progress("accuracy cell", lambda line: print(line, flush=True)),
+        progress=directory.Progress("accuracy cell", lambda line: print(line, flush=True)),
     )
     table = evaluation.markdown(report)
     print(table)
@@ -123,14 +125,14 @@ def _evaluate(args) -> None:
 
 
 def _export(args) -> None:
-    from critkl.pretrained import export
+    from critkl.runs.models import export
 
     try:
         folder = export(args.run_dir, args.name, replace=args.replace)
     except ValueError as error:
         raise UsageError(str(error)) from None
     print(f"exported the latest checkpoint of {args.run_dir} to {folder}; "
-          f"load it with critkl.pretrained.load_pretrained({args.name!r})")
+          f"load it with critkl.runs.models.load_pretrained({args.name!r})")
 
 
 def _list_of(kind):
@@ -179,8 +181,8 @@ _RL_FIELDS_WITHOUT_FLAGS = ("loss", "n", "causal_keys")
 
 
 def _finetune(args) -> None:
-    from critkl import finetune
-    from critkl.pretrained import load_pretrained
+    from critkl.runs import finetuning
+    from critkl.runs.models import load_pretrained
 
     loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
     rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RLConfig)
@@ -200,11 +202,11 @@ def _finetune(args) -> None:
                              f"({', '.join(many + (['seeds'] if len(args.seeds) > 1 else []))})")
     try:
         loss_config = LossConfig(**loss_values)
-        runs = finetune.grid_runs(args.seeds, grid, RLHyper())
+        runs = finetuning.grid_runs(args.seeds, grid, RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.causal_map:
-        from critkl import causal
+        from critkl.analysis import causal
 
         try:
             rl_values["causal_keys"] = causal.read_critical_keys(args.causal_map)
@@ -219,25 +221,25 @@ def _finetune(args) -> None:
         raise UsageError(str(error)) from None
     saved = {"pretrained": args.pretrained, "rl": dataclasses.asdict(config),
              "seeds": args.seeds, "grid": grid}
-    results = finetune.finetune(config, runs, params, pre_config.model_config, args.run_dir,
+    results = finetuning.finetune(config, runs, params, pre_config.model_config, args.run_dir,
                                 resume=args.resume, print_fn=lambda line: print(line, flush=True),
                                 saved_config=saved)
-    print(finetune.markdown_summary(results))
+    print(finetuning.markdown_summary(results))
     print(f"results: {Path(args.run_dir) / 'results.json'}; "
           f"tensorboard --logdir {Path(args.run_dir) / 'tensorboard'}")
 
 
 def _plot(args) -> None:
-    from critkl import finetune, plots
-    from critkl.outputs import Output
+    from critkl.runs import finetuning, plots
+    from critkl.runs.outputs import Output
 
     path = Path(args.run_dir) / "results.json"
     try:
         results = json.loads(path.read_text())
         if args.add:
-            results = finetune.merge(
+            results = finetuning.merge(
                 [results] + [json.loads((Path(d) / "results.json").read_text()) for d in args.add])
-        results["summary"] = finetune.summary(results)
+        results["summary"] = finetuning.summary(results)
         rl_config = json.loads((Path(args.run_dir) / "config.json").read_text())["rl"]
         digits = rl_config["n"] + rl_config["extra_digits"]
     except (OSError, ValueError, KeyError, IndexError) as error:
@@ -246,18 +248,18 @@ def _plot(args) -> None:
     output = Output(Path(args.out) if args.out else Path(args.run_dir))
     try:
         plots.plot_sweep(digits, results, output)
-        output.markdown("summary.md", finetune.markdown_summary(results))
+        output.markdown("summary.md", finetuning.markdown_summary(results))
         settings = {run["setting"] for run in results["runs"]}
         if args.baseline in settings:
-            output.markdown("differences.md", finetune.markdown_differences(results, args.baseline))
+            output.markdown("differences.md", finetuning.markdown_differences(results, args.baseline))
     finally:
         output.close()
-    print(finetune.markdown_summary(results))
+    print(finetuning.markdown_summary(results))
     print(f"saved {output.folder}: " + ", ".join(sorted(p.name for p in output.written)))
 
 
 def _launch(args) -> None:
-    from critkl.launch import launch
+    from critkl.infra.launch import launch
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -274,8 +276,8 @@ def _launch(args) -> None:
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
-    """The multi-process flags of a training command (`critkl.distributed`)."""
-    from critkl import distributed
+    """The multi-process flags of a training command (`critkl.infra.distributed`)."""
+    from critkl.infra import distributed
 
     group = parser.add_argument_group(
         "multi-process runs", "give all three to every process (`critkl launch` does it for "
@@ -341,9 +343,9 @@ def _experiment(args) -> None:
 
 
 def _analyze(args) -> None:
-    from critkl import analysis, certainty_report
-    from critkl.outputs import Output
-    from critkl.pretrained import load_pretrained
+    from critkl.analysis import certainty, report
+    from critkl.runs.outputs import Output
+    from critkl.runs.models import load_pretrained
 
     config, params = load_pretrained(args.model)
     if args.episodes < 1 or args.shown < 1:
@@ -352,20 +354,22 @@ def _analyze(args) -> None:
     output = Output(out)
     pages = []
     try:
-        table = certainty_report.analyze_model(
+        table = report.analyze_model(
             params, config.model_config, config.max_digits, output, episodes=args.episodes,
             shown=args.shown, pages=pages, terminal=sys.stdout.isatty())
-        certainty_report.write(output, [table], pages)
+        report.write(output, [table], pages)
     finally:
         output.close()
-    print(analysis.certainty_markdown([table]))
+    print(certainty.certainty_markdown([table]))
     print(f"saved {out}: table1.md, certainty.json, episodes.html (open it in a browser), "
           f"certainty_n{config.max_digits}.png; tensorboard --logdir {out}")
 
 
 def _critical(args) -> None:
-    from critkl import causal, files, provenance, run_shell
-    from critkl.pretrained import load_pretrained
+    from critkl.analysis import causal
+    from critkl.infra import files, provenance
+    from critkl.runs import directory
+    from critkl.runs.models import load_pretrained
 
     config, params = load_pretrained(args.model)
     try:
@@ -380,7 +384,7 @@ def _critical(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create the output folder {out}: {error.strerror}") from None
-    progress = run_shell.Progress("forced continuations, sampler call",
+    progress = directory.Progress("forced continuations, sampler call",
                                   lambda line: print(line, flush=True))
     n = config.max_digits
     print(f"critkl critical {args.model}: {settings.problems} problems of {n + 1}+{n + 1} "
@@ -513,11 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from critkl import provenance
+    from critkl.infra import provenance
 
     provenance.set_command(sys.argv[1:] if argv is None else argv)
-    from critkl.checkpoint import CheckpointError
-    from critkl.parallel import BatchSplitError
+    from critkl.infra.checkpoint import CheckpointError
+    from critkl.infra.parallel import BatchSplitError
     from critkl.supervised import TrainingDiverged
 
     try:

@@ -345,7 +345,7 @@ class RLConfig:
     value_hidden_sizes: tuple[int, ...] = (128, 128)  # the value head's hidden layers
     loss: LossConfig = LossConfig()
     # Decision keys (line, role, list, ordinal) of the causally critical tokens of the
-    # pre-trained model (`critkl.causal.critical_keys` of its map): evaluations report
+    # pre-trained model (`critkl.analysis.causal.critical_keys` of its map): evaluations report
     # p(right) there, on problems whose operands both have n + extra_digits digits.
     causal_keys: tuple[tuple, ...] = ()
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import env, inplace, sampling
+from critkl import env, sampling, vmap_rules
 from critkl.config import ModelConfig
 from critkl.tokenizer import PAD_ID
 
@@ -36,7 +36,7 @@ def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array,
     """Let the model write episodes for `operands` (greedy when temperature <= 0);
     keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`).
     Under vmap (a sweep) on a CPU, the runs sample one after the other
-    (`inplace.one_at_a_time`)."""
+    (`vmap_rules.one_at_a_time`)."""
     def solve(params, operands, rng, temperature):
         reference = env.render(operands)
         generation = sampling.generate(
@@ -46,7 +46,7 @@ def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array,
         )
         return Attempt(generation, reference, env.score(generation.tokens, reference))
 
-    return inplace.one_at_a_time(solve)(params, operands, rng,
+    return vmap_rules.one_at_a_time(solve)(params, operands, rng,
                                         jnp.asarray(temperature, jnp.float32))
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl import inplace
+from critkl import vmap_rules
 from critkl.config import ModelConfig
 
 INIT_STD = 0.02  # GPT-2: every weight matrix and embedding ~ N(0, 0.02^2)
@@ -122,8 +122,8 @@ class CausalSelfAttention(nn.Module):
         if kv is not None:
             zero = jnp.zeros((), jnp.int32)
             at = (zero, zero, jnp.asarray(start, jnp.int32), zero)  # in place, also under vmap
-            k = inplace.update_slice(kv[0], k.astype(kv[0].dtype), at)
-            v = inplace.update_slice(kv[1], v.astype(kv[1].dtype), at)
+            k = vmap_rules.update_slice(kv[0], k.astype(kv[0].dtype), at)
+            v = vmap_rules.update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
         q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
         if kv is None and time > QUERY_BLOCK:

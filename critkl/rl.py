@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from critkl import env, evaluation, inplace, losses, weighting
+from critkl import env, evaluation, losses, vmap_rules, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
 from critkl.model import GPT, ValueHead
 
@@ -90,20 +90,20 @@ def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, cut, *rest):
 
     cut: a pytree of [rows, T, ...] arrays; rest: any operands (parameters, hyperparameters);
     fn closes over nothing traced, and its outputs have the same shapes at every width. Under
-    `jax.vmap` (a sweep) on a CPU the runs take their turns (`inplace.one_at_a_time`): each at its
+    `jax.vmap` (a sweep) on a CPU the runs take their turns (`vmap_rules.one_at_a_time`): each at its
     own width, as a run alone would, with one run's activations in memory at a time; on an
     accelerator they are batched and every run takes the widest run's width
-    (`inplace.maximum`), so that the switch stays one conditional and runs one branch.
+    (`vmap_rules.maximum`), so that the switch stays one conditional and runs one branch.
     """
     def at_narrowest(needed, cut, *rest):
-        index = jnp.searchsorted(jnp.asarray(widths), inplace.maximum(needed))
+        index = jnp.searchsorted(jnp.asarray(widths), vmap_rules.maximum(needed))
 
         def at(width):
             return lambda c, *r: fn(jax.tree.map(lambda x: x[:, :width], c), *r)
 
         return lax.switch(index, [at(width) for width in widths], cut, *rest)
 
-    return inplace.one_at_a_time(at_narrowest)(needed, cut, *rest)
+    return vmap_rules.one_at_a_time(at_narrowest)(needed, cut, *rest)
 
 
 def _forward_by_width(apply, params, tokens: jax.Array, needed: jax.Array, rows: int,
@@ -345,7 +345,7 @@ def critical_token_probabilities(params, model_config: ModelConfig, operands: en
 def causal_token_probability(params, model_config: ModelConfig, operands: env.Operands,
                              keys) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
-    the decision `keys` (`critkl.causal`) in the episodes of `operands`."""
+    the decision `keys` (`critkl.analysis.causal`) in the episodes of `operands`."""
     reference = env.render(operands)
     right = _right_token_probabilities(params, model_config, reference)
     return losses.masked_mean(right, env.at_keys(env.decision_codes(reference), keys))

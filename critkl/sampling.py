@@ -3,7 +3,7 @@
 A few `lax.while_loop`s over positions (`cache_windows`: each attends over a cache just long
 enough for its positions), one token per sequence per iteration, no Python per token. Works
 under `jax.jit` and `jax.vmap` (over params, rng, prompts or temperature), the cache updated in
-place either way (`critkl.inplace`).
+place either way (`critkl.vmap_rules`).
 
 Sequence b draws its tokens with its own key, `fold_in(rng, b)`, so that what it writes does
 not depend on the other sequences of the batch. On a CPU the batch is decoded in groups, one
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl import inplace, losses
+from critkl import losses, vmap_rules
 from critkl.config import ModelConfig
 from critkl.model import GPT, KVCache, init_cache
 from critkl.tokenizer import EOS_ID, PAD_ID
@@ -178,7 +178,7 @@ def generate(
     if rows_at_a_time < 1:
         raise ValueError(f"rows_at_a_time must be at least 1, got {rows_at_a_time}")
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
-    decode = inplace.plain_when_mapped_once(functools.partial(
+    decode = vmap_rules.plain_when_mapped_once(functools.partial(
         _decode_in_groups, rows_at_a_time=rows_at_a_time, config=config, max_length=max_length,
         stop_fn=stop_fn, keep_hidden=keep_hidden))
     return decode(params, prompts, prompt_lengths.astype(jnp.int32), keys,
@@ -217,7 +217,7 @@ def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: Model
     )
     # First position where some sequence samples (under vmap: of any instance; the others
     # replay their prompts until their own start).
-    start = inplace.minimum(prompt_lengths)
+    start = vmap_rules.minimum(prompt_lengths)
     last_logits = lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False)  # [B,V]
     padded = jnp.pad(prompts, ((0, 0), (0, max_length - prompt_width)), constant_values=PAD_ID)
     prompt_mask = jnp.arange(max_length)[None, :] < prompt_lengths[:, None]
@@ -226,7 +226,7 @@ def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: Model
     def cond(state: _LoopState, window: int):
         # Under vmap, one scalar predicate: the loop runs until every instance is done (a
         # finished sequence writes nothing), so no carried buffer is copied at every step.
-        return (state.position < window) & ~inplace.all_true(state.ended)
+        return (state.position < window) & ~vmap_rules.all_true(state.ended)
 
     zero = jnp.zeros((), jnp.int32)
 
@@ -243,11 +243,11 @@ def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: Model
         logits, hidden, cache = model.apply(variables, token, t, state.cache,
                                             method=GPT.decode_step)
         if keep_hidden:
-            hidden = inplace.update_slice(state.hidden, hidden[:, None], (zero, t, zero))
+            hidden = vmap_rules.update_slice(state.hidden, hidden[:, None], (zero, t, zero))
         return _LoopState(
             position=t + 1,
-            tokens=inplace.update_slice(state.tokens, token[:, None], (zero, t)),
-            logprobs=inplace.update_slice(state.logprobs, logprob[:, None], (zero, t)),
+            tokens=vmap_rules.update_slice(state.tokens, token[:, None], (zero, t)),
+            logprobs=vmap_rules.update_slice(state.logprobs, logprob[:, None], (zero, t)),
             logits=logits,
             cache=cache,
             ended=state.ended | (active & stops),

@@ -5,7 +5,7 @@ jitted step (no host data pipeline). Packing lays whole episodes end to end, so
 every position of the context is trained (a model evaluated at N+1..N+3 digits
 uses positions that N-digit episodes never reach), and no compute is spent on
 padding. The loss covers the tokens the model writes, not the prompts.
-`critkl.pretrain` runs these steps in a run directory.
+`critkl.runs.pretraining` runs these steps in a run directory.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import env, evaluation, parallel, reference
+from critkl import env, evaluation
+from critkl.infra import parallel
+from critkl.env import oracle
 from critkl.config import ModelConfig, PretrainConfig
 from critkl.model import GPT, init_params
 
@@ -68,7 +70,7 @@ def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> env
 def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, jax.Array]:
     """A batch of packed streams: tokens and target mask [batch_size, context_length]."""
     width = config.model_config.context_length
-    shortest = len(reference.episode_text(0, 0))  # no episode is shorter
+    shortest = len(oracle.episode_text(0, 0))  # no episode is shorter
     per_stream = math.ceil(width / shortest) + 1
     count = config.batch_size * per_stream
     operands = training_problems(rng, count, config)
@@ -96,7 +98,7 @@ def next_token_loss(params, model_config: ModelConfig, tokens, targets):
 
 
 def init_state(config: PretrainConfig, params=None) -> TrainState:
-    """Step 0: random parameters, or `params` (a warm start: `critkl.pretrained.warm_start`)."""
+    """Step 0: random parameters, or `params` (a warm start: `critkl.runs.models.warm_start`)."""
     init_rng, data_rng = jax.random.split(jax.random.key(config.seed))
     if params is None:
         params = init_params(init_rng, config.model_config)

@@ -11,7 +11,7 @@ decisive tokens differently from the routine rest. Here each is three independen
   - "policy_max_prob": the acting policy's max p (at the policy temperature);
   - "covariance": minus (log pi(a) - mean)(A - mean) over the batch's action tokens (Cui et
     al. 2025: tokens whose log-prob and advantage covary most are the decisive ones);
-  - "oracle": 0 at the causally critical decisions of a correct prefix (`critkl.causal`), 1
+  - "oracle": 0 at the causally critical decisions of a correct prefix (`critkl.analysis.causal`), 1
     elsewhere;
 - the **rule**, from s to a weight w in [0, 1] (1: routine, 0: decisive):
   - "power": w = (1 - b) s ** beta + b (the paper; s in [0, 1]);

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from critkl import provenance
-from critkl.outputs import Output
+from critkl.infra import provenance
+from critkl.runs.outputs import Output
 from experiments import (accuracy, beta, certainty, critical, detectors, levels, main, mechanism,
                          weightings)
 

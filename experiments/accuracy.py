@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import jax
 
-from critkl import evaluation, run_shell
-from critkl.outputs import Curve, Output
+from critkl import evaluation
+from critkl.runs import directory
+from critkl.runs.outputs import Curve, Output
 from experiments.models import pretrained_model
 
 # Pre-training levels N, problems per table cell, episodes sampled at the RL temperatures.
@@ -27,7 +28,7 @@ def evaluate_level(scale: str, n: int, output: Output, work_dir, *, problems: in
     report = evaluation.accuracy_table(
         params, pre_config.model_config, n, jax.random.key(0), problems=problems,
         extra_digits=pre_config.eval_extra_digits, temperatures=temperatures,
-        rl_episodes=sampled_episodes, progress=run_shell.Progress("accuracy cell", print_fn))
+        rl_episodes=sampled_episodes, progress=directory.Progress("accuracy cell", print_fn))
     table = evaluation.markdown(report)
     print_fn(f"pre-trained up to {n} digits, {problems} problems per cell:\n{table}")
     output.markdown(f"accuracy_n{n}.md", table)

@@ -1,7 +1,7 @@
 """Table 1 and Figure 5: the pre-trained model is less certain at critical tokens.
 
 For each pre-training level N: certainty statistics on correct (N+1)-digit episodes
-(`critkl.certainty_report`), a plot of the certainty along a few episodes with
+(`critkl.analysis.report`), a plot of the certainty along a few episodes with
 the critical tokens marked, and the episodes coloured by certainty (HTML, TensorBoard).
 
 Run: `critkl experiment certainty --scale tiny|mini|paper`.
@@ -9,8 +9,8 @@ Run: `critkl experiment certainty --scale tiny|mini|paper`.
 
 from __future__ import annotations
 
-from critkl.certainty_report import analyze_model, write
-from critkl.outputs import Output
+from critkl.analysis.report import analyze_model, write
+from critkl.runs.outputs import Output
 from experiments.models import pretrained_model
 
 # Pre-training levels N and the correct (N+1)-digit episodes of their statistics.

@@ -7,7 +7,7 @@ Run: `critkl experiment critical --scale tiny|mini|paper`. RL settings of each s
 
 from __future__ import annotations
 
-from critkl.outputs import Output
+from critkl.runs.outputs import Output
 from experiments import kl_comparison
 
 SETTINGS = {"tiny": dict(betas=[0.0, 150.0], seeds=[0, 1]),

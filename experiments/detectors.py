@@ -1,6 +1,6 @@
 """Beyond the paper: which per-token signal finds the decisive tokens? Each signal of
 `critkl.weighting` scored against the causal critical-token map of the model pre-trained up
-to N (`critkl.detectors`): precision-recall curves and average precision on the
+to N (`critkl.analysis.detectors`): precision-recall curves and average precision on the
 correct-prefix action tokens of sampled N+1-digit episodes. No RL. Then the same for the
 constructed model of the mechanism test (one known fork; `experiments.mechanism`), whose
 fork stage is trained (or reused) and its map measured first (files *_constructed.*).
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import jax
 
-from critkl import causal, detectors
-from critkl.outputs import Output
+from critkl.analysis import causal, detectors
+from critkl.runs.outputs import Output
 from experiments import kl_comparison, mechanism
 from experiments.models import pretrained_model
 

@@ -2,7 +2,7 @@
 RL on N+1 digits.
 
 One vmapped sweep of seeds x beta (beta = 0 is the standard KL) from the model pre-trained
-up to N. First the model's causal critical-token map (`critkl.causal`, reused when the
+up to N. First the model's causal critical-token map (`critkl.analysis.causal`, reused when the
 experiment folder has it), whose critical decisions the evaluations track. Figure 6 plots the
 success sampled at the policy temperature (the paper's metric) and greedy pass@1 per beta;
 Figures 4 and 7 the probability of the right token, given a correct prefix, at the causal
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from critkl import causal, finetune, plots, run_shell
+from critkl.analysis import causal
+from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig
-from critkl.outputs import Output
-from critkl.pretrained import shipped_causal_map, shipped_names
+from critkl.runs.outputs import Output
+from critkl.runs.models import shipped_causal_map, shipped_names
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
@@ -53,7 +54,7 @@ def measure_causal_map(params, model_config, n: int, settings: CausalMapConfig,
     the record critical.json holds (settings, n, rows)."""
     print_fn(f"causal map: {settings.problems} problems of {n + 1}+{n + 1} digits")
     rows = causal.causal_map(params, model_config, n, settings,
-                             run_shell.Progress("forced continuations, sampler call", print_fn))
+                             directory.Progress("forced continuations, sampler call", print_fn))
     return {"settings": dataclasses.asdict(settings), "n": n, "rows": rows}
 
 
@@ -73,9 +74,9 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
     results = run_sweep(output.folder / "rl", pre_config, params, config,
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)
-    output.markdown("summary.md", finetune.markdown_summary(results))
+    output.markdown("summary.md", finetuning.markdown_summary(results))
     if 0.0 in plan["betas"]:  # each beta against the standard KL, paired by seed
-        output.markdown("differences.md", finetune.markdown_differences(results, "beta=0"))
+        output.markdown("differences.md", finetuning.markdown_differences(results, "beta=0"))
     output.json("summary.json", {"settings": dataclasses.asdict(settings), "n": n,
                                  "summary": results["summary"]})
     return results
@@ -85,5 +86,5 @@ def run(scale: str, plan: dict, output: Output, work_dir, print_fn=print) -> dic
     """The sweep of `plan` (betas, seeds), its tables and its plots."""
     results = sweep(scale, plan, output, work_dir, print_fn)
     plots.plot_sweep(N[scale] + 1, results, output)
-    print_fn(finetune.markdown_summary(results))
+    print_fn(finetuning.markdown_summary(results))
     return results

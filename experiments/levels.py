@@ -8,8 +8,8 @@ Run: `critkl experiment levels --scale tiny|mini|paper`.
 
 from __future__ import annotations
 
-from critkl import plots
-from critkl.outputs import Output
+from critkl.runs import plots
+from critkl.runs.outputs import Output
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 

@@ -18,8 +18,12 @@ import time
 
 import jax
 
-from critkl import analysis, evaluation, finetune, host_memory, plots
-from critkl.outputs import Output
+from critkl import evaluation
+from critkl.analysis import certainty as certainty_stats
+from critkl.runs import finetuning
+from critkl.infra import host_memory
+from critkl.runs import plots
+from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, kl_comparison
 from experiments.models import pretrained_model
 
@@ -33,7 +37,7 @@ def verdict(results: dict) -> str:
     """One sentence: the prioritized KL's sampled success minus the standard KL's at the end,
     paired by seed, and whether its 95% interval excludes zero."""
     lines = []
-    for setting, row in finetune.paired_differences(results, "beta=0").items():
+    for setting, row in finetuning.paired_differences(results, "beta=0").items():
         mean, low, high = row["eval/sampled_success"]
         side = ("above" if low > 0 else "below" if high < 0 else "not distinguishable from")
         lines.append(f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
@@ -84,16 +88,16 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         f"## Pre-trained up to {n} digits (greedy pass@1, {plan['problems']} problems per cell)",
         "", evaluation.markdown(report), "",
         "## Certainty at critical tokens (Table 1)", "",
-        analysis.certainty_markdown([table1]), "",
+        certainty_stats.certainty_markdown([table1]), "",
         "## Causal critical-token map (critical.md, critical.png)", "",
         (output.folder / "critical.md").read_text().strip(), "",
-        f"## RL on {n + 1} digits", "", finetune.markdown_summary(results), "",
-        finetune.markdown_differences(results, "beta=0"), "",
+        f"## RL on {n + 1} digits", "", finetuning.markdown_summary(results), "",
+        finetuning.markdown_differences(results, "beta=0"), "",
         "## Verdict", "", verdict(results), "",
     ])
     output.markdown("main.md", summary)
     output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,
                               "certainty": table1, "rl_summary": results["summary"],
-                              "differences": finetune.paired_differences(results, "beta=0")})
+                              "differences": finetuning.paired_differences(results, "beta=0")})
     print_fn("\n" + summary)
     return {"minutes": minutes}

@@ -5,7 +5,7 @@ fork, and whether each KL lets RL resolve it as the KL-regularised optimum predi
    on for a short stage in which half of the episodes with an F-digit operand close that
    operand's list one digit early (`env.render_closed_early`) and then fail: p(right) at
    that comma falls to about 0.5, every other decision stays as it was.
-2. Its causal map on F+F-digit problems (`critkl.causal`) should find that one fork, success
+2. Its causal map on F+F-digit problems (`critkl.analysis.causal`) should find that one fork, success
    about 1 if forced right and 0 if forced wrong; from it the optimum p(right) at the fork
    under each KL is printed before any RL (`causal.optimum_p_right`): at KL coefficient 5
    about 0.6 for the standard KL, about 1.0 for the prioritized KL at beta 150.
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from critkl import causal, finetune, plots
+from critkl.analysis import causal
+from critkl.runs import finetuning, plots
 from critkl.config import CausalMapConfig, LossHyper, PretrainConfig, RLConfig, RLHyper
-from critkl.outputs import Output
-from critkl.pretrained import load_pretrained
+from critkl.runs.outputs import Output
+from critkl.runs.models import load_pretrained
 from experiments.kl_comparison import measure_causal_map, write_causal_map
 from experiments.models import pretrained_source, train
 from experiments.rl_settings import run_sweep
@@ -100,8 +101,8 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     results = run_sweep(output.folder / "rl", pre_config, params, config, base, plan["seeds"],
                         {"beta": [0.0, BETA]}, print_fn)
     plots.plot_sweep(n + 1, results, output)
-    table = finetune.markdown_summary(results)
-    differences = finetune.markdown_differences(results, "beta=0")
+    table = finetuning.markdown_summary(results)
+    differences = finetuning.markdown_differences(results, "beta=0")
     predicted_p = {"beta=0": np.mean([r["standard"] for r in predicted]) if predicted else None,
                    f"beta={BETA:g}": (np.mean([r["prioritized"] for r in predicted])
                                       if predicted else None)}
@@ -117,6 +118,6 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     output.markdown("mechanism.md", "\n".join(lines))
     output.json("mechanism.json", {"prediction": predicted, "predicted_p_right": predicted_p,
                                    "summary": results["summary"],
-                                   "differences": finetune.paired_differences(results, "beta=0")})
+                                   "differences": finetuning.paired_differences(results, "beta=0")})
     print_fn("\n".join(lines))
     return {"prediction": predicted, "summary": results["summary"]}

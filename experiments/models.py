@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from critkl import checkpoint, pretrain
+from critkl.infra import checkpoint
+from critkl.runs import pretraining
 from critkl.config import PretrainConfig
-from critkl.pretrained import load_pretrained, shipped_names
+from critkl.runs.models import load_pretrained, shipped_names
 
 
 # From this many digits up, a mini model is pre-trained as in the paper: no longer problems.
@@ -54,7 +55,7 @@ def _finished(run_dir: Path, config: PretrainConfig) -> bool:
 
 
 def pretrained_source(scale: str, n: int, work_dir: str | Path, print_fn=print) -> str:
-    """What `critkl.pretrained.load_pretrained` loads for the `scale` model pre-trained up to
+    """What `critkl.runs.models.load_pretrained` loads for the `scale` model pre-trained up to
     n digits: the shipped model's name, or the run directory of its recipe's last stage
     (pre-trained, or resumed, first when it is not finished)."""
     name = f"{scale}-n{n}"
@@ -76,7 +77,7 @@ def train(run_dir: Path, config: PretrainConfig, label: str = "", print_fn=print
     resume = checkpoint.latest_checkpoint_step(run_dir) is not None
     print_fn(f"pre-training {label}({'resuming ' if resume else ''}{run_dir}, "
              f"{config.steps} steps)")
-    pretrain.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
+    pretraining.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
 
 
 def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):

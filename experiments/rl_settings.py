@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from critkl import checkpoint, finetune
+from critkl.infra import checkpoint
+from critkl.runs import finetuning
 from critkl.config import LossHyper, RLConfig, RLHyper
 
 
@@ -53,8 +54,8 @@ def run_sweep(run_dir: Path, pre_config, params, config: RLConfig, base: RLHyper
               seeds: list[int], grid: dict[str, list[float]], print_fn=print) -> dict:
     """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off."""
     resume = checkpoint.latest_checkpoint_step(run_dir) is not None
-    runs = finetune.grid_runs(seeds, grid, base)
+    runs = finetuning.grid_runs(seeds, grid, base)
     saved = {"rl": dataclasses.asdict(config), "seeds": seeds, "grid": grid,
              "base": dataclasses.asdict(base)}
-    return finetune.finetune(config, runs, params, pre_config.model_config, run_dir,
+    return finetuning.finetune(config, runs, params, pre_config.model_config, run_dir,
                              resume=resume, print_fn=print_fn, saved_config=saved)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from critkl import finetune, plots
+from critkl.runs import finetuning, plots
 from critkl.config import LossConfig, weighting_preset, with_values
-from critkl.outputs import Output
+from critkl.runs.outputs import Output
 from experiments import kl_comparison
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
@@ -47,13 +47,13 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         runs += [{**run, "setting": arm, "name": f"{arm},seed={run['seed']}"}
                  for run in result["runs"]]
     results = {"runs": runs}
-    results["summary"] = finetune.summary(results)
-    output.markdown("summary.md", finetune.markdown_summary(results))
-    output.markdown("differences.md", finetune.markdown_differences(results, "standard"))
+    results["summary"] = finetuning.summary(results)
+    output.markdown("summary.md", finetuning.markdown_summary(results))
+    output.markdown("differences.md", finetuning.markdown_differences(results, "standard"))
     output.json("summary.json", {"settings": dataclasses.asdict(settings), "n": n,
                                  "arms": {arm: weighting_preset(arm) for arm in plan["arms"]},
                                  "summary": results["summary"]})
     plots.plot_sweep(n + 1, results, output)
-    print_fn(finetune.markdown_summary(results))
-    print_fn(finetune.markdown_differences(results, "standard"))
+    print_fn(finetuning.markdown_summary(results))
+    print_fn(finetuning.markdown_differences(results, "standard"))
     return results

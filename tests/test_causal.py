@@ -1,4 +1,4 @@
-"""Tests of critkl.causal: decision keys against the rendered text, the optimum formula."""
+"""Tests of critkl.analysis.causal: decision keys against the rendered text, the optimum formula."""
 
 import math
 from collections import defaultdict
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from critkl import causal, env
+from critkl import env
+from critkl.analysis import causal
 from critkl.config import CausalMapConfig
 from critkl.tokenizer import decode, token_id
 

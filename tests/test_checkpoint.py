@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from critkl.checkpoint import (
+from critkl.infra.checkpoint import (
     CheckpointError,
     Checkpointer,
     check_same_config,
@@ -223,7 +223,7 @@ def test_sharded_restore(tmp_path):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         import jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from critkl.checkpoint import Checkpointer
+        from critkl.infra.checkpoint import Checkpointer
 
         sharding = NamedSharding(jax.make_mesh((2,), ("data",)), P("data"))
         state = {{
@@ -320,7 +320,7 @@ def test_a_save_that_cannot_fit_is_refused_before_orbax_starts(tmp_path, monkeyp
     """A full disk: one message naming the space needed and free, and the intact step."""
     import collections
 
-    from critkl import checkpoint
+    from critkl.infra import checkpoint
 
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, make_state(1))

@@ -5,7 +5,8 @@ import sys
 import jax
 import pytest
 
-from critkl import cli, reference
+from critkl import cli
+from critkl.env import oracle
 
 
 def run(*args):
@@ -14,13 +15,13 @@ def run(*args):
 
 def test_render_prints_the_episode(capsys):
     assert cli.main(["render", "128", "367"]) == 0
-    assert capsys.readouterr().out == reference.episode_text(128, 367)
+    assert capsys.readouterr().out == oracle.episode_text(128, 367)
 
 
 def test_render_of_long_operands(capsys):
     a, b = "9" * 20, "1"
     assert cli.main(["render", a, b]) == 0
-    assert capsys.readouterr().out == reference.episode_text(int(a), int(b))
+    assert capsys.readouterr().out == oracle.episode_text(int(a), int(b))
 
 
 @pytest.mark.parametrize(
@@ -88,26 +89,26 @@ def test_loss_flags_parse_lists_and_strict_booleans():
 @pytest.mark.parametrize("name, message", [("mini-n3", "exists already"), ("", "model name"),
                                            ("../../x", "model name"), ("..", "model name")])
 def test_export_refuses_to_overwrite_or_escape(tmp_path, capsys, name, message):
-    from critkl import pretrained
+    from critkl.runs import models
 
-    shipped = (pretrained.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes()
+    shipped = (models.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes()
     assert cli.main(["export", str(tmp_path / "no-run"), name]) == cli.USAGE_ERROR
     assert message in capsys.readouterr().err
-    assert (pretrained.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes() == shipped
-    assert not (pretrained.SHIPPED_DIR.parent.parent / "x").exists()
+    assert (models.SHIPPED_DIR / "mini-n3" / "params.msgpack").read_bytes() == shipped
+    assert not (models.SHIPPED_DIR.parent.parent / "x").exists()
 
 
 def test_export_then_load(tmp_path, monkeypatch):
-    from critkl import pretrained
+    from critkl.runs import models
 
-    monkeypatch.setattr(pretrained, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
     run_dir = tmp_path / "pre"
     assert cli.main(["pretrain", "--run-dir", str(run_dir), "--model", "tiny", "--max-digits", "1",
                      "--eval-extra-digits", "1", "--batch-size", "8", "--steps", "2",
                      "--warmup-steps", "1", "--eval-problems", "4"]) == 0
     assert cli.main(["export", str(run_dir), "toy"]) == 0
-    config, params = pretrained.load_pretrained("toy")
-    _, from_run = pretrained.load_run(run_dir)
+    config, params = models.load_pretrained("toy")
+    _, from_run = models.load_run(run_dir)
     assert config.max_digits == 1
     assert all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(params),
                                                     jax.tree.leaves(from_run)))

@@ -1,11 +1,11 @@
-"""Tests of critkl.detectors: precision-recall against a brute-force count, and the scored
+"""Tests of critkl.analysis.detectors: precision-recall against a brute-force count, and the scored
 tokens against plain-Python labels on a tiny model."""
 
 import jax
 import numpy as np
 
-from critkl import detectors
-from critkl.pretrained import load_pretrained
+from critkl.analysis import detectors
+from critkl.runs.models import load_pretrained
 
 
 def brute_force(confidence, critical, threshold):

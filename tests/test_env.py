@@ -1,4 +1,4 @@
-"""The jnp environment against the plain-Python reference (critkl.reference)."""
+"""The jnp environment against the plain-Python reference (critkl.env.oracle)."""
 
 import random
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, reference, tokenizer
-from critkl.env import chunks
+from critkl import env, tokenizer
+from critkl.env import chunks, oracle
 
 D = env.MAX_SUPPORTED_DIGITS
 render = jax.jit(env.render)
@@ -32,7 +32,7 @@ def random_problems(count: int, seed: int) -> list[tuple[int, int]]:
 
 
 def expected_tokens(pairs):
-    return [tokenizer.encode(reference.episode_text(a, b)) for a, b in pairs]
+    return [tokenizer.encode(oracle.episode_text(a, b)) for a, b in pairs]
 
 
 def test_renderer_matches_reference_on_10000_problems():
@@ -47,7 +47,7 @@ def test_renderer_matches_reference_on_10000_problems():
                 length == len(want)
                 and np.array_equal(episodes.tokens[row, :length], want)
                 and (episodes.tokens[row, length:] == tokenizer.PAD_ID).all()
-                and episodes.prompt_length[row] == len(reference.prompt_text(a, b))
+                and episodes.prompt_length[row] == len(oracle.prompt_text(a, b))
                 and episodes.result_length[row] == len(" ".join(str(a + b)) + "\n")
             )
             mismatches += not ok
@@ -62,9 +62,9 @@ def test_render_with_fewer_digits_and_length_bound(digits):
     pairs = [(worst, worst), (1, 0), (10 ** (digits - 1), worst)]
     episodes = render(env.operands_from_ints(pairs, digits))
     assert episodes.tokens.shape == (3, env.max_episode_length(digits))
-    assert env.max_episode_length(digits) == len(reference.episode_text(worst, worst))
+    assert env.max_episode_length(digits) == len(oracle.episode_text(worst, worst))
     for row, (a, b) in enumerate(pairs):
-        assert tokenizer.decode(episodes.tokens[row]) == reference.episode_text(a, b)
+        assert tokenizer.decode(episodes.tokens[row]) == oracle.episode_text(a, b)
 
 
 def test_chunked_rows_equal_one_pass(monkeypatch):
@@ -156,7 +156,7 @@ def test_sampler_errors_name_the_problem():
 
 def python_judge(tokens, a, b) -> bool:
     text = tokenizer.decode(tokens)  # stops at the first PAD or EOS
-    return reference.is_correct(text, a, b)
+    return oracle.is_correct(text, a, b)
 
 
 def test_score_matches_reference_judge_on_mutated_episodes():

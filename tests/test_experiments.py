@@ -94,9 +94,9 @@ def test_main_job_tiny(work_dir, capsys):
 def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
     """mini-n3 ships its causal map; the experiments take it instead of re-measuring it
     (no model given here: measuring would fail)."""
-    from critkl import causal
-    from critkl.outputs import Output
-    from critkl.pretrained import shipped_causal_map
+    from critkl.analysis import causal
+    from critkl.runs.outputs import Output
+    from critkl.runs.models import shipped_causal_map
     from experiments import kl_comparison
 
     output = Output(tmp_path / "out")
@@ -114,7 +114,7 @@ def test_shipped_causal_map_is_the_committed_result():
     """The package's copy of mini-n3's map is results/critical-mini-n3's, which README cites."""
     from pathlib import Path
 
-    from critkl.pretrained import shipped_causal_map
+    from critkl.runs.models import shipped_causal_map
 
     committed = Path(__file__).parent.parent / "results" / "critical-mini-n3" / "critical.json"
     assert shipped_causal_map("mini-n3") == json.loads(committed.read_text())
@@ -123,9 +123,9 @@ def test_shipped_causal_map_is_the_committed_result():
 @pytest.mark.slow
 def test_shipped_causal_map_is_what_its_command_measures():
     """The shipped map of mini-n3 re-measured with its own settings (6 minutes here)."""
-    from critkl import causal
+    from critkl.analysis import causal
     from critkl.config import CausalMapConfig
-    from critkl.pretrained import load_pretrained, shipped_causal_map
+    from critkl.runs.models import load_pretrained, shipped_causal_map
 
     shipped = shipped_causal_map("mini-n3")
     pre_config, params = load_pretrained("mini-n3")

@@ -6,15 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, reference, tokenizer
+from critkl import env, tokenizer
+from critkl.env import oracle
 
 
 def _expected(a: int, b: int, close: bool, length: int) -> str:
     if close and len(str(a)) == length:
-        return reference.prompt_text(a, b) + reference.target_text(a // 10, b)
+        return oracle.prompt_text(a, b) + oracle.target_text(a // 10, b)
     if close and len(str(b)) == length:
-        return reference.prompt_text(a, b) + reference.target_text(a, b // 10)
-    return reference.episode_text(a, b)
+        return oracle.prompt_text(a, b) + oracle.target_text(a, b // 10)
+    return oracle.episode_text(a, b)
 
 
 def test_closed_early_matches_plain_python_on_2000_problems():
@@ -27,10 +28,10 @@ def test_closed_early_matches_plain_python_on_2000_problems():
     cut = 0
     for row, (a, b) in enumerate(pairs):
         text = _expected(a, b, bool(close[row]), length)
-        cut += text != reference.episode_text(a, b)
+        cut += text != oracle.episode_text(a, b)
         assert tokenizer.decode(tokens[row]) == text, (a, b, bool(close[row]))
         assert int(episodes.length[row]) == len(text)
-        assert int(episodes.prompt_length[row]) == len(reference.prompt_text(a, b))
+        assert int(episodes.prompt_length[row]) == len(oracle.prompt_text(a, b))
     assert cut > 200  # the fork was taken often enough to be tested
 
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import pretrain, rl
+from critkl import rl
+from critkl.runs import pretraining
 from critkl.config import PretrainConfig, RLConfig, RLHyper
 
 GOLDEN = Path(__file__).with_name("golden.json")
@@ -34,7 +35,7 @@ def _fingerprint(tree) -> dict[str, float]:
 
 def golden_run(run_dir) -> dict:
     """Pre-train tiny from seed 0, then 2 RL iterations (prioritized KL) from seed 1."""
-    state = pretrain.pretrain(PRETRAIN, run_dir, print_fn=lambda line: None)
+    state = pretraining.pretrain(PRETRAIN, run_dir, print_fn=lambda line: None)
     params = jax.device_get(state.params)
     hyper = jax.tree.map(jnp.float32, RLHyper(learning_rate=1e-3))
     final, before, metrics = jax.jit(rl.make_train(RL, PRETRAIN.model_config).train)(

@@ -1,6 +1,6 @@
-"""Tests of critkl.host_memory."""
+"""Tests of critkl.infra.host_memory."""
 
-from critkl import host_memory
+from critkl.infra import host_memory
 
 
 def resident_mb() -> float:

@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from critkl import checkpoint, cli, launch
+from critkl import cli
+from critkl.infra import checkpoint, launch
 
 CLI = [sys.executable, "-m", "critkl.cli"]
 TINY_PRETRAIN = ["--model", "tiny", "--max-digits", "1", "--eval-extra-digits", "2",

@@ -10,10 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from critkl import checkpoint, parallel, pretrain, pretrained, supervised, tokenizer
+from critkl import supervised, tokenizer
+from critkl.infra import checkpoint, parallel
+from critkl.runs import models, pretraining
 from critkl.config import model_preset, PretrainConfig
 from critkl.model import init_params
-from critkl.tracking import read_scalars
+from critkl.infra.tracking import read_scalars
 
 TINY = PretrainConfig(
     model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=6, warmup_steps=2,
@@ -52,14 +54,14 @@ def test_longer_share_mixes_in_rl_problems_of_one_more_digit():
 
 
 def test_init_from_starts_at_a_run_s_parameters(tmp_path):
-    trained = pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path / "first",
+    trained = pretraining.pretrain(dataclasses.replace(TINY, steps=3), tmp_path / "first",
                                 print_fn=lambda line: None)
-    warm = supervised.init_state(TINY, pretrained.warm_start(
+    warm = supervised.init_state(TINY, models.warm_start(
         dataclasses.replace(TINY, init_from=str(tmp_path / "first"))))
     chex.assert_trees_all_close(warm.params, jax.device_get(trained.params))
     assert int(warm.step) == 0
     with pytest.raises(checkpoint.CheckpointError, match="--model"):
-        pretrained.warm_start(dataclasses.replace(TINY, model="mini", max_digits=1,
+        models.warm_start(dataclasses.replace(TINY, model="mini", max_digits=1,
                                                   init_from=str(tmp_path / "first")))
 
 
@@ -94,7 +96,7 @@ def test_tiny_model_overfits_a_fixed_batch():
 
 
 def test_save_kill_resume_equals_uninterrupted(tmp_path):
-    straight = pretrain.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
+    straight = pretraining.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
 
     class Killed(Exception):
         pass
@@ -104,16 +106,16 @@ def test_save_kill_resume_equals_uninterrupted(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        pretrain.pretrain(TINY, tmp_path / "cut", print_fn=die_at_step_3)
+        pretraining.pretrain(TINY, tmp_path / "cut", print_fn=die_at_step_3)
     assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 2
-    resumed = pretrain.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
+    resumed = pretraining.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
     assert int(resumed.step) == TINY.steps
     chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
 
 
 def test_tensorboard_holds_the_logged_scalars(tmp_path):
     lines = []
-    pretrain.pretrain(TINY, tmp_path, print_fn=lines.append)
+    pretraining.pretrain(TINY, tmp_path, print_fn=lines.append)
     scalars = read_scalars(tmp_path / "tensorboard")
     assert [step for step, _ in scalars["loss"]] == list(range(1, TINY.steps + 1))
     assert [step for step, _ in scalars["eval/pass_at_1"]] == [3, 6]
@@ -130,11 +132,11 @@ def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
     subprocess so that an abort fails this test instead of killing the suite."""
     script = textwrap.dedent(f"""
         import dataclasses
-        from critkl import pretrain
+        from critkl.runs import pretraining
         from tests.test_pretrain import TINY
         config = dataclasses.replace(TINY, steps=100, log_every=100, eval_every=100,
                                      checkpoint_every=100)
-        pretrain.pretrain(config, {str(tmp_path / "run")!r}, print_fn=lambda line: None)
+        pretraining.pretrain(config, {str(tmp_path / "run")!r}, print_fn=lambda line: None)
         print("finished")
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -147,21 +149,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = dataclasses.replace(TINY, learning_rate=1e38, grad_clip=1e38, warmup_steps=0,
                                  checkpoint_every=1)  # a save right after the first update
     with pytest.raises(supervised.TrainingDiverged, match="last good checkpoint"):
-        pretrain.pretrain(config, tmp_path, print_fn=lambda line: None)
+        pretraining.pretrain(config, tmp_path, print_fn=lambda line: None)
     step = checkpoint.latest_checkpoint_step(tmp_path)
     assert step is None or step < config.steps
     if step is not None:  # what was kept is finite (the loss is checked before the update)
-        _, params = pretrained.load_run(tmp_path)
+        _, params = models.load_run(tmp_path)
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
+    pretraining.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
     with pytest.raises(checkpoint.CheckpointError, match="learning_rate"):
-        pretrain.pretrain(dataclasses.replace(TINY, steps=3, learning_rate=1e-3), tmp_path,
+        pretraining.pretrain(dataclasses.replace(TINY, steps=3, learning_rate=1e-3), tmp_path,
                           resume=True, print_fn=lambda line: None)
     with pytest.raises(checkpoint.CheckpointError, match="--resume"):
-        pretrain.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
+        pretraining.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import finetune, pretrain, rl
+from critkl import rl
+from critkl.runs import finetuning, pretraining
 from critkl.config import (HYPER_NAMES, HYPER_RANGES, LossHyper, model_preset,
                            PretrainConfig, RLConfig, RLHyper)
 from critkl.model import init_params
@@ -21,7 +22,7 @@ TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 def test_vmapped_sweep_equals_separate_runs():
     """A sweep vmapped on one device, and split over 2 devices (each device maps over its own
     runs, and the compiled sweep moves no run's data between devices) = each run alone."""
-    from critkl import parallel
+    from critkl.infra import parallel
 
     params = init_params(jax.random.key(0), TINY)
     train = rl.make_train(QUICK, TINY).train
@@ -50,15 +51,15 @@ def test_vmapped_sweep_equals_separate_runs():
 
 
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
-    from critkl import checkpoint
+    from critkl.infra import checkpoint
     from critkl.supervised import TrainingDiverged
 
     params = init_params(jax.random.key(0), TINY)
     # The resume test's sweep structure (8 runs, one per device): compiled once for both.
-    runs = finetune.grid_runs(range(4), {"learning_rate": [1e-4, 1e30]}, RLHyper())
+    runs = finetuning.grid_runs(range(4), {"learning_rate": [1e-4, 1e30]}, RLHyper())
     config = TWO_PERIODS
     with pytest.raises(TrainingDiverged, match="learning_rate=1e\\+30,seed=0"):
-        finetune.finetune(config, runs, params, TINY, tmp_path / "x", print_fn=lambda line: None)
+        finetuning.finetune(config, runs, params, TINY, tmp_path / "x", print_fn=lambda line: None)
     assert checkpoint.latest_checkpoint_step(tmp_path / "x") is None
 
 
@@ -148,8 +149,8 @@ def test_episodes_cut_to_their_width_update_as_at_full_width(monkeypatch):
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = TWO_PERIODS
-    runs = finetune.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())  # 8 devices: sharded
-    straight = finetune.finetune(config, runs, params, TINY, tmp_path / "straight",
+    runs = finetuning.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())  # 8 devices: sharded
+    straight = finetuning.finetune(config, runs, params, TINY, tmp_path / "straight",
                                  print_fn=lambda line: None)
 
     class Killed(Exception):
@@ -160,7 +161,7 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        finetune.finetune(config, runs, params, TINY, tmp_path / "cut", print_fn=die)
+        finetuning.finetune(config, runs, params, TINY, tmp_path / "cut", print_fn=die)
     # As if killed while saving the second period's checkpoint: results.json already holds
     # that period, the checkpoint does not. Resume must not record it twice.
     path = tmp_path / "cut" / "results.json"
@@ -169,7 +170,7 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
         run["curve"] = {k: v + [2 * config.eval_every if k == "iteration" else v[-1]]
                         for k, v in run["curve"].items()}
     path.write_text(json.dumps(results))
-    resumed = finetune.finetune(config, runs, params, TINY, tmp_path / "cut", resume=True,
+    resumed = finetuning.finetune(config, runs, params, TINY, tmp_path / "cut", resume=True,
                                 print_fn=lambda line: None)
     for a, b in zip(straight["runs"], resumed["runs"]):
         assert a["curve"] == b["curve"]
@@ -186,12 +187,12 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
 
 
 def test_grid_runs_and_hyper_errors():
-    runs = finetune.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, RLHyper())
+    runs = finetuning.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, RLHyper())
     assert [r.name for r in runs] == ["beta=0,seed=0", "beta=0,seed=1", "beta=150,seed=0",
                                       "beta=150,seed=1"]
     assert runs[2].hyper.loss.beta == 150 and runs[2].hyper.loss.kl_coef == 5
     with pytest.raises(ValueError, match="unknown hyperparameters"):
-        finetune.grid_runs([0], {"betta": [1.0]}, RLHyper())
+        finetuning.grid_runs([0], {"betta": [1.0]}, RLHyper())
 
 
 def _invalid_values(name):
@@ -210,15 +211,15 @@ def test_every_hyperparameter_is_range_checked(name):
     assert name in HYPER_RANGES
     default = getattr(RLHyper(), name, None)
     default = getattr(RLHyper().loss, name) if default is None else default
-    finetune.grid_runs([0], {name: [default]}, RLHyper())  # the default is allowed
+    finetuning.grid_runs([0], {name: [default]}, RLHyper())  # the default is allowed
     for value in _invalid_values(name):
         with pytest.raises(ValueError, match=f"{name}="):
-            finetune.grid_runs([0], {name: [value]}, RLHyper())
+            finetuning.grid_runs([0], {name: [value]}, RLHyper())
 
 
 def test_repeated_seeds_are_refused():
     with pytest.raises(ValueError, match="repeat a seed"):
-        finetune.grid_runs([0, 1, 0], {}, RLHyper())
+        finetuning.grid_runs([0, 1, 0], {}, RLHyper())
 
 
 def test_paired_differences_pair_runs_by_seed():
@@ -226,7 +227,7 @@ def test_paired_differences_pair_runs_by_seed():
     runs = [{"setting": setting, "seed": seed,
              "curve": {"eval/pass_at_1": list(rng.random(3)), "eval/sampled_success": [0.1, 0.2]}}
             for setting in ("beta=0", "beta=150") for seed in (3, 1, 2)]
-    table = finetune.paired_differences({"runs": runs}, "beta=0")
+    table = finetuning.paired_differences({"runs": runs}, "beta=0")
     by = {(r["setting"], r["seed"]): r["curve"]["eval/pass_at_1"][-1] for r in runs}
     diffs = np.array([by[("beta=150", s)] - by[("beta=0", s)] for s in (1, 2, 3)])
     mean, low, high = table["beta=150"]["eval/pass_at_1"]
@@ -234,41 +235,41 @@ def test_paired_differences_pair_runs_by_seed():
     np.testing.assert_allclose([mean, low, high], [diffs.mean(), diffs.mean() - half,
                                                    diffs.mean() + half])
     assert table["beta=150"]["eval/sampled_success"][0] == 0.0
-    assert "| beta=150 |" in finetune.markdown_differences({"runs": runs}, "beta=0")
+    assert "| beta=150 |" in finetuning.markdown_differences({"runs": runs}, "beta=0")
 
 
 def test_merged_sweeps_are_named_by_what_differs():
-    from critkl.plots import kl_label
+    from critkl.runs.plots import kl_label
 
     def sweep(grid):
-        runs = finetune.grid_runs([0, 1], grid, RLHyper())
+        runs = finetuning.grid_runs([0, 1], grid, RLHyper())
         return {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting, "curve": {},
                           "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper))}
                          for r in runs]}
 
-    merged = finetune.merge([sweep({"beta": [0, 150]}), sweep({"kl_coef": [0, 5], "beta": [50]})])
-    settings = finetune.settings_in_order(run["setting"] for run in merged["runs"])
+    merged = finetuning.merge([sweep({"beta": [0, 150]}), sweep({"kl_coef": [0, 5], "beta": [50]})])
+    settings = finetuning.settings_in_order(run["setting"] for run in merged["runs"])
     assert settings == ["kl_coef=5,beta=0", "kl_coef=5,beta=150", "kl_coef=0,beta=50",
                         "kl_coef=5,beta=50"]
     values = dict(zip((run["setting"] for run in merged["runs"]),
-                      finetune.swept_values(merged["runs"])))
+                      finetuning.swept_values(merged["runs"])))
     assert values["kl_coef=5,beta=150"] == {"kl_coef": 5.0, "beta": 150.0}
     assert [kl_label(s, values[s]) for s in settings] == [
         "standard KL, kl_coef=5", "prioritized KL, beta=150, kl_coef=5", "no KL",
         "prioritized KL, beta=50, kl_coef=5"]
     alone = sweep({"beta": [0, 150]})["runs"]
-    assert [kl_label(r["setting"], v) for r, v in zip(alone, finetune.swept_values(alone))][:2] \
+    assert [kl_label(r["setting"], v) for r, v in zip(alone, finetuning.swept_values(alone))][:2] \
         == ["standard KL", "standard KL"]
     assert kl_label("arm", {"learning_rate": 1e-3}) == "arm"
 
 
 def test_settings_keep_the_grid_order():
-    runs = finetune.grid_runs([0, 1], {"beta": [0, 50, 150]}, RLHyper())
+    runs = finetuning.grid_runs([0, 1], {"beta": [0, 50, 150]}, RLHyper())
     results = {"runs": [{"setting": run.setting,
                          "curve": {key: [0.5, 0.25] for key in (
                              "eval/pass_at_1", "eval/comfort_pass_at_1",
                              "critical/p_right_comma")}} for run in runs]}
-    assert list(finetune.summary(results)) == ["beta=0", "beta=50", "beta=150"]
+    assert list(finetuning.summary(results)) == ["beta=0", "beta=50", "beta=150"]
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -318,7 +319,7 @@ def test_evaluation_successes_equal_separate_attempts():
     """The three samplings that evaluate runs in one loop, against one attempt each, on the
     shipped mini-n3, whose three success rates differ (so a swap would show)."""
     from critkl import env, evaluation
-    from critkl.pretrained import load_pretrained
+    from critkl.runs.models import load_pretrained
 
     pre, params = load_pretrained("mini-n3")
     size = 16
@@ -383,7 +384,7 @@ def test_toy_run_improves_reward(tmp_path):
         checkpoint_every=1200)
     # On the host, so the runs below go to one device (params replicated over the test's 8
     # devices would make each device compute every run).
-    params = jax.device_get(pretrain.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params)
+    params = jax.device_get(pretraining.pretrain(pre, tmp_path / "pre", print_fn=lambda line: None).params)
     config = RLConfig(n=1, extra_digits=0, episodes=128, iterations=40, ppo_epochs=1,
                          minibatches=1, eval_every=40, eval_episodes=16,
                          value_hidden_sizes=(16, 16))

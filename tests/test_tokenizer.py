@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from critkl import reference, tokenizer
+from critkl import tokenizer
+from critkl.env import oracle
 
 
 def test_round_trip_of_an_episode():
-    text = reference.episode_text(98765, 4321)
+    text = oracle.episode_text(98765, 4321)
     ids = tokenizer.encode(text)
     assert ids.dtype == np.int32
     assert tokenizer.decode(ids) == text

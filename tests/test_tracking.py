@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from critkl.tracking import Tracker, read_scalars
+from critkl.infra.tracking import Tracker, read_scalars
 
 
 def test_scalars_round_trip(tmp_path):

@@ -6,7 +6,7 @@ import jax
 
 from critkl.config import model_preset
 from critkl.model import init_params
-from critkl.pretrained import load_pretrained
+from critkl.runs.models import load_pretrained
 
 
 def load_model(name: str):

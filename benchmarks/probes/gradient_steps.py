@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.probes.common import load_model
-from critkl import env, evaluation, losses, pretrain
+from critkl import env, evaluation, losses
+from critkl.runs import pretraining
 from critkl.config import PretrainConfig
 from critkl.model import GPT
 
@@ -47,7 +48,7 @@ def main(argv=None):
             eval_every=steps, eval_problems=16, checkpoint_every=steps)
         config = pre.model_config
         with tempfile.TemporaryDirectory() as run_dir:
-            params = pretrain.pretrain(pre, run_dir, print_fn=lambda line: None).params
+            params = pretraining.pretrain(pre, run_dir, print_fn=lambda line: None).params
     else:
         config, params, _ = load_model("tiny-untrained")
     limit = env.episode_limit(1)

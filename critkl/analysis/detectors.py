@@ -3,7 +3,7 @@
 
 On sampled episodes of N+1-digit problems (both operands N+1 digits, the map's layout), every
 action token whose prefix is still correct has ground truth: it is causally critical when its
-decision key is one of the map's critical keys (`critkl.causal`), else not. Tokens after a
+decision key is one of the map's critical keys (`critkl.analysis.causal`), else not. Tokens after a
 first error have none and are left out. Each signal ranks these tokens from least to most
 confident; precision and recall of its lowest-confidence tokens against the labels give a
 precision-recall curve and its average precision. Before RL the policy is the reference, so

@@ -11,7 +11,7 @@ the same command; `initialize` joins them before JAX computes anything:
 - elsewhere not at all: a single process.
 
 After joining, `jax.devices()` lists every process's devices, so the data mesh
-(critkl.parallel) spans them all. A process that stops answering the coordinator
+(critkl.infra.parallel) spans them all. A process that stops answering the coordinator
 for ``--heartbeat-timeout`` seconds is declared dead, and every other process then
 stops with an error instead of waiting for it.
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from critkl import finetune
-from critkl.outputs import Curve, Output
+from critkl.runs import finetuning
+from critkl.runs.outputs import Curve, Output
 
 SWEEP_PLOTS = (  # file, metric, what it shows
     ("causal_p_right.png", "causal/p_right", "p(right token) at the causal critical tokens"),
@@ -23,17 +23,17 @@ SWEEP_PLOTS = (  # file, metric, what it shows
 def setting_curves(results: dict, key: str, label=None) -> list[Curve]:
     """Per setting of a sweep: `key` against iterations, mean and 95% interval over seeds.
     label(setting, values) names a curve, values being the setting's swept hyperparameters
-    (`finetune.swept_values`); default: the setting. Training metrics (one point per
+    (`finetuning.swept_values`); default: the setting. Training metrics (one point per
     evaluation period, none before training) are drawn at the period's last iteration."""
     runs = results["runs"]
     values_of = {}
     if label is not None:
-        values_of = dict(zip((run["setting"] for run in runs), finetune.swept_values(runs)))
+        values_of = dict(zip((run["setting"] for run in runs), finetuning.swept_values(runs)))
     curves = []
-    for setting in finetune.settings_in_order(run["setting"] for run in runs):
+    for setting in finetuning.settings_in_order(run["setting"] for run in runs):
         members = [run["curve"] for run in runs if run["setting"] == setting]
         values = np.array([curve[key] for curve in members])  # [seeds, points]
-        stats = np.array([finetune.mean_interval(values[:, j]) for j in range(values.shape[1])])
+        stats = np.array([finetuning.mean_interval(values[:, j]) for j in range(values.shape[1])])
         iterations = members[0]["iteration"]
         name = setting if label is None else label(setting, values_of[setting])
         curves.append(Curve(name, iterations[len(iterations) - values.shape[1]:], *stats.T))

@@ -1,5 +1,5 @@
 """Pre-training in a run directory: the loop around `critkl.supervised`'s jitted step, with
-config.json, checkpoints, resume, TensorBoard and a progress line (`critkl.run_shell`)."""
+config.json, checkpoints, resume, TensorBoard and a progress line (`critkl.runs.directory`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from critkl import parallel, pretrained, run_shell
+from critkl.infra import parallel
+from critkl.runs import directory, models
 from critkl.config import PretrainConfig
 from critkl.supervised import (TrainState, TrainingDiverged, greedy_pass_at_1, init_state,
                                make_train_step)
-from critkl.tracking import Tracker
+from critkl.infra.tracking import Tracker
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
@@ -34,8 +35,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
-    start = pretrained.warm_start(config) if config.init_from and not resume else None
-    checkpointer = run_shell.open_run(run_dir, config.to_dict(), resume=resume,
+    start = models.warm_start(config) if config.init_from and not resume else None
+    checkpointer = directory.open_run(run_dir, config.to_dict(), resume=resume,
                                       may_differ=LOGGING_KEYS)
     try:
         state = parallel.put(init_state(config, start), parallel.replicated(mesh))
@@ -87,7 +88,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
                     f"token acc {metrics['token_accuracy']:.4f}  lr {metrics['learning_rate']:.2e}  "
                     f"{steps_per_second:.2f} steps/s  {metrics['tokens_per_second']:,.0f} tok/s  "
-                    + run_shell.timing(now - started, step - start_step,
+                    + directory.timing(now - started, step - start_step,
                                        config.steps - start_step))
             if "eval/pass_at_1" in metrics:
                 line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
@@ -106,7 +107,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
         checkpointer.close()
         tracker.close()
     print_fn(f"trained steps {start_step}..{config.steps} in "
-             f"{run_shell.format_seconds(time.perf_counter() - started)}")
+             f"{directory.format_seconds(time.perf_counter() - started)}")
     return state
 
 

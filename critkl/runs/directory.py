@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 
-from critkl import checkpoint
+from critkl.infra import checkpoint
 
 
 def open_run(run_dir: str | os.PathLike, config: dict | None, *, resume: bool,

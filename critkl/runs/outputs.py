@@ -13,8 +13,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from critkl import files
-from critkl.tracking import Tracker
+from critkl.infra import files
+from critkl.infra.tracking import Tracker
 
 
 class Curve:

@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import (checkpoint, files, host_memory, losses, parallel, provenance, rl,
-                    run_shell)
+from critkl import losses, rl
+from critkl.infra import checkpoint, files, host_memory, parallel, provenance
+from critkl.runs import directory
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
                            with_values)
 from critkl.supervised import TrainingDiverged
-from critkl.tracking import Tracker
+from critkl.infra.tracking import Tracker
 
 
 # Training metrics kept in results.json, as their mean over each evaluation period.
@@ -251,7 +252,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     # the new one is complete).
     # Settings added to critkl after a run was made are its own at their defaults.
     defaults = {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
-    checkpointer = run_shell.open_run(run_dir, saved_config, resume=resume, defaults=defaults,
+    checkpointer = directory.open_run(run_dir, saved_config, resume=resume, defaults=defaults,
                                       keep=1)
     try:
         state = parallel.put(programs.init(rngs, hypers, pretrained), by_run)
@@ -303,7 +304,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
                 f"kl {train['loss/kl'].mean():.4f}  "
                 f"{episodes / per_period:.1f} episodes/s  {tokens / per_period:,.0f} tok/s  "
-                + run_shell.timing(elapsed, period + 1 - done, periods - done)
+                + directory.timing(elapsed, period + 1 - done, periods - done)
                 + f"  (mean of {len(runs)} runs)"
             )
     finally:

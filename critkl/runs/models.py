@@ -16,12 +16,12 @@ from typing import Any
 import flax.serialization
 import jax
 
-from critkl import checkpoint
+from critkl.infra import checkpoint
 from critkl.config import PretrainConfig
 from critkl.model import init_params
 from critkl.supervised import init_state
 
-SHIPPED_DIR = Path(__file__).parent / "pretrained_models"
+SHIPPED_DIR = Path(__file__).parent.parent / "pretrained_models"
 
 
 def shipped_names() -> list[str]:

@@ -2,7 +2,7 @@
 
 The batch axis is split over the mesh axis "data"; parameters and optimizer state
 are replicated. XLA's SPMD partitioner inserts the gradient all-reduce. In a
-multi-process run (critkl.distributed) the mesh spans every process's devices:
+multi-process run (critkl.infra.distributed) the mesh spans every process's devices:
 `put` and `fetch` move values onto and off such a mesh.
 """
 
@@ -39,7 +39,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def over_runs(fn, mesh: Mesh | None, in_axes: tuple):
     """`jax.vmap(fn, in_axes)` over runs, the runs split over the mesh's devices: each device
     maps over its own runs (`jax.shard_map`), so that no run's data crosses devices and the
-    parts of a run that take turns under vmap (`inplace.one_at_a_time`) take them per device.
+    parts of a run that take turns under vmap (`vmap_rules.one_at_a_time`) take them per device.
 
     in_axes: 0 (a leading run axis, split) or None (the same for every run, replicated) per
     argument; every output has the run axis. The number of runs must split evenly over the

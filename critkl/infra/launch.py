@@ -2,7 +2,7 @@
 
 For testing multi-process runs on a CPU machine, and for multi-GPU machines run
 with one process per GPU (or group of GPUs). Each process gets the distributed
-flags of critkl.distributed, with the coordinator on a free local port, its own
+flags of critkl.infra.distributed, with the coordinator on a free local port, its own
 forced CPU devices (XLA_FLAGS) and, with `gpus_per_process`, its own GPUs
 (JAX_LOCAL_DEVICE_IDS). The launcher watches its processes: when one fails, it
 stops the others and names the one that failed, so that no process is left
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from critkl import parallel
+from critkl.infra import parallel
 
 # Seconds between asking the processes to stop (SIGTERM) and killing them. Short: a JAX
 # process of a distributed run takes SIGTERM as a preemption notice and goes on, and

@@ -1,0 +1,2 @@
+"""Infrastructure with typed arguments: device meshes, multi-process runs and their launcher,
+checkpoint I/O, TensorBoard, host memory, file writes and run provenance."""
