@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import env, sampling, vmap_rules
+from critkl import env, sampling, strategy as strategies, vmap_rules
 from critkl.config import ModelConfig
 from critkl.tokenizer import PAD_ID
 
@@ -30,24 +30,27 @@ def prompts_of(episodes: env.Episodes, max_digits: int) -> jax.Array:
     return jnp.where(inside, tokens, PAD_ID)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length", "keep_hidden"))
+@functools.partial(jax.jit, static_argnames=("config", "max_length", "keep_hidden", "strategy"))
 def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array, *,
-            temperature, max_length: int, keep_hidden: bool = False) -> Attempt:
+            temperature, max_length: int, keep_hidden: bool = False,
+            strategy: strategies.Strategy | None = None) -> Attempt:
     """Let the model write episodes for `operands` (greedy when temperature <= 0);
     keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`).
-    Under vmap (a sweep) on a CPU, the runs sample one after the other
-    (`vmap_rules.one_at_a_time`)."""
+    strategy (default: the default devices'): under vmap (a sweep) on a CPU, the runs sample
+    one after the other (`vmap_rules.one_at_a_time`)."""
+    strategy = strategies.resolve(strategy)
+
     def solve(params, operands, rng, temperature):
-        reference = env.render(operands)
+        reference = env.render(operands, strategy)
         generation = sampling.generate(
             params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length,
             rng, max_length=max_length, temperature=temperature, stop_fn=env.stop_rule,
-            keep_hidden=keep_hidden,
+            keep_hidden=keep_hidden, strategy=strategy,
         )
-        return Attempt(generation, reference, env.score(generation.tokens, reference))
+        return Attempt(generation, reference, env.score(generation.tokens, reference, strategy))
 
-    return vmap_rules.one_at_a_time(solve)(params, operands, rng,
-                                        jnp.asarray(temperature, jnp.float32))
+    return vmap_rules.one_at_a_time(solve, strategy.runs_in_turn)(
+        params, operands, rng, jnp.asarray(temperature, jnp.float32))
 
 
 def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from critkl import env, evaluation, losses, vmap_rules, weighting
+from critkl import env, evaluation, losses, strategy as strategies, vmap_rules, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
 from critkl.model import GPT, ValueHead
 
@@ -85,15 +85,16 @@ def _episode_widths(action_mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(action_mask, positions, 0), axis=1)
 
 
-def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, cut, *rest):
+def _at_width(fn, widths: tuple[int, ...], in_turn: bool, needed: jax.Array, cut, *rest):
     """fn(cut at the narrowest of the static `widths` that holds `needed` positions, *rest).
 
     cut: a pytree of [rows, T, ...] arrays; rest: any operands (parameters, hyperparameters);
     fn closes over nothing traced, and its outputs have the same shapes at every width. Under
-    `jax.vmap` (a sweep) on a CPU the runs take their turns (`vmap_rules.one_at_a_time`): each at its
-    own width, as a run alone would, with one run's activations in memory at a time; on an
-    accelerator they are batched and every run takes the widest run's width
-    (`vmap_rules.maximum`), so that the switch stays one conditional and runs one branch.
+    `jax.vmap` (a sweep) with in_turn (`strategy.Strategy.runs_in_turn`, a CPU's) the runs
+    take their turns (`vmap_rules.one_at_a_time`): each at its own width, as a run alone
+    would, with one run's activations in memory at a time; otherwise (an accelerator's) they
+    are batched and every run takes the widest run's width (`vmap_rules.maximum`), so that
+    the switch stays one conditional and runs one branch.
     """
     def at_narrowest(needed, cut, *rest):
         index = jnp.searchsorted(jnp.asarray(widths), vmap_rules.maximum(needed))
@@ -103,11 +104,11 @@ def _at_width(fn, widths: tuple[int, ...], needed: jax.Array, cut, *rest):
 
         return lax.switch(index, [at(width) for width in widths], cut, *rest)
 
-    return vmap_rules.one_at_a_time(at_narrowest)(needed, cut, *rest)
+    return vmap_rules.one_at_a_time(at_narrowest, in_turn)(needed, cut, *rest)
 
 
 def _forward_by_width(apply, params, tokens: jax.Array, needed: jax.Array, rows: int,
-                      widths: tuple[int, ...]) -> jax.Array:
+                      widths: tuple[int, ...], in_turn: bool) -> jax.Array:
     """apply(params, tokens [rows, W]) -> [rows, W, ...] over every episode, in chunks of
     `rows` episodes sorted by `needed` [B] (positions used), each chunk at its narrowest
     width; the outputs zero-padded to T, in the episodes' order: [B, T, ...]."""
@@ -120,16 +121,20 @@ def _forward_by_width(apply, params, tokens: jax.Array, needed: jax.Array, rows:
 
     def one(_, chunk_and_needed):
         chunk, chunk_needed = chunk_and_needed
-        return None, _at_width(padded, widths, chunk_needed.max(), chunk, params)
+        return None, _at_width(padded, widths, in_turn, chunk_needed.max(), chunk, params)
 
     _, outputs = lax.scan(one, None, (tokens[order].reshape(-1, rows, time),
                                       needed[order].reshape(-1, rows)))
     return outputs.reshape((batch, time) + outputs.shape[3:])[jnp.argsort(order)]
 
 
-def make_train(config: RLConfig, model_config: ModelConfig):
-    """Build the pure functions of a fine-tuning run (see module docstring)."""
+def make_train(config: RLConfig, model_config: ModelConfig,
+               strategy: strategies.Strategy | None = None):
+    """Build the pure functions of a fine-tuning run (see module docstring), laid out for
+    `strategy` (default: the default devices')."""
     config.check_model(model_config)
+    strategy = strategies.resolve(strategy)
+    in_turn = strategy.runs_in_turn
     model = GPT(model_config)
     value_head = ValueHead(config.value_hidden_sizes)
     task, max_length = config.task, config.max_length
@@ -150,6 +155,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         attempt = evaluation.attempt(
             state.policy, model_config, operands, sample_rng,
             temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
+            strategy=strategy,
         )
         tokens, outcome = attempt.generation.tokens, attempt.outcome
         position = jnp.arange(max_length)[None, :]
@@ -164,7 +170,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         needed = outcome.last + 1
         ref_logprobs = _forward_by_width(
             lambda p, x: jax.nn.log_softmax(model.apply({"params": p}, x)[0], axis=-1),
-            pretrained, tokens, needed, chunk_rows, widths)
+            pretrained, tokens, needed, chunk_rows, widths, in_turn)
         signal = config.loss.weight_signal
         policy_logits = None
         if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
@@ -179,7 +185,8 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         if config.loss.kl_placement == "reward":  # signals that need no advantages
             weights = weigh(None)
             logits = _forward_by_width(lambda p, x: model.apply({"params": p}, x)[0],
-                                       state.policy, tokens, needed, chunk_rows, widths)
+                                       state.policy, tokens, needed, chunk_rows, widths,
+                                       in_turn)
             kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, weights,
                                                      hyper.loss, config.loss)
             rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
@@ -232,7 +239,7 @@ def make_train(config: RLConfig, model_config: ModelConfig):
             def add_chunk(total, chunk):
                 (_, metrics), grads = _at_width(
                     lambda c, p, n, h: jax.value_and_grad(loss_fn, has_aux=True)(p, c, n, h),
-                    widths, _episode_widths(chunk.action_mask).max(), chunk, params,
+                    widths, in_turn, _episode_widths(chunk.action_mask).max(), chunk, params,
                     tokens_in_minibatch, hyper.loss)
                 return jax.tree.map(jnp.add, total, (grads, metrics)), None
 
@@ -280,16 +287,18 @@ def make_train(config: RLConfig, model_config: ModelConfig):
         def success(operands_and_temperature):
             operands, temperature = operands_and_temperature
             attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
-                                         temperature=temperature, max_length=max_length)
+                                         temperature=temperature, max_length=max_length,
+                                         strategy=strategy)
             return attempt.outcome.success.mean()
 
         # One after the other in a loop, so that the three share one sampler's buffers.
         metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
-        metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n))
+        metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n,
+                                                    strategy))
         if config.causal_keys:
             identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
             metrics["causal/p_right"] = causal_token_probability(
-                policy, model_config, identical, config.causal_keys)
+                policy, model_config, identical, config.causal_keys, strategy)
         return metrics
 
     def run(state: RunState, hyper: RLHyper, pretrained, periods: int):
@@ -327,11 +336,12 @@ def _right_token_probabilities(params, model_config: ModelConfig, episodes: env.
 
 
 def critical_token_probabilities(params, model_config: ModelConfig, operands: env.Operands,
-                                 n: int) -> dict[str, jax.Array]:
+                                 n: int, strategy: strategies.Strategy | None = None
+                                 ) -> dict[str, jax.Array]:
     """Probability the model gives the right token, given the correct prefix, at the
     structural critical tokens (commas and digits of operand lists beyond n digits),
     averaged over the episodes of `operands`; and the lowest such probability."""
-    reference = env.render(operands)
+    reference = env.render(operands, strategy)
     right = _right_token_probabilities(params, model_config, reference)
     critical = env.critical_positions(reference, n)
     is_comma = reference.tokens == env.COMMA_ID
@@ -343,9 +353,9 @@ def critical_token_probabilities(params, model_config: ModelConfig, operands: en
 
 
 def causal_token_probability(params, model_config: ModelConfig, operands: env.Operands,
-                             keys) -> jax.Array:
+                             keys, strategy: strategies.Strategy | None = None) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
     the decision `keys` (`critkl.analysis.causal`) in the episodes of `operands`."""
-    reference = env.render(operands)
+    reference = env.render(operands, strategy)
     right = _right_token_probabilities(params, model_config, reference)
     return losses.masked_mean(right, env.at_keys(env.decision_codes(reference), keys))

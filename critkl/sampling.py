@@ -8,7 +8,7 @@ place either way (`critkl.vmap_rules`).
 Sequence b draws its tokens with its own key, `fold_in(rng, b)`, so that what it writes does
 not depend on the other sequences of the batch. On a CPU the batch is decoded in groups, one
 group after the other, each as many sequences as keep the model's weights and the group's
-key/value cache within `CPU_DECODE_BYTES` (`cpu_decode_rows`): a group's cache then stays in
+key/value cache within the CPU strategy's budget (`strategy.Strategy.decode_rows`): its cache stays in
 the processor's caches, which reading the whole batch's cache at every token does not, and a
 group stops as soon as its own sequences end.
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl import losses, vmap_rules
+from critkl import losses, strategy as strategies, vmap_rules
 from critkl.config import ModelConfig
 from critkl.model import GPT, KVCache, init_cache
 from critkl.tokenizer import EOS_ID, PAD_ID
@@ -93,10 +93,6 @@ def choose_tokens(keys: jax.Array, logits: jax.Array, temperature) -> tuple[jax.
     return tokens, losses.token_logprobs(scaled, tokens)
 
 
-# On a CPU, a decode group's weights and key/value cache stay within this many bytes: the
-# mini model at 4 digits (3.4 MB of weights, 1.7 MB of cache per sequence) then decodes 5
-# sequences at a time, the fastest of 2-10 measured (README, Throughput).
-CPU_DECODE_BYTES = 12 * 2**20
 CACHE_WINDOWS = 4  # decode loops, each attending over a cache just long enough for its positions
 
 
@@ -117,18 +113,6 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
 
 
-def cpu_decode_rows(params, config: ModelConfig, max_length: int) -> int | None:
-    """Sequences a CPU decodes at a time: as many as keep the weights and their key/value
-    cache (max_length positions) within CPU_DECODE_BYTES; None (the whole batch at once)
-    when not even one fits, as the weights are then read from memory at every token anyway."""
-    def nbytes(tree) -> int:
-        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-    cache = nbytes(jax.eval_shape(lambda: init_cache(config, 1, max_length)))  # per sequence
-    rows = (CPU_DECODE_BYTES - nbytes(params)) // cache
-    return rows if rows >= 1 else None
-
-
 def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
     """(groups, rows per group): the fewest groups of at most `rows_at_a_time` sequences that
     hold `batch`, as even as can be (the last group padded)."""
@@ -137,7 +121,7 @@ def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_length", "stop_fn", "keep_hidden",
-                                             "rows_at_a_time"))
+                                             "rows_at_a_time", "strategy"))
 def generate(
     params,
     config: ModelConfig,
@@ -150,6 +134,7 @@ def generate(
     stop_fn: StopFn = default_stop,
     keep_hidden: bool = False,
     rows_at_a_time: int | None = None,
+    strategy: strategies.Strategy | None = None,
 ) -> Generation:
     """Continues each prompt until stop_fn ends it or max_length tokens are reached.
 
@@ -160,8 +145,9 @@ def generate(
     generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
     keep_hidden (static): also return the hidden states (`Generation.hidden`).
     rows_at_a_time (static): decode at most this many sequences at a time, group after group
-    (default: `cpu_decode_rows` on a CPU, the whole batch elsewhere). The tokens do not
-    depend on it.
+    (default: `strategy.decode_rows`, the strategy (static) defaulting to the default
+    devices': a few at a time on a CPU, the whole batch elsewhere). The tokens do not depend
+    on it.
     """
     chex.assert_rank(prompts, 2)
     batch, prompt_width = prompts.shape
@@ -171,8 +157,8 @@ def generate(
             f"need prompt width ({prompt_width}) <= max_length ({max_length}) <= "
             f"context_length ({config.context_length})"
         )
-    if rows_at_a_time is None and jax.default_backend() == "cpu":
-        rows_at_a_time = cpu_decode_rows(params, config, max_length)
+    if rows_at_a_time is None:
+        rows_at_a_time = strategies.resolve(strategy).decode_rows(params, config, max_length)
     if rows_at_a_time is None:
         rows_at_a_time = batch
     if rows_at_a_time < 1:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import env, evaluation
+from critkl import env, evaluation, strategy as strategies
 from critkl.infra import parallel
 from critkl.env import oracle
 from critkl.config import ModelConfig, PretrainConfig
@@ -67,8 +67,10 @@ def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> env
     )
 
 
-def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, jax.Array]:
-    """A batch of packed streams: tokens and target mask [batch_size, context_length]."""
+def streams_batch(rng: jax.Array, config: PretrainConfig,
+                  strategy: strategies.Strategy | None = None) -> tuple[jax.Array, jax.Array]:
+    """A batch of packed streams: tokens and target mask [batch_size, context_length]
+    (`strategy`: rendering's, default the default devices')."""
     width = config.model_config.context_length
     shortest = len(oracle.episode_text(0, 0))  # no episode is shorter
     per_stream = math.ceil(width / shortest) + 1
@@ -79,7 +81,7 @@ def streams_batch(rng: jax.Array, config: PretrainConfig) -> tuple[jax.Array, ja
                                      (count,))
         episodes = env.render_closed_early(operands, close, config.max_digits)
     else:
-        episodes = env.render(operands)
+        episodes = env.render(operands, strategy)
     return env.pack(episodes, config.batch_size, width)
 
 
@@ -106,14 +108,16 @@ def init_state(config: PretrainConfig, params=None) -> TrainState:
 
 
 def make_train_step(config: PretrainConfig, mesh):
-    """One jitted, data-parallel optimizer step: state -> (state, metrics)."""
+    """One jitted, data-parallel optimizer step over `mesh`: state -> (state, metrics)."""
     tx = optimizer(config)
+    strategy = strategies.for_devices(mesh.devices.flat)
     batch_sharding = parallel.batch_sharding(mesh)
     model_config = config.model_config
 
     def step(state: TrainState):
         rng, data_rng = jax.random.split(state.rng)
-        tokens, targets = streams_batch(jax.random.fold_in(data_rng, state.step), config)
+        tokens, targets = streams_batch(jax.random.fold_in(data_rng, state.step), config,
+                                       strategy)
         tokens = jax.lax.with_sharding_constraint(tokens, batch_sharding)
         targets = jax.lax.with_sharding_constraint(targets, batch_sharding)
         (loss, accuracy), grads = jax.value_and_grad(next_token_loss, has_aux=True)(

@@ -14,9 +14,9 @@ plain one). The functions here carry their own vmap rules (`jax.custom_batching.
 - `all_true`, `minimum` and `maximum`: reduce over the mapped axes too and return an unmapped
   scalar, so that a vmapped loop keeps one scalar predicate (it runs until every mapped instance
   is done) and one scalar start, and a vmapped `lax.switch` one branch index;
-- `one_at_a_time`: on a CPU, the mapped instances run one after the other, each as it would
-  alone (a sweep's sampling and update chunks: each run at its own width, with one run's
-  buffers in memory); elsewhere batched.
+- `one_at_a_time`: the mapped instances run one after the other, each as it would alone (a
+  sweep's sampling and update chunks on a CPU: each run at its own width, with one run's
+  buffers in memory), or batched (`strategy.Strategy.runs_in_turn` chooses).
 
 Use the reductions only where running longer, starting earlier or computing over more positions
 leaves the results unchanged (the sampler's finished sequences write nothing; earlier positions
@@ -79,13 +79,13 @@ def plain_when_mapped_once(fn):
 
     fn takes positional pytrees of arrays and returns a pytree of arrays.
     """
-    return _mapped(fn, sequential_on_cpu=False)
+    return _mapped(fn, sequential=False)
 
 
-def one_at_a_time(fn):
-    """fn with a vmap rule that, on a CPU, runs the mapped instances one after the other
-    (`lax.map`), each as fn alone would run; elsewhere it is jax.vmap(fn) (over one instance,
-    fn itself).
+def one_at_a_time(fn, in_turn: bool):
+    """fn with a vmap rule that runs the mapped instances one after the other (`lax.map`),
+    each as fn alone would run; with in_turn False it is jax.vmap(fn) (over one instance, fn
+    itself either way).
 
     For the parts of a vmapped sweep whose shapes depend on each run's data (an update chunk
     cut to the run's own width) and whose memory grows with the runs in flight (activations,
@@ -94,10 +94,10 @@ def one_at_a_time(fn):
     time; accelerators gain from the batch. fn takes positional pytrees of arrays, closes over
     nothing traced, and returns a pytree of arrays.
     """
-    return _mapped(fn, sequential_on_cpu=True)
+    return _mapped(fn, sequential=in_turn)
 
 
-def _mapped(fn, sequential_on_cpu: bool):
+def _mapped(fn, sequential: bool):
     wrapped = jax.custom_batching.custom_vmap(fn)
 
     @wrapped.def_vmap
@@ -107,7 +107,7 @@ def _mapped(fn, sequential_on_cpu: bool):
         if axis_size == 1:
             out = wrapped(*tree.unflatten([x[0] if b else x for x, b in zip(leaves, batched)]))
             return _all_mapped(jax.tree.map(lambda y: y[None], out))
-        if sequential_on_cpu and jax.default_backend() == "cpu":
+        if sequential:
             def one(instance):
                 it = iter(instance)
                 return wrapped(*tree.unflatten([next(it) if b else x

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, tokenizer
-from critkl.env import chunks, oracle
+from critkl import env, strategy, tokenizer
+from critkl.env import oracle
 
 D = env.MAX_SUPPORTED_DIGITS
 render = jax.jit(env.render)
@@ -67,22 +67,24 @@ def test_render_with_fewer_digits_and_length_bound(digits):
         assert tokenizer.decode(episodes.tokens[row]) == oracle.episode_text(a, b)
 
 
-def test_chunked_rows_equal_one_pass(monkeypatch):
+def test_chunked_rows_equal_one_pass():
     """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
     pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
     operands = env.sample_pretraining(jax.random.key(5), 1024, env.Task(D, 0))
-    scans = lambda: str(jax.make_jaxpr(lambda o: env.render(o))(operands)).count("scan[")  # noqa: E731
-    episodes, chunked_scans = env.render(operands), scans()
+    chunked = strategy.CPU
+    episodes = env.render(operands, chunked)
+    chunked_scans = str(jax.make_jaxpr(lambda o: env.render(o, chunked))(operands)).count("scan[")
     garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, tokenizer.VOCAB_SIZE)
     keep = jax.random.bernoulli(jax.random.key(7), 0.5, (1024, 1))
     tokens = jnp.where(keep, episodes.tokens, garbage)
-    outcome = env.score(tokens, episodes)
+    outcome = env.score(tokens, episodes, chunked)
     assert 0 < int(outcome.success.sum()) < 1024
 
-    monkeypatch.setattr(chunks, "_CHUNK_ELEMENTS", 1 << 40)  # one chunk: a single pass
-    assert scans() < chunked_scans  # the first pass did chunk
-    chex.assert_trees_all_equal(env.render(operands), episodes)
-    chex.assert_trees_all_equal(env.score(tokens, episodes), outcome)
+    one_pass = strategy.ACCELERATOR  # no row chunks
+    assert str(jax.make_jaxpr(lambda o: env.render(o, one_pass))(operands)).count("scan[") \
+        < chunked_scans  # the first pass did chunk
+    chex.assert_trees_all_equal(env.render(operands, one_pass), episodes)
+    chex.assert_trees_all_equal(env.score(tokens, episodes, one_pass), outcome)
 
 
 class TestJitAgreement(chex.TestCase):

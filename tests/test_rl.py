@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import rl
+from critkl import rl, strategy
 from critkl.runs import finetuning, pretraining
 from critkl.config import (HYPER_NAMES, HYPER_RANGES, LossHyper, model_preset,
                            PretrainConfig, RLConfig, RLHyper)
@@ -83,7 +83,7 @@ def test_update_in_chunks_equals_the_whole_minibatch():
     assert max(jax.tree.leaves(moved)) > 0
 
 
-def test_forward_by_width_equals_the_full_forward_where_episodes_are(monkeypatch):
+def test_forward_by_width_equals_the_full_forward_where_episodes_are():
     """Chunks of episodes sorted by length, each cut to its narrowest width: the same outputs as
     one full-width forward at every position an episode uses, zeros past its chunk's width, in
     episode order."""
@@ -94,7 +94,7 @@ def test_forward_by_width_equals_the_full_forward_where_episodes_are(monkeypatch
     needed = jnp.array([40, 9, 23, 12, 31, 5])
     widths = (10, 24, 32, 40)
     apply = lambda p, x: GPT(TINY).apply({"params": p}, x)[0]  # noqa: E731
-    cut = rl._forward_by_width(apply, params, tokens, needed, 2, widths)
+    cut = rl._forward_by_width(apply, params, tokens, needed, 2, widths, True)
     full = apply(params, tokens)
     used = jnp.arange(40)[None, :] < needed[:, None]
     np.testing.assert_allclose(jnp.where(used[..., None], cut, 0.0),
@@ -107,20 +107,20 @@ def test_forward_by_width_equals_the_full_forward_where_episodes_are(monkeypatch
     # outputs of separate calls, zeros past each chunk's width included.
     other = init_params(jax.random.key(5), TINY)
     narrow = jnp.minimum(needed, 20)
-    stacked = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths))(
+    stacked = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths, True))(
         jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other),
         jnp.stack([tokens, tokens]), jnp.stack([needed, narrow]))
     np.testing.assert_allclose(stacked[0], cut, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(stacked[1], rl._forward_by_width(apply, other, tokens, narrow, 2,
-                                                                widths), atol=1e-5, rtol=1e-5)
+                                                                widths, True),
+                               atol=1e-5, rtol=1e-5)
     assert float(jnp.abs(stacked[1][:, 24:]).max()) == 0.0  # every chunk of it at 10 or 24
     # On an accelerator the instances are batched, each chunk at the widest instance's width:
     # the same outputs where episodes are.
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    batched = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths))(
+    in_turn = strategy.ACCELERATOR.runs_in_turn
+    batched = jax.vmap(lambda p, t, n: rl._forward_by_width(apply, p, t, n, 2, widths, in_turn))(
         jax.tree.map(lambda a, b: jnp.stack([a, b]), params, other),
         jnp.stack([tokens, tokens]), jnp.stack([needed, narrow]))
-    monkeypatch.undo()
     np.testing.assert_allclose(batched[0], cut, atol=1e-5, rtol=1e-5)
     used_narrow = (jnp.arange(40)[None, :] < narrow[:, None])[..., None]
     np.testing.assert_allclose(jnp.where(used_narrow, batched[1], 0.0),

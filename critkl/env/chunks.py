@@ -1,28 +1,26 @@
-"""Row chunking of whole-batch array programs on CPU (rendering and scoring)."""
+"""Row chunking of whole-batch array programs (rendering and scoring on a CPU:
+`strategy.Strategy.row_chunk_elements`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-# On CPU, rows per chunk hold about this many [B, L] elements: a chunk's intermediates stay
-# in the caches, and XLA:CPU does not page in fresh memory for each whole-batch temporary.
-# Accelerators take the batch in one pass.
-_CHUNK_ELEMENTS = 1 << 20
 
-
-def in_chunks(fn, arrays, width: int):
+def in_chunks(fn, arrays, width: int, chunk_elements: int | None):
     """fn applied to chunks of rows, one after another (lax.map), results put back in order.
 
     arrays: a pytree of [B, ...] arrays; fn maps such a tree of [C, ...] to one of [C, ...];
-    width: elements per row of fn's largest intermediates. Row r goes to chunk r % n, so a
-    batch sharded over devices by contiguous rows stays sharded the same way in every chunk.
-    A batch that does not split evenly, or not on CPU, is done in one pass.
+    width: elements per row of fn's largest intermediates; a chunk holds about
+    `chunk_elements` of them (on a CPU its intermediates then stay in the caches, and XLA:CPU
+    does not page in fresh memory for each whole-batch temporary). Row r goes to chunk r % n,
+    so a batch sharded over devices by contiguous rows stays sharded the same way in every
+    chunk. A batch that does not split evenly, or chunk_elements None, is done in one pass.
     """
     batch = jax.tree.leaves(arrays)[0].shape[0]
-    if jax.default_backend() != "cpu":
+    if chunk_elements is None:
         return fn(arrays)
-    rows = 1 << max(3, (_CHUNK_ELEMENTS // width).bit_length() - 1)  # a power of two, >= 8
+    rows = 1 << max(3, (chunk_elements // width).bit_length() - 1)  # a power of two, >= 8
     chunks = -(-batch // rows)
     if chunks == 1 or batch % chunks:
         return fn(arrays)

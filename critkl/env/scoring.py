@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import tokenizer
+from critkl import strategy as strategies, tokenizer
 from critkl.env.chunks import in_chunks
 from critkl.env.problems import MAX_SUPPORTED_DIGITS
 from critkl.env.scratchpad import Episodes
@@ -32,18 +32,21 @@ def _two_smallest(x, y):
     return jnp.minimum(x[0], y[0]), jnp.minimum(jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1]))
 
 
-def score(tokens: jax.Array, reference: Episodes) -> Outcome:
+def score(tokens: jax.Array, reference: Episodes,
+          strategy: strategies.Strategy | None = None) -> Outcome:
     """Judge generated episodes: tokens [B, T] (prompt then generation, any ids)
     against the rendered `reference` episodes of the same problems.
 
     An episode ends at the second newline after the first `/` of the generation
     (the newline of `</scratch>`, then the result line's), or at the first PAD/EOS,
     or at the last position. It succeeds if it ended the first way and its result
-    line is exactly the reference's. Never raises and never produces NaN.
+    line is exactly the reference's. Never raises and never produces NaN. `strategy`
+    (default: the default devices'): in chunks of rows on a CPU.
     """
     chex.assert_rank(tokens, 2)
     needed = reference._replace(role=None, operand_index=None)  # scoring does not read these
-    return in_chunks(lambda rows: _score_rows(*rows), (tokens, needed), tokens.shape[1])
+    return in_chunks(lambda rows: _score_rows(*rows), (tokens, needed), tokens.shape[1],
+                     strategies.resolve(strategy).row_chunk_elements)
 
 
 def _score_rows(tokens: jax.Array, reference: Episodes) -> Outcome:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import losses, rl
+from critkl import losses, rl, strategy as strategies
 from critkl.infra import checkpoint, files, host_memory, parallel, provenance
 from critkl.runs import directory
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
@@ -206,7 +206,8 @@ class _Programs:
     """
 
     def __init__(self, config: RLConfig, model_config: ModelConfig, mesh):
-        functions = rl.make_train(config, model_config)
+        functions = rl.make_train(config, model_config, strategies.for_devices(
+            None if mesh is None else mesh.devices.flat))
 
         def evaluate(state: rl.RunState, hyper: RLHyper):
             return functions.evaluate(state.policy, state.eval_rng, hyper)
