@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from critkl.config import (CausalMapConfig, HYPER_NAMES, LossConfig, PretrainConfig, RLConfig,
-                           RLHyper, WEIGHTINGS, weighting_preset)
+from critkl.config import (DEFAULT_KL_COEF, CausalMapConfig, HYPER_NAMES, LossConfig,
+                           PretrainConfig, RLConfig, RLHyper, STANDARD_KL, WEIGHTINGS,
+                           weighting_preset)
 
 USAGE_ERROR = 2  # exit status for bad input
 
@@ -447,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="tables and plots of a sweep's results.json (mean and 95%% interval over "
         "seeds, and each setting minus a baseline, paired by seed)")
     plot.add_argument("run_dir", help="the sweep's run directory")
-    plot.add_argument("--baseline", default="beta=0",
-                      help="setting the others are compared with (default beta=0)")
+    plot.add_argument("--baseline", default=STANDARD_KL,
+                      help=f"setting the others are compared with (default {STANDARD_KL})")
     plot.add_argument("--add", action="append", metavar="RUN_DIR",
                       help="another sweep of the same RL settings, merged in (settings renamed by "
                       "the hyperparameters that differ; repeat for more; default: none)")
@@ -494,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, flag.replace("-", "_"))
         critical.add_argument(f"--{flag}", type=kind, default=default,
                               help=f"{text} (default {default})")
-    critical.add_argument("--kl-coef", type=float, default=5.0,
-                          help="KL coefficient of the predicted optimum in the table (default 5)")
+    critical.add_argument("--kl-coef", type=float, default=DEFAULT_KL_COEF,
+                          help="KL coefficient of the predicted optimum in the table "
+                               f"(default {DEFAULT_KL_COEF:g})")
     critical.add_argument("--out", help="output folder (default runs/critical-MODEL)")
     critical.set_defaults(run=_critical)
 

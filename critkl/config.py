@@ -174,6 +174,10 @@ class PretrainConfig:
 
 # ------------------------------------------------------------------------- RL loss
 
+# The paper's prioritized KL (METHOD.md 3-4, Table 3): each default written here only.
+DEFAULT_BETA = 150.0     # exponent of the reference's certainty in the KL weight
+DEFAULT_KL_COEF = 5.0    # coefficient of the KL penalty
+
 ALGORITHMS = ("ppo", "a2c")
 # The authors' temperatures (their code): LossHyper(**PAPER_TEMPERATURES) is their setting.
 PAPER_TEMPERATURES = {"certainty_temperature": 4.0, "policy_temperature": 2.0}
@@ -197,8 +201,8 @@ class LossHyper:
     but for the two temperatures, 1 (measured at CPU scale; the authors' 4 and 2 are
     `PAPER_TEMPERATURES`, README on why they give no reward and no effective KL here)."""
 
-    kl_coef: float = 5.0
-    beta: float = 150.0  # exponent of the certainty in the KL weight
+    kl_coef: float = DEFAULT_KL_COEF
+    beta: float = DEFAULT_BETA  # exponent of the certainty in the KL weight
     certainty_temperature: float = 1.0  # temperature of the reference in `certainty`
     intercept: float = 0.0  # b <= 0 in w = (1 - b) certainty^beta + b
     clip_epsilon: float = 0.2
@@ -292,7 +296,7 @@ class LossConfig:
 WEIGHTINGS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
     "standard": ({"prioritized": False}, {}),
     "prioritized": ({"weight_signal": "certainty", "weight_rule": "power",
-                     "weight_targets": ("kl",)}, {"beta": 150.0}),
+                     "weight_targets": ("kl",)}, {"beta": DEFAULT_BETA}),
     # Wang et al. 2025: the policy gradient from the 20% highest-entropy tokens only.
     "80-20": ({"weight_signal": "policy_entropy", "weight_rule": "quantile",
                "weight_targets": ("pg",)}, {"focus_share": 0.2}),
@@ -438,6 +442,15 @@ HYPER_NAMES = tuple(f.name for f in dataclasses.fields(RLHyper) if f.name != "lo
     f.name for f in dataclasses.fields(LossHyper))
 
 
+def setting_name(values: dict[str, float]) -> str:
+    """The name of a sweep's setting from its swept values: {"beta": 0.0} -> "beta=0"."""
+    return ",".join(f"{name}={value:g}" for name, value in values.items())
+
+
+# The standard KL's setting in a sweep over beta: the baseline of paired differences.
+STANDARD_KL = setting_name({"beta": 0.0})
+
+
 def with_values(hyper: RLHyper, values: dict[str, float]) -> RLHyper:
     """Replace named hyperparameters (RLHyper or LossHyper fields) of `hyper`."""
     top = {k: v for k, v in values.items() if k in HYPER_NAMES and k in RLHyper.__dataclass_fields__}
@@ -501,7 +514,7 @@ class CausalMapConfig:
 
     problems: int = 64           # fixed problems, both operands n + 1 digits
     temperature: float = 1.0     # sampled continuations (the RL temperature)
-    beta: float = 150.0          # the KL weight w = certainty ** beta ...
+    beta: float = DEFAULT_BETA   # the KL weight w = certainty ** beta ...
     certainty_temperature: float = 1.0  # ... of the reference at this temperature
     forced_below: float = 0.99   # force only decisions whose mean p(right) is below this
     batch: int = 256             # continuations per sampler call

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl.config import KL_KINDS, LossConfig, LossHyper, SAMPLE_KL_KINDS
+from critkl.config import DEFAULT_BETA, KL_KINDS, LossConfig, LossHyper, SAMPLE_KL_KINDS
 from critkl.weighting import certainty, target_weights
 
 # Buckets of the KL weight for reporting (name, low, high): w < 0.1 (critical-like tokens),
 # 0.1 <= w < 0.9, w >= 0.9 (routine), w taken at the paper's beta whatever the run's beta.
-BUCKET_BETA = 150.0
+BUCKET_BETA = DEFAULT_BETA
 KL_BUCKETS = (("low", 0.0, 0.1), ("mid", 0.1, 0.9), ("high", 0.9, math.inf))
 
 

@@ -7,12 +7,13 @@ Run: `critkl experiment critical --scale tiny|mini|paper`. RL settings of each s
 
 from __future__ import annotations
 
+from critkl.config import DEFAULT_BETA
 from critkl.runs.outputs import Output
 from experiments import kl_comparison
 
-SETTINGS = {"tiny": dict(betas=[0.0, 150.0], seeds=[0, 1]),
-            "mini": dict(betas=[0.0, 150.0], seeds=[0, 1]),
-            "paper": dict(betas=[0.0, 150.0], seeds=list(range(10)))}
+SETTINGS = {"tiny": dict(betas=[0.0, DEFAULT_BETA], seeds=[0, 1]),
+            "mini": dict(betas=[0.0, DEFAULT_BETA], seeds=[0, 1]),
+            "paper": dict(betas=[0.0, DEFAULT_BETA], seeds=list(range(10)))}
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:

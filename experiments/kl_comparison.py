@@ -15,7 +15,7 @@ import dataclasses
 
 from critkl.analysis import causal
 from critkl.runs import directory, finetuning, plots
-from critkl.config import CausalMapConfig
+from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
 from experiments.models import pretrained_model
@@ -76,7 +76,7 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)
     output.markdown("summary.md", finetuning.markdown_summary(results))
     if 0.0 in plan["betas"]:  # each beta against the standard KL, paired by seed
-        output.markdown("differences.md", finetuning.markdown_differences(results, "beta=0"))
+        output.markdown("differences.md", finetuning.markdown_differences(results, STANDARD_KL))
     output.json("summary.json", {"settings": dataclasses.asdict(settings), "n": n,
                                  "summary": results["summary"]})
     return results

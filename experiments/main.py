@@ -20,24 +20,24 @@ import jax
 
 from critkl import evaluation
 from critkl.analysis import certainty as certainty_stats
-from critkl.runs import finetuning
+from critkl.config import DEFAULT_BETA, STANDARD_KL
 from critkl.infra import host_memory
-from critkl.runs import plots
+from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, kl_comparison
 from experiments.models import pretrained_model
 
-SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, 150.0]),
-            "mini": dict(problems=100, sampled_episodes=50, seeds=[0, 1], betas=[0.0, 150.0]),
+SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, DEFAULT_BETA]),
+            "mini": dict(problems=100, sampled_episodes=50, seeds=[0, 1], betas=[0.0, DEFAULT_BETA]),
             "paper": dict(problems=1000, sampled_episodes=200, seeds=list(range(5)),
-                          betas=[0.0, 150.0])}
+                          betas=[0.0, DEFAULT_BETA])}
 
 
 def verdict(results: dict) -> str:
     """One sentence: the prioritized KL's sampled success minus the standard KL's at the end,
     paired by seed, and whether its 95% interval excludes zero."""
     lines = []
-    for setting, row in finetuning.paired_differences(results, "beta=0").items():
+    for setting, row in finetuning.paired_differences(results, STANDARD_KL).items():
         mean, low, high = row["eval/sampled_success"]
         side = ("above" if low > 0 else "below" if high < 0 else "not distinguishable from")
         lines.append(f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
@@ -92,12 +92,12 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         "## Causal critical-token map (critical.md, critical.png)", "",
         (output.folder / "critical.md").read_text().strip(), "",
         f"## RL on {n + 1} digits", "", finetuning.markdown_summary(results), "",
-        finetuning.markdown_differences(results, "beta=0"), "",
+        finetuning.markdown_differences(results, STANDARD_KL), "",
         "## Verdict", "", verdict(results), "",
     ])
     output.markdown("main.md", summary)
     output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,
                               "certainty": table1, "rl_summary": results["summary"],
-                              "differences": finetuning.paired_differences(results, "beta=0")})
+                              "differences": finetuning.paired_differences(results, STANDARD_KL)})
     print_fn("\n" + summary)
     return {"minutes": minutes}

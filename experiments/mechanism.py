@@ -24,7 +24,8 @@ import numpy as np
 
 from critkl.analysis import causal
 from critkl.runs import finetuning, plots
-from critkl.config import CausalMapConfig, LossHyper, PretrainConfig, RLConfig, RLHyper
+from critkl.config import (DEFAULT_BETA, DEFAULT_KL_COEF, STANDARD_KL, CausalMapConfig, LossHyper,
+                           PretrainConfig, RLConfig, RLHyper)
 from critkl.runs.outputs import Output
 from critkl.runs.models import load_pretrained
 from experiments.kl_comparison import measure_causal_map, write_causal_map
@@ -48,7 +49,7 @@ SETTINGS = {
                                           eval_episodes=100),
                  seeds=[0, 1, 2]),
 }
-SHARE, KL_COEF, BETA = 0.5, 5.0, 150.0
+SHARE, KL_COEF, BETA = 0.5, DEFAULT_KL_COEF, DEFAULT_BETA
 
 
 def fork_stage(scale: str, plan: dict, work_dir, print_fn) -> str:
@@ -102,8 +103,8 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
                         {"beta": [0.0, BETA]}, print_fn)
     plots.plot_sweep(n + 1, results, output)
     table = finetuning.markdown_summary(results)
-    differences = finetuning.markdown_differences(results, "beta=0")
-    predicted_p = {"beta=0": np.mean([r["standard"] for r in predicted]) if predicted else None,
+    differences = finetuning.markdown_differences(results, STANDARD_KL)
+    predicted_p = {STANDARD_KL: np.mean([r["standard"] for r in predicted]) if predicted else None,
                    f"beta={BETA:g}": (np.mean([r["prioritized"] for r in predicted])
                                       if predicted else None)}
     lines = [f"# Mechanism test (constructed): one fork at {n + 1} digits", "",
@@ -118,6 +119,6 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     output.markdown("mechanism.md", "\n".join(lines))
     output.json("mechanism.json", {"prediction": predicted, "predicted_p_right": predicted_p,
                                    "summary": results["summary"],
-                                   "differences": finetuning.paired_differences(results, "beta=0")})
+                                   "differences": finetuning.paired_differences(results, STANDARD_KL)})
     print_fn("\n".join(lines))
     return {"prediction": predicted, "summary": results["summary"]}

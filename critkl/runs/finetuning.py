@@ -25,7 +25,7 @@ from critkl import losses, rl, strategy as strategies
 from critkl.infra import checkpoint, files, host_memory, parallel, provenance
 from critkl.runs import directory
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
-                           with_values)
+                           setting_name, STANDARD_KL, with_values)
 from critkl.supervised import TrainingDiverged
 from critkl.infra.tracking import Tracker
 
@@ -61,8 +61,8 @@ def grid_runs(seeds, grid: dict[str, list[float]], base: RLHyper) -> list[Run]:
     names = list(grid)
     runs = []
     for values in itertools.product(*(grid[name] for name in names)):
-        setting = ",".join(f"{name}={value:g}" for name, value in zip(names, values)
-                           if len(grid[name]) > 1)
+        setting = setting_name({name: value for name, value in zip(names, values)
+                                if len(grid[name]) > 1})
         hyper = with_values(base, dict(zip(names, values)))
         runs += [Run(seed, hyper, setting) for seed in seeds]
     return runs
