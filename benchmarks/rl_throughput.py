@@ -8,7 +8,8 @@ process, since XLA's devices are fixed when JAX starts):
 - iteration: `iterations` RL iterations of every run (collect 50 episodes of the 4-digit
   RL distribution with the KV-cached sampler at the default policy temperature 1, score
   them, values and GAE, one PPO epoch of 5 minibatch steps on the fused loss), from the
-  shipped `mini-n3` model, in one jitted scan; no evaluation;
+  shipped `mini-n3` model, called one at a time through the fine-tuning shell's compiled
+  programs (`critkl.runs.finetuning.programs_for`), as the commands run them; no evaluation;
 - sampler: the sampling of one collect alone (`evaluation.attempt`: render, generate,
   score), for every run.
 
@@ -38,26 +39,30 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
 
     from critkl import env, evaluation, rl
     from critkl.infra import parallel
+    from critkl.runs import finetuning
     from critkl.runs.models import load_pretrained
 
     pre_config, params = load_pretrained("mini-n3")
     model_config = pre_config.model_config
     config = RLConfig(n=3, extra_digits=1, episodes=50, iterations=iterations,
-                         eval_every=iterations, ppo_epochs=1, minibatches=5)
-    functions = rl.make_train(config, model_config)
-    hypers = rl.stack_hypers([RLHyper()] * runs)
-    rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
+                      eval_every=iterations, ppo_epochs=1, minibatches=5)
+    # The iteration as `critkl finetune` and `critkl sweep` run it: the shell's programs
+    # (runs split over the devices when they divide evenly), one call per iteration.
     mesh = parallel.data_mesh()
     split = runs % mesh.devices.size == 0
     by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
-    hypers, rngs = jax.device_put((hypers, rngs), by_run)
-    over_runs = functools.partial(parallel.over_runs, mesh=mesh if split else None)  # as finetune
+    programs = finetuning.programs_for(config, model_config, mesh if split else None)
+    hypers = parallel.put(rl.stack_hypers([RLHyper()] * runs), by_run)
+    rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
+    params = parallel.put(params, parallel.replicated(mesh))
+    state = parallel.put(programs.init(rngs, hypers, params), by_run)
 
-    state = jax.jit(over_runs(functions.init, in_axes=(0, 0, None)))(rngs, hypers, params)
-
-    def iterations_of(state, hyper):
-        return jax.lax.scan(lambda s, _: functions.iteration(s, hyper, params), state, None,
-                            length=iterations)
+    def run_iterations(state):
+        tokens = 0.0
+        for _ in range(iterations):
+            state, metrics = programs("iteration", state, hypers, params)
+            tokens += float(metrics["train/generated_tokens"].sum())
+        return state, tokens
 
     def sample(rng, hyper):
         operands = env.sample_rl(rng, config.episodes, config.task)
@@ -66,20 +71,19 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
                                      max_length=config.max_length)
         return (attempt.generation.lengths - attempt.reference.prompt_length).sum()
 
+    over_runs = functools.partial(parallel.over_runs, mesh=mesh if split else None)
+    sampler = jax.jit(over_runs(sample, in_axes=(0, 0)))
     results = {}
-    for name, fn, args, episodes in (
-        ("iteration", jax.jit(over_runs(iterations_of, in_axes=(0, 0))), (state, hypers),
-         runs * iterations * config.episodes),
-        ("sampler", jax.jit(over_runs(sample, in_axes=(0, 0))), (rngs, hypers),
-         runs * config.episodes),
-    ):
-        jax.block_until_ready(fn(*args))  # compile
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        seconds = time.perf_counter() - start
-        tokens = (float(out[1]["train/generated_tokens"].sum()) if name == "iteration"
-                  else float(out.sum()))
-        results[name] = {"seconds": seconds, "episodes": episodes, "tokens": tokens}
+    state, _ = run_iterations(state)  # compiles the iteration
+    start = time.perf_counter()
+    state, tokens = run_iterations(state)
+    results["iteration"] = {"seconds": time.perf_counter() - start,
+                            "episodes": runs * iterations * config.episodes, "tokens": tokens}
+    jax.block_until_ready(sampler(rngs, hypers))  # compiles the sampler
+    start = time.perf_counter()
+    tokens = float(jax.block_until_ready(sampler(rngs, hypers)).sum())
+    results["sampler"] = {"seconds": time.perf_counter() - start,
+                          "episodes": runs * config.episodes, "tokens": tokens}
     return results
 
 

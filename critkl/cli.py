@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     provenance.set_command(sys.argv[1:] if argv is None else argv)
     from critkl.infra.checkpoint import CheckpointError
     from critkl.infra.parallel import BatchSplitError
-    from critkl.supervised import TrainingDiverged
+    from critkl.runs.divergence import TrainingDiverged
 
     try:
         args.run(args)

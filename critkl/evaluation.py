@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from critkl import env, sampling, strategy as strategies, vmap_rules
+from critkl import env, sampling, statistics, strategy as strategies, vmap_rules
 from critkl.config import ModelConfig
 from critkl.tokenizer import PAD_ID
 
@@ -66,16 +65,6 @@ def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
     return jnp.where(any_error, jnp.argmax(differs, axis=1), -1).astype(jnp.int32), any_error
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if total == 0:
-        return 0.0, 1.0
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def solve_in_batches(params, config: ModelConfig, sample, problems: int, batch: int, rng,
                      *, temperature, max_length: int):
     """Yield `Attempt`s (on the host) for `problems` problems drawn by
@@ -90,7 +79,7 @@ def solve_in_batches(params, config: ModelConfig, sample, problems: int, batch: 
 
 
 def rate(successes: int, total: int) -> dict:
-    low, high = wilson_interval(successes, total)
+    low, high = statistics.wilson_interval(successes, total)
     return {"pass_at_1": successes / max(total, 1), "low": low, "high": high,
             "successes": successes, "problems": total}
 

@@ -4,9 +4,11 @@
 PureJaxRL (`TrainFunctions`): `init(rng, hyper, pretrained) -> RunState`,
 `iteration`, `run(state, hyper, pretrained, periods) -> (state, metrics)`,
 `evaluate` and `train(rng, hyper, pretrained)`.
-An iteration collects a batch of episodes with the cached sampler, scores them
-in jnp, computes values and GAE, and takes minibatch optimizer steps on the
-fused loss; every `eval_every` iterations the policy is evaluated. Numeric
+An iteration is `collect` (a batch of episodes from the cached sampler, scored in
+jnp; values, GAE, the reference's log-probs and the token weights) then `update`
+(minibatch optimizer steps on the fused loss); every `eval_every` iterations
+`evaluate_policy` runs. The stages share the run's `Plan` (settings, modules,
+layout for the devices: `critkl.strategy`). Numeric
 hyperparameters, the learning rate included, are traced (`RLHyper`), so a sweep
 is `jax.vmap` over (rng, hyper) of the whole run.
 """
@@ -128,178 +130,49 @@ def _forward_by_width(apply, params, tokens: jax.Array, needed: jax.Array, rows:
     return outputs.reshape((batch, time) + outputs.shape[3:])[jnp.argsort(order)]
 
 
+class Plan(NamedTuple):
+    """What the stages of a run share: its settings, its modules and their layout."""
+
+    config: RLConfig
+    model_config: ModelConfig
+    model: GPT
+    value_head: ValueHead
+    widths: tuple[int, ...]   # `update_widths`
+    chunk_rows: int           # episodes per update chunk
+    strategy: strategies.Strategy
+
+    @property
+    def in_turn(self) -> bool:
+        return self.strategy.runs_in_turn
+
+
 def make_train(config: RLConfig, model_config: ModelConfig,
-               strategy: strategies.Strategy | None = None):
+               strategy: strategies.Strategy | None = None) -> TrainFunctions:
     """Build the pure functions of a fine-tuning run (see module docstring), laid out for
     `strategy` (default: the default devices')."""
     config.check_model(model_config)
-    strategy = strategies.resolve(strategy)
-    in_turn = strategy.runs_in_turn
-    model = GPT(model_config)
-    value_head = ValueHead(config.value_hidden_sizes)
-    task, max_length = config.task, config.max_length
-    widths = update_widths(config)
-    chunk_rows = config.minibatch_size // config.chunks
+    plan = Plan(config, model_config, GPT(model_config), ValueHead(config.value_hidden_sizes),
+                update_widths(config), config.minibatch_size // config.chunks,
+                strategies.resolve(strategy))
 
     def init(rng, hyper: RLHyper, pretrained) -> RunState:
         value_rng, rng, eval_rng = jax.random.split(rng, 3)
-        value = value_head.init(value_rng, jnp.zeros((1, model_config.d_model)))["params"]
+        dummy = jnp.zeros((1, model_config.d_model))
+        value = plan.value_head.init(value_rng, dummy)["params"]
         params = {"policy": pretrained, "value": value}
         return RunState(jnp.int32(0), pretrained, value, _optimizer(hyper).init(params), rng,
                         eval_rng)
 
-    def collect(state: RunState, hyper: RLHyper, pretrained, rng):
-        """Episodes of the RL distribution -> (RolloutBatch, metrics)."""
-        problem_rng, sample_rng = jax.random.split(rng)
-        operands = collect_problems(problem_rng, config)
-        attempt = evaluation.attempt(
-            state.policy, model_config, operands, sample_rng,
-            temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
-            strategy=strategy,
-        )
-        tokens, outcome = attempt.generation.tokens, attempt.outcome
-        position = jnp.arange(max_length)[None, :]
-        action_mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1,
-                                    max_length)
-        rewards = jnp.where(position == outcome.last[:, None],
-                            env.terminal_reward(outcome)[:, None], 0.0)
-        # The sampler's hidden states: the value head needs no second policy forward pass.
-        hidden = attempt.generation.hidden
-        values = shift_right(value_head.apply({"params": state.value}, hidden))
-        # The frozen reference, once per collect: every minibatch step reuses its log-probs.
-        needed = outcome.last + 1
-        ref_logprobs = _forward_by_width(
-            lambda p, x: jax.nn.log_softmax(model.apply({"params": p}, x)[0], axis=-1),
-            pretrained, tokens, needed, chunk_rows, widths, in_turn)
-        signal = config.loss.weight_signal
-        policy_logits = None
-        if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
-            embedding = state.policy["token_embedding"]["embedding"]
-            policy_logits = shift_right(hidden @ embedding.T)  # the acting policy's logits
-        critical = (env.causal_critical_mask(tokens, attempt.reference, config.causal_keys)
-                    if config.loss.prioritized and signal == "oracle" else None)
-        weigh = lambda advantages: weighting.token_weights(  # noqa: E731
-            config.loss, weighting.SignalInputs(
-                shift_right(ref_logprobs), policy_logits, attempt.generation.logprobs,
-                advantages, critical, action_mask), hyper.loss)
-        if config.loss.kl_placement == "reward":  # signals that need no advantages
-            weights = weigh(None)
-            logits = _forward_by_width(lambda p, x: model.apply({"params": p}, x)[0],
-                                       state.policy, tokens, needed, chunk_rows, widths,
-                                       in_turn)
-            kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, weights,
-                                                     hyper.loss, config.loss)
-            rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
-        advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
-                                         hyper.gamma, hyper.lam)
-        if config.loss.baseline != "value":
-            episode = losses.group_advantages(env.terminal_reward(outcome), config.group_size,
-                                              config.loss.baseline)
-            advantages = jnp.where(action_mask, episode[:, None], 0.0)
-        if config.loss.center_advantages:
-            advantages = losses.center_advantages(advantages, action_mask)
-        if config.loss.kl_placement == "loss":
-            weights = weigh(advantages)
-        batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
-                                    advantages, returns, ref_logprobs, weights)
-        generated = action_mask.sum(axis=1)
-        metrics = {
-            "train/success": outcome.success.mean(),
-            "train/episode_tokens": generated.mean(),
-            "train/generated_tokens": generated.sum(),
-        }
-        return batch, metrics
-
-    def update(state: RunState, hyper: RLHyper, batch, rng):
-        """ppo_epochs passes of minibatch steps over the batch. A minibatch's episodes are
-        sorted by length into its chunks, each chunk run at its narrowest width (the sum of
-        the chunks' gradients does not depend on which episode is in which). Loss metrics are
-        the token-weighted means of their values on the chunks."""
-        tx = _optimizer(hyper)
-        size = config.minibatch_size
-
-        def loss_fn(params, chunk, tokens_in_minibatch, loss_hyper):
-            """The chunk's share of the minibatch loss: its loss (a mean over its action
-            tokens) times its share of the minibatch's action tokens."""
-            logits, hidden = model.apply({"params": params["policy"]}, chunk.tokens)
-            values = value_head.apply({"params": params["value"]}, hidden)
-            loss, metrics = losses.fused_loss(logits, values, chunk, loss_hyper, config.loss)
-            share = jnp.maximum(chunk.action_mask[:, 1:].sum(), 1) / tokens_in_minibatch
-            return share * loss, jax.tree.map(lambda m: share * m, metrics)
-
-        def step(carry, minibatch):
-            """One optimizer step; the gradient summed over the minibatch's chunks."""
-            params, opt_state = carry
-            by_length = jnp.argsort(_episode_widths(minibatch.action_mask))
-            chunks = jax.tree.map(
-                lambda x: x[by_length].reshape((config.chunks, chunk_rows) + x.shape[1:]),
-                minibatch)
-            tokens_in_minibatch = jnp.maximum(minibatch.action_mask[:, 1:].sum(), 1)
-
-            def add_chunk(total, chunk):
-                (_, metrics), grads = _at_width(
-                    lambda c, p, n, h: jax.value_and_grad(loss_fn, has_aux=True)(p, c, n, h),
-                    widths, in_turn, _episode_widths(chunk.action_mask).max(), chunk, params,
-                    tokens_in_minibatch, hyper.loss)
-                return jax.tree.map(jnp.add, total, (grads, metrics)), None
-
-            zero_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], chunks),
-                                          tokens_in_minibatch, hyper.loss)[1]
-            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (params, zero_metrics))
-            (grads, metrics), _ = jax.lax.scan(add_chunk, zeros, chunks)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            metrics["grad_norm"] = optax.tree.norm(grads)
-            return (optax.apply_updates(params, updates), opt_state), metrics
-
-        def epoch(carry, epoch_rng):
-            order = jax.random.permutation(epoch_rng, config.episodes)
-            minibatches = jax.tree.map(
-                lambda x: x[order].reshape((config.minibatches, size) + x.shape[1:]), batch)
-            return jax.lax.scan(step, carry, minibatches)
-
-        params = {"policy": state.policy, "value": state.value}
-        (params, opt_state), metrics = jax.lax.scan(
-            epoch, (params, state.opt_state), jax.random.split(rng, config.ppo_epochs))
-        metrics = jax.tree.map(jnp.mean, metrics)
-        return state.replace(policy=params["policy"], value=params["value"],
-                             opt_state=opt_state), metrics
-
     def iteration(state: RunState, hyper: RLHyper, pretrained):
+        """Collect a batch of episodes, then take the optimizer steps on it."""
         rng, collect_rng, update_rng = jax.random.split(state.rng, 3)
-        batch, collect_metrics = collect(state, hyper, pretrained, collect_rng)
-        state, update_metrics = update(state, hyper, batch, update_rng)
+        batch, collect_metrics = collect(plan, state, hyper, pretrained, collect_rng)
+        state, update_metrics = update(plan, state, hyper, batch, update_rng)
         metrics = {**collect_metrics, **{f"loss/{k}": v for k, v in update_metrics.items()}}
         return state.replace(iteration=state.iteration + 1, rng=rng), metrics
 
     def evaluate(policy, eval_rng, hyper: RLHyper):
-        """On fixed problems (the same at every evaluation): greedy pass@1 on the training
-        length and the comfort zone; success sampled at the policy temperature on the
-        training length (the paper's metric); the probability of the right token given a
-        correct prefix at the structural critical tokens and at `config.causal_keys`."""
-        train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
-        size = config.eval_episodes
-        train_ops = env.sample_rl(train_rng, size, task)
-        comfort_ops = env.sample_pretraining(comfort_rng, size, task)
-        names = ("eval/pass_at_1", "eval/comfort_pass_at_1", "eval/sampled_success")
-        operands = jax.tree.map(lambda *x: jnp.stack(x), train_ops, comfort_ops, train_ops)
-        temperatures = jnp.stack([0.0, 0.0, hyper.loss.policy_temperature])
-
-        def success(operands_and_temperature):
-            operands, temperature = operands_and_temperature
-            attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
-                                         temperature=temperature, max_length=max_length,
-                                         strategy=strategy)
-            return attempt.outcome.success.mean()
-
-        # One after the other in a loop, so that the three share one sampler's buffers.
-        metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
-        metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n,
-                                                    strategy))
-        if config.causal_keys:
-            identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
-            metrics["causal/p_right"] = causal_token_probability(
-                policy, model_config, identical, config.causal_keys, strategy)
-        return metrics
+        return evaluate_policy(plan, policy, eval_rng, hyper)
 
     def run(state: RunState, hyper: RLHyper, pretrained, periods: int):
         """`periods` x (eval_every iterations, then an evaluation)."""
@@ -318,6 +191,159 @@ def make_train(config: RLConfig, model_config: ModelConfig,
         return state, before, metrics
 
     return TrainFunctions(init, iteration, run, evaluate, train)
+
+
+def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
+    """Episodes of the RL distribution, sampled from the policy and scored; their rewards,
+    values, advantages, the frozen reference's log-probs and the token weights ->
+    (RolloutBatch of [B, T] arrays, metrics)."""
+    config, model, max_length = plan.config, plan.model, plan.config.max_length
+    problem_rng, sample_rng = jax.random.split(rng)
+    operands = collect_problems(problem_rng, config)
+    attempt = evaluation.attempt(
+        state.policy, plan.model_config, operands, sample_rng,
+        temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
+        strategy=plan.strategy,
+    )
+    tokens, outcome = attempt.generation.tokens, attempt.outcome
+    position = jnp.arange(max_length)[None, :]
+    action_mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
+    rewards = jnp.where(position == outcome.last[:, None],
+                        env.terminal_reward(outcome)[:, None], 0.0)
+    # The sampler's hidden states: the value head needs no second policy forward pass.
+    hidden = attempt.generation.hidden
+    values = shift_right(plan.value_head.apply({"params": state.value}, hidden))
+    # The frozen reference, once per collect: every minibatch step reuses its log-probs.
+    needed = outcome.last + 1
+    ref_logprobs = _forward_by_width(
+        lambda p, x: jax.nn.log_softmax(model.apply({"params": p}, x)[0], axis=-1),
+        pretrained, tokens, needed, plan.chunk_rows, plan.widths, plan.in_turn)
+    signal = config.loss.weight_signal
+    policy_logits = None
+    if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
+        embedding = state.policy["token_embedding"]["embedding"]
+        policy_logits = shift_right(hidden @ embedding.T)  # the acting policy's logits
+    critical = (env.causal_critical_mask(tokens, attempt.reference, config.causal_keys)
+                if config.loss.prioritized and signal == "oracle" else None)
+    weigh = lambda advantages: weighting.token_weights(  # noqa: E731
+        config.loss, weighting.SignalInputs(
+            shift_right(ref_logprobs), policy_logits, attempt.generation.logprobs,
+            advantages, critical, action_mask), hyper.loss)
+    if config.loss.kl_placement == "reward":  # signals that need no advantages
+        weights = weigh(None)
+        logits = _forward_by_width(lambda p, x: model.apply({"params": p}, x)[0],
+                                   state.policy, tokens, needed, plan.chunk_rows, plan.widths,
+                                   plan.in_turn)
+        kl_penalty = losses.per_token_kl_penalty(logits, ref_logprobs, tokens, weights,
+                                                 hyper.loss, config.loss)
+        rewards = rewards - hyper.loss.kl_coef * kl_penalty * action_mask
+    advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
+                                     hyper.gamma, hyper.lam)
+    if config.loss.baseline != "value":
+        episode = losses.group_advantages(env.terminal_reward(outcome), config.group_size,
+                                          config.loss.baseline)
+        advantages = jnp.where(action_mask, episode[:, None], 0.0)
+    if config.loss.center_advantages:
+        advantages = losses.center_advantages(advantages, action_mask)
+    if config.loss.kl_placement == "loss":
+        weights = weigh(advantages)
+    batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
+                                advantages, returns, ref_logprobs, weights)
+    generated = action_mask.sum(axis=1)
+    metrics = {
+        "train/success": outcome.success.mean(),
+        "train/episode_tokens": generated.mean(),
+        "train/generated_tokens": generated.sum(),
+    }
+    return batch, metrics
+
+
+def update(plan: Plan, state: RunState, hyper: RLHyper, batch: losses.RolloutBatch, rng):
+    """ppo_epochs passes of minibatch steps over the batch. A minibatch's episodes are
+    sorted by length into its chunks, each chunk run at its narrowest width (the sum of
+    the chunks' gradients does not depend on which episode is in which). Loss metrics are
+    the token-weighted means of their values on the chunks."""
+    config, chunk_rows = plan.config, plan.chunk_rows
+    tx = _optimizer(hyper)
+    size = config.minibatch_size
+
+    def loss_fn(params, chunk, tokens_in_minibatch, loss_hyper):
+        """The chunk's share of the minibatch loss: its loss (a mean over its action
+        tokens) times its share of the minibatch's action tokens."""
+        logits, hidden = plan.model.apply({"params": params["policy"]}, chunk.tokens)
+        values = plan.value_head.apply({"params": params["value"]}, hidden)
+        loss, metrics = losses.fused_loss(logits, values, chunk, loss_hyper, config.loss)
+        share = jnp.maximum(chunk.action_mask[:, 1:].sum(), 1) / tokens_in_minibatch
+        return share * loss, jax.tree.map(lambda m: share * m, metrics)
+
+    def step(carry, minibatch):
+        """One optimizer step; the gradient summed over the minibatch's chunks."""
+        params, opt_state = carry
+        by_length = jnp.argsort(_episode_widths(minibatch.action_mask))
+        chunks = jax.tree.map(
+            lambda x: x[by_length].reshape((config.chunks, chunk_rows) + x.shape[1:]),
+            minibatch)
+        tokens_in_minibatch = jnp.maximum(minibatch.action_mask[:, 1:].sum(), 1)
+
+        def add_chunk(total, chunk):
+            (_, metrics), grads = _at_width(
+                lambda c, p, n, h: jax.value_and_grad(loss_fn, has_aux=True)(p, c, n, h),
+                plan.widths, plan.in_turn, _episode_widths(chunk.action_mask).max(), chunk,
+                params, tokens_in_minibatch, hyper.loss)
+            return jax.tree.map(jnp.add, total, (grads, metrics)), None
+
+        zero_metrics = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], chunks),
+                                      tokens_in_minibatch, hyper.loss)[1]
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (params, zero_metrics))
+        (grads, metrics), _ = jax.lax.scan(add_chunk, zeros, chunks)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def epoch(carry, epoch_rng):
+        order = jax.random.permutation(epoch_rng, config.episodes)
+        minibatches = jax.tree.map(
+            lambda x: x[order].reshape((config.minibatches, size) + x.shape[1:]), batch)
+        return jax.lax.scan(step, carry, minibatches)
+
+    params = {"policy": state.policy, "value": state.value}
+    (params, opt_state), metrics = jax.lax.scan(
+        epoch, (params, state.opt_state), jax.random.split(rng, config.ppo_epochs))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    return state.replace(policy=params["policy"], value=params["value"],
+                         opt_state=opt_state), metrics
+
+
+def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper):
+    """On fixed problems (the same at every evaluation): greedy pass@1 on the training
+    length and the comfort zone; success sampled at the policy temperature on the
+    training length (the paper's metric); the probability of the right token given a
+    correct prefix at the structural critical tokens and at `config.causal_keys`."""
+    config, task, model_config = plan.config, plan.config.task, plan.model_config
+    train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
+    size = config.eval_episodes
+    train_ops = env.sample_rl(train_rng, size, task)
+    comfort_ops = env.sample_pretraining(comfort_rng, size, task)
+    names = ("eval/pass_at_1", "eval/comfort_pass_at_1", "eval/sampled_success")
+    operands = jax.tree.map(lambda *x: jnp.stack(x), train_ops, comfort_ops, train_ops)
+    temperatures = jnp.stack([0.0, 0.0, hyper.loss.policy_temperature])
+
+    def success(operands_and_temperature):
+        operands, temperature = operands_and_temperature
+        attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
+                                     temperature=temperature, max_length=config.max_length,
+                                     strategy=plan.strategy)
+        return attempt.outcome.success.mean()
+
+    # One after the other in a loop, so that the three share one sampler's buffers.
+    metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
+    metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n,
+                                                plan.strategy))
+    if config.causal_keys:
+        identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
+        metrics["causal/p_right"] = causal_token_probability(
+            policy, model_config, identical, config.causal_keys, plan.strategy)
+    return metrics
 
 
 EVAL_FORWARD_ROWS = 20  # episodes per teacher-forced forward of an evaluation

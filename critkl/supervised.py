@@ -144,7 +144,3 @@ def greedy_pass_at_1(params, model_config: ModelConfig, rng, digits: int, proble
     attempt = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
                                  max_length=env.episode_limit(digits))
     return float(attempt.outcome.success.mean())
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""

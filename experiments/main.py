@@ -19,7 +19,7 @@ import time
 import jax
 
 from critkl import evaluation
-from critkl.analysis import certainty as certainty_stats
+from critkl.analysis import certainty as token_stats
 from critkl.config import DEFAULT_BETA, STANDARD_KL
 from critkl.infra import host_memory
 from critkl.runs import finetuning, plots
@@ -88,7 +88,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         f"## Pre-trained up to {n} digits (greedy pass@1, {plan['problems']} problems per cell)",
         "", evaluation.markdown(report), "",
         "## Certainty at critical tokens (Table 1)", "",
-        certainty_stats.certainty_markdown([table1]), "",
+        token_stats.certainty_markdown([table1]), "",
         "## Causal critical-token map (critical.md, critical.png)", "",
         (output.folder / "critical.md").read_text().strip(), "",
         f"## RL on {n + 1} digits", "", finetuning.markdown_summary(results), "",

@@ -2,8 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, tokenizer
-from critkl.analysis import certainty as stats
+from critkl import env, statistics, tokenizer
+from critkl.analysis import certainty as token_stats
 from critkl.config import model_preset
 from critkl.model import init_params
 
@@ -13,7 +13,7 @@ TINY = model_preset("tiny")
 def test_delta_certainty_hand_example():
     certainty = jnp.array([[1.0, 0.9, 0.8, 0.5, 0.0]])
     decisions = jnp.array([[False, True, True, True, False]])
-    delta = stats.delta_certainty(certainty, decisions)
+    delta = token_stats.delta_certainty(certainty, decisions)
     # 0.9 - mean(0.8, 0.5); 0.8 - mean(0.9, 0.5); 0.5 - mean(0.9, 0.8); 0 outside decisions
     np.testing.assert_allclose(delta, [[0.0, 0.25, 0.1, -0.35, 0.0]], atol=1e-6)
 
@@ -22,7 +22,7 @@ def test_episode_stats_hand_example():
     certainty = jnp.array([[1.0, 0.9, 0.8, 0.5, 0.0], [1.0, 0.6, 0.6, 0.6, 0.6]])
     decisions = jnp.array([[False, True, True, True, False], [False, True, True, True, True]])
     critical = jnp.array([[False, False, False, True, True], [False] * 5])
-    stats = stats.episode_stats(certainty, decisions, critical)
+    stats = token_stats.episode_stats(certainty, decisions, critical)
     # Position 4 of episode 0 is critical but not a decision: ignored.
     np.testing.assert_allclose(stats.critical, [-0.35, np.nan], atol=1e-6)
     np.testing.assert_allclose(stats.non_critical, [0.175, 0.0], atol=1e-6)
@@ -32,15 +32,15 @@ def test_episode_stats_hand_example():
 
 
 def test_summarize_ignores_missing_values():
-    summary = stats.summarize([1.0, np.nan, 3.0])
+    summary = statistics.summarize([1.0, np.nan, 3.0])
     assert summary == {"mean": 2.0, "std": 1.0, "count": 2}
-    assert stats.summarize([np.nan])["count"] == 0
+    assert statistics.summarize([np.nan])["count"] == 0
 
 
 def test_token_certainty_is_aligned_with_the_predicted_token():
     params = init_params(jax.random.key(0), TINY)
     tokens = env.render(env.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
-    values = np.asarray(stats.token_certainty(params, TINY, tokens, temperature=2.0))
+    values = np.asarray(token_stats.token_certainty(params, TINY, tokens, temperature=2.0))
     from critkl.model import GPT
 
     logits, _ = GPT(TINY).apply({"params": params}, tokens)
@@ -55,7 +55,7 @@ def test_token_certainty_is_aligned_with_the_predicted_token():
 
 def test_decision_mask_covers_the_target():
     episodes = env.render(env.operands_from_ints([(128, 367)], 3))
-    mask = np.asarray(stats.decision_mask(episodes))[0]
+    mask = np.asarray(token_stats.decision_mask(episodes))[0]
     text = tokenizer.decode(np.asarray(episodes.tokens[0])[mask])
     assert text.startswith("\n<scratch>") and text.endswith("4 9 5\n")
     assert not mask[: int(episodes.prompt_length[0])].any()
@@ -63,14 +63,14 @@ def test_decision_mask_covers_the_target():
 
 def test_certainty_table_counts():
     params = init_params(jax.random.key(0), TINY)
-    table = stats.certainty_table(params, TINY, 1, jax.random.key(1), episodes=6)
+    table = token_stats.certainty_table(params, TINY, 1, jax.random.key(1), episodes=6)
     # Every RL problem at n+1 digits has structural critical tokens.
     assert table["structural"]["critical"]["count"] == 6
     assert table["structural"]["non_critical"]["count"] == 6
     # A random model fails every problem, each failure has its first wrong token.
     assert table["greedy_failures"] == 6
     assert table["empirical"]["critical"]["count"] == 6
-    markdown = stats.certainty_markdown([table])
+    markdown = token_stats.certainty_markdown([table])
     assert markdown.count("\n| 1 |") == 2
 
 
@@ -79,7 +79,7 @@ CERTAINTY = np.array([0.95, 0.2, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.95])
 
 
 def test_coloured_terminal_colours_each_token():
-    text = stats.coloured_terminal(TOKENS, CERTAINTY, 0, len(TOKENS))
+    text = token_stats.coloured_terminal(TOKENS, CERTAINTY, 0, len(TOKENS))
     assert text.count("\x1b[48;2;") == len(TOKENS)
     assert "\x1b[48;2;255;0;40m" in text  # the least certain (0.2, the floor): red
     assert "\x1b[48;2;31;200;40m" in text  # 0.95 on the scale 0.2..1: nearly green
@@ -87,17 +87,17 @@ def test_coloured_terminal_colours_each_token():
 
 
 def test_colour_scale_reaches_red_at_the_least_certain_token():
-    assert stats.colour_floor(np.array([0.69, 0.9, 1.0])) == 0.65
-    assert stats.colour_floor(np.array([0.99, 1.0])) == 0.9
+    assert token_stats.colour_floor(np.array([0.69, 0.9, 1.0])) == 0.65
+    assert token_stats.colour_floor(np.array([0.99, 1.0])) == 0.9
     high = np.array([0.99, 0.995, 1.0])
-    page = stats.coloured_html([("x", tokenizer.encode("1,2"), high, np.zeros(3, bool), 0, 3)])
+    page = token_stats.coloured_html([("x", tokenizer.encode("1,2"), high, np.zeros(3, bool), 0, 3)])
     assert "rgb(51,200,40)" in page  # 0.99 on the scale 0.9..1, not green as on 0..1
 
 
 def test_coloured_html_escapes_titles_and_marks_critical_tokens():
     critical = np.zeros(len(TOKENS), bool)
     critical[[1, 3]] = True
-    page = stats.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, critical, 0, len(TOKENS))])
+    page = token_stats.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, critical, 0, len(TOKENS))])
     assert "N=3 &lt;first&gt;" in page and "&lt;" in page and "<a>" not in page
     assert page.count("<span") == len(TOKENS)
     assert page.count('<span class="critical"') == 2
@@ -105,5 +105,5 @@ def test_coloured_html_escapes_titles_and_marks_critical_tokens():
 
 
 def test_markdown_episode_marks_uncertain_tokens():
-    text = stats.certainty_markdown_episode(TOKENS, CERTAINTY, 0, len(TOKENS), threshold=0.9)
+    text = token_stats.certainty_markdown_episode(TOKENS, CERTAINTY, 0, len(TOKENS), threshold=0.9)
     assert text == "\\[**1**(0.20),2\\]  \n&lt;**a**(0.50)\\>"

@@ -12,7 +12,7 @@ import pytest
 
 from critkl import supervised, tokenizer
 from critkl.infra import checkpoint, parallel
-from critkl.runs import models, pretraining
+from critkl.runs import divergence, models, pretraining
 from critkl.config import model_preset, PretrainConfig
 from critkl.model import init_params
 from critkl.infra.tracking import read_scalars
@@ -148,7 +148,7 @@ def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = dataclasses.replace(TINY, learning_rate=1e38, grad_clip=1e38, warmup_steps=0,
                                  checkpoint_every=1)  # a save right after the first update
-    with pytest.raises(supervised.TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(divergence.TrainingDiverged, match="last good checkpoint"):
         pretraining.pretrain(config, tmp_path, print_fn=lambda line: None)
     step = checkpoint.latest_checkpoint_step(tmp_path)
     assert step is None or step < config.steps

@@ -52,7 +52,7 @@ def test_vmapped_sweep_equals_separate_runs():
 
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
     from critkl.infra import checkpoint
-    from critkl.supervised import TrainingDiverged
+    from critkl.runs.divergence import TrainingDiverged
 
     params = init_params(jax.random.key(0), TINY)
     # The resume test's sweep structure (8 runs, one per device): compiled once for both.

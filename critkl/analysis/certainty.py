@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, evaluation, tokenizer, weighting
+from critkl import env, evaluation, statistics, tokenizer, weighting
 from critkl.config import ModelConfig
 from critkl.model import GPT
 
@@ -80,15 +80,6 @@ def episode_stats(certainty: jax.Array, decisions: jax.Array, critical: jax.Arra
                         mean_over(certainty, critical), mean_over(certainty, others))
 
 
-def summarize(values) -> dict:
-    """Mean, standard deviation and count of the finite values of a 1-D array."""
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "count": 0}
-    return {"mean": float(values.mean()), "std": float(values.std()), "count": int(values.size)}
-
-
 def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *,
                     episodes: int = 50, temperature: float = 1.0) -> dict:
     """The paper's Table 1 for a model pre-trained up to n digits, on `episodes` correct
@@ -114,8 +105,8 @@ def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *
     return {
         "n": n, "episodes": episodes, "temperature": temperature,
         "greedy_failures": int(failed.sum()),
-        "structural": {name: summarize(value) for name, value in structural._asdict().items()},
-        "empirical": {name: summarize(value) for name, value in empirical._asdict().items()},
+        "structural": {name: statistics.summarize(value) for name, value in structural._asdict().items()},
+        "empirical": {name: statistics.summarize(value) for name, value in empirical._asdict().items()},
     }
 
 

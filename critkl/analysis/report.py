@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from critkl import env
-from critkl.analysis import certainty as stats
+from critkl.analysis import certainty as token_stats
 from critkl.runs.outputs import Curve, Output
 
 SHOWN_EPISODES = 4
@@ -24,14 +24,14 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
     `pages` for an HTML page; the first printed in terminal colours if `terminal`).
     Returns the statistics."""
     rng = jax.random.key(n)
-    table = stats.certainty_table(params, model_config, n, rng, episodes=episodes)
+    table = token_stats.certainty_table(params, model_config, n, rng, episodes=episodes)
     s = table["structural"]
     print_fn(f"N={n}: dJ at critical tokens {s['critical']['mean']:+.4f}, at other tokens "
              f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
 
     operands = env.sample_rl(jax.random.fold_in(rng, 1), shown, env.Task(n, 1))
     rendered = env.render(operands)
-    certainty = np.asarray(stats.token_certainty(params, model_config, rendered.tokens))
+    certainty = np.asarray(token_stats.token_certainty(params, model_config, rendered.tokens))
     critical = np.asarray(env.critical_positions(rendered, n))
     curves = []
     for i in range(shown):
@@ -39,7 +39,7 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
         tokens = np.asarray(rendered.tokens[i])
         if pages is not None:
             pages.append((f"N={n}, episode {i}", tokens, certainty[i], critical[i], start, end))
-        output.tracker.text(n, f"episodes/{i}", stats.certainty_markdown_episode(
+        output.tracker.text(n, f"episodes/{i}", token_stats.certainty_markdown_episode(
             tokens, certainty[i], start, end))
         curves.append(Curve(f"episode {i}", np.arange(start, end) - start,
                             certainty[i, start:end], style="-", color=f"C{i}"))
@@ -49,9 +49,9 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
     output.plot(f"certainty_n{n}.png", curves, title=f"Certainty along {n + 1}-digit episodes "
                 f"(model pre-trained up to {n} digits)", xlabel="position in the target",
                 ylabel="certainty J of the next-token distribution",
-                ylim=(stats.colour_floor(np.concatenate([c.y for c in curves])) - 0.02, 1.01))
+                ylim=(token_stats.colour_floor(np.concatenate([c.y for c in curves])) - 0.02, 1.01))
     if terminal:
-        print_fn(stats.coloured_terminal(np.asarray(rendered.tokens[0]), certainty[0],
+        print_fn(token_stats.coloured_terminal(np.asarray(rendered.tokens[0]), certainty[0],
                                             int(rendered.prompt_length[0]),
                                             int(rendered.length[0])))
     return table
@@ -59,5 +59,5 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
 
 def write(output: Output, tables: list[dict], pages: list) -> None:
     output.json("certainty.json", tables)
-    output.markdown("table1.md", stats.certainty_markdown(tables))
-    output.html("episodes.html", stats.coloured_html(pages))
+    output.markdown("table1.md", token_stats.certainty_markdown(tables))
+    output.html("episodes.html", token_stats.coloured_html(pages))

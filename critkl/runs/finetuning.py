@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from critkl import losses, rl, strategy as strategies
 from critkl.infra import checkpoint, files, host_memory, parallel, provenance
 from critkl.runs import directory
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
-                           setting_name, STANDARD_KL, with_values)
-from critkl.supervised import TrainingDiverged
+                           setting_name, with_values)
+from critkl.runs.divergence import TrainingDiverged, finite_per_run
+from critkl.statistics import mean_interval
 from critkl.infra.tracking import Tracker
 
 
@@ -72,17 +72,6 @@ def settings_in_order(settings) -> list[str]:
     """Distinct settings in the order of the sweep's grid (first appearance), not as strings
     sort ("beta=0, beta=50, beta=150", not "beta=0, beta=150, beta=50")."""
     return list(dict.fromkeys(settings))
-
-
-def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% interval (t-based for few runs) of values over runs."""
-    count = len(values)
-    mean = float(np.mean(values))
-    if count < 2:
-        return mean, mean, mean
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}
-    half = t.get(count, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(count)
-    return mean, mean - half, mean + half
 
 
 class _Log:
@@ -170,18 +159,9 @@ def _results_up_to(run_dir: Path, iteration: int) -> dict:
     return results
 
 
-@jax.jit
-def _finite_per_run(state: rl.RunState) -> jax.Array:
-    """[runs] bool: every parameter and optimizer value of the run is finite."""
-    leaves = jax.tree.leaves((state.policy, state.value, state.opt_state))
-    per_leaf = [jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1) for x in leaves
-                if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.stack(per_leaf).all(axis=0)
-
-
 def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: int) -> None:
     """Raise TrainingDiverged, before anything is saved, when a run's state is not finite."""
-    finite = parallel.fetch(_finite_per_run(state))
+    finite = parallel.fetch(finite_per_run((state.policy, state.value, state.opt_state)))
     bad = [run.name for run, ok in zip(runs, finite) if not ok]
     if bad:
         raise TrainingDiverged(
@@ -191,10 +171,10 @@ def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: in
             "of those runs.")
 
 
-class _Programs:
+class Programs:
     """The jitted init, iteration and evaluation of a sweep's structure, vmapped over runs
     (split over `mesh`'s devices; None: all on each device). One per structure
-    (`_programs`), so that sweeps with the same structure in one process compile once.
+    (`programs_for`), so that sweeps with the same structure in one process compile once.
 
     An iteration and an evaluation are compiled ahead of their first call, once per number
     of runs (the state's leading axis), and the host memory compiling freed is given back
@@ -229,8 +209,8 @@ class _Programs:
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(config: RLConfig, model_config: ModelConfig, mesh) -> _Programs:
-    return _Programs(config, model_config, mesh)
+def programs_for(config: RLConfig, model_config: ModelConfig, mesh) -> Programs:
+    return Programs(config, model_config, mesh)
 
 
 def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
@@ -242,7 +222,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     # Runs are independent: split them over the devices when they divide evenly.
     split = len(runs) % mesh.devices.size == 0
     by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
-    programs = _programs(config, model_config, mesh if split else None)
+    programs = programs_for(config, model_config, mesh if split else None)
     hypers = parallel.put(rl.stack_hypers([r.hyper for r in runs]), by_run)
     rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))

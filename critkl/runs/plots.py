@@ -7,6 +7,7 @@ import numpy as np
 
 from critkl.runs import finetuning
 from critkl.runs.outputs import Curve, Output
+from critkl.statistics import mean_interval
 
 SWEEP_PLOTS = (  # file, metric, what it shows
     ("causal_p_right.png", "causal/p_right", "p(right token) at the causal critical tokens"),
@@ -33,7 +34,7 @@ def setting_curves(results: dict, key: str, label=None) -> list[Curve]:
     for setting in finetuning.settings_in_order(run["setting"] for run in runs):
         members = [run["curve"] for run in runs if run["setting"] == setting]
         values = np.array([curve[key] for curve in members])  # [seeds, points]
-        stats = np.array([finetuning.mean_interval(values[:, j]) for j in range(values.shape[1])])
+        stats = np.array([mean_interval(values[:, j]) for j in range(values.shape[1])])
         iterations = members[0]["iteration"]
         name = setting if label is None else label(setting, values_of[setting])
         curves.append(Curve(name, iterations[len(iterations) - values.shape[1]:], *stats.T))

@@ -8,21 +8,13 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from critkl.infra import parallel
-from critkl.runs import directory, models
 from critkl.config import PretrainConfig
-from critkl.supervised import (TrainState, TrainingDiverged, greedy_pass_at_1, init_state,
-                               make_train_step)
+from critkl.infra import parallel
 from critkl.infra.tracking import Tracker
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    """Whether every floating-point value of `tree` is finite: [] bool."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
-
+from critkl.runs import directory, models
+from critkl.runs.divergence import TrainingDiverged, all_finite
+from critkl.supervised import TrainState, greedy_pass_at_1, init_state, make_train_step
 
 # Settings that only change what is logged: a resumed run may change them.
 LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "checkpoint_every")
@@ -95,7 +87,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             print_fn(line)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 # The loss above is the one before this step's update: check what is saved.
-                if not bool(_all_finite((state.params, state.opt_state))):
+                if not bool(all_finite((state.params, state.opt_state))):
                     raise TrainingDiverged(
                         f"the parameters became non-finite by step {step}; nothing of it was "
                         f"saved, the last good checkpoint (step {last_saved}) in {run_dir} is "
