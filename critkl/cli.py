@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import sys
+from typing import Any
 from pathlib import Path
 
 from critkl.config import (DEFAULT_KL_COEF, CausalMapConfig, HYPER_NAMES, LossConfig,
@@ -57,20 +58,39 @@ def _render(args) -> None:
     sys.stdout.write(tokenizer.decode(episodes.tokens[0]))
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One --flag per field of a config dataclass, defaulting to the dataclass."""
-    for field in dataclasses.fields(config_class):
-        kind = type(field.default)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
-                            default=None, metavar=kind.__name__.upper(),
-                            help=f"default {field.default}")
+def _add_field_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any], *,
+                     values: bool = False, note: str = "",
+                     helps: dict[str, str] | None = None) -> None:
+    """One --flag per setting (`defaults`: name -> default, e.g. a config's fields), parsed
+    to the default's type, or as a comma-separated list of floats when `values` (a sweep's
+    grid; one value for `finetune`). A flag not given is None, so that the config's own
+    default applies (`_given`)."""
+    for name, default in defaults.items():
+        if values:
+            kind, metavar = _list_of(float), "VALUES" if note else "FLOAT"
+        elif isinstance(default, tuple):
+            kind, metavar = _tuple_of(type(default[0])), "ITEMS"
+        else:
+            kind = _boolean if isinstance(default, bool) else type(default)
+            metavar = type(default).__name__.upper()
+        text = f"{(helps or {}).get(name, '')} (default {default})".lstrip()
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                            metavar=metavar, help=text + note)
+
+
+def _fields(config) -> dict[str, Any]:
+    """A config instance's fields and their values."""
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+
+
+def _given(args, names) -> dict[str, Any]:
+    """The flags among `names` given on the command line, by name."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _config_from(args, config_class):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
-              if getattr(args, f.name) is not None}
     try:
-        return config_class(**values)
+        return config_class(**_given(args, [f.name for f in dataclasses.fields(config_class)]))
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -85,8 +105,7 @@ def _pretrain(args) -> None:
             saved = checkpoint.load_config(args.run_dir)
         except checkpoint.CheckpointError as error:
             raise UsageError(str(error)) from None
-        explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
-                    if getattr(args, f.name) is not None}
+        explicit = _given(args, [f.name for f in dataclasses.fields(PretrainConfig)])
         config = PretrainConfig.from_dict({**saved, **explicit})
     else:
         config = _config_from(args, PretrainConfig)
@@ -185,13 +204,10 @@ def _finetune(args) -> None:
     from critkl.runs import finetuning
     from critkl.runs.models import load_pretrained
 
-    loss_fields = {f.name for f in dataclasses.fields(LossConfig)}
-    rl_values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RLConfig)
-                 if f.name not in _RL_FIELDS_WITHOUT_FLAGS and getattr(args, f.name) is not None}
-    loss_values = {name: getattr(args, name) for name in loss_fields
-                   if getattr(args, name) is not None}
-    grid = {name: getattr(args, name) for name in HYPER_NAMES
-            if getattr(args, name) is not None}
+    rl_values = _given(args, [f.name for f in dataclasses.fields(RLConfig)
+                              if f.name not in _RL_FIELDS_WITHOUT_FLAGS])
+    loss_values = _given(args, [f.name for f in dataclasses.fields(LossConfig)])
+    grid = _given(args, HYPER_NAMES)
     if args.weighting:
         fields, values = weighting_preset(args.weighting)
         loss_values = {**fields, **loss_values}
@@ -309,21 +325,13 @@ def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("--causal-map", metavar="CRITICAL_JSON",
                         help="critical.json of `critkl critical` for this model: evaluations "
                         "report p(right) at its causally critical tokens (default: none)")
-    for defaults in (RLConfig(), LossConfig()):
-        for field in dataclasses.fields(defaults):
-            if field.name in _RL_FIELDS_WITHOUT_FLAGS:
-                continue
-            default = getattr(defaults, field.name)
-            kind = (_boolean if isinstance(default, bool) else
-                    _tuple_of(type(default[0])) if isinstance(default, tuple) else type(default))
-            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind,
-                                help=f"default {default}")
-    defaults = RLHyper()
-    for name in HYPER_NAMES:
-        default = getattr(defaults, name, None)
-        default = getattr(defaults.loss, name) if default is None else default
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_list_of(float),
-                            help=f"default {default}" + (" (comma-separated values: a grid)" if lists else ""))
+    rl_fields = {name: value for name, value in _fields(RLConfig()).items()
+                 if name not in _RL_FIELDS_WITHOUT_FLAGS}
+    _add_field_flags(parser, {**rl_fields, **_fields(LossConfig())})
+    hyper = RLHyper()
+    _add_field_flags(parser, {name: getattr(hyper if hasattr(hyper, name) else hyper.loss, name)
+                              for name in HYPER_NAMES}, values=True,
+                     note=" (comma-separated values: a grid)" if lists else "")
 
 
 def _experiment(args) -> None:
@@ -374,10 +382,7 @@ def _critical(args) -> None:
 
     config, params = load_pretrained(args.model)
     try:
-        settings = CausalMapConfig(
-            problems=args.problems, temperature=args.temperature, beta=args.beta,
-            certainty_temperature=args.certainty_temperature, forced_below=args.forced_below,
-            batch=args.batch, seed=args.seed)
+        settings = CausalMapConfig(**_given(args, _fields(CausalMapConfig())))
     except ValueError as error:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None
     out = Path(args.out) if args.out else Path("runs") / f"critical-{Path(args.model).name}"
@@ -414,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="pre-train a model on problems up to N digits")
     pretrain.add_argument("--run-dir", required=True, help="where config, checkpoints and logs go")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    _add_config_flags(pretrain, PretrainConfig)
+    _add_field_flags(pretrain, _fields(PretrainConfig()))
     _add_distributed_flags(pretrain)
     pretrain.set_defaults(run=_pretrain)
 
@@ -482,19 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
         "wrong, and compare the success of the continuations")
     critical.add_argument("model", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
 
-    defaults = CausalMapConfig()
-    for flag, kind, text in (
-        ("problems", int, "fixed problems, both operands N+1 digits"),
-        ("temperature", float, "temperature of the sampled continuations (the RL temperature)"),
-        ("beta", float, "exponent of the certainty in the KL weight w"),
-        ("certainty-temperature", float, "temperature of the reference in the certainty"),
-        ("forced-below", float, "force only decisions whose mean p(right) is below this"),
-        ("batch", int, "continuations per sampler call"),
-        ("seed", int, "seed of the problems and the sampled continuations"),
-    ):
-        default = getattr(defaults, flag.replace("-", "_"))
-        critical.add_argument(f"--{flag}", type=kind, default=default,
-                              help=f"{text} (default {default})")
+    _add_field_flags(critical, _fields(CausalMapConfig()), helps={
+        "problems": "fixed problems, both operands N+1 digits",
+        "temperature": "temperature of the sampled continuations (the RL temperature)",
+        "beta": "exponent of the certainty in the KL weight w",
+        "certainty_temperature": "temperature of the reference in the certainty",
+        "forced_below": "force only decisions whose mean p(right) is below this",
+        "batch": "continuations per sampler call",
+        "seed": "seed of the problems and the sampled continuations"})
     critical.add_argument("--kl-coef", type=float, default=DEFAULT_KL_COEF,
                           help="KL coefficient of the predicted optimum in the table "
                                f"(default {DEFAULT_KL_COEF:g})")
