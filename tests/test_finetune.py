@@ -1,0 +1,192 @@
+"""The fine-tuning shell (critkl.runs.finetuning) and sweeps: a vmapped sweep equals its runs
+alone, a diverging run stops the sweep before it saves, a resumed sweep equals an
+uninterrupted one; grids, ranges, paired differences and merged sweeps."""
+
+import dataclasses
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from critkl import rl
+from critkl.config import HYPER_NAMES, HYPER_RANGES, model_preset, RLConfig, RLHyper
+from critkl.runs import finetuning
+from critkl.model import init_params
+
+TINY = model_preset("tiny")
+QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
+                 eval_every=1, eval_episodes=4, value_hidden_sizes=(16, 16))
+TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
+
+
+def test_vmapped_sweep_equals_separate_runs():
+    """A sweep vmapped on one device, and split over 2 devices (each device maps over its own
+    runs, and the compiled sweep moves no run's data between devices) = each run alone."""
+    from critkl.infra import parallel
+
+    params = init_params(jax.random.key(0), TINY)
+    train = rl.make_train(QUICK, TINY).train
+    seeds = [0, 1, 2, 3]
+    hypers = [dataclasses.replace(RLHyper(), learning_rate=lr) for lr in (1e-4, 3e-4, 1e-3, 1e-3)]
+    rngs = jnp.stack([jax.random.key(s) for s in seeds])
+    one_device = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
+        rngs, rl.stack_hypers(hypers), params)
+    mesh = parallel.data_mesh(jax.devices()[:2])
+    by_run = parallel.batch_sharding(mesh)
+    split_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
+    arguments = (parallel.put(rngs, by_run), parallel.put(rl.stack_hypers(hypers), by_run), params)
+    assert "all-gather" not in split_train.lower(*arguments).compile().as_text()
+    two_devices = split_train(*arguments)
+    single = jax.jit(train)
+    for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
+        state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
+        for swept_state, _, swept_metrics in (one_device, two_devices):
+            chex.assert_trees_all_close(jax.tree.map(lambda x: x[index], swept_state.policy),
+                                        state.policy, atol=1e-5, rtol=1e-4)
+            np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
+                                       metrics[0]["train/success"])
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), one_device[0].policy,
+                         jax.tree.map(lambda x: jnp.stack([x] * 4), params))
+    assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
+
+
+def test_a_diverging_sweep_stops_before_saving(tmp_path):
+    from critkl.infra import checkpoint
+    from critkl.runs.divergence import TrainingDiverged
+
+    params = init_params(jax.random.key(0), TINY)
+    # The resume test's sweep structure (8 runs, one per device): compiled once for both.
+    runs = finetuning.grid_runs(range(4), {"learning_rate": [1e-4, 1e30]}, RLHyper())
+    config = TWO_PERIODS
+    with pytest.raises(TrainingDiverged, match="learning_rate=1e\\+30,seed=0"):
+        finetuning.finetune(config, runs, params, TINY, tmp_path / "x", print_fn=lambda line: None)
+    assert checkpoint.latest_checkpoint_step(tmp_path / "x") is None
+
+
+def test_finetune_resume_equals_uninterrupted(tmp_path):
+    params = init_params(jax.random.key(0), TINY)
+    config = TWO_PERIODS
+    runs = finetuning.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())  # 8 devices: sharded
+    straight = finetuning.finetune(config, runs, params, TINY, tmp_path / "straight",
+                                 print_fn=lambda line: None)
+
+    class Killed(Exception):
+        pass
+
+    def die(line):  # killed right after the first period's checkpoint
+        if line.startswith(f"iteration {config.eval_every}/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetuning.finetune(config, runs, params, TINY, tmp_path / "cut", print_fn=die)
+    # As if killed while saving the second period's checkpoint: results.json already holds
+    # that period, the checkpoint does not. Resume must not record it twice.
+    path = tmp_path / "cut" / "results.json"
+    results = json.loads(path.read_text())
+    for run in results["runs"]:
+        run["curve"] = {k: v + [2 * config.eval_every if k == "iteration" else v[-1]]
+                        for k, v in run["curve"].items()}
+    path.write_text(json.dumps(results))
+    resumed = finetuning.finetune(config, runs, params, TINY, tmp_path / "cut", resume=True,
+                                print_fn=lambda line: None)
+    for a, b in zip(straight["runs"], resumed["runs"]):
+        assert a["curve"] == b["curve"]
+    assert set(straight["summary"]) == {"all"}
+    # The shell's calls (one iteration or evaluation each) = the run as one jitted program.
+    _, before, (train, evaluation) = jax.jit(rl.make_train(config, TINY).train)(
+        jax.random.key(runs[0].seed), jax.tree.map(jnp.float32, runs[0].hyper), params)
+    curve = straight["runs"][0]["curve"]
+    for key in ("eval/sampled_success", "eval/pass_at_1", "critical/p_right_comma"):
+        np.testing.assert_allclose(curve[key], [before[key], *evaluation[key]], atol=1e-6,
+                                   err_msg=key)
+    np.testing.assert_allclose(curve["train/success"], train["train/success"].mean(axis=1),
+                               atol=1e-6)
+
+
+def test_grid_runs_and_hyper_errors():
+    runs = finetuning.grid_runs([0, 1], {"beta": [0, 150], "kl_coef": [5]}, RLHyper())
+    assert [r.name for r in runs] == ["beta=0,seed=0", "beta=0,seed=1", "beta=150,seed=0",
+                                      "beta=150,seed=1"]
+    assert runs[2].hyper.loss.beta == 150 and runs[2].hyper.loss.kl_coef == 5
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        finetuning.grid_runs([0], {"betta": [1.0]}, RLHyper())
+
+
+def _invalid_values(name):
+    """Values outside each hyperparameter's range, generated from the range itself."""
+    low, high, low_in, high_in = HYPER_RANGES[name]
+    values = [float("nan"), float("inf"), -float("inf")]
+    if np.isfinite(low):
+        values += [low - 1.0] + ([] if low_in else [low])
+    if np.isfinite(high):
+        values += [high + 0.5] + ([] if high_in else [high])
+    return values
+
+
+@pytest.mark.parametrize("name", HYPER_NAMES)
+def test_every_hyperparameter_is_range_checked(name):
+    assert name in HYPER_RANGES
+    default = getattr(RLHyper(), name, None)
+    default = getattr(RLHyper().loss, name) if default is None else default
+    finetuning.grid_runs([0], {name: [default]}, RLHyper())  # the default is allowed
+    for value in _invalid_values(name):
+        with pytest.raises(ValueError, match=f"{name}="):
+            finetuning.grid_runs([0], {name: [value]}, RLHyper())
+
+
+def test_repeated_seeds_are_refused():
+    with pytest.raises(ValueError, match="repeat a seed"):
+        finetuning.grid_runs([0, 1, 0], {}, RLHyper())
+
+
+def test_paired_differences_pair_runs_by_seed():
+    rng = np.random.default_rng(0)
+    runs = [{"setting": setting, "seed": seed,
+             "curve": {"eval/pass_at_1": list(rng.random(3)), "eval/sampled_success": [0.1, 0.2]}}
+            for setting in ("beta=0", "beta=150") for seed in (3, 1, 2)]
+    table = finetuning.paired_differences({"runs": runs}, "beta=0")
+    by = {(r["setting"], r["seed"]): r["curve"]["eval/pass_at_1"][-1] for r in runs}
+    diffs = np.array([by[("beta=150", s)] - by[("beta=0", s)] for s in (1, 2, 3)])
+    mean, low, high = table["beta=150"]["eval/pass_at_1"]
+    half = 4.30 * diffs.std(ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose([mean, low, high], [diffs.mean(), diffs.mean() - half,
+                                                   diffs.mean() + half])
+    assert table["beta=150"]["eval/sampled_success"][0] == 0.0
+    assert "| beta=150 |" in finetuning.markdown_differences({"runs": runs}, "beta=0")
+
+
+def test_merged_sweeps_are_named_by_what_differs():
+    from critkl.runs.plots import kl_label
+
+    def sweep(grid):
+        runs = finetuning.grid_runs([0, 1], grid, RLHyper())
+        return {"runs": [{"name": r.name, "seed": r.seed, "setting": r.setting, "curve": {},
+                          "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper))}
+                         for r in runs]}
+
+    merged = finetuning.merge([sweep({"beta": [0, 150]}), sweep({"kl_coef": [0, 5], "beta": [50]})])
+    settings = finetuning.settings_in_order(run["setting"] for run in merged["runs"])
+    assert settings == ["kl_coef=5,beta=0", "kl_coef=5,beta=150", "kl_coef=0,beta=50",
+                        "kl_coef=5,beta=50"]
+    values = dict(zip((run["setting"] for run in merged["runs"]),
+                      finetuning.swept_values(merged["runs"])))
+    assert values["kl_coef=5,beta=150"] == {"kl_coef": 5.0, "beta": 150.0}
+    assert [kl_label(s, values[s]) for s in settings] == [
+        "standard KL, kl_coef=5", "prioritized KL, beta=150, kl_coef=5", "no KL",
+        "prioritized KL, beta=50, kl_coef=5"]
+    alone = sweep({"beta": [0, 150]})["runs"]
+    assert [kl_label(r["setting"], v) for r, v in zip(alone, finetuning.swept_values(alone))][:2] \
+        == ["standard KL", "standard KL"]
+    assert kl_label("arm", {"learning_rate": 1e-3}) == "arm"
+
+
+def test_settings_keep_the_grid_order():
+    runs = finetuning.grid_runs([0, 1], {"beta": [0, 50, 150]}, RLHyper())
+    results = {"runs": [{"setting": run.setting,
+                         "curve": {key: [0.5, 0.25] for key in (
+                             "eval/pass_at_1", "eval/comfort_pass_at_1",
+                             "critical/p_right_comma")}} for run in runs]}
+    assert list(finetuning.summary(results)) == ["beta=0", "beta=50", "beta=150"]
