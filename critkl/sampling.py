@@ -8,7 +8,7 @@ place either way (`critkl.vmap_rules`).
 Sequence b draws its tokens with its own key, `fold_in(rng, b)`, so that what it writes does
 not depend on the other sequences of the batch. On a CPU the batch is decoded in groups, one
 group after the other, each as many sequences as keep the model's weights and the group's
-key/value cache within the CPU strategy's budget (`strategy.Strategy.decode_rows`): its cache stays in
+key/value cache within the CPU strategy's budget (`decode_rows`): its cache stays in
 the processor's caches, which reading the whole batch's cache at every token does not, and a
 group stops as soon as its own sequences end.
 
@@ -113,6 +113,17 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
 
 
+def decode_rows(strategy: strategies.Strategy, params, config: ModelConfig,
+                max_length: int) -> int | None:
+    """Sequences `strategy` decodes at a time (`strategies.Strategy.decode_rows`), for these
+    weights and a key/value cache of max_length positions per sequence."""
+    def nbytes(tree) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    cache = nbytes(jax.eval_shape(lambda: init_cache(config, 1, max_length)))
+    return strategy.decode_rows(nbytes(params), cache)
+
+
 def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
     """(groups, rows per group): the fewest groups of at most `rows_at_a_time` sequences that
     hold `batch`, as even as can be (the last group padded)."""
@@ -145,7 +156,7 @@ def generate(
     generated tokens only, and the token that ends a sequence is kept (and counted in lengths).
     keep_hidden (static): also return the hidden states (`Generation.hidden`).
     rows_at_a_time (static): decode at most this many sequences at a time, group after group
-    (default: `strategy.decode_rows`, the strategy (static) defaulting to the default
+    (default: `decode_rows` of the strategy (static), itself defaulting to the default
     devices': a few at a time on a CPU, the whole batch elsewhere). The tokens do not depend
     on it.
     """
@@ -158,7 +169,7 @@ def generate(
             f"context_length ({config.context_length})"
         )
     if rows_at_a_time is None:
-        rows_at_a_time = strategies.resolve(strategy).decode_rows(params, config, max_length)
+        rows_at_a_time = decode_rows(strategies.resolve(strategy), params, config, max_length)
     if rows_at_a_time is None:
         rows_at_a_time = batch
     if rows_at_a_time < 1:

@@ -19,12 +19,9 @@ lowering tests build accelerator programs on a CPU). Left out, the default devic
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import jax
-
-if TYPE_CHECKING:  # the config imports the environment, which imports this seam
-    from critkl.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +39,14 @@ class Strategy:
     # (`vmap_rules.one_at_a_time`); False: they are batched.
     runs_in_turn: bool
 
-    def decode_rows(self, params, config: "ModelConfig", max_length: int) -> int | None:
-        """Sequences decoded at a time: as many as keep the weights and their key/value cache
-        (max_length positions) within `decode_group_bytes`; None (the whole batch at once)
-        without a budget, or when not even one sequence fits (the weights are then read from
-        memory at every token anyway)."""
+    def decode_rows(self, weight_bytes: int, cache_bytes: int) -> int | None:
+        """Sequences decoded at a time: as many as keep the weights and their key/value caches
+        (`cache_bytes` per sequence) within `decode_group_bytes`; None (the whole batch at
+        once) without a budget, or when not even one sequence fits (the weights are then read
+        from memory at every token anyway)."""
         if self.decode_group_bytes is None:
             return None
-        from critkl.model import init_cache  # the model imports vmap_rules, not this seam
-
-        def nbytes(tree) -> int:
-            return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-        cache = nbytes(jax.eval_shape(lambda: init_cache(config, 1, max_length)))  # per sequence
-        rows = (self.decode_group_bytes - nbytes(params)) // cache
+        rows = (self.decode_group_bytes - weight_bytes) // cache_bytes
         return rows if rows >= 1 else None
 
 

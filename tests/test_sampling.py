@@ -353,6 +353,7 @@ def test_vmapped_runs_decoding_in_groups_match_each_run(params):
 def test_cpu_decode_groups_fit_weights_and_cache_in_the_budget():
     """A CPU decodes as many sequences at a time as keep the weights and their cache within
     its budget, and the whole batch at once when the weights alone exceed it."""
+    from critkl import sampling
     from critkl.strategy import ACCELERATOR, CPU
 
     def nbytes(tree):
@@ -361,11 +362,11 @@ def test_cpu_decode_groups_fit_weights_and_cache_in_the_budget():
     for name, length in (("tiny", 64), ("mini", 413), ("mini", 200)):
         config = model_preset(name)
         params = jax.eval_shape(lambda c=config: init_params(jax.random.key(0), c))
-        rows = CPU.decode_rows(params, config, length)
+        rows = sampling.decode_rows(CPU, params, config, length)
         cache = 2 * config.num_layers * length * config.d_model * 4  # float32 keys, values
         assert nbytes(params) + rows * cache <= CPU.decode_group_bytes
         assert nbytes(params) + (rows + 1) * cache > CPU.decode_group_bytes
     paper = model_preset("paper")
     paper_params = jax.eval_shape(lambda: init_params(jax.random.key(0), paper))
-    assert CPU.decode_rows(paper_params, paper, 413) is None
-    assert ACCELERATOR.decode_rows(params, config, 413) is None  # the whole batch at once
+    assert sampling.decode_rows(CPU, paper_params, paper, 413) is None
+    assert sampling.decode_rows(ACCELERATOR, params, config, 413) is None  # the whole batch
