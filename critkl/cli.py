@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     from critkl.runs.divergence import TrainingDiverged
 
     try:
+        _check_platforms()
         args.run(args)
     except (UsageError, CheckpointError, TrainingDiverged, BatchSplitError) as error:
         print(f"critkl {args.command}: error: {error}", file=sys.stderr)
@@ -535,6 +536,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"critkl {args.command}: error: {describe_io_error(error)}", file=sys.stderr)
         return USAGE_ERROR
     return 0
+
+
+def _check_platforms() -> None:
+    """A JAX_PLATFORMS naming an accelerator this machine lacks: one line, before any work.
+    (Starting JAX here fixes the CPU devices early, which only a CPU run would mind: "cpu"
+    alone is not checked.)"""
+    platforms = [p for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if not platforms or platforms == ["cpu"]:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as error:  # JAX raises RuntimeError or AssertionError, by platform
+        reason = str(error).splitlines()[0] if str(error) else "no such backend here"
+        raise UsageError(f"JAX_PLATFORMS={','.join(platforms)!r} names a platform JAX cannot "
+                         f"start on this machine ({reason}); unset it, or set "
+                         "JAX_PLATFORMS=cpu") from None
 
 
 def describe_io_error(error: OSError | UnicodeDecodeError) -> str:

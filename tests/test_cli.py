@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -160,3 +161,14 @@ def test_every_option_names_its_default():
             if takes_value and action.required is False and "default" not in (action.help or ""):
                 missing.append(f"{name} {action.option_strings[0]}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_an_absent_platform_gives_one_line_and_status_2(platform):
+    """JAX_PLATFORMS naming an accelerator this machine lacks: one line, not JAX's traceback."""
+    result = subprocess.run([sys.executable, "-m", "critkl.cli", "eval", "mini-n3"],
+                            capture_output=True, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": platform})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"JAX_PLATFORMS='{platform}'" in lines[0], result.stderr
