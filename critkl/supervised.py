@@ -107,10 +107,11 @@ def init_state(config: PretrainConfig, params=None) -> TrainState:
     return TrainState(jnp.int32(0), params, optimizer(config).init(params), data_rng)
 
 
-def make_train_step(config: PretrainConfig, mesh):
-    """One jitted, data-parallel optimizer step over `mesh`: state -> (state, metrics)."""
+def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy | None = None):
+    """One jitted, data-parallel optimizer step over `mesh`: state -> (state, metrics), laid
+    out for `strategy` (default: the one of the mesh's devices)."""
     tx = optimizer(config)
-    strategy = strategies.for_devices(mesh.devices.flat)
+    strategy = strategies.for_devices(mesh.devices.flat) if strategy is None else strategy
     batch_sharding = parallel.batch_sharding(mesh)
     model_config = config.model_config
 

@@ -21,15 +21,15 @@ class RLSettings:
     ppo_epochs: int = RLConfig.ppo_epochs
     minibatches: int = RLConfig.minibatches
     learning_rate: float = RLHyper.learning_rate
-    kl_coef: float = 5.0
-    certainty_temperature: float = 1.0  # 4 in the authors' code; see README on |V| = 42
-    policy_temperature: float = 1.0     # 2 in the paper; see README
+    kl_coef: float = LossHyper.kl_coef
+    certainty_temperature: float = LossHyper.certainty_temperature  # 4 in the authors' code
+    policy_temperature: float = LossHyper.policy_temperature        # 2 in the paper
 
     def config(self, n: int, extra_digits: int) -> RLConfig:
         return RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
-                           iterations=self.iterations, eval_every=self.eval_every,
-                           eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
-                           minibatches=self.minibatches)
+                        iterations=self.iterations, eval_every=self.eval_every,
+                        eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
+                        minibatches=self.minibatches)
 
     def hyper(self) -> RLHyper:
         return RLHyper(learning_rate=self.learning_rate, loss=LossHyper(
