@@ -513,9 +513,9 @@ class CausalMapConfig:
     """What the map is measured on. Defaults: CPU scale, the measured RL temperature 1."""
 
     problems: int = 64           # fixed problems, both operands n + 1 digits
-    temperature: float = 1.0     # sampled continuations (the RL temperature)
+    temperature: float = LossHyper.policy_temperature  # sampled continuations (the RL's)
     beta: float = DEFAULT_BETA   # the KL weight w = certainty ** beta ...
-    certainty_temperature: float = 1.0  # ... of the reference at this temperature
+    certainty_temperature: float = LossHyper.certainty_temperature  # ... of the reference
     forced_below: float = 0.99   # force only decisions whose mean p(right) is below this
     batch: int = 256             # continuations per sampler call
     seed: int = 0
