@@ -199,7 +199,7 @@ _EXCLUSIVE_TARGETS = (("kl", "kl_only"), ("pg", "pg_detach"))
 class LossHyper:
     """Numeric hyperparameters, traced (a sweep may vmap over them). Defaults: METHOD.md 3-4,
     but for the two temperatures, 1 (measured at CPU scale; the authors' 4 and 2 are
-    `PAPER_TEMPERATURES`, README on why they give no reward and no effective KL here)."""
+    `PAPER_TEMPERATURES`, docs/results.md on why they give no reward and no effective KL here)."""
 
     kl_coef: float = DEFAULT_KL_COEF
     beta: float = DEFAULT_BETA  # exponent of the certainty in the KL weight
@@ -292,7 +292,7 @@ class LossConfig:
 
 
 # Named token weightings: (LossConfig fields, LossHyper values) of each rule of the
-# literature, as critkl implements it (README, "Token weightings").
+# literature, as critkl implements it (docs/design.md, "Token weightings").
 WEIGHTINGS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
     "standard": ({"prioritized": False}, {}),
     "prioritized": ({"weight_signal": "certainty", "weight_rule": "power",
@@ -327,7 +327,7 @@ def weighting_preset(name: str) -> tuple[dict[str, Any], dict[str, float]]:
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """Static structure of a fine-tuning run. Defaults: the CPU setting measured to learn
-    (README, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
+    (docs/results.md, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
 
     n: int = 3                  # the model was pre-trained up to n digits
     extra_digits: int = 1       # RL on n + extra_digits digits (difficult operand rule); 0: n
@@ -344,7 +344,7 @@ class RLConfig:
     # over the fewest equal chunks of at most this size (the same gradient; memory grows with
     # the chunk, ~50 MB per episode for the mini model at 4 digits). On this project's CPU a
     # chunk of 2 keeps its activations in the processor's caches: the RL benchmark's
-    # iteration 8-10% faster than at 8 on one core, 3.5% on two (README, Throughput).
+    # iteration 8-10% faster than at 8 on one core, 3.5% on two (docs/throughput.md).
     update_chunk: int = 2
     value_hidden_sizes: tuple[int, ...] = (128, 128)  # the value head's hidden layers
     loss: LossConfig = LossConfig()
@@ -432,7 +432,7 @@ class RLHyper:
     learning_rate: Any = 3e-5
     gamma: Any = 1.0
     # GAE lambda. The authors' 0.95 leaves 0.95^270 ~ 1e-6 of the final reward at the
-    # critical tokens, ~270 tokens before the end of a 4-digit episode (README).
+    # critical tokens, ~270 tokens before the end of a 4-digit episode (docs/results.md).
     lam: Any = 1.0
     grad_clip: Any = 1.0
     loss: LossHyper = LossHyper()

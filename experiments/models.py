@@ -25,7 +25,7 @@ def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
 
     tiny: a few steps, for tests. mini, n <= 4: stage 1 on problems up to n digits (the
     default recipe, 97% at n = 3 in 13 minutes here), then stage 2 as the shipped mini-n3's
-    (README): 100 steps of 16 streams with 2% of (n+1)-digit RL problems. mini, n >= 5 (the
+    (docs/results.md): 100 steps of 16 streams with 2% of (n+1)-digit RL problems. mini, n >= 5 (the
     paper's setting): one stage of the mini model with a context for N+3 digits
     (`mini-long`), never shown a problem longer than n digits. paper: GPT-2 small dimensions
     in bfloat16 on a GPU/TPU.

@@ -40,9 +40,9 @@ class RLSettings:
 RL_SETTINGS = {
     "tiny": RLSettings(episodes=4, iterations=2, eval_every=1, eval_episodes=4, ppo_epochs=1,
                        minibatches=2),
-    # Measured to learn on 2 CPU cores (README, "RL that learns"): 1,920 episodes per run;
+    # Measured to learn on 2 CPU cores (docs/results.md, "RL that learns"): 1,920 episodes per run;
     # KL coefficient 0.5, where the standard and the prioritized KL part most in 3,840
-    # episodes (README, "Figure 6, twice as long and at a 10x smaller KL coefficient").
+    # episodes (docs/results.md, "Figure 6 at KL coefficient 0.5").
     "mini": RLSettings(episodes=128, iterations=15, eval_every=5, eval_episodes=100,
                        kl_coef=0.5),
     "paper": RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100,

@@ -205,7 +205,7 @@ def test_toy_run_improves_reward(tmp_path):
     temperature 2), then RL on them at temperature 2: one PPO step per collect of 128 episodes
     (the A2C gradient: the ratio is 1), 4 seeds vmapped. Measured one seed at a time with A2C:
     12-13% -> 15-18% in 40 iterations (3 seeds); at learning rate 1e-3 every seed collapsed
-    instead (README, "Why RL moves slowly here at all")."""
+    instead (docs/results.md, "Why RL moves slowly here at all")."""
     pre = PretrainConfig(
         model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=1200, warmup_steps=20,
         learning_rate=3e-3, log_every=1200, eval_every=1200, eval_problems=16,

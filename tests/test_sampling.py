@@ -267,7 +267,7 @@ def _cache_copies(fn, *args) -> int:
 def test_vmapped_sampler_updates_the_cache_in_place(params, runs):
     """Under vmap (over one run, as `critkl finetune` runs, or several) the compiled decode
     loop holds no copy of the key/value cache, like the plain one: the copies made the
-    vmapped sampler several times slower (README, Throughput)."""
+    vmapped sampler several times slower (docs/throughput.md)."""
     run = functools.partial(generate, config=CONFIG, prompts=PROMPTS,
                             prompt_lengths=PROMPT_LENGTHS, max_length=MAX_LENGTH,
                             temperature=1.0, stop_fn=stop_on_multiple_of_seven)
