@@ -1,6 +1,8 @@
 """Smoke tests of every experiment entry at tiny scale. The entries share one work folder,
-so the tiny model is pre-trained once. The main job runs in the default suite; the other
-entries are slow (`pytest -m slow`)."""
+so the tiny model is pre-trained once. The entries, the main job's included (two minutes
+here), are slow (`pytest -m slow`); each stage of the main job is checked in the default
+suite on its own (tests/test_analysis.py, test_causal.py, test_finetune.py, and the
+commands end to end in test_cli.py)."""
 
 import json
 
@@ -74,6 +76,7 @@ def test_experiment_help_names_every_entry(capsys):
     assert all(name in shown for name in experiments.EXPERIMENTS)
 
 
+@pytest.mark.slow
 def test_main_job_tiny(work_dir, capsys):
     assert cli.main(["experiment", "tiny", "--out", str(work_dir)]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The RL probes of benchmarks/probes run (on an untrained tiny model, in
-seconds) and print their tables with finite numbers."""
+seconds each once compiled) and print their tables with finite numbers. Research scripts,
+not the library: slow tests (`pytest -m slow`)."""
 
 import math
 import re
@@ -18,6 +19,7 @@ PROBES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PROBES)
 def test_probe_prints_its_tables(name, capsys):
     module, argv, table_rows = PROBES[name]
