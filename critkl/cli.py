@@ -97,6 +97,7 @@ def _config_from(args, config_class):
 
 def _pretrain(args) -> None:
     from critkl.runs import pretraining
+    from critkl.runs.preemption import PREEMPTED_EXIT, Preempted
 
     if args.resume:
         from critkl.infra import checkpoint
@@ -110,8 +111,13 @@ def _pretrain(args) -> None:
     else:
         config = _config_from(args, PretrainConfig)
     start_jax(args, config.batch_size)
-    pretraining.pretrain(config, args.run_dir, resume=args.resume,
-                      print_fn=lambda line: print(line, flush=True))
+    try:
+        pretraining.pretrain(config, args.run_dir, resume=args.resume,
+                             print_fn=lambda line: print(line, flush=True))
+    except Preempted as stop:
+        print(f"critkl pretrain: {stop}; continue with: critkl pretrain --run-dir "
+              f"{args.run_dir} --resume", file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT) from None
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
           f"(tensorboard --logdir {Path(args.run_dir) / 'tensorboard'})")
 

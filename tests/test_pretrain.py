@@ -113,6 +113,50 @@ def test_save_kill_resume_equals_uninterrupted(tmp_path):
     chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
 
 
+def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
+    """A real SIGTERM during step 3 (delivered to this process): the step after it is saved
+    (step 3 is not a checkpoint step), the loop stops with Preempted, and the resumed run ends
+    bit-identical to an uninterrupted one."""
+    import signal
+
+    from critkl.runs.preemption import Preempted
+
+    straight = pretraining.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
+
+    def signal_at_step_3(line):
+        if line.startswith("step 3/"):
+            signal.raise_signal(signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted) as stopped:
+        pretraining.pretrain(TINY, tmp_path / "cut", print_fn=signal_at_step_3)
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler is put back
+    assert (stopped.value.signal_name, stopped.value.step) == ("SIGTERM", 4)
+    assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 4
+    resumed = pretraining.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
+    chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
+
+
+def test_sigterm_to_the_pretrain_command_exits_75_with_the_resume_line(tmp_path):
+    """The command on SIGTERM: one line saying how to continue, exit status 75, a checkpoint."""
+    import signal
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "critkl.cli", "pretrain", "--run-dir", str(run_dir),
+               "--model", "tiny", "--max-digits", "1", "--eval-extra-digits", "2",
+               "--batch-size", "8", "--steps", "100000", "--warmup-steps", "2",
+               "--log-every", "1", "--eval-every", "100000", "--checkpoint-every", "100000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the first progress line: training has started
+        if line.startswith("step "):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 75, err
+    assert "stopped by SIGTERM after saving step" in err and "--resume" in err
+    assert checkpoint.latest_checkpoint_step(run_dir) >= 1
+
+
 def test_tensorboard_holds_the_logged_scalars(tmp_path):
     lines = []
     pretraining.pretrain(TINY, tmp_path, print_fn=lines.append)

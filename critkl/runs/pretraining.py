@@ -14,6 +14,7 @@ from critkl.infra import parallel
 from critkl.infra.tracking import Tracker
 from critkl.runs import directory, models
 from critkl.runs.divergence import TrainingDiverged, all_finite
+from critkl.runs.preemption import Preempted, PreemptionRequests
 from critkl.supervised import TrainState, greedy_pass_at_1, init_state, make_train_step
 
 # Settings that only change what is logged: a resumed run may change them.
@@ -23,7 +24,8 @@ LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "checkpoint_every")
 def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = False,
              print_fn=print) -> TrainState:
     """Run (or resume) pre-training, writing config, checkpoints and TensorBoard logs
-    under run_dir. Returns the final state."""
+    under run_dir. Returns the final state. On SIGTERM or SIGINT it saves at the next step
+    and raises `Preempted` (a second signal stops at once)."""
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
@@ -51,50 +53,56 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     started = time.perf_counter()
     in_flight = None
     try:
-        for step in range(start_step + 1, config.steps + 1):  # counted here, not on the device
-            state, metrics = train_step(state)
-            # At most two steps in flight: with more CPU devices than cores, a deeper queue
-            # starves a device's collective of a thread and XLA:CPU aborts after 40 s.
-            jax.block_until_ready(in_flight)
-            in_flight = metrics["loss"]
-            if step % config.log_every and step % config.checkpoint_every and step != config.steps:
-                continue
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
-                raise TrainingDiverged(
-                    f"the loss became {metrics['loss']} at step {step}; the last good checkpoint "
-                    f"(step {last_saved}) in {run_dir} is kept. Lower learning_rate "
-                    f"(now {config.learning_rate}) or raise warmup_steps, then start a new run."
-                )
-            now = time.perf_counter()
-            steps_per_second = (step - clock_step) / max(now - clock, 1e-9)
-            clock, clock_step = now, step
-            metrics["steps_per_second"] = steps_per_second
-            metrics["tokens_per_second"] = steps_per_second * tokens_per_step
-            if step % config.eval_every == 0 or step == config.steps:
-                metrics["eval/pass_at_1"] = greedy_pass_at_1(
-                    state.params, model_config, jax.random.fold_in(eval_rng, step),
-                    config.max_digits, config.eval_problems,
-                )
-            tracker.scalars(step, metrics)
-            line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
-                    f"token acc {metrics['token_accuracy']:.4f}  lr {metrics['learning_rate']:.2e}  "
-                    f"{steps_per_second:.2f} steps/s  {metrics['tokens_per_second']:,.0f} tok/s  "
-                    + directory.timing(now - started, step - start_step,
-                                       config.steps - start_step))
-            if "eval/pass_at_1" in metrics:
-                line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
-            print_fn(line)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                # The loss above is the one before this step's update: check what is saved.
-                if not bool(all_finite((state.params, state.opt_state))):
+        with PreemptionRequests() as preemption:
+            for step in range(start_step + 1, config.steps + 1):  # counted here, not on the device
+                state, metrics = train_step(state)
+                # At most two steps in flight: with more CPU devices than cores, a deeper queue
+                # starves a device's collective of a thread and XLA:CPU aborts after 40 s.
+                jax.block_until_ready(in_flight)
+                in_flight = metrics["loss"]
+                stopping = preemption.requested is not None
+                if (step % config.log_every and step % config.checkpoint_every
+                        and step != config.steps and not stopping):
+                    continue
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not math.isfinite(metrics["loss"]):
                     raise TrainingDiverged(
-                        f"the parameters became non-finite by step {step}; nothing of it was "
-                        f"saved, the last good checkpoint (step {last_saved}) in {run_dir} is "
-                        f"kept. Lower learning_rate (now {config.learning_rate}) or raise "
-                        "warmup_steps, then start a new run.")
-                checkpointer.save(step, state)
-                last_saved = step
+                        f"the loss became {metrics['loss']} at step {step}; the last good "
+                        f"checkpoint (step {last_saved}) in {run_dir} is kept. Lower learning_rate "
+                        f"(now {config.learning_rate}) or raise warmup_steps, then start a new run."
+                    )
+                now = time.perf_counter()
+                steps_per_second = (step - clock_step) / max(now - clock, 1e-9)
+                clock, clock_step = now, step
+                metrics["steps_per_second"] = steps_per_second
+                metrics["tokens_per_second"] = steps_per_second * tokens_per_step
+                if step % config.eval_every == 0 or step == config.steps:
+                    metrics["eval/pass_at_1"] = greedy_pass_at_1(
+                        state.params, model_config, jax.random.fold_in(eval_rng, step),
+                        config.max_digits, config.eval_problems,
+                    )
+                tracker.scalars(step, metrics)
+                line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
+                        f"token acc {metrics['token_accuracy']:.4f}  "
+                        f"lr {metrics['learning_rate']:.2e}  {steps_per_second:.2f} steps/s  "
+                        f"{metrics['tokens_per_second']:,.0f} tok/s  "
+                        + directory.timing(now - started, step - start_step,
+                                           config.steps - start_step))
+                if "eval/pass_at_1" in metrics:
+                    line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
+                print_fn(line)
+                if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+                    # The loss above is the one before this step's update: check what is saved.
+                    if not bool(all_finite((state.params, state.opt_state))):
+                        raise TrainingDiverged(
+                            f"the parameters became non-finite by step {step}; nothing of it was "
+                            f"saved, the last good checkpoint (step {last_saved}) in {run_dir} is "
+                            f"kept. Lower learning_rate (now {config.learning_rate}) or raise "
+                            "warmup_steps, then start a new run.")
+                    checkpointer.save(step, state)
+                    last_saved = step
+                if stopping:
+                    raise Preempted(preemption.requested, step)
     finally:
         checkpointer.close()
         tracker.close()
