@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from critkl import rl
-from critkl.config import HYPER_NAMES, HYPER_RANGES, model_preset, RLConfig, RLHyper
+from critkl.config import HYPER_NAMES, HYPER_RANGES, RLHyper
 from critkl.runs import finetuning
 from critkl.model import init_params
 
-TINY = model_preset("tiny")
-QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
-                 eval_every=1, eval_episodes=4, value_hidden_sizes=(16, 16))
+from tests.test_rl import QUICK, TINY
+
 TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
 

@@ -14,7 +14,6 @@ from critkl.model import init_params
 TINY = model_preset("tiny")
 QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, minibatches=2,
                  eval_every=1, eval_episodes=4, value_hidden_sizes=(16, 16))
-TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
 
 def test_update_in_chunks_equals_the_whole_minibatch():
