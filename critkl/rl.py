@@ -149,7 +149,9 @@ class Plan(NamedTuple):
 def make_train(config: RLConfig, model_config: ModelConfig,
                strategy: strategies.Strategy | None = None) -> TrainFunctions:
     """Build the pure functions of a fine-tuning run (see module docstring), laid out for
-    `strategy` (default: the default devices')."""
+    `strategy` (default: the default devices'). The model computes in the run's dtype and
+    attention (`RLConfig.run_model`)."""
+    model_config = config.run_model(model_config)
     config.check_model(model_config)
     plan = Plan(config, model_config, GPT(model_config), ValueHead(config.value_hidden_sizes),
                 update_widths(config), config.minibatch_size // config.chunks,
@@ -171,22 +173,22 @@ def make_train(config: RLConfig, model_config: ModelConfig,
         metrics = {**collect_metrics, **{f"loss/{k}": v for k, v in update_metrics.items()}}
         return state.replace(iteration=state.iteration + 1, rng=rng), metrics
 
-    def evaluate(policy, eval_rng, hyper: RLHyper):
-        return evaluate_policy(plan, policy, eval_rng, hyper)
+    def evaluate(policy, eval_rng, hyper: RLHyper, pretrained):
+        return evaluate_policy(plan, policy, eval_rng, hyper, pretrained)
 
     def run(state: RunState, hyper: RLHyper, pretrained, periods: int):
         """`periods` x (eval_every iterations, then an evaluation)."""
         def period(state, _):
             state, metrics = jax.lax.scan(
                 lambda s, _: iteration(s, hyper, pretrained), state, None, length=config.eval_every)
-            return state, (metrics, evaluate(state.policy, state.eval_rng, hyper))
+            return state, (metrics, evaluate(state.policy, state.eval_rng, hyper, pretrained))
 
         return jax.lax.scan(period, state, None, length=periods)
 
     def train(rng, hyper: RLHyper, pretrained):
         """The whole run: (final state, metrics before training, per-period metrics)."""
         state = init(rng, hyper, pretrained)
-        before = evaluate(pretrained, state.eval_rng, hyper)
+        before = evaluate(pretrained, state.eval_rng, hyper, pretrained)
         state, metrics = run(state, hyper, pretrained, config.iterations // config.eval_every)
         return state, before, metrics
 
@@ -314,19 +316,31 @@ def update(plan: Plan, state: RunState, hyper: RLHyper, batch: losses.RolloutBat
                          opt_state=opt_state), metrics
 
 
-def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper):
-    """On fixed problems (the same at every evaluation): greedy pass@1 on the training
-    length and the comfort zone; success sampled at the policy temperature on the
-    training length (the paper's metric); the probability of the right token given a
-    correct prefix at the structural critical tokens and at `config.causal_keys`."""
+def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper, pretrained):
+    """On fixed problems (the same at every evaluation), of the RL length ("eval/"): greedy
+    pass@1 and success sampled at the policy temperature (the paper's metric); the
+    probability of the right token given a correct prefix at the structural critical tokens
+    and at `config.causal_keys`. Of the comfort zone, what the policy retains of the
+    pre-trained model (`pretrained`): greedy pass@1 ("eval/comfort_pass_at_1"), success sampled
+    at the policy temperature on problems of 1..n digits and of n+n digits, and `retention`'s
+    KL and log-likelihood ("retention/")."""
     config, task, model_config = plan.config, plan.config.task, plan.model_config
     train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
     size = config.eval_episodes
     train_ops = env.sample_rl(train_rng, size, task)
     comfort_ops = env.sample_pretraining(comfort_rng, size, task)
-    names = ("eval/pass_at_1", "eval/comfort_pass_at_1", "eval/sampled_success")
-    operands = jax.tree.map(lambda *x: jnp.stack(x), train_ops, comfort_ops, train_ops)
-    temperatures = jnp.stack([0.0, 0.0, hyper.loss.policy_temperature])
+    n_digit_ops = env.sample_identical(jax.random.fold_in(comfort_rng, 1), size, task.n,
+                                       task.digits)
+    sampled = hyper.loss.policy_temperature
+    attempts = {  # name: (operands, temperature)
+        "eval/pass_at_1": (train_ops, 0.0),
+        "eval/comfort_pass_at_1": (comfort_ops, 0.0),
+        "eval/sampled_success": (train_ops, sampled),
+        "retention/sampled_comfort": (comfort_ops, sampled),
+        "retention/sampled_n_digits": (n_digit_ops, sampled),
+    }
+    operands = jax.tree.map(lambda *x: jnp.stack(x), *(ops for ops, _ in attempts.values()))
+    temperatures = jnp.stack([jnp.asarray(t, jnp.float32) for _, t in attempts.values()])
 
     def success(operands_and_temperature):
         operands, temperature = operands_and_temperature
@@ -335,15 +349,47 @@ def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper):
                                      strategy=plan.strategy)
         return attempt.outcome.success.mean()
 
-    # One after the other in a loop, so that the three share one sampler's buffers.
-    metrics = dict(zip(names, jax.lax.map(success, (operands, temperatures))))
+    # One after the other in a loop, so that they share one sampler's buffers.
+    metrics = dict(zip(attempts, jax.lax.map(success, (operands, temperatures))))
     metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n,
                                                 plan.strategy))
+    metrics.update(retention(policy, pretrained, model_config, comfort_ops,
+                             hyper.loss.certainty_temperature, plan.strategy))
     if config.causal_keys:
         identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
         metrics["causal/p_right"] = causal_token_probability(
             policy, model_config, identical, config.causal_keys, plan.strategy)
     return metrics
+
+
+def retention(policy, reference, model_config: ModelConfig, operands: env.Operands,
+              certainty_temperature, strategy: strategies.Strategy | None = None
+              ) -> dict[str, jax.Array]:
+    """What the policy keeps of the `reference` on the correct episodes of `operands`,
+    teacher-forced on their answer tokens: the exact KL(policy || reference) at temperature 1
+    per token ("retention/kl") and by bucket of the prioritized weight
+    (`losses.kl_by_weight_bucket`: kl_w_*, tokens_w_*), and the mean log-likelihood of a
+    whole correct answer under the policy ("retention/logp_correct", nats per episode)."""
+    episodes = env.render(operands, strategy)
+    model = GPT(model_config)
+
+    def logits_of(tokens):  # [L] -> policy's and reference's next-token logits [L - 1, V]
+        policy_logits, _ = model.apply({"params": policy}, tokens[None, :-1])
+        reference_logits, _ = model.apply({"params": reference}, tokens[None, :-1])
+        return policy_logits[0], reference_logits[0]
+
+    logits, reference_logits = jax.lax.map(logits_of, episodes.tokens,
+                                           batch_size=EVAL_FORWARD_ROWS)
+    targets = episodes.tokens[:, 1:]
+    answer = env.span_mask(episodes.prompt_length, episodes.length,
+                           episodes.tokens.shape[1])[:, 1:]  # [B, L - 1]: target t + 1
+    logp = jnp.where(answer, losses.token_logprobs(logits, targets), 0.0)
+    buckets = losses.kl_by_weight_bucket(logits, reference_logits, answer, certainty_temperature)
+    return {
+        "retention/kl": losses.masked_mean(losses.exact_kl(logits, reference_logits), answer),
+        **{f"retention/{name}": value for name, value in buckets.items()},
+        "retention/logp_correct": logp.sum(axis=1).mean(),
+    }
 
 
 EVAL_FORWARD_ROWS = 20  # episodes per teacher-forced forward of an evaluation

@@ -84,7 +84,7 @@ def test_rl_evaluation(params):
     functions = rl.make_train(QUICK, TINY, ACCELERATOR)
     hyper = RLHyper()
     lowered(jax.jit(functions.evaluate), shapes_of(params),
-            jax.eval_shape(lambda: jax.random.key(1)), shapes_of(hyper))
+            jax.eval_shape(lambda: jax.random.key(1)), shapes_of(hyper), shapes_of(params))
 
 
 def test_sampler_and_attempt(params):

@@ -136,15 +136,15 @@ def test_evaluation_reports_sampled_success_and_causal_tokens():
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, causal_keys=((1, "operand", "a", 2),))
     evaluate = rl.make_train(config, TINY).evaluate
-    metrics = evaluate(params, jax.random.key(0), RLHyper())
+    metrics = evaluate(params, jax.random.key(0), RLHyper(), params)
     assert {"eval/pass_at_1", "eval/sampled_success", "causal/p_right"} <= set(metrics)
     with pytest.raises(ValueError, match="not a decision key"):
         dataclasses.replace(QUICK, causal_keys=((1, "operand", "z", 2),))
 
 
 def test_evaluation_successes_equal_separate_attempts():
-    """The three samplings that evaluate runs in one loop, against one attempt each, on the
-    shipped mini-n3, whose three success rates differ (so a swap would show)."""
+    """The five samplings that evaluate runs in one loop, against one attempt each, on the
+    shipped mini-n3, whose first three success rates differ (so a swap would show)."""
     from critkl import env, evaluation
     from critkl.runs.models import load_pretrained
 
@@ -152,20 +152,70 @@ def test_evaluation_successes_equal_separate_attempts():
     size = 16
     config = RLConfig(n=3, extra_digits=1, eval_episodes=size)
     hyper = RLHyper()
-    metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(4), hyper)
+    metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(4), hyper,
+                                                             params)
     train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(4), 4)
     train_ops = env.sample_rl(train_rng, size, config.task)
     comfort_ops = env.sample_pretraining(comfort_rng, size, config.task)
+    n_digit_ops = env.sample_identical(jax.random.fold_in(comfort_rng, 1), size, 3, 4)
+    assert set(np.asarray(env.operands_to_ints(n_digit_ops)).ravel() // 100 > 0) == {True}
+    sampled = hyper.loss.policy_temperature
     direct = {}
     for name, operands, temperature in (
             ("eval/pass_at_1", train_ops, 0.0), ("eval/comfort_pass_at_1", comfort_ops, 0.0),
-            ("eval/sampled_success", train_ops, hyper.loss.policy_temperature)):
+            ("eval/sampled_success", train_ops, sampled),
+            ("retention/sampled_comfort", comfort_ops, sampled),
+            ("retention/sampled_n_digits", n_digit_ops, sampled)):
         attempt = evaluation.attempt(params, pre.model_config, operands, solve_rng,
                                      temperature=temperature, max_length=config.max_length)
         direct[name] = float(attempt.outcome.success.mean())
-    assert len(set(direct.values())) == 3, direct
+    assert len(set(list(direct.values())[:3])) == 3, direct
     for name, value in direct.items():
         np.testing.assert_allclose(metrics[name], value, err_msg=name)
+
+
+def test_retention_against_a_per_episode_reference():
+    """retention's KL, buckets and log-likelihood against numpy on each episode's full
+    forward: a policy moved away from the reference (a KL > 0 that a swap of the two would
+    change), and the reference against itself (KL 0)."""
+    from critkl import env, losses, weighting
+    from critkl.model import GPT
+
+    reference = init_params(jax.random.key(0), TINY)
+    policy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape),
+                          reference)
+    operands = env.sample_pretraining(jax.random.key(2), 6, QUICK.task)
+    temperature = 0.7
+    got = rl.retention(policy, reference, TINY, operands, temperature)
+    same = rl.retention(reference, reference, TINY, operands, temperature)
+    swapped = rl.retention(reference, policy, TINY, operands, temperature)
+
+    episodes = env.render(operands)
+    kls, logps, weights = [], [], []
+    for b in range(6):
+        tokens = episodes.tokens[b, :int(episodes.length[b])][None]
+        p_logits = np.asarray(GPT(TINY).apply({"params": policy}, tokens)[0][0], np.float64)
+        r_logits = np.asarray(GPT(TINY).apply({"params": reference}, tokens)[0][0], np.float64)
+        logp = p_logits - np.log(np.exp(p_logits).sum(-1, keepdims=True))
+        ref_logp = r_logits - np.log(np.exp(r_logits).sum(-1, keepdims=True))
+        targets = np.asarray(tokens[0])
+        answer = range(int(episodes.prompt_length[b]) - 1, int(episodes.length[b]) - 1)
+        kls += [float((np.exp(logp[t]) * (logp[t] - ref_logp[t])).sum()) for t in answer]
+        logps.append(sum(logp[t, targets[t + 1]] for t in answer))
+        weights += list(np.asarray(weighting.certainty(jnp.asarray(r_logits[list(answer)]),
+                                                        temperature)) ** losses.BUCKET_BETA)
+    kls, weights = np.array(kls), np.array(weights)
+    np.testing.assert_allclose(got["retention/kl"], kls.mean(), rtol=1e-4)
+    np.testing.assert_allclose(got["retention/logp_correct"], np.mean(logps), rtol=1e-5)
+    for name, low, high in losses.KL_BUCKETS:
+        inside = (weights >= low) & (weights < high)
+        np.testing.assert_allclose(got[f"retention/tokens_w_{name}"], inside.mean(), atol=1e-6)
+        if inside.any():
+            np.testing.assert_allclose(got[f"retention/kl_w_{name}"], kls[inside].mean(),
+                                       rtol=1e-4)
+    assert float(got["retention/kl"]) > 1e-4
+    assert abs(float(same["retention/kl"])) < 1e-6
+    assert abs(float(swapped["retention/kl"]) - float(got["retention/kl"])) > 1e-6
 
 
 def test_a_partial_batch_solves_the_first_problems_of_its_draw(monkeypatch):

@@ -189,14 +189,14 @@ class Programs:
         functions = rl.make_train(config, model_config, strategies.for_devices(
             None if mesh is None else mesh.devices.flat))
 
-        def evaluate(state: rl.RunState, hyper: RLHyper):
-            return functions.evaluate(state.policy, state.eval_rng, hyper)
+        def evaluate(state: rl.RunState, hyper: RLHyper, pretrained):
+            return functions.evaluate(state.policy, state.eval_rng, hyper, pretrained)
 
         self.init = jax.jit(parallel.over_runs(functions.init, mesh, (0, 0, None)))
         self._jitted = {
             "iteration": jax.jit(parallel.over_runs(functions.iteration, mesh, (0, 0, None)),
                                  donate_argnums=0),
-            "evaluate": jax.jit(parallel.over_runs(evaluate, mesh, (0, 0)))}
+            "evaluate": jax.jit(parallel.over_runs(evaluate, mesh, (0, 0, None)))}
         self._compiled = {}
 
     def __call__(self, name: str, state: rl.RunState, *args):
@@ -256,7 +256,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                  f"of {config.episodes} episodes each; compiling, then one line per "
                  f"{config.eval_every} iterations")
         if done == 0:
-            before = parallel.fetch(programs("evaluate", state, hypers))
+            before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
             log.record(0, before)
             print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
                      f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
@@ -269,7 +269,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 train.append(parallel.fetch(metrics))
             _check_finite(state, runs, (period + 1) * config.eval_every, period * config.eval_every)
             train = {k: np.stack([m[k] for m in train], axis=1) for k in train[0]}
-            evaluation = parallel.fetch(programs("evaluate", state, hypers))
+            evaluation = parallel.fetch(programs("evaluate", state, hypers, pretrained))
             end = (period + 1) * config.eval_every
             log.record(end, evaluation, train, range(end - config.eval_every + 1, end + 1))
             checkpointer.save(period + 1, state)
