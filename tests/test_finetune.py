@@ -150,9 +150,8 @@ def test_paired_differences_pair_runs_by_seed():
     by = {(r["setting"], r["seed"]): r["curve"]["eval/pass_at_1"][-1] for r in runs}
     diffs = np.array([by[("beta=150", s)] - by[("beta=0", s)] for s in (1, 2, 3)])
     mean, low, high = table["beta=150"]["eval/pass_at_1"]
-    half = 4.30 * diffs.std(ddof=1) / np.sqrt(3)
-    np.testing.assert_allclose([mean, low, high], [diffs.mean(), diffs.mean() - half,
-                                                   diffs.mean() + half])
+    np.testing.assert_allclose(mean, diffs.mean())
+    assert diffs.min() <= low < mean < high <= diffs.max()  # a bootstrap over the 3 seeds
     assert table["beta=150"]["eval/sampled_success"][0] == 0.0
     assert "| beta=150 |" in finetuning.markdown_differences({"runs": runs}, "beta=0")
 
