@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import shlex
 import sys
 from typing import Any
 from pathlib import Path
@@ -97,7 +98,6 @@ def _config_from(args, config_class):
 
 def _pretrain(args) -> None:
     from critkl.runs import pretraining
-    from critkl.runs.preemption import PREEMPTED_EXIT, Preempted
 
     if args.resume:
         from critkl.infra import checkpoint
@@ -111,13 +111,8 @@ def _pretrain(args) -> None:
     else:
         config = _config_from(args, PretrainConfig)
     start_jax(args, config.batch_size)
-    try:
-        pretraining.pretrain(config, args.run_dir, resume=args.resume,
-                             print_fn=lambda line: print(line, flush=True))
-    except Preempted as stop:
-        print(f"critkl pretrain: {stop}; continue with: critkl pretrain --run-dir "
-              f"{args.run_dir} --resume", file=sys.stderr, flush=True)
-        raise SystemExit(PREEMPTED_EXIT) from None
+    pretraining.pretrain(config, args.run_dir, resume=args.resume,
+                         print_fn=lambda line: print(line, flush=True))
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
           f"(tensorboard --logdir {Path(args.run_dir) / 'tensorboard'})")
 
@@ -524,17 +519,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     from critkl.infra import provenance
 
-    provenance.set_command(sys.argv[1:] if argv is None else argv)
+    provenance.set_command(argv)
     from critkl.infra.checkpoint import CheckpointError
     from critkl.infra.parallel import BatchSplitError
     from critkl.runs.divergence import TrainingDiverged
+    from critkl.runs.preemption import PREEMPTED_EXIT, Preempted
 
     try:
         _check_platforms()
         args.run(args)
+    except Preempted as stop:  # saved: the same command, resuming, continues it
+        again = argv + (["--resume"] if hasattr(args, "resume") and not args.resume else [])
+        print(f"critkl {args.command}: {stop}; continue with: critkl {shlex.join(again)}",
+              file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT
     except (UsageError, CheckpointError, TrainingDiverged, BatchSplitError) as error:
         print(f"critkl {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR

@@ -4,6 +4,10 @@ uninterrupted one; grids, ranges, paired differences and merged sweeps."""
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import chex
 import jax
@@ -17,6 +21,7 @@ from critkl.runs import finetuning
 from critkl.model import init_params
 
 from tests.test_rl import QUICK, TINY
+from tests.test_tracking import assert_same_scalars
 
 TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
@@ -93,6 +98,7 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
                                 print_fn=lambda line: None)
     for a, b in zip(straight["runs"], resumed["runs"]):
         assert a["curve"] == b["curve"]
+    assert_same_scalars(tmp_path / "cut" / "tensorboard", tmp_path / "straight" / "tensorboard")
     assert set(straight["summary"]) == {"all"}
     # The shell's calls (one iteration or evaluation each) = the run as one jitted program.
     _, before, (train, evaluation) = jax.jit(rl.make_train(config, TINY).train)(
@@ -188,3 +194,92 @@ def test_settings_keep_the_grid_order():
                              "eval/pass_at_1", "eval/comfort_pass_at_1",
                              "critical/p_right_comma")}} for run in runs]}
     assert list(finetuning.summary(results)) == ["beta=0", "beta=50", "beta=150"]
+
+
+def test_sigterm_within_a_period_saves_that_iteration_and_resumes_exactly(tmp_path):
+    """A real SIGTERM (delivered to this process) before the first iteration: the sweep saves
+    after iteration 1, within the first evaluation period, and stops with Preempted; resumed,
+    results.json, TensorBoard and the final state equal an uninterrupted run's."""
+    from critkl.infra import checkpoint
+    from critkl.runs.preemption import Preempted
+
+    params = init_params(jax.random.key(0), TINY)
+    runs = finetuning.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())
+    straight = finetuning.finetune(TWO_PERIODS, runs, params, TINY, tmp_path / "straight",
+                                   print_fn=lambda line: None)
+
+    def signal_before_training(line):
+        if line.startswith("iteration 0 "):
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(Preempted, match="SIGTERM after saving iteration 1"):
+        finetuning.finetune(TWO_PERIODS, runs, params, TINY, tmp_path / "cut",
+                            print_fn=signal_before_training)
+    assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 1
+    resumed = finetuning.finetune(TWO_PERIODS, runs, params, TINY, tmp_path / "cut", resume=True,
+                                  print_fn=lambda line: None)
+    assert [run["curve"] for run in resumed["runs"]] == [run["curve"] for run in straight["runs"]]
+    assert_same_scalars(tmp_path / "cut" / "tensorboard", tmp_path / "straight" / "tensorboard")
+    assert digest(tmp_path / "cut") == digest(tmp_path / "straight")
+
+
+def digest(run_dir) -> str:
+    """The recorded SHA-256 of a run's last checkpoint (equal digests: bit-identical states)."""
+    from critkl.infra import checkpoint
+
+    step = checkpoint.latest_checkpoint_step(run_dir)
+    return (run_dir / "checksums" / f"{step}.sha256").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """A tiny pre-trained model, the `critkl sweep` arguments of a 6-iteration sweep of it
+    (8 runs, 2 evaluation periods) and that sweep run uninterrupted."""
+    from critkl import cli
+    from critkl.runs import pretraining
+    from tests.test_pretrain import TINY as PRETRAIN
+
+    root = tmp_path_factory.mktemp("sweep")
+    pretraining.pretrain(dataclasses.replace(PRETRAIN, steps=3), root / "model",
+                         print_fn=lambda line: None)
+    sweep = ["sweep", str(root / "model"), "--seeds", "0,1,2,3,4,5,6,7", "--iterations", "6",
+             "--eval-every", "3", "--episodes", "4", "--ppo-epochs", "1", "--minibatches", "2",
+             "--eval-episodes", "4", "--value-hidden-sizes", "16,16", "--extra-digits", "1"]
+    assert cli.main(sweep + ["--run-dir", str(root / "straight")]) == 0
+    return sweep, root / "straight"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_to_the_sweep_command_saves_and_the_resumed_sweep_is_exact(
+        tmp_path, tiny_sweep, signal_number):
+    """SIGTERM or SIGINT to a real `critkl sweep` process once it trains: it saves the
+    iteration running, exits 75 with one line saying how to continue; that command ends
+    with the uninterrupted sweep's state, results.json and TensorBoard."""
+    import re
+    import shlex
+
+    from critkl import cli
+    from critkl.infra import checkpoint
+
+    sweep, straight = tiny_sweep
+    cut = tmp_path / "cut"
+    process = subprocess.Popen([sys.executable, "-m", "critkl.cli", *sweep, "--run-dir", str(cut)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the evaluation before training: training starts next
+        if line.startswith("iteration 0 "):
+            break
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 75, err
+    assert "Traceback" not in err
+    stopped = re.search(rf"stopped by {signal.Signals(signal_number).name} after saving "
+                        r"iteration (\d+); continue with: critkl (.*--resume)$", err.strip())
+    assert stopped, err
+    assert 1 <= int(stopped[1]) < 6 and checkpoint.latest_checkpoint_step(cut) == int(stopped[1])
+    assert cli.main(shlex.split(stopped[2])) == 0
+    cut_runs, straight_runs = (json.loads((folder / "results.json").read_text())["runs"]
+                               for folder in (cut, straight))
+    assert [run["curve"] for run in cut_runs] == [run["curve"] for run in straight_runs]
+    assert_same_scalars(cut / "tensorboard", straight / "tensorboard")
+    assert digest(cut) == digest(straight)

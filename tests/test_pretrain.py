@@ -17,10 +17,14 @@ from critkl.config import model_preset, PretrainConfig
 from critkl.model import init_params
 from critkl.infra.tracking import read_scalars
 
+from tests.test_tracking import assert_same_scalars
+
 TINY = PretrainConfig(
     model="tiny", max_digits=1, eval_extra_digits=2, batch_size=8, steps=6, warmup_steps=2,
     learning_rate=3e-3, log_every=1, eval_every=3, eval_problems=16, checkpoint_every=2,
 )
+# Scalars that measure the machine, not the run.
+TIMING = ("steps_per_second", "tokens_per_second")
 
 
 def run_steps(config, mesh, steps):
@@ -116,7 +120,7 @@ def test_save_kill_resume_equals_uninterrupted(tmp_path):
 def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
     """A real SIGTERM during step 3 (delivered to this process): the step after it is saved
     (step 3 is not a checkpoint step), the loop stops with Preempted, and the resumed run ends
-    bit-identical to an uninterrupted one."""
+    bit-identical to an uninterrupted one, with the same TensorBoard points, one per step."""
     import signal
 
     from critkl.runs.preemption import Preempted
@@ -135,6 +139,50 @@ def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
     assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 4
     resumed = pretraining.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
     chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
+    assert_same_scalars(tmp_path / "cut" / "tensorboard", tmp_path / "straight" / "tensorboard",
+                        skip=TIMING)
+
+
+def test_tensorboard_survives_sigkill_after_a_checkpoint(tmp_path):
+    """A pre-training process killed (SIGKILL) after its step-2 checkpoint, while it waits in
+    step 3: TensorBoard holds steps 1 and 2 (flushed at the checkpoint); resumed, it holds
+    exactly one point per step per tag, equal to an uninterrupted run's."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "cut"
+    script = textwrap.dedent(f"""
+        import time
+        from critkl.runs import pretraining
+        from tests.test_pretrain import TINY
+
+        def show(line):
+            print(line, flush=True)
+            if line.startswith("step 3/"):
+                time.sleep(600)
+
+        pretraining.pretrain(TINY, {str(run_dir)!r}, print_fn=show)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        for line in process.stdout:
+            if line.startswith("step 3/"):
+                break
+        deadline = time.monotonic() + 60
+        while checkpoint.latest_checkpoint_step(run_dir) != 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    saved = read_scalars(run_dir / "tensorboard")
+    assert [step for step, _ in saved["loss"]][:2] == [1, 2]
+    pretraining.pretrain(TINY, run_dir, resume=True, print_fn=lambda line: None)
+    pretraining.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
+    assert_same_scalars(run_dir / "tensorboard", tmp_path / "straight" / "tensorboard",
+                        skip=TIMING)
 
 
 def test_sigterm_to_the_pretrain_command_exits_75_with_the_resume_line(tmp_path):

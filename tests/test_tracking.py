@@ -1,3 +1,5 @@
+import os
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,13 +18,38 @@ def test_scalars_round_trip(tmp_path):
     }
 
 
-def test_purge_step_hides_points_of_a_crashed_attempt(tmp_path):
-    with Tracker(tmp_path) as tracker:
+def test_a_resumed_run_hides_what_was_logged_after_its_checkpoint(tmp_path):
+    """Resumed from step 2: the earlier attempt's points after it are hidden, the one at 2
+    stays (it is not logged again), the resumed run's follow."""
+    with Tracker(tmp_path, keep_until=-1) as tracker:
         for step in range(1, 5):
             tracker.scalars(step, {"loss": float(step)})
-    with Tracker(tmp_path, purge_step=3) as tracker:
+    with Tracker(tmp_path, keep_until=2) as tracker:
         tracker.scalars(3, {"loss": 30.0})
     assert read_scalars(tmp_path) == {"loss": [(1, 1.0), (2, 2.0), (3, 30.0)]}
+    with Tracker(tmp_path, keep_until=-1) as tracker:  # a fresh start hides every attempt
+        tracker.scalars(1, {"loss": 10.0})
+    assert read_scalars(tmp_path) == {"loss": [(1, 10.0)]}
+
+
+def scalars_by_folder(log_dir) -> dict:
+    """read_scalars of every folder under log_dir holding event files, by relative path."""
+    return {os.path.relpath(folder, log_dir): read_scalars(folder)
+            for folder, _, names in os.walk(log_dir)
+            if any(name.startswith("events.out.tfevents") for name in names)}
+
+
+def assert_same_scalars(log_dir, reference_dir, skip=()) -> None:
+    """log_dir's TensorBoard holds exactly one point per step in every tag (but `skip`), each
+    equal to reference_dir's."""
+    found, expected = scalars_by_folder(log_dir), scalars_by_folder(reference_dir)
+    assert found.keys() == expected.keys()
+    for folder, tags in expected.items():
+        assert found[folder].keys() == tags.keys(), folder
+        for tag, points in tags.items():
+            if tag not in skip:
+                assert found[folder][tag] == points, f"{folder}: {tag}"
+                assert len({step for step, _ in points}) == len(points), f"{folder}: {tag}"
 
 
 def test_disabled_tracker_writes_nothing(tmp_path):

@@ -14,16 +14,19 @@ class Tracker:
     """Writes scalars, text and images to TensorBoard event files in ``log_dir``.
 
     With ``enabled=False`` (every process but 0 on multi-host) nothing is
-    created or written and every method is a no-op. A run resumed at step T
-    passes ``purge_step=T``: points an earlier attempt logged at steps >= T
-    are then hidden, by TensorBoard and by :func:`read_scalars`.
+    created or written and every method is a no-op. A training run passes
+    ``keep_until``: the step of the checkpoint it resumed from, -1 for a fresh
+    start. What earlier attempts logged after that step (and recompute now) is
+    then hidden, by TensorBoard and by :func:`read_scalars`; the point at the
+    step itself stays. Points reach the disk at :meth:`flush` (callers flush
+    before each checkpoint) and :meth:`close`, and every 120 s.
     """
 
     def __init__(
         self,
         log_dir: str | os.PathLike,
         enabled: bool = True,
-        purge_step: int | None = None,
+        keep_until: int | None = None,
     ):
         self.log_dir = os.fspath(log_dir)
         self._writer = None
@@ -32,7 +35,7 @@ class Tracker:
             # restart within the same second would overwrite the earlier file.
             self._writer = SummaryWriter(
                 self.log_dir,
-                purge_step=purge_step,
+                purge_step=None if keep_until is None else int(keep_until) + 1,
                 filename_suffix=f".{time.time_ns()}",
             )
 
@@ -74,7 +77,7 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
     """All scalars in ``log_dir``'s event files: ``{name: [(step, value), ...]}``.
 
     Uses TensorBoard's own reader (the ``tensorboard`` package, a test extra),
-    keeping every point except those hidden by a later ``purge_step``.
+    keeping every point except those hidden by a later attempt's ``keep_until``.
     """
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -2,8 +2,9 @@
 
 A sweep is a list of runs (a seed and hyperparameters each) executed as vmapped,
 jitted programs, one iteration or evaluation per call; progress is printed,
-TensorBoard written and the state checkpointed after each evaluation period, and a
-run that was cut off resumes where it stopped.
+TensorBoard written and the state checkpointed after each evaluation period (and at
+the iteration where a signal stops it), and a run that was cut off resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from critkl.runs import directory
 from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
                            setting_name, with_values)
 from critkl.runs.divergence import TrainingDiverged, finite_per_run
+from critkl.runs.preemption import Preempted, PreemptionRequests
 from critkl.statistics import mean_interval
 from critkl.infra.tracking import Tracker
 
@@ -33,6 +35,9 @@ from critkl.infra.tracking import Tracker
 # Training metrics kept in results.json, as their mean over each evaluation period.
 CURVE_TRAIN_KEYS = ("train/success", "loss/kl") + tuple(
     f"loss/{kind}_w_{bucket}" for kind in ("kl", "tokens") for bucket, _, _ in losses.KL_BUCKETS)
+# results.json of a run stopped within an evaluation period: the training metrics of the
+# period's iterations so far ([{"iteration": i, "metrics": {name: [dtype, per run]}}]).
+UNFINISHED = "unfinished_period"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,25 +80,37 @@ def settings_in_order(settings) -> list[str]:
 
 
 class _Log:
-    """Per-run and per-setting (mean, 95% interval) TensorBoard curves and results.json."""
+    """Per-run and per-setting (mean, 95% interval) TensorBoard curves and results.json.
+    `keep_until`: the iteration resumed from (-1: a fresh start), see `Tracker`."""
 
-    def __init__(self, run_dir: Path, runs: list[Run], results: dict, purge_step: int | None):
+    def __init__(self, run_dir: Path, runs: list[Run], results: dict, keep_until: int):
         self.run_dir, self.runs, self.results = run_dir, runs, results
         main = jax.process_index() == 0
         self.trackers = [Tracker(run_dir / "tensorboard" / run.name, enabled=main,
-                                 purge_step=purge_step) for run in runs]
+                                 keep_until=keep_until) for run in runs]
         self.settings = settings_in_order(run.setting for run in runs)
         self.aggregate = {s: Tracker(run_dir / "tensorboard" / f"mean[{s or 'all'}]", enabled=main,
-                                     purge_step=purge_step) for s in self.settings}
+                                     keep_until=keep_until) for s in self.settings}
+
+    def train(self, iteration: int, metrics: dict[str, np.ndarray]) -> None:
+        """An iteration's training metrics (name -> [runs]) in TensorBoard."""
+        for index, tracker in enumerate(self.trackers):
+            tracker.scalars(iteration, {k: v[index] for k, v in metrics.items()})
+
+    def unfinished(self, iterations: list[int], train: list[dict[str, np.ndarray]]) -> None:
+        """Save the training metrics of the evaluation period so far (a stop within it)."""
+        self.results[UNFINISHED] = [
+            {"iteration": i, "metrics": {k: [str(v.dtype), v.tolist()] for k, v in m.items()}}
+            for i, m in zip(iterations, train)]
+        self.save()
 
     def record(self, eval_step: int, evaluation: dict[str, np.ndarray],
-               train: dict[str, np.ndarray] | None = None, iteration_steps=()) -> None:
-        """evaluation: name -> [runs] at eval_step; train: name -> [runs, iterations]
-        at iteration_steps (none for the evaluation before training)."""
+               train: dict[str, np.ndarray] | None = None) -> None:
+        """evaluation: name -> [runs] at eval_step; train: name -> [runs, iterations] of
+        the period it ends (none for the evaluation before training)."""
+        self.results.pop(UNFINISHED, None)
         for index, tracker in enumerate(self.trackers):
             curve = self.results["runs"][index]["curve"]
-            for j, step in enumerate(iteration_steps):
-                tracker.scalars(step, {k: v[index, j] for k, v in train.items()})
             tracker.scalars(eval_step, {k: v[index] for k, v in evaluation.items()})
             curve.setdefault("iteration", []).append(eval_step)
             if train is not None:
@@ -111,6 +128,10 @@ class _Log:
     def save(self) -> None:
         if jax.process_index() == 0:
             files.write_atomic(self.run_dir / "results.json", json.dumps(self.results, indent=1))
+
+    def flush(self) -> None:
+        for tracker in self.trackers + list(self.aggregate.values()):
+            tracker.flush()
 
     def close(self) -> None:
         for tracker in self.trackers + list(self.aggregate.values()):
@@ -138,10 +159,12 @@ def summary(results: dict) -> dict[str, dict[str, Any]]:
     return table
 
 
-def _results_up_to(run_dir: Path, iteration: int) -> dict:
+def _results_up_to(run_dir: Path, iteration: int,
+                   eval_every: int) -> tuple[dict, list[dict[str, np.ndarray]]]:
     """results.json of a run being resumed, without what was recorded after `iteration`, the
     restored checkpoint's (a run killed while saving a checkpoint has recorded the period
-    that the checkpoint lacks; it is run again)."""
+    that the checkpoint lacks; it is run again), and the training metrics of the iterations
+    of `iteration`'s evaluation period up to it (`UNFINISHED`)."""
     path = run_dir / "results.json"
     try:
         results = json.loads(path.read_text())
@@ -152,11 +175,19 @@ def _results_up_to(run_dir: Path, iteration: int) -> dict:
             # Evaluations have a point at every iteration listed, training metrics one fewer.
             run["curve"] = {key: values[:kept - (total - len(values))]
                             for key, values in curve.items()}
+        unfinished = [record for record in results.pop(UNFINISHED, [])
+                      if record["iteration"] <= iteration]
+        wanted = list(range(iteration - iteration % eval_every + 1, iteration + 1))
+        if [record["iteration"] for record in unfinished] != wanted:
+            raise ValueError(f"{UNFINISHED} holds iterations "
+                             f"{[record['iteration'] for record in unfinished]}, not {wanted}")
+        train = [{k: np.asarray(values, dtype=dtype)
+                  for k, (dtype, values) in record["metrics"].items()} for record in unfinished]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise checkpoint.CheckpointError(
             f"{path} cannot be read back to resume the run ({type(error).__name__}: {error}); "
             "it is missing or damaged. Start a new run in another directory.") from None
-    return results
+    return results, train
 
 
 def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: int) -> None:
@@ -216,7 +247,9 @@ def programs_for(config: RLConfig, model_config: ModelConfig, mesh) -> Programs:
 def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
              run_dir: str | Path, *, resume: bool = False, print_fn=print,
              saved_config: dict | None = None) -> dict:
-    """Run (or resume) the runs side by side. Returns results (also in results.json)."""
+    """Run (or resume) the runs side by side. Returns results (also in results.json). On
+    SIGTERM or SIGINT it saves at the end of the iteration running, with results.json and
+    TensorBoard, and raises `Preempted` (a second signal stops at once)."""
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     # Runs are independent: split them over the devices when they divide evenly.
@@ -226,20 +259,20 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     hypers = parallel.put(rl.stack_hypers([r.hyper for r in runs]), by_run)
     rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))
-    periods = config.iterations // config.eval_every
 
-    # Only the last checkpoint: a sweep's state is large (10 runs of the mini model: ~100 MB),
-    # results.json keeps every evaluation, and a save is atomic (the previous one stays until
-    # the new one is complete).
+    # The last two checkpoints: a sweep's state is large (10 runs of the mini model: ~100 MB),
+    # results.json keeps every evaluation, a save is atomic (the previous one stays until the
+    # new one is complete), and a damaged last one leaves the one before.
     # Settings added to critkl after a run was made are its own at their defaults.
     defaults = {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
     checkpointer = directory.open_run(run_dir, saved_config, resume=resume, defaults=defaults,
-                                      keep=1)
+                                      keep=2)
     try:
         state = parallel.put(programs.init(rngs, hypers, pretrained), by_run)
+        train = []  # the training metrics of the evaluation period so far, per iteration
         if resume:
             state = checkpointer.restore(target=state)
-            results = _results_up_to(run_dir, int(state.iteration[0]))
+            results, train = _results_up_to(run_dir, int(state.iteration[0]), config.eval_every)
             print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
         else:
             results = {**provenance.record(), "runs": [
@@ -249,48 +282,60 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     except BaseException:
         checkpointer.close()
         raise
-    done = int(state.iteration[0]) // config.eval_every
-    log = _Log(run_dir, runs, results, purge_step=done * config.eval_every or None)
+    first = saved = int(state.iteration[0])
+    log = _Log(run_dir, runs, results, keep_until=first if resume else -1)
     try:
         print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} iterations "
                  f"of {config.episodes} episodes each; compiling, then one line per "
                  f"{config.eval_every} iterations")
-        if done == 0:
-            before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
-            log.record(0, before)
-            print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
-                     f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
-                     f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  (pre-trained model)")
-        clock = time.perf_counter()
-        for period in range(done, periods):
-            train = []
-            for _ in range(config.eval_every):
+        with PreemptionRequests() as preemption:
+            if first == 0:
+                before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
+                log.record(0, before)
+                print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
+                         f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
+                         f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  "
+                         "(pre-trained model)")
+            clock = time.perf_counter()
+            for iteration in range(first + 1, config.iterations + 1):
                 state, metrics = programs("iteration", state, hypers, pretrained)
                 train.append(parallel.fetch(metrics))
-            _check_finite(state, runs, (period + 1) * config.eval_every, period * config.eval_every)
-            train = {k: np.stack([m[k] for m in train], axis=1) for k in train[0]}
-            evaluation = parallel.fetch(programs("evaluate", state, hypers, pretrained))
-            end = (period + 1) * config.eval_every
-            log.record(end, evaluation, train, range(end - config.eval_every + 1, end + 1))
-            checkpointer.save(period + 1, state)
-            elapsed = time.perf_counter() - clock
-            per_period = elapsed / (period + 1 - done)
-            episodes = len(runs) * config.episodes * config.eval_every
-            tokens = float(train["train/generated_tokens"].sum())
-            print_fn(
-                f"iteration {end}/{config.iterations}  "
-                f"train success {train['train/success'].mean():.3f}  "
-                f"sampled {evaluation['eval/sampled_success'].mean():.3f}  "
-                f"pass@1 {evaluation['eval/pass_at_1'].mean():.3f}  "
-                f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
-                f"kl {train['loss/kl'].mean():.4f}  "
-                f"{episodes / per_period:.1f} episodes/s  {tokens / per_period:,.0f} tok/s  "
-                + directory.timing(elapsed, period + 1 - done, periods - done)
-                + f"  (mean of {len(runs)} runs)"
-            )
+                log.train(iteration, train[-1])
+                period_ends = iteration % config.eval_every == 0
+                stopping = preemption.requested is not None
+                if not (period_ends or stopping):
+                    continue
+                _check_finite(state, runs, iteration, saved)
+                if period_ends:
+                    period = {k: np.stack([m[k] for m in train], axis=1) for k in train[0]}
+                    evaluation = parallel.fetch(programs("evaluate", state, hypers, pretrained))
+                    log.record(iteration, evaluation, period)
+                    train = []
+                else:
+                    log.unfinished(list(range(iteration - len(train) + 1, iteration + 1)), train)
+                log.flush()  # TensorBoard and results.json hold everything up to the checkpoint
+                checkpointer.save(iteration, state)
+                saved = iteration
+                if stopping:
+                    raise Preempted(preemption.requested, iteration, "iteration")
+                elapsed = time.perf_counter() - clock
+                per_iteration = elapsed / (iteration - first)
+                tokens = float(period["train/generated_tokens"].sum())
+                print_fn(
+                    f"iteration {iteration}/{config.iterations}  "
+                    f"train success {period['train/success'].mean():.3f}  "
+                    f"sampled {evaluation['eval/sampled_success'].mean():.3f}  "
+                    f"pass@1 {evaluation['eval/pass_at_1'].mean():.3f}  "
+                    f"comfort {evaluation['eval/comfort_pass_at_1'].mean():.3f}  "
+                    f"kl {period['loss/kl'].mean():.4f}  "
+                    f"{len(runs) * config.episodes / per_iteration:.1f} episodes/s  "
+                    f"{tokens / (config.eval_every * per_iteration):,.0f} tok/s  "
+                    + directory.timing(elapsed, iteration - first, config.iterations - first)
+                    + f"  (mean of {len(runs)} runs)"
+                )
     finally:
-        checkpointer.close()
         log.close()
+        checkpointer.close()
     results["summary"] = summary(results)
     log.save()
     return results

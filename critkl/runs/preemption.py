@@ -12,10 +12,11 @@ PREEMPTED_EXIT = 75
 
 
 class Preempted(Exception):
-    """A training loop saved its state at `step` and stopped on a signal."""
+    """A training loop saved its state at `step` (a pre-training step, an RL iteration: `unit`)
+    and stopped on a signal."""
 
-    def __init__(self, signal_name: str, step: int):
-        super().__init__(f"stopped by {signal_name} after saving step {step}")
+    def __init__(self, signal_name: str, step: int, unit: str = "step"):
+        super().__init__(f"stopped by {signal_name} after saving {unit} {step}")
         self.signal_name, self.step = signal_name, step
 
 

@@ -46,7 +46,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     eval_rng = jax.random.key(config.seed + 1)
     start_step = int(state.step)
     tracker = Tracker(run_dir / "tensorboard", enabled=jax.process_index() == 0,
-                      purge_step=start_step or None)
+                      keep_until=start_step if resume else -1)
     clock, clock_step = time.perf_counter(), start_step
     tokens_per_step = config.batch_size * model_config.context_length
     last_saved = start_step
@@ -61,8 +61,10 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 jax.block_until_ready(in_flight)
                 in_flight = metrics["loss"]
                 stopping = preemption.requested is not None
-                if (step % config.log_every and step % config.checkpoint_every
-                        and step != config.steps and not stopping):
+                # Logged as if never stopped: a stop's extra save adds no point.
+                scheduled = not (step % config.log_every and step % config.checkpoint_every
+                                 and step != config.steps)
+                if not scheduled and not stopping:
                     continue
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not math.isfinite(metrics["loss"]):
@@ -81,7 +83,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                         state.params, model_config, jax.random.fold_in(eval_rng, step),
                         config.max_digits, config.eval_problems,
                     )
-                tracker.scalars(step, metrics)
+                if scheduled:
+                    tracker.scalars(step, metrics)
                 line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
                         f"token acc {metrics['token_accuracy']:.4f}  "
                         f"lr {metrics['learning_rate']:.2e}  {steps_per_second:.2f} steps/s  "
@@ -99,13 +102,14 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                             f"saved, the last good checkpoint (step {last_saved}) in {run_dir} is "
                             f"kept. Lower learning_rate (now {config.learning_rate}) or raise "
                             "warmup_steps, then start a new run.")
+                    tracker.flush()  # TensorBoard holds every point up to a saved step
                     checkpointer.save(step, state)
                     last_saved = step
                 if stopping:
                     raise Preempted(preemption.requested, step)
     finally:
-        checkpointer.close()
         tracker.close()
+        checkpointer.close()
     print_fn(f"trained steps {start_step}..{config.steps} in "
              f"{directory.format_seconds(time.perf_counter() - started)}")
     return state
