@@ -23,6 +23,10 @@ from critkl.tokenizer import VOCAB_SIZE
 # ----------------------------------------------------------------------------- model
 
 DTYPES = ("float32", "bfloat16")
+# Attention implementations (`critkl.model.attention`): critkl's own, or
+# jax.nn.dot_product_attention with implementation "xla" or "cudnn" (cuDNN's fused attention:
+# NVIDIA GPUs, bfloat16 only).
+ATTENTIONS = ("critkl", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,6 +40,7 @@ class ModelConfig:
     d_ff: int  # hidden width of the MLP
     context_length: int  # number of learned positions
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay float32)
+    attention: str = "critkl"  # one of ATTENTIONS
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "num_heads", "d_model", "d_ff", "context_length"):
@@ -47,8 +52,7 @@ class ModelConfig:
                 f"ModelConfig.d_model ({self.d_model}) must be divisible by "
                 f"ModelConfig.num_heads ({self.num_heads})"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"ModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_compute("ModelConfig", self.dtype, self.attention)
 
     @property
     def head_dim(self) -> int:
@@ -57,6 +61,18 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+
+def check_compute(owner: str, dtype: str, attention: str) -> None:
+    """ValueError naming `owner`'s field (owner.dtype, owner.attention) and its allowed values
+    when the compute dtype or the attention implementation is not one critkl has."""
+    if dtype not in DTYPES:
+        raise ValueError(f"{owner}.dtype must be one of {DTYPES}, got {dtype!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"{owner}.attention must be one of {ATTENTIONS}, got {attention!r}")
+    if attention == "cudnn" and dtype != "bfloat16":
+        raise ValueError(f"{owner}.attention='cudnn' needs {owner}.dtype='bfloat16' (cuDNN's "
+                         f"fused attention has no float32 kernel), got {dtype!r}")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -352,8 +368,14 @@ class RLConfig:
     # pre-trained model (`critkl.analysis.causal.critical_keys` of its map): evaluations report
     # p(right) there, on problems whose operands both have n + extra_digits digits.
     causal_keys: tuple[tuple, ...] = ()
+    # How the run computes (`run_model`), whatever the pre-trained model was trained with:
+    # the compute dtype of sampling, the update and the evaluations (parameters, optimizer
+    # state, log-probs, weights and the loss stay float32), and the attention implementation.
+    dtype: str = "float32"
+    attention: str = "critkl"
 
     def __post_init__(self):
+        check_compute("RLConfig", self.dtype, self.attention)
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
                      "eval_episodes", "update_chunk", "group_size"):
             if getattr(self, name) < 1:
@@ -416,6 +438,10 @@ class RLConfig:
     def max_length(self) -> int:
         """Episodes are cut here: the longest episode of `digits` digits + 100."""
         return env.episode_limit(self.digits)
+
+    def run_model(self, model_config: ModelConfig) -> ModelConfig:
+        """The pre-trained model's config with this run's dtype and attention."""
+        return dataclasses.replace(model_config, dtype=self.dtype, attention=self.attention)
 
     def check_model(self, model_config: ModelConfig) -> None:
         if model_config.context_length < self.max_length:

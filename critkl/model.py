@@ -11,8 +11,10 @@ H heads, Dh head_dim = D // H, L layers.
   `model.apply({"params": p}, token [B], position, cache, method=GPT.decode_step)` writes one
   position in place (`lax.dynamic_update_slice`) and attends to positions <= position.
 
-Parameters are float32; `ModelConfig.dtype` is the compute dtype. Logits and hidden states are
-always float32 (the final LayerNorm and the tied output projection run in float32).
+Parameters are float32; `ModelConfig.dtype` is the compute dtype of the matrix products and
+activations. Attention scores and their softmax, LayerNorm statistics, logits and hidden states
+are float32 (the final LayerNorm and the tied output projection run in float32).
+`ModelConfig.attention` chooses the attention implementation (`attention`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,31 @@ def _attend(q, k, v, mask, dtype):
     return (y / weights.sum(axis=-1, keepdims=True)).astype(dtype)
 
 
+def attention(q, k, v, mask, config: ModelConfig, causal: bool):
+    """q [B,H,T,Dh], k, v [B,H,S,Dh], mask [T,S] bool (True = may attend) -> [B,H,T,Dh] in the
+    compute dtype, by `config.attention`: critkl's `_attend` (the full forward's causal
+    attention in blocks of QUERY_BLOCK queries, each over the keys up to its end), or
+    jax.nn.dot_product_attention with implementation "xla" or "cudnn" (head-minor layout;
+    `causal`: is_causal instead of the mask, which cuDNN then never reads)."""
+    scale = 1.0 / math.sqrt(config.head_dim)
+    if config.attention != "critkl":
+        heads_minor = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B,H,T,Dh] <-> [B,T,H,Dh]
+        y = jax.nn.dot_product_attention(
+            heads_minor(q), heads_minor(k), heads_minor(v), mask=None if causal else mask,
+            scale=scale, is_causal=causal, implementation=config.attention)
+        return heads_minor(y)
+    q = q * jnp.asarray(scale, q.dtype)
+    time = q.shape[2]
+    if not causal or time <= QUERY_BLOCK:
+        return _attend(q, k, v, mask, config.compute_dtype)
+    # Causal mask: queries lo..hi-1 attend to no key at hi or later, so each block of queries
+    # reads only the keys up to its end (exact; about 60% of the square).
+    blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
+    return jnp.concatenate([
+        _attend(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], mask[lo:hi, :hi], config.compute_dtype)
+        for lo, hi in blocks], axis=2)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection and float32 softmax."""
 
@@ -125,16 +152,7 @@ class CausalSelfAttention(nn.Module):
             k = vmap_rules.update_slice(kv[0], k.astype(kv[0].dtype), at)
             v = vmap_rules.update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
-        q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
-        if kv is None and time > QUERY_BLOCK:
-            # Causal mask: queries lo..hi-1 attend to no key at hi or later, so each block of
-            # queries reads only the keys up to its end (exact; about 60% of the square).
-            blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
-            y = jnp.concatenate([
-                _attend(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], mask[lo:hi, :hi],
-                        cfg.compute_dtype) for lo, hi in blocks], axis=2)
-        else:
-            y = _attend(q, k, v, mask, cfg.compute_dtype)
+        y = attention(q, k, v, mask, cfg, causal=kv is None)
         y = y.transpose(0, 2, 1, 3).reshape(batch, time, cfg.d_model)
         return _dense(cfg.d_model, cfg, _residual_std(cfg), "out")(y), kv
 

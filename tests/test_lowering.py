@@ -110,3 +110,16 @@ def test_causal_map_forward(params):
     episodes = env.render(env.sample_identical(jax.random.key(0), 8, 2, 2))
     forward = jax.jit(lambda p, x: GPT(TINY).apply({"params": p}, x)[0])
     lowered(forward, shapes_of(params), shapes_of(episodes.tokens))
+
+
+def test_rl_iteration_in_bfloat16_with_dot_product_attention(params):
+    """RLConfig.dtype and .attention reach the program: bfloat16 products, attention through
+    jax.nn.dot_product_attention's XLA implementation (cuDNN's needs a GPU to lower)."""
+    config = dataclasses.replace(QUICK, dtype="bfloat16", attention="xla")
+    functions = rl.make_train(config, TINY, ACCELERATOR)
+    hyper = RLHyper()
+    state = jax.eval_shape(functions.init, jax.random.key(0), hyper, params)
+    exported = lowered(jax.jit(functions.iteration), state, shapes_of(hyper), shapes_of(params))
+    assert "bf16" in exported.mlir_module()
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(exported.out_avals)
+               if jnp.issubdtype(x.dtype, jnp.floating))  # parameters, optimizer state, metrics

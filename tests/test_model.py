@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from critkl.config import model_preset, ModelConfig, PRESETS
-from critkl.model import GPT, INIT_STD, QUERY_BLOCK, init_cache, init_params
+from critkl.model import GPT, INIT_STD, QUERY_BLOCK, attention, init_cache, init_params
 
 CONFIG = model_preset("tiny")
 
@@ -57,9 +57,11 @@ def test_forward_is_causal(params):
     np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
 
 
-@pytest.mark.parametrize("prefill_length, cache_length", [(1, 12), (5, None)])
-def test_cached_decoding_matches_full_forward(params, prefill_length, cache_length):
-    model = GPT(CONFIG)
+@pytest.mark.parametrize("prefill_length, cache_length, attention",
+                         [(1, 12, "critkl"), (5, None, "critkl"), (5, 12, "xla")])
+def test_cached_decoding_matches_full_forward(params, prefill_length, cache_length, attention):
+    """Prefill and decode steps over a cache (in `attention`) against critkl's full forward."""
+    model = GPT(dataclasses.replace(CONFIG, attention=attention))
     tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, CONFIG.vocab_size)
     full_logits, full_hidden = forward(CONFIG, params, tokens)
 
@@ -132,6 +134,8 @@ def test_sequence_longer_than_context_is_rejected(params):
         ({"d_ff": -1}, "d_ff"),
         ({"context_length": 2.5}, "context_length"),
         ({"vocab_size": 0}, "vocab_size"),
+        ({"attention": "flash"}, "attention must be one of \\('critkl', 'xla', 'cudnn'\\)"),
+        ({"attention": "cudnn"}, "attention='cudnn' needs ModelConfig.dtype='bfloat16'"),
     ],
 )
 def test_config_validation_names_the_field(changes, field):
@@ -199,3 +203,45 @@ def test_attention_equals_softmax_then_values_with_its_gradients():
     expected_grads = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
     for got, want in zip(grads, expected_grads):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("length", [12, QUERY_BLOCK + 37])
+def test_dot_product_attention_equals_critkl_attention_with_gradients(params, length):
+    """The full forward through jax.nn.dot_product_attention (implementation "xla", the one a
+    CPU runs) against critkl's own attention (in blocks of queries past QUERY_BLOCK): logits,
+    hidden states and the parameters' gradients of a loss of both, in float32."""
+    tokens = jax.random.randint(jax.random.key(10), (2, length), 0, CONFIG.vocab_size)
+    weights = jax.random.normal(jax.random.key(11), (2, length, CONFIG.vocab_size))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_gradients(config, params):
+        def loss(params):
+            logits, hidden = GPT(config).apply({"params": params}, tokens)
+            return jnp.sum(jax.nn.log_softmax(logits) * weights) + jnp.sum(hidden ** 2), logits
+        return jax.grad(loss, has_aux=True)(params)
+
+    grads, logits = outputs_and_gradients(CONFIG, params)
+    xla_grads, xla_logits = outputs_and_gradients(
+        dataclasses.replace(CONFIG, attention="xla"), params)
+    np.testing.assert_allclose(xla_logits, logits, atol=1e-5, rtol=0)
+    assert float(jnp.std(logits)) > 0.5
+    for path, grad in jax.tree_util.tree_leaves_with_path(grads):
+        xla_grad = functools.reduce(lambda tree, key: tree[key.key], path, xla_grads)
+        scale = float(jnp.abs(grad).max())
+        assert scale > 0, path
+        np.testing.assert_allclose(xla_grad, grad, atol=1e-5 * scale, rtol=0, err_msg=str(path))
+
+
+def test_attention_with_a_mask_over_a_cache():
+    """One query block over a longer cache with a mask (as a decode step attends): the xla
+    implementation equals critkl's, masked keys ignored by both."""
+    q = jax.random.normal(jax.random.key(12), (2, CONFIG.num_heads, 3, CONFIG.head_dim))
+    k, v = (jax.random.normal(jax.random.key(i), (2, CONFIG.num_heads, 9, CONFIG.head_dim))
+            for i in (13, 14))
+    mask = jnp.arange(3)[:, None] + 4 >= jnp.arange(9)[None, :]  # queries at positions 4..6
+    ours = attention(q, k, v, mask, CONFIG, causal=False)
+    xla = attention(q, k, v, mask, dataclasses.replace(CONFIG, attention="xla"), causal=False)
+    np.testing.assert_allclose(xla, ours, atol=1e-5, rtol=0)
+    changed = attention(q, k, v.at[:, :, 7:].set(100.0), mask,
+                        dataclasses.replace(CONFIG, attention="xla"), causal=False)
+    np.testing.assert_allclose(changed, xla, atol=1e-6, rtol=0)  # keys 7, 8 masked for all
