@@ -20,8 +20,8 @@ from typing import Callable, NamedTuple
 
 from critkl.infra import provenance
 from critkl.runs.outputs import Output
-from experiments import (accuracy, beta, certainty, critical, detectors, levels, main, mechanism,
-                         weightings)
+from experiments import (accuracy, beta, certainty, critical, detectors, frontier, levels, main,
+                         mechanism, weightings)
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -46,6 +46,8 @@ EXPERIMENTS = {
                             "critical tokens (precision-recall)", detectors.run),
     "weightings": Experiment("beyond the paper: standard KL, prioritized KL, 80/20, Archer and "
                              "KL-Cov side by side", weightings.run),
+    "frontier": Experiment("beyond the paper: learning on N+1 against retention, no KL, the "
+                           "standard KL's frontier and the prioritized KL", frontier.run),
 }
 
 
