@@ -18,6 +18,10 @@ SWEEP_PLOTS = (  # file, metric, what it shows
     ("comfort_zone.png", "eval/comfort_pass_at_1", "Greedy pass@1 in the comfort zone"),
     ("kl_critical_like.png", "loss/kl_w_low", "KL to the reference at tokens of weight w < 0.1"),
     ("kl_routine.png", "loss/kl_w_high", "KL to the reference at tokens of weight w >= 0.9"),
+    ("retention_sampled.png", "retention/sampled_comfort",
+     "Retention: success sampled at the policy temperature on 1..N digits"),
+    ("retention_kl.png", "retention/kl", "Retention: KL to the reference on correct comfort-zone "
+     "episodes"),
 )
 
 
@@ -65,7 +69,7 @@ def plot_sweep(digits: int, results: dict, output: Output) -> None:
     for name, key, what in SWEEP_PLOTS:
         if key not in curve:
             continue
-        is_kl = key.startswith("loss/")
+        is_kl = key.startswith("loss/") or key == "retention/kl"
         output.plot(name, setting_curves(results, key, kl_label),
                     title=_title(digits, results, what), xlabel="RL iteration",
                     ylabel="KL (nats per token)" if is_kl else "rate",
