@@ -344,3 +344,29 @@ def test_a_save_that_fails_in_orbax_names_a_full_disk(tmp_path, monkeypatch):
         with pytest.raises(CheckpointError, match="failed: the disk is full; no checkpoint was "
                            "completed.*start the run again"):
             ckpt.save(1, make_state(1))
+
+
+def test_a_run_directory_is_locked_while_a_run_holds_it(tmp_path):
+    """open_run takes run.lock (pid and host) until its checkpointer is closed: meanwhile a
+    second open is refused naming the owner; a lock of a process gone from this host is
+    taken over; one of another host is refused."""
+    import socket
+
+    from critkl.runs import directory
+
+    lock = tmp_path / directory.LOCK_FILE
+    first = directory.open_run(tmp_path, {"a": 1}, resume=False)
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+    with pytest.raises(CheckpointError, match=f"in use by process {os.getpid()} on "):
+        directory.open_run(tmp_path, {"a": 1}, resume=True)
+    first.close()
+    assert not lock.exists()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    directory.open_run(tmp_path, {"a": 1}, resume=True).close()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": "elsewhere"}))
+    with pytest.raises(CheckpointError, match=f"in use by process {gone.pid} on elsewhere"):
+        directory.open_run(tmp_path, {"a": 1}, resume=True)
+    assert lock.exists()  # not the refused process's to remove

@@ -205,6 +205,48 @@ def test_sigterm_to_the_pretrain_command_exits_75_with_the_resume_line(tmp_path)
     assert checkpoint.latest_checkpoint_step(run_dir) >= 1
 
 
+def test_two_pretrainings_started_together_in_one_directory(tmp_path):
+    """Two real `critkl pretrain` processes (seeds 0 and 1) started together in one new run
+    directory: one is refused at once, exit status 2, with one line naming the other's pid;
+    the other trains (stopped here by SIGTERM), its config is the directory's, and its lock
+    is gone when it exits."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    started = [subprocess.Popen(
+        [sys.executable, "-m", "critkl.cli", "pretrain", "--run-dir", str(run_dir), "--seed",
+         str(seed), "--model", "tiny", "--max-digits", "1", "--batch-size", "8", "--steps",
+         "100000", "--warmup-steps", "2", "--eval-every", "100000", "--checkpoint-every", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(process.poll() is None for process in started):
+            assert time.monotonic() < deadline, "neither process was refused"
+            time.sleep(0.1)
+        refused, = [process for process in started if process.poll() is not None]
+        trains, = [process for process in started if process is not refused]
+        error = refused.stderr.read()
+        assert refused.returncode == 2, error
+        assert error.strip().splitlines() == [
+            f"critkl pretrain: error: {run_dir} is in use by process {trains.pid} on "
+            f"{os.uname().nodename} (lock file {run_dir / 'run.lock'}): wait for that run to "
+            "end or choose another run directory; remove the lock file only if that process "
+            "is gone."]
+        for line in trains.stdout:
+            if line.startswith("step "):
+                break
+        trains.send_signal(signal.SIGTERM)
+        assert trains.wait(timeout=120) == 75
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert checkpoint.load_config(run_dir)["seed"] == started.index(trains)
+    assert not (run_dir / "run.lock").exists()
+
+
 def test_tensorboard_holds_the_logged_scalars(tmp_path):
     lines = []
     pretraining.pretrain(TINY, tmp_path, print_fn=lines.append)

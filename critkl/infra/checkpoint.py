@@ -50,7 +50,7 @@ def _checkpoint_dir(run_dir: str | os.PathLike) -> str:
     return os.path.join(os.path.abspath(os.fspath(run_dir)), CHECKPOINT_SUBDIR)
 
 
-def _missing_run_dir(run_dir: str | os.PathLike) -> CheckpointError:
+def missing_run_dir(run_dir: str | os.PathLike) -> CheckpointError:
     return CheckpointError(
         f"Run directory {os.fspath(run_dir)!r} does not exist. Check the path "
         "(it is the directory given when the run was started), or start a "
@@ -100,7 +100,7 @@ def check_same_config(run_dir: str | os.PathLike, config: dict,
 def load_config(run_dir: str | os.PathLike) -> dict:
     """Read the config saved by :func:`save_config`."""
     if not os.path.isdir(run_dir):
-        raise _missing_run_dir(run_dir)
+        raise missing_run_dir(run_dir)
     path = os.path.join(run_dir, CONFIG_FILE)
     try:
         with open(path) as f:
@@ -196,7 +196,7 @@ class Checkpointer:
         self, run_dir: str | os.PathLike, *, max_to_keep: int = 3, create: bool = True
     ):
         if not create and not os.path.isdir(run_dir):
-            raise _missing_run_dir(run_dir)
+            raise missing_run_dir(run_dir)
         self.directory = _checkpoint_dir(run_dir)
         self.checksums = os.path.join(os.path.dirname(self.directory), CHECKSUM_SUBDIR)
         options = ocp.CheckpointManagerOptions(

@@ -2,14 +2,18 @@
 written once by process 0; orbax checkpoints), starting fresh or resuming the same run, and
 the progress line.
 
-`open_run` refuses a fresh start in a directory that holds checkpoints and a resume whose
+`open_run` refuses a fresh start in a directory that holds checkpoints, a resume whose
 settings differ from config.json (except `may_differ`: settings that only change what is
-logged), so a run directory always holds one run.
+logged) and a directory another process trains in (`RunLock`), so a run directory always
+holds one run.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,25 +21,124 @@ import jax
 
 from critkl.infra import checkpoint
 
+LOCK_FILE = "run.lock"
+
+
+def _alive(pid) -> bool:
+    """Whether process `pid` of this host exists (a pid that is not a number: assumed so)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):  # another user's; not a pid
+        return True
+    return True
+
+
+class RunLock:
+    """`run_dir/run.lock`, holding the pid and host of the one process training in `run_dir`
+    (created exclusively; a second process gets CheckpointError naming the owner). A lock
+    whose process is gone from this host is stale and taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_FILE
+        self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        while not self._create():
+            held = self._read()
+            if held is None:  # released meanwhile
+                continue
+            if held.get("host") != self.owner["host"] or _alive(held.get("pid")):
+                raise checkpoint.CheckpointError(
+                    f"{run_dir} is in use by process {held.get('pid')} on {held.get('host')} "
+                    f"(lock file {self.path}): wait for that run to end or choose another run "
+                    "directory; remove the lock file only if that process is gone.")
+            self._remove_if_held_by(held)
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.owner) + "\n")
+        return True
+
+    def _read(self) -> dict | None:
+        """The owner the lock file names (None: no lock file). A lock being written (empty)
+        is read again for up to a second."""
+        for _ in range(20):
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                return None
+            try:
+                held = json.loads(text)
+                if isinstance(held, dict):
+                    return held
+            except ValueError:
+                pass
+            time.sleep(0.05)
+        return {"pid": "unknown", "host": f"unknown (unreadable {LOCK_FILE})"}
+
+    def _remove_if_held_by(self, held: dict) -> None:
+        """Remove the lock file if it still names `held` (stale): takers of the same stale
+        lock do this in turn, so that none removes the lock another has just taken."""
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if self._read() == held:
+                self.path.unlink()
+        finally:
+            os.close(folder)
+
+    def release(self) -> None:
+        if self._read() == self.owner:
+            self.path.unlink()
+
+
+class RunCheckpointer(checkpoint.Checkpointer):
+    """The checkpointer of a run, holding its directory's `RunLock` (process 0's) until
+    closed."""
+
+    def __init__(self, run_dir: Path, lock: RunLock | None, **options):
+        self.lock = lock
+        super().__init__(run_dir, **options)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
 
 def open_run(run_dir: str | os.PathLike, config: dict | None, *, resume: bool,
              may_differ: tuple[str, ...] = (), defaults: dict | None = None,
              keep: int = 3) -> checkpoint.Checkpointer:
     """The checkpointer of a fresh run (config.json written) or of a resumed one (its
     config.json compared with `config`; settings added since, at their `defaults`, are
-    the same), keeping the last `keep` checkpoints. `config` None: nothing is written or
-    compared."""
+    the same), keeping the last `keep` checkpoints and holding the directory's lock until
+    it is closed. `config` None: nothing is written or compared."""
     run_dir = Path(run_dir)
-    if resume and config is not None:
-        checkpoint.check_same_config(run_dir, config, may_differ, defaults)
-    checkpointer = checkpoint.Checkpointer(run_dir, max_to_keep=keep, create=not resume)
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise checkpoint.missing_run_dir(run_dir)
+    lock = RunLock(run_dir) if jax.process_index() == 0 else None  # once per run
+    try:
+        if resume and config is not None:
+            checkpoint.check_same_config(run_dir, config, may_differ, defaults)
+        checkpointer = RunCheckpointer(run_dir, lock, max_to_keep=keep, create=not resume)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     if not resume:  # every process checks, so that all stop together
         if checkpoint.latest_checkpoint_step(run_dir) is not None:
             checkpointer.close()
             raise checkpoint.CheckpointError(
                 f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
                 "or choose another run directory.")
-        run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None and jax.process_index() == 0:
             checkpoint.save_config(run_dir, config)
     return checkpointer

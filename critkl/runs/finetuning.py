@@ -333,11 +333,11 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                     + directory.timing(elapsed, iteration - first, config.iterations - first)
                     + f"  (mean of {len(runs)} runs)"
                 )
+        results["summary"] = summary(results)
+        log.save()
     finally:
         log.close()
         checkpointer.close()
-    results["summary"] = summary(results)
-    log.save()
     return results
 
 
