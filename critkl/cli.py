@@ -515,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the training command, e.g. -- critkl pretrain --run-dir runs/x")
     launch.set_defaults(run=_launch)
+    for name in ("pretrain", "eval", "export", "finetune", "sweep", "analyze", "critical",
+                 "experiment"):  # the commands that read checkpoints
+        commands.choices[name].add_argument(
+            "--allow-undigested", action="store_true",
+            help="restore checkpoints that have no SHA-256 digest, saved before critkl "
+            "recorded them (default: such a checkpoint is refused as unverifiable)")
     return parser
 
 
@@ -524,11 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     from critkl.infra import provenance
 
     provenance.set_command(argv)
-    from critkl.infra.checkpoint import CheckpointError
+    from critkl.infra.checkpoint import CheckpointError, allow_undigested
     from critkl.infra.parallel import BatchSplitError
     from critkl.runs.divergence import TrainingDiverged
     from critkl.runs.preemption import PREEMPTED_EXIT, Preempted
 
+    if getattr(args, "allow_undigested", False):
+        allow_undigested()
     try:
         _check_platforms()
         args.run(args)

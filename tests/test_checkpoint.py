@@ -157,7 +157,7 @@ def test_damaged_latest_checkpoint_raises(saved_run, damage):
             ckpt.restore(target=make_state())
         message = str(err.value)
         assert str(step_dir) in message
-        assert "could not be restored" in message and "available: [1]" in message
+        assert "could not be restored" in message and "step 1, is intact" in message
         # The earlier step is still usable once asked for explicitly.
         assert_same_state(ckpt.restore(1, target=make_state()), make_state(1))
 
@@ -165,7 +165,7 @@ def test_damaged_latest_checkpoint_raises(saved_run, damage):
 def test_empty_step_directory_raises(saved_run):
     (saved_run / "checkpoints" / "5").mkdir()
     with Checkpointer(saved_run, create=False) as ckpt:
-        with pytest.raises(CheckpointError, match="available: \\[1, 2\\]"):
+        with pytest.raises(CheckpointError, match="step 2, is intact"):
             ckpt.restore(target=make_state())
 
 
@@ -293,7 +293,7 @@ def test_a_flipped_byte_in_the_data_is_never_restored(tmp_path):
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0x10]))
     with Checkpointer(tmp_path, create=False) as ckpt:
-        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*available: \[1\]"):
+        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*step 1, is intact"):
             ckpt.restore(target=_weights(0))
         assert_same_state(ckpt.restore(1, target=_weights(0)), _weights(1))
 
@@ -303,7 +303,7 @@ def test_values_that_differ_from_the_recorded_digest_are_refused(saved_run):
     (saved_run / "checksums" / "2.sha256").write_text(
         (saved_run / "checksums" / "1.sha256").read_text())
     with Checkpointer(saved_run, create=False) as ckpt:
-        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*available: \[1\]"):
+        with pytest.raises(CheckpointError, match=r"step 2 .* is damaged.*step 1, is intact"):
             ckpt.restore(target=make_state())
 
 
@@ -370,3 +370,19 @@ def test_a_run_directory_is_locked_while_a_run_holds_it(tmp_path):
     with pytest.raises(CheckpointError, match=f"in use by process {gone.pid} on elsewhere"):
         directory.open_run(tmp_path, {"a": 1}, resume=True)
     assert lock.exists()  # not the refused process's to remove
+
+
+def test_a_checkpoint_without_its_digest_is_refused_unless_allowed(saved_run, monkeypatch):
+    """A missing digest is no longer taken as an old checkpoint: refused, naming the flag and
+    the previous intact step, until the user says it predates digests."""
+    from critkl.infra import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_undigested_allowed", False)
+    (saved_run / "checksums" / "2.sha256").unlink()
+    with Checkpointer(saved_run, create=False) as ckpt:
+        with pytest.raises(CheckpointError, match=r"step 2 .* has no digest .*--allow-undigested"
+                                                  r"\. The previous checkpoint, step 1, is intact"):
+            ckpt.restore(target=make_state())
+    checkpoint.allow_undigested()
+    with Checkpointer(saved_run, create=False) as ckpt:
+        assert_same_state(ckpt.restore(target=make_state()), make_state(2))

@@ -76,6 +76,8 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
     runs = finetuning.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())  # 8 devices: sharded
     straight = finetuning.finetune(config, runs, params, TINY, tmp_path / "straight",
                                  print_fn=lambda line: None)
+    assert sorted(int(step.name) for step in (tmp_path / "straight" / "checkpoints").iterdir()
+                  if step.name.isdigit()) == [2, 4]  # a damaged last checkpoint leaves one
 
     class Killed(Exception):
         pass

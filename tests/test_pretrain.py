@@ -291,6 +291,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+def test_resume_without_a_digest_needs_allow_undigested(tmp_path, capsys, monkeypatch):
+    """`critkl pretrain --resume` of a run whose last checkpoint lost its digest: one line
+    naming the flag and the previous intact step, exit status 2; with the flag it resumes."""
+    from critkl import cli
+
+    monkeypatch.setattr(checkpoint, "_undigested_allowed", False)
+    pretraining.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
+    (tmp_path / "checksums" / "3.sha256").unlink()
+    assert cli.main(["pretrain", "--run-dir", str(tmp_path), "--resume"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--allow-undigested" in error[0], error
+    assert "The previous checkpoint, step 2, is intact" in error[0]
+    assert cli.main(["pretrain", "--run-dir", str(tmp_path), "--resume", "--allow-undigested"]) == 0
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path):
     pretraining.pretrain(dataclasses.replace(TINY, steps=3), tmp_path, print_fn=lambda line: None)
     with pytest.raises(checkpoint.CheckpointError, match="learning_rate"):

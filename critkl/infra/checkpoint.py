@@ -10,11 +10,13 @@ mid-save leaves a temporary directory that is never listed as a step (stale
 ones are removed when a :class:`Checkpointer` opens the directory).
 
 Damaged checkpoints: every save records a SHA-256 digest of the state's values
-(``checksums/<step>.sha256`` beside ``checkpoints/``, written by process 0 when the
-state is addressable from it); restoring a step recomputes it from the restored values
-and raises :class:`CheckpointError`, naming the step and the earlier ones, when they
-differ (a flipped bit in a data file) or when orbax cannot read the files (deleted or
-truncated ones). There is no silent fallback to an earlier step.
+(``checksums/<step>.sha256`` beside ``checkpoints/``, written by process 0; ``SHARDED``
+when the state is not addressable from it); restoring a step recomputes it from the
+restored values and raises :class:`CheckpointError`, naming the step and the newest
+earlier step that is intact, when they differ (a flipped bit in a data file), when orbax
+cannot read the files (deleted or truncated ones) or when the digest is missing (unless
+:func:`allow_undigested`: checkpoints older than digests). There is no silent fallback to
+an earlier step.
 
 PRNG keys: typed key arrays (``jax.random.key``) are stored as their raw key
 data (``jax.random.key_data``, uint32) and wrapped back with the target
@@ -43,6 +45,24 @@ CHECKSUM_SUBDIR = "checksums"
 
 class CheckpointError(Exception):
     """A run directory, checkpoint or config cannot be used as asked."""
+
+
+class _Unusable(Exception):
+    """Why a checkpoint step cannot be restored (`Checkpointer.restore` says what to do)."""
+
+
+# The digest file of a step saved while no process held the whole state (a state sharded
+# over several processes): there is nothing to check it against.
+SHARDED = "none: the state was sharded over processes"
+
+_undigested_allowed = False
+
+
+def allow_undigested() -> None:
+    """Restore checkpoints that have no digest (saved before critkl recorded digests): the
+    user's explicit word (`--allow-undigested`), for the rest of this process."""
+    global _undigested_allowed
+    _undigested_allowed = True
 
 
 def _checkpoint_dir(run_dir: str | os.PathLike) -> str:
@@ -215,10 +235,9 @@ class Checkpointer:
         self._check_free_space(step, state)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
-        digest = state_digest(state) if jax.process_index() == 0 else None
-        if digest is not None:
+        if jax.process_index() == 0:
             os.makedirs(self.checksums, exist_ok=True)
-            files.write_atomic(self._checksum_path(step), digest + "\n")
+            files.write_atomic(self._checksum_path(step), (state_digest(state) or SHARDED) + "\n")
         try:  # orbax first waits for the previous save, and raises its error here
             self._manager.save(
                 int(step),
@@ -250,7 +269,9 @@ class Checkpointer:
 
         ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` leaves;
         restored jax arrays get its dtypes and shardings, so a sharded target
-        restores sharded.
+        restores sharded. A step that cannot be read, or whose values differ from
+        its digest (or has none, unless :func:`allow_undigested`), raises
+        :class:`CheckpointError` naming the newest earlier step that is intact.
         """
         self._manager.wait_until_finished()
         steps = sorted(self._manager.all_steps())
@@ -269,47 +290,71 @@ class Checkpointer:
                 f"Checkpoint step {step} does not exist in {self.directory!r}; "
                 f"the available steps are {steps}. Resume from one of them."
             )
+        try:
+            return self._restore_verified(step, target)
+        except _Unusable as problem:
+            step_dir = os.path.join(self.directory, str(step))
+            earlier = [s for s in reversed(steps) if s < step]
+            intact = next((s for s in earlier if self._is_intact(s, target)), None)
+            raise CheckpointError(
+                f"Checkpoint step {step} in {step_dir!r} {problem} "
+                + (f"The previous checkpoint, step {intact}, is intact: move {step_dir!r} aside "
+                   f"and run again to resume from step {intact}." if intact is not None else
+                   f"No earlier checkpoint is intact (checked: {sorted(earlier)}): start a new "
+                   "run." if earlier else "There is no earlier checkpoint: start a new run.")
+            ) from problem.__cause__
+
+    def _restore_verified(self, step: int, target: Any) -> Any:
+        """Step ``step`` restored onto ``target``; `_Unusable` if it cannot be read or
+        differs from its digest."""
         abstract = jax.tree.map(_to_restore_target, target)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.StandardRestore(abstract)
             )
         except Exception as e:  # orbax / tensorstore raise many types here.
-            earlier = [s for s in steps if s < step]
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             detail = detail.split(" See full TensorStore details")[0][:500]  # then a long repr
-            step_dir = os.path.join(self.directory, str(step))
-            raise CheckpointError(
-                f"Checkpoint step {step} in {step_dir!r} could not be restored: "
-                "it is incomplete or truncated (files deleted or cut short "
-                "after it was written), or it does not match the structure and "
-                "shapes of the state being restored (different model config?). "
-                f"Orbax reported: {detail} -- If the files are damaged, move "
-                "that step directory aside to resume from the previous checkpoint"
-                + (f" (available: {earlier})" if earlier else " (there is none)")
-                + "; otherwise resume with the config the run was saved with."
-            ) from e
+            raise _Unusable(
+                "could not be restored: it is incomplete or truncated (files deleted or cut "
+                "short after it was written), or it does not match the structure and shapes "
+                "of the state being restored (different model config? then resume with the "
+                f"config the run was saved with). Orbax reported: {detail} --") from e
         restored = jax.tree.map(_from_restored, target, restored)
-        self._verify(step, restored, steps)
+        self._verify(step, restored)
         return restored
 
-    def _verify(self, step: int, restored: Any, steps: list[int]) -> None:
-        """CheckpointError if ``step``'s recorded digest differs from the restored values'."""
+    def _is_intact(self, step: int, target: Any) -> bool:
+        """Whether ``step`` restores and matches its digest, read by a fresh manager (orbax's
+        is left unable to restore any step by a failed restore)."""
+        probe = Checkpointer(os.path.dirname(self.directory), create=False)
+        try:
+            probe._restore_verified(step, target)
+        except _Unusable:
+            return False
+        finally:
+            probe._manager.close()
+        return True
+
+    def _verify(self, step: int, restored: Any) -> None:
+        """`_Unusable` if ``step``'s recorded digest differs from the restored values', or
+        if there is none (unless `allow_undigested`)."""
         path = self._checksum_path(step)
         if not os.path.exists(path):
-            return  # saved before digests were recorded, or by several processes
+            if _undigested_allowed:
+                return
+            raise _Unusable(
+                f"has no digest ({path!r} is missing), so it cannot be checked for damage. If "
+                "it was saved before critkl recorded digests, pass --allow-undigested.")
         with open(path) as f:
             recorded = f.read().strip()
+        if recorded == SHARDED:
+            return  # no process held the whole state when it was saved
         actual = state_digest(restored)
         if actual is not None and actual != recorded:
-            earlier = [s for s in steps if s < step]
-            raise CheckpointError(
-                f"Checkpoint step {step} in {os.path.join(self.directory, str(step))!r} is "
-                "damaged: its values differ from those saved (SHA-256 recorded in "
-                f"{path!r}), so the run does not continue from it. Move that step directory "
-                "aside to resume from the previous checkpoint"
-                + (f" (available: {earlier})" if earlier else " (there is none: start a new run)")
-                + ".")
+            raise _Unusable(
+                "is damaged: its values differ from those saved (SHA-256 recorded in "
+                f"{path!r}).")
 
     def wait(self) -> None:
         """Block until in-flight saves are written and finalised; raise if one failed."""
