@@ -56,11 +56,11 @@ def forward_flops_per_token(config: ModelConfig, attended: float) -> float:
     return layers * per_layer + 2 * d * VOCAB_SIZE
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
-    """Float32 size^3 matmuls, one per device at once: FLOP/s of all devices together."""
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+    """size^3 matmuls in `dtype`, one per device at once: FLOP/s of all devices together."""
     mesh = parallel.data_mesh()
     devices = mesh.devices.size
-    a = jax.device_put(jnp.ones((devices, size, size), jnp.float32), parallel.batch_sharding(mesh))
+    a = jax.device_put(jnp.ones((devices, size, size), dtype), parallel.batch_sharding(mesh))
     matmul = jax.jit(lambda x: x @ x)
     return 2 * devices * size**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats)
 

@@ -32,8 +32,11 @@ import time
 from critkl.config import RLConfig, RLHyper
 
 
-def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
-    """In this process (JAX configured for `cores`): seconds, episodes and tokens."""
+def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
+            minibatches: int = 5, dtype: str = "float32") -> dict[str, float]:
+    """In this process: seconds, episodes and tokens of `runs` runs from `pretrained` (a
+    (PretrainConfig, params) pair; default the shipped mini-n3), RL on n + 1 digits in
+    compute `dtype`."""
     import jax
     import jax.numpy as jnp
 
@@ -42,10 +45,11 @@ def measure(cores: int, runs: int, iterations: int) -> dict[str, float]:
     from critkl.runs import finetuning
     from critkl.runs.models import load_pretrained
 
-    pre_config, params = load_pretrained("mini-n3")
-    model_config = pre_config.model_config
-    config = RLConfig(n=3, extra_digits=1, episodes=50, iterations=iterations,
-                      eval_every=iterations, ppo_epochs=1, minibatches=5)
+    pre_config, params = load_pretrained("mini-n3") if pretrained is None else pretrained
+    config = RLConfig(n=pre_config.max_digits, extra_digits=1, episodes=episodes,
+                      iterations=iterations, eval_every=iterations, ppo_epochs=1,
+                      minibatches=minibatches, dtype=dtype)
+    model_config = config.run_model(pre_config.model_config)
     # The iteration as `critkl finetune` and `critkl sweep` run it: the shell's programs
     # (runs split over the devices when they divide evenly), one call per iteration.
     mesh = parallel.data_mesh()
@@ -110,7 +114,7 @@ def main():
         cores, runs = args.child
         if cores == 1:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-        print(json.dumps(measure(cores, runs, args.iterations)))
+        print(json.dumps(measure(runs, args.iterations)))
         return
 
     available = len(os.sched_getaffinity(0))
