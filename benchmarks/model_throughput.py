@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -75,10 +76,12 @@ def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, floa
         supervised.streams_batch(jax.random.key(0), dataclasses.replace(run, batch_size=batch)),
         parallel.batch_sharding(mesh))
     tokens, targets = tokens[:, :config.context_length], targets[:, :config.context_length]
-    params = jax.device_put(init_params(jax.random.key(1), config), parallel.replicated(mesh))
-    state = [params, tx.init(params)]
+    replicated = parallel.replicated(mesh)
+    params = jax.device_put(init_params(jax.random.key(1), config), replicated)
+    state = [params, jax.device_put(tx.init(params), replicated)]
 
-    @jax.jit
+    # The state keeps its layout from step to step: the timed calls run the compiled step.
+    @functools.partial(jax.jit, out_shardings=replicated)
     def step(params, opt_state, tokens, targets):  # the batch an argument: split, not a constant
         (loss, _), grads = jax.value_and_grad(supervised.next_token_loss, has_aux=True)(
             params, config, tokens, targets)
