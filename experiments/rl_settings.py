@@ -24,12 +24,13 @@ class RLSettings:
     kl_coef: float = LossHyper.kl_coef
     certainty_temperature: float = LossHyper.certainty_temperature  # 4 in the authors' code
     policy_temperature: float = LossHyper.policy_temperature        # 2 in the paper
+    dtype: str = RLConfig.dtype  # compute dtype (bfloat16 at paper scale, for a GPU or TPU)
 
     def config(self, n: int, extra_digits: int) -> RLConfig:
         return RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
                         iterations=self.iterations, eval_every=self.eval_every,
                         eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
-                        minibatches=self.minibatches)
+                        minibatches=self.minibatches, dtype=self.dtype)
 
     def hyper(self) -> RLHyper:
         return RLHyper(learning_rate=self.learning_rate, loss=LossHyper(
@@ -46,7 +47,7 @@ RL_SETTINGS = {
     "mini": RLSettings(episodes=128, iterations=15, eval_every=5, eval_episodes=100,
                        kl_coef=0.5),
     "paper": RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100,
-                        ppo_epochs=2, minibatches=5, learning_rate=1e-5),
+                        ppo_epochs=2, minibatches=5, learning_rate=1e-5, dtype="bfloat16"),
 }
 
 
