@@ -96,18 +96,46 @@ def _config_from(args, config_class):
         raise UsageError(str(error)) from None
 
 
+def _saved_pretrain_config(run_dir: str, explicit: dict | None = None) -> PretrainConfig:
+    """The PretrainConfig of a pre-training run's config.json (with `explicit` flags over it):
+    a field unknown, of the wrong JSON type or out of range is one line naming the file, the
+    field and what was expected."""
+    from critkl.infra import checkpoint
+
+    path = Path(run_dir) / checkpoint.CONFIG_FILE
+    saved = checkpoint.load_config(run_dir)
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path}: expected a JSON object of PretrainConfig fields")
+    defaults = _fields(PretrainConfig())
+    for name, value in saved.items():
+        if name not in defaults:
+            raise UsageError(f"{path}: unknown field {name!r} (expected PretrainConfig's: "
+                             f"{', '.join(defaults)})")
+        kind = type(defaults[name])
+        fits = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind))
+        if not fits or (isinstance(value, bool) and kind is not bool):
+            raise UsageError(f"{path}: field {name!r} is {value!r}, expected "
+                             f"{'a number' if kind is float else 'type ' + kind.__name__}")
+    try:
+        return PretrainConfig.from_dict({**saved, **(explicit or {})})
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+def _check_pretrained(name_or_run_dir: str) -> None:
+    """A pre-training run directory named instead of a shipped model: its config.json valid."""
+    from critkl.runs import models
+
+    if name_or_run_dir not in models.shipped_names() and Path(name_or_run_dir).is_dir():
+        _saved_pretrain_config(name_or_run_dir)
+
+
 def _pretrain(args) -> None:
     from critkl.runs import pretraining
 
     if args.resume:
-        from critkl.infra import checkpoint
-
-        try:
-            saved = checkpoint.load_config(args.run_dir)
-        except checkpoint.CheckpointError as error:
-            raise UsageError(str(error)) from None
-        explicit = _given(args, [f.name for f in dataclasses.fields(PretrainConfig)])
-        config = PretrainConfig.from_dict({**saved, **explicit})
+        config = _saved_pretrain_config(
+            args.run_dir, _given(args, [f.name for f in dataclasses.fields(PretrainConfig)]))
     else:
         config = _config_from(args, PretrainConfig)
     start_jax(args, config.batch_size)
@@ -126,6 +154,7 @@ def _evaluate(args) -> None:
     from critkl.runs.models import load_pretrained
     from critkl.infra.tracking import Tracker
 
+    _check_pretrained(args.run_dir)
     config, params = load_pretrained(args.run_dir)
     report = evaluation.accuracy_table(
         params, config.model_config, config.max_digits, jax.random.key(args.seed),
@@ -231,6 +260,7 @@ def _finetune(args) -> None:
         except (OSError, ValueError) as error:
             raise UsageError(f"--causal-map {args.causal_map}: {error}") from None
     start_jax(args, len(runs))  # before loading the model, which may compute
+    _check_pretrained(args.pretrained)
     try:
         pre_config, params = load_pretrained(args.pretrained)
         config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)

@@ -123,7 +123,7 @@ TINY_PRETRAIN = ["--model", "tiny", "--max-digits", "1", "--eval-extra-digits", 
 
 
 @pytest.mark.parametrize("case, message", [
-    ("run dir is a file", "a path given as a folder is a file"),
+    ("run dir is a file", "a file is in the way of a folder"),
     ("config.json not UTF-8", "not valid UTF-8"),
     ("analyze output is a file", "a file is in the way of a folder"),
     ("launched program missing", "No such file or directory ('no-such-program-x')"),

@@ -3,7 +3,11 @@ error line that names the flag, no traceback. The table of cases is generated fr
 config dataclasses and the hyperparameter ranges, so a new field is fuzzed too."""
 
 import dataclasses
+import json
 import math
+import os
+import shutil
+import socket
 
 import pytest
 
@@ -91,3 +95,67 @@ def test_invalid_values_are_refused_naming_the_field(tmp_path, capsys, command, 
     last = error.strip().splitlines()[-1]
     names = {field, field.replace("_", "-"), field.replace("-", "_")}
     assert "error" in last and any(name in last for name in names), last
+
+
+# A pre-training run's files edited by hand or damaged, or the run in use: (what is done to
+# the run directory, what the one error line must name). Each is given to `eval` and to
+# `pretrain --resume` (only training takes the lock).
+def _edit_config(**fields):
+    def edit(run_dir):
+        path = run_dir / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    return edit
+
+
+def _replace_config(text):
+    return lambda run_dir: (run_dir / "config.json").write_text(text)
+
+
+def _lock_by_a_live_process(run_dir):
+    (run_dir / "run.lock").write_text(json.dumps({"pid": os.getppid(),
+                                                  "host": socket.gethostname()}))
+
+
+RUN_DIR_CASES = {
+    "unknown-preset": (_edit_config(model="huge"), "model"),
+    "digits-as-text": (_edit_config(max_digits="3"), "max_digits"),
+    "too-many-digits": (_edit_config(max_digits=1000), "max_digits"),
+    "unknown-field": (_edit_config(colour="blue"), "colour"),
+    "negative-batch": (_edit_config(batch_size=-8), "batch_size"),
+    "not-an-object": (_replace_config("[1, 2]"), "config.json"),
+    "not-json": (_replace_config("{model: tiny"), "config.json"),
+    "no-digest": (lambda run_dir: (run_dir / "checksums" / "3.sha256").unlink(),
+                  "--allow-undigested"),
+    "in-use": (_lock_by_a_live_process, f"in use by process {os.getppid()}"),
+}
+RUN_DIR_COMMANDS = [(command, case) for command in ("eval", "pretrain") for case in RUN_DIR_CASES
+                    if (command, case) != ("eval", "in-use")]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from critkl.runs import pretraining
+    from tests.test_pretrain import TINY
+
+    run_dir = tmp_path_factory.mktemp("fuzz") / "run"
+    pretraining.pretrain(dataclasses.replace(TINY, steps=3), run_dir, print_fn=lambda line: None)
+    return run_dir
+
+
+@pytest.mark.parametrize("command, case", RUN_DIR_COMMANDS,
+                         ids=[f"{command}-{case}" for command, case in RUN_DIR_COMMANDS])
+def test_damaged_or_busy_run_directories_are_refused_in_one_line(
+        tmp_path, capsys, monkeypatch, tiny_run, command, case):
+    from critkl.infra import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_undigested_allowed", False)
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    damage, named = RUN_DIR_CASES[case]
+    damage(run_dir)
+    argv = (["eval", str(run_dir), "--problems", "2", "--batch", "2", "--rl-episodes", "2"]
+            if command == "eval" else ["pretrain", "--run-dir", str(run_dir), "--resume"])
+    status = cli.main(argv)
+    error = capsys.readouterr().err
+    assert status == 2, f"{argv} exited {status}: {error[-500:]}"
+    assert len(error.strip().splitlines()) == 1 and named in error, error
