@@ -56,16 +56,20 @@ def arms(standard: tuple[float, ...], prioritized: tuple[float, ...]) -> tuple[A
 # The RL regime (results/frontier-probes): the scale's RL settings with these changes.
 SETTINGS = {
     "tiny": dict(seeds=[0, 1], arms=arms((0.5,), (0.5,)), regime={}),
-    "mini": dict(seeds=list(range(1000, 1008)), arms=arms((0.05, 0.2, 0.5, 2.0), (0.5, 1.0, 2.0)),
+    "mini": dict(seeds=list(range(1000, 1008)), arms=arms((0.05, 0.1, 0.2, 0.5), (0.5, 1.0, 2.0)),
                  regime=dict(learning_rate=1e-4, iterations=30, eval_every=10)),
-    "paper": dict(seeds=list(range(1000, 1009)), arms=arms((0.05, 0.2, 0.5, 2.0), (0.5, 1.0, 2.0)),
+    "paper": dict(seeds=list(range(1000, 1009)), arms=arms((0.05, 0.1, 0.2, 0.5), (0.5, 1.0, 2.0)),
                   regime=dict(learning_rate=1e-4, iterations=30, eval_every=10)),
 }
 
-LEARNING = "eval/sampled_success"          # sampled success on N+1 (the paper's metric)
-RETENTION = "retention/sampled_comfort"    # the verdict's retention (higher: retained more)
+LEARNING = "eval/sampled_success"  # sampled success on N+1 (the paper's metric)
+# Retention axes of the verdict (higher: retained more), the first deciding
+# (results/frontier-mini/PREDICTION.md): sampled success at N+N digits, where the probes saw
+# forgetting first, and the log-likelihood of correct comfort-zone answers.
+RETENTION_AXES = {"retention/sampled_n_digits": "sampled success on N+N digits",
+                  "retention/logp_correct": "log-likelihood of correct comfort answers (nats)"}
 # Reported beside them, each run's value at the end.
-END_KEYS = (LEARNING, "eval/pass_at_1", RETENTION, "retention/sampled_n_digits",
+END_KEYS = (LEARNING, "eval/pass_at_1", *RETENTION_AXES, "retention/sampled_comfort",
             "eval/comfort_pass_at_1", "retention/kl", "retention/kl_w_high",
             "retention/kl_w_low", "retention/logp_correct", "causal/p_right")
 
@@ -201,39 +205,41 @@ def markdown(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], seeds: list
              "", "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for i, arm in enumerate(arm_list):
         lines.append(f"| {arm.name} | " + " | ".join(_interval(ends[k][i]) for k in keys) + " |")
-    for key in (LEARNING, RETENTION):
-        lines += ["", f"Paired by seed, {key} (points; p: sign-flip test, Holm over the family):",
+    for key in (LEARNING, *RETENTION_AXES):
+        lines += ["", f"Paired by seed, {key} (p: sign-flip test, Holm over the family):",
                   "", "| arm | against | difference | p | p (Holm) |", "|---|---|---|---|---|"]
         for row in paired_comparisons(ends[key], arm_list):
-            lines.append(f"| {row['arm']} | {row['against']} | {100 * row['mean']:+.1f} "
-                         f"[{100 * row['low']:+.1f}, {100 * row['high']:+.1f}] | "
+            lines.append(f"| {row['arm']} | {row['against']} | {row['mean']:+.4f} "
+                         f"[{row['low']:+.4f}, {row['high']:+.4f}] | "
                          f"{row['p']:.4f} | {row['p_holm']:.4f} |")
-    lines += ["", f"Against the standard KL's frontier ({RETENTION} against {LEARNING}):", "",
-              "| arm | retention above the frontier | place |", "|---|---|---|"]
-    for name, row in verdicts(ends[LEARNING], ends[RETENTION], arm_list).items():
-        lines.append(f"| {name} | {100 * row['gap']:+.1f} points [{100 * row['low']:+.1f}, "
-                     f"{100 * row['high']:+.1f}] | {row['place']} |")
+    for axis in RETENTION_AXES:
+        lines += ["", f"Against the standard KL's frontier ({axis} against {LEARNING}):", "",
+                  "| arm | retention above the frontier | place |", "|---|---|---|"]
+        for name, row in verdicts(ends[LEARNING], ends[axis], arm_list).items():
+            lines.append(f"| {name} | {row['gap']:+.4f} [{row['low']:+.4f}, "
+                         f"{row['high']:+.4f}] | {row['place']} |")
     return "\n".join(lines)
 
 
-def plot(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], output: Output, digits: int):
-    """frontier.png: each arm's mean end point (learning, retention) with bootstrap intervals;
-    the standard KL's arms joined (its frontier)."""
+def plot(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], output: Output, digits: int,
+         axis: str, name: str):
+    """`name` (PNG): each arm's mean end point (learning, retention on `axis`) with bootstrap
+    intervals; the standard KL's arms joined (its frontier)."""
     curves = []
     for kind, style, color in (("no KL", "s", "C2"), ("standard", "-o", "C0"),
                                ("prioritized", "-^", "C3")):
         members = [i for i, arm in enumerate(arm_list) if arm.kind in
                    ((kind,) if kind != "standard" else ("no KL", "standard"))]
         points = sorted((statistics.mean_interval(ends[LEARNING][i]),
-                         statistics.mean_interval(ends[RETENTION][i])) for i in members)
+                         statistics.mean_interval(ends[axis][i])) for i in members)
         label = {"no KL": "no KL", "standard": "standard KL (frontier, with no KL)",
                  "prioritized": f"prioritized KL, beta={DEFAULT_BETA:g}"}[kind]
         curves.append(Curve(label, [x[0] for x, _ in points], [y[0] for _, y in points],
                             [y[1] for _, y in points], [y[2] for _, y in points], style, color))
-    output.plot("frontier.png", curves,
+    output.plot(name, curves,
                 title="Learning against retention: each arm's end point, mean over seeds",
                 xlabel=f"sampled success on {digits} digits (end of RL)",
-                ylabel="sampled success on 1..N digits (retention)")
+                ylabel=f"{RETENTION_AXES[axis]} (retention)")
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
@@ -258,12 +264,14 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
             for key in END_KEYS if key in runs[0]["curve"]}
     table = markdown(ends, plan["arms"], plan["seeds"])
     output.markdown("frontier.md", table)
-    plot(ends, plan["arms"], output, n + 1)
+    for axis, name in zip(RETENTION_AXES, ("frontier.png", "frontier_likelihood.png")):
+        plot(ends, plan["arms"], output, n + 1, axis, name)
     output.json("frontier.json", {
         "settings": dataclasses.asdict(settings), "n": n, "seeds": plan["seeds"],
         "arms": [arm._asdict() for arm in plan["arms"]],
         "ends": {key: value.tolist() for key, value in ends.items()},
-        "verdicts": verdicts(ends[LEARNING], ends[RETENTION], plan["arms"])})
+        "verdicts": {axis: verdicts(ends[LEARNING], ends[axis], plan["arms"])
+                     for axis in RETENTION_AXES}})
     print_fn(table)
     return {"runs": runs}
 

@@ -30,7 +30,8 @@ EXPECTED_FILES = {
     "detectors": {"detectors.md", "detectors.json", "detectors.png", "critical.json",
                   "detectors_constructed.md", "critical_constructed.json"},
     "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
-    "frontier": {"frontier.md", "frontier.json", "frontier.png", "critical.json"},
+    "frontier": {"frontier.md", "frontier.json", "frontier.png", "frontier_likelihood.png",
+                 "critical.json"},
 }
 
 

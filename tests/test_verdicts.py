@@ -92,3 +92,19 @@ def test_main_verdict_is_decisive_only_when_the_exact_test_is():
     assert "4 favour it, 2 the standard KL" in mixed and "not shown at this budget" in mixed
     below = main.verdict(_sweep([-0.1] * 6))
     assert "below the standard KL (p < 0.05)" in below
+
+
+def test_frontier_tables_and_plots_for_both_retention_axes(tmp_path):
+    from critkl.runs.outputs import Output
+
+    rng = np.random.default_rng(5)
+    ends = {key: rng.random((len(ARMS), 8)) for key in frontier.END_KEYS}
+    seeds = list(range(1000, 1008))
+    table = frontier.markdown(ends, ARMS, seeds)
+    for axis in frontier.RETENTION_AXES:
+        assert f"Against the standard KL's frontier ({axis}" in table
+    assert table.count("| prioritized-5 | standard-5 |") == 0  # no standard arm at 5
+    assert table.count("| prioritized-10 | standard-10 |") == 1 + len(frontier.RETENTION_AXES)
+    output = Output(tmp_path)
+    frontier.plot(ends, ARMS, output, 4, "retention/logp_correct", "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
