@@ -119,6 +119,8 @@ def test_rl_loss_and_gradient_in_bfloat16(rl_by_dtype):
     assert cosine(grads16, grads32) > 0.99
 
 
+# 20 s; the bfloat16 RL loss, KL weights and gradients stay in the default suite.
+@pytest.mark.slow
 def test_pretraining_loss_in_bfloat16(model):
     pre_config, params = model
     # Streams of problems up to 4 digits, one more than mini-n3 learned: a loss far from 0.

@@ -236,6 +236,9 @@ QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, mi
                  eval_every=1, eval_episodes=4, value_hidden_sizes=(8,))
 
 
+# About a minute of compiling (three programs); the vmapped-sweep guarantee itself is in
+# the default suite (tests/test_finetune.py).
+@pytest.mark.slow
 def test_sweep_over_a_rules_parameters_equals_separate_runs():
     """Archer's focus share and wide clip, with an RLOO group baseline (2 episodes per
     problem), swept as one vmapped program against separate runs."""
