@@ -127,6 +127,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     dtype: str = "float32"          # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
+    attention: str = "critkl"       # one of ATTENTIONS ("cudnn": GPU, bfloat16)
     log_every: int = 20
     eval_every: int = 250
     eval_problems: int = 200
@@ -146,6 +147,7 @@ class PretrainConfig:
                              f"max_digits >= 2 (a 1-digit list cannot close earlier)")
         for name, interval in PRETRAIN_RANGES.items():
             _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
+        check_compute("PretrainConfig", self.dtype, self.attention)
         for name in ("seed", "eval_extra_digits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 0")
@@ -174,7 +176,8 @@ class PretrainConfig:
 
     @property
     def model_config(self) -> ModelConfig:
-        return dataclasses.replace(model_preset(self.model), dtype=self.dtype)
+        return dataclasses.replace(model_preset(self.model), dtype=self.dtype,
+                                   attention=self.attention)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

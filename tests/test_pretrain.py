@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,15 @@ def test_save_kill_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(Killed):
         pretraining.pretrain(TINY, tmp_path / "cut", print_fn=die_at_step_3)
     assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 2
+    # A run made before a setting existed (here `attention`) resumes with it at its default,
+    # and with no other value.
+    saved = tmp_path / "cut" / "config.json"
+    old = json.loads(saved.read_text())
+    del old["attention"]
+    saved.write_text(json.dumps(old))
+    with pytest.raises(checkpoint.CheckpointError, match="attention"):
+        pretraining.pretrain(dataclasses.replace(TINY, attention="xla"), tmp_path / "cut",
+                             resume=True, print_fn=lambda line: None)
     resumed = pretraining.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
     assert int(resumed.step) == TINY.steps
     chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))

@@ -30,8 +30,10 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     mesh = parallel.data_mesh()
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
     start = models.warm_start(config) if config.init_from and not resume else None
+    # Settings added to critkl after a run was made are its own at their defaults.
     checkpointer = directory.open_run(run_dir, config.to_dict(), resume=resume,
-                                      may_differ=LOGGING_KEYS)
+                                      may_differ=LOGGING_KEYS,
+                                      defaults=PretrainConfig().to_dict())
     try:
         state = parallel.put(init_state(config, start), parallel.replicated(mesh))
         if resume:
