@@ -418,16 +418,24 @@ def critical_token_probabilities(params, model_config: ModelConfig, operands: en
     critical = env.critical_positions(reference, n)
     is_comma = reference.tokens == env.COMMA_ID
     return {
-        "critical/p_right_comma": losses.masked_mean(right, critical & is_comma),
-        "critical/p_right_digit": losses.masked_mean(right, critical & ~is_comma),
-        "critical/p_right_min": jnp.where(critical, right, 1.0).min(),
+        "critical/p_right_comma": mean_where(right, critical & is_comma),
+        "critical/p_right_digit": mean_where(right, critical & ~is_comma),
+        "critical/p_right_min": jnp.where(critical.any(),
+                                          jnp.where(critical, right, 1.0).min(), jnp.nan),
     }
+
+
+def mean_where(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `values` where `mask` is True, NaN where it is nowhere (an evaluation metric
+    over no token is absent, not 0): equal shapes -> []."""
+    return jnp.where(mask.any(), losses.masked_mean(values, mask), jnp.nan)
 
 
 def causal_token_probability(params, model_config: ModelConfig, operands: env.Operands,
                              keys, strategy: strategies.Strategy | None = None) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
-    the decision `keys` (`critkl.analysis.causal`) in the episodes of `operands`."""
+    the decision `keys` (`critkl.analysis.causal`) in the episodes of `operands` (NaN where
+    no episode has one of them)."""
     reference = env.render(operands, strategy)
     right = _right_token_probabilities(params, model_config, reference)
-    return losses.masked_mean(right, env.at_keys(env.decision_codes(reference), keys))
+    return mean_where(right, env.at_keys(env.decision_codes(reference), keys))

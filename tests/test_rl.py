@@ -130,6 +130,11 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
                 values.append(p[tokens[b, t]] / p.sum())
     assert len(values) == 2 * problems
     np.testing.assert_allclose(got, np.mean(values), rtol=1e-5)
+    # A key no episode has (2-digit episodes have no line 9): absent (NaN), not 0.
+    assert np.isnan(rl.causal_token_probability(params, TINY, operands, ((9, "operand", "a", 2),)))
+    # No structural critical token when the model was pre-trained up to the episodes' digits.
+    none = rl.critical_token_probabilities(params, TINY, operands, 2)
+    assert all(np.isnan(float(value)) for value in none.values()), none
 
 
 def test_evaluation_reports_sampled_success_and_causal_tokens():
