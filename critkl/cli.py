@@ -122,11 +122,20 @@ def _saved_pretrain_config(run_dir: str, explicit: dict | None = None) -> Pretra
         raise UsageError(f"{path}: {error}") from None
 
 
+def _directory_name(value: str) -> str:
+    """argparse type of --run-dir: a non-empty name (an empty one would be the current
+    directory)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty string (for the "
+                                         "current directory write '.')")
+    return value
+
+
 def _check_pretrained(name_or_run_dir: str) -> None:
     """A pre-training run directory named instead of a shipped model: its config.json valid."""
     from critkl.runs import models
 
-    if name_or_run_dir not in models.shipped_names() and Path(name_or_run_dir).is_dir():
+    if not models.is_shipped(name_or_run_dir) and Path(name_or_run_dir).is_dir():
         _saved_pretrain_config(name_or_run_dir)
 
 
@@ -151,7 +160,7 @@ def _evaluate(args) -> None:
     from critkl import evaluation
     from critkl.infra import files
     from critkl.runs import directory
-    from critkl.runs.models import load_pretrained
+    from critkl.runs.models import is_shipped, load_pretrained
     from critkl.infra.tracking import Tracker
 
     _check_pretrained(args.run_dir)
@@ -164,13 +173,15 @@ def _evaluate(args) -> None:
     )
     table = evaluation.markdown(report)
     print(table)
-    default_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path("runs") / args.run_dir
+    default_dir = Path("runs") / args.run_dir if is_shipped(args.run_dir) else Path(args.run_dir)
     out = Path(args.out) if args.out else default_dir / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     files.write_atomic(out, json.dumps(report, indent=2))
-    with Tracker(out.parent / "tensorboard") as tracker:
-        tracker.text(0, "eval/table", table)
-        tracker.scalars(0, {f"eval/{key}": cell["pass_at_1"] for key, cell in report["cells"].items()})
+    if not args.out:  # TensorBoard beside the run's own eval.json, nothing beside --out
+        with Tracker(out.parent / "tensorboard") as tracker:
+            tracker.text(0, "eval/table", table)
+            tracker.scalars(0, {f"eval/{key}": cell["pass_at_1"]
+                                for key, cell in report["cells"].items()})
     print(f"saved {out}")
 
 
@@ -344,7 +355,8 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_finetune_flags(parser: argparse.ArgumentParser, lists: bool) -> None:
     parser.add_argument("pretrained", help="a shipped model name (e.g. mini-n3) or a pre-training run dir")
-    parser.add_argument("--run-dir", required=True, help="where results, checkpoints and logs go")
+    parser.add_argument("--run-dir", required=True, type=_directory_name,
+                        help="where results, checkpoints and logs go")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_distributed_flags(parser)
     parser.add_argument("--seeds", type=_list_of(int), default=[0],
@@ -448,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(run=_render)
 
     pretrain = commands.add_parser("pretrain", help="pre-train a model on problems up to N digits")
-    pretrain.add_argument("--run-dir", required=True, help="where config, checkpoints and logs go")
+    pretrain.add_argument("--run-dir", required=True, type=_directory_name,
+                          help="where config, checkpoints and logs go")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     _add_field_flags(pretrain, _fields(PretrainConfig()))
     _add_distributed_flags(pretrain)

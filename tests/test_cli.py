@@ -172,3 +172,45 @@ def test_an_absent_platform_gives_one_line_and_status_2(platform):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"JAX_PLATFORMS='{platform}'" in lines[0], result.stderr
+
+
+def test_an_empty_run_dir_is_refused():
+    for command in (["pretrain", "--run-dir", ""], ["sweep", "mini-n3", "--run-dir", " "]):
+        with pytest.raises(SystemExit) as stop:
+            cli.build_parser().parse_args(command)
+        assert stop.value.code == 2
+
+
+def test_a_directory_named_like_a_shipped_model_is_not_taken_for_it(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A bare name that is both a shipped model and a local directory is refused in one line;
+    "./NAME" is the directory (here an empty one: not a run)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mini-n3").mkdir()
+    assert cli.main(["eval", "mini-n3", "--problems", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "both a shipped model and a directory here" in error
+    assert len(error.strip().splitlines()) == 1
+    assert cli.main(["eval", "./mini-n3", "--problems", "1"]) == 2
+    assert "shipped" not in capsys.readouterr().err
+
+
+def test_written_files_are_readable_like_any_new_file(tmp_path):
+    import os
+
+    from critkl.infra import files
+
+    umask = os.umask(0o022)
+    try:
+        path = files.write_atomic(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+
+
+@pytest.mark.slow
+def test_eval_out_writes_only_that_file(tmp_path):
+    out = tmp_path / "report" / "F.json"
+    assert cli.main(["eval", "mini-n3", "--problems", "1", "--rl-episodes", "1",
+                     "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["F.json"]

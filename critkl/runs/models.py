@@ -7,6 +7,7 @@ A shipped model is a folder under critkl/pretrained_models/NAME with config.json
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -36,11 +37,27 @@ def shipped_causal_map(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def is_shipped(name_or_run_dir: str) -> bool:
+    """Whether `name_or_run_dir` names a shipped model rather than a run directory: a bare
+    name of `shipped_names()` (a path such as "./mini-n3" is always a directory). Raises
+    CheckpointError when a bare name is both a shipped model and a directory here."""
+    if os.sep in name_or_run_dir or name_or_run_dir.startswith("."):
+        return False
+    if not (SHIPPED_DIR / name_or_run_dir / "params.msgpack").exists():
+        return False
+    if Path(name_or_run_dir).is_dir():
+        raise checkpoint.CheckpointError(
+            f"{name_or_run_dir!r} is both a shipped model and a directory here: write "
+            f"./{name_or_run_dir} for the directory, or run from another folder for the "
+            "shipped model.")
+    return True
+
+
 def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
-    """A shipped model by name (e.g. "mini-n3") or the latest checkpoint of a
+    """A shipped model by name (e.g. "mini-n3", `is_shipped`) or the latest checkpoint of a
     pre-training run directory -> (its PretrainConfig, its params)."""
     folder = SHIPPED_DIR / name_or_run_dir
-    if (folder / "params.msgpack").exists():
+    if is_shipped(name_or_run_dir):
         config = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
         target = jax.eval_shape(lambda: init_params(jax.random.key(0), config.model_config))
         params = flax.serialization.from_bytes(target, (folder / "params.msgpack").read_bytes())
