@@ -122,6 +122,19 @@ def _saved_pretrain_config(run_dir: str, explicit: dict | None = None) -> Pretra
         raise UsageError(f"{path}: {error}") from None
 
 
+def _causal_keys(path: str, n: int, extra_digits: int) -> tuple:
+    """--causal-map's critical keys, checked against the model (pre-trained up to n) and the
+    RL episodes (n + extra_digits digits): one line naming the file and what is wrong."""
+    from critkl.analysis import causal
+
+    try:
+        keys = causal.read_critical_keys(path, n)
+        causal.check_keys_occur(keys, n + extra_digits)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--causal-map {path}: {error}") from None
+    return keys
+
+
 def _directory_name(value: str) -> str:
     """argparse type of --run-dir: a non-empty name (an empty one would be the current
     directory)."""
@@ -263,17 +276,14 @@ def _finetune(args) -> None:
         runs = finetuning.grid_runs(args.seeds, grid, RLHyper())
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if args.causal_map:
-        from critkl.analysis import causal
-
-        try:
-            rl_values["causal_keys"] = causal.read_critical_keys(args.causal_map)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"--causal-map {args.causal_map}: {error}") from None
     start_jax(args, len(runs))  # before loading the model, which may compute
     _check_pretrained(args.pretrained)
     try:
         pre_config, params = load_pretrained(args.pretrained)
+        if args.causal_map:
+            rl_values["causal_keys"] = _causal_keys(
+                args.causal_map, pre_config.max_digits,
+                rl_values.get("extra_digits", RLConfig.extra_digits))
         config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
         config.check_model(pre_config.model_config)
     except ValueError as error:

@@ -2,12 +2,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import pytest
 
 from critkl import cli
 from critkl.env import oracle
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args):
@@ -214,3 +217,34 @@ def test_eval_out_writes_only_that_file(tmp_path):
     assert cli.main(["eval", "mini-n3", "--problems", "1", "--rl-episodes", "1",
                      "--out", str(out)]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["F.json"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("key of wrong type", "rows[0].key is"),
+    ("no critical row", "names no causally critical decision"),
+    ("another n", "was made for a model pre-trained up to 5 digits, not 3"),
+    ("line 99", "never occurs in episodes of 4+4 digits"),
+])
+def test_a_causal_map_is_checked_against_the_run(tmp_path, capsys, edit, message):
+    """The shipped map of mini-n3, edited: refused in one line naming the file, before any
+    training (before: tracebacks, or a sweep reporting p(right) 0.0 at keys never seen)."""
+    record = json.loads((ROOT / "results" / "critical-mini-n3" / "critical.json").read_text())
+    critical = [row for row in record["rows"] if row.get("critical")]
+    if edit == "key of wrong type":
+        record["rows"][0]["key"] = "line 1"
+    elif edit == "no critical row":
+        for row in critical:
+            row["critical"] = False
+    elif edit == "another n":
+        record["n"] = 5
+    else:
+        critical[0]["key"][0] = 99
+    path = tmp_path / "critical.json"
+    path.write_text(json.dumps(record))
+    code = cli.main(["sweep", "mini-n3", "--run-dir", str(tmp_path / "run"),
+                     "--causal-map", str(path), "--iterations", "1", "--eval-every", "1"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error and str(path) in error
+    assert len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "run").exists()

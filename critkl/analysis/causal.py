@@ -43,16 +43,44 @@ def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
     return tuple(tuple(row["key"]) for row in rows if row.get("critical"))
 
 
-def read_critical_keys(path) -> tuple[tuple, ...]:
-    """The causally critical keys of a map saved by `critkl critical` (its critical.json)."""
+def read_critical_keys(path, n: int | None = None) -> tuple[tuple, ...]:
+    """The causally critical keys of a map saved by `critkl critical` (its critical.json),
+    for a model pre-trained up to `n` digits when given. Raises ValueError naming what is
+    wrong: not such a file, a row whose key is not (line, role, list, ordinal), a key that is
+    not a decision key, no critical decision, or a map made for another n."""
     try:
-        rows = json.loads(Path(path).read_text())["rows"]
-        keys = critical_keys(rows)
+        record = json.loads(Path(path).read_text())
+        rows = record["rows"]
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise TypeError
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("not a critical.json written by `critkl critical`") from None
+    for index, row in enumerate(rows):
+        key = row.get("key")
+        if not (isinstance(key, list) and len(key) == 4
+                and [type(part) for part in key] == [int, str, str, int]):
+            raise ValueError(f"rows[{index}].key is {key!r}, expected [line, role, list, "
+                             "ordinal] (an integer, two strings, an integer)")
+    keys = critical_keys(rows)
+    if not keys:
+        raise ValueError('names no causally critical decision (no row with "critical": true)')
     for key in keys:
         env.key_code(key)
+    if n is not None and record.get("n") != n:
+        raise ValueError(f"was made for a model pre-trained up to {record.get('n')!r} digits, "
+                         f"not {n}")
     return keys
+
+
+def check_keys_occur(keys, digits: int, problems: int = 64) -> None:
+    """ValueError naming the first of `keys` that no episode of `problems` random
+    digits+digits problems has (a map made for other episodes, or a hand-edited key)."""
+    episodes = env.render(env.sample_identical(jax.random.key(0), problems, digits, digits))
+    found = set().union(*(set(keys_at.values()) for keys_at in env.decision_keys(episodes)))
+    for key in keys:
+        if tuple(key) not in found:
+            raise ValueError(f"its key {list(key)} never occurs in episodes of "
+                             f"{digits}+{digits} digits")
 
 
 def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = CausalMapConfig(),
