@@ -308,12 +308,15 @@ def _plot(args) -> None:
         if args.add:
             results = finetuning.merge(
                 [results] + [json.loads((Path(d) / "results.json").read_text()) for d in args.add])
+        finetuning.check_results(results)
         results["summary"] = finetuning.summary(results)
         rl_config = json.loads((Path(args.run_dir) / "config.json").read_text())["rl"]
+        if not type(rl_config["n"]) is type(rl_config["extra_digits"]) is int:
+            raise ValueError("config.json's rl.n and rl.extra_digits must be integers")
         digits = rl_config["n"] + rl_config["extra_digits"]
-    except (OSError, ValueError, KeyError, IndexError) as error:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise UsageError(f"{args.run_dir} is not a sweep's run directory with results.json "
-                         f"and config.json ({error!r})") from None
+                         f"and config.json: {error}") from None
     output = Output(Path(args.out) if args.out else Path(args.run_dir))
     try:
         plots.plot_sweep(digits, results, output)

@@ -248,3 +248,28 @@ def test_a_causal_map_is_checked_against_the_run(tmp_path, capsys, edit, message
     assert message in error and str(path) in error
     assert len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no runs", "'runs' is missing or empty"),
+    ("string values", "runs[1].curve['eval/pass_at_1'] is not a list of numbers"),
+    ("ragged curves", "runs[1].curve has other metrics or lengths"),
+    ("n as a string", "rl.n and rl.extra_digits must be integers"),
+])
+def test_plot_of_a_damaged_results_json_is_one_line(tmp_path, capsys, case, message):
+    runs = [{"name": f"seed={s}", "setting": "", "seed": s,
+             "curve": {"iteration": [0, 5], "eval/pass_at_1": [0.2, 0.4]}} for s in (0, 1)]
+    config = {"rl": {"n": 3, "extra_digits": 1}}
+    if case == "no runs":
+        runs = []
+    elif case == "string values":
+        runs[1]["curve"]["eval/pass_at_1"] = ["0.2", "0.4"]
+    elif case == "ragged curves":
+        runs[1]["curve"]["eval/pass_at_1"] = [0.2]
+    else:
+        config["rl"]["n"] = "3"
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1, error

@@ -143,6 +143,31 @@ SUMMARY_KEYS = ("eval/sampled_success", "eval/pass_at_1", "eval/comfort_pass_at_
                 "causal/p_right", "critical/p_right_comma")
 
 
+def check_results(results: Any) -> None:
+    """ValueError naming the first field of a results.json (read back, e.g. by `critkl plot`)
+    that is not as sweeps write it: runs, each with a setting, a seed and curves of numbers,
+    the curves of one setting's runs equally long."""
+    runs = results.get("runs") if isinstance(results, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise ValueError("'runs' is missing or empty, expected a list of runs")
+    lengths = {}
+    for index, run in enumerate(runs):
+        where = f"runs[{index}]"
+        if not isinstance(run, dict) or not isinstance(run.get("setting"), str) \
+                or type(run.get("seed")) is not int or not isinstance(run.get("curve"), dict):
+            raise ValueError(f"{where} needs 'setting' (text), 'seed' (an integer) and 'curve' "
+                             "(an object)")
+        for key, values in run["curve"].items():
+            if not isinstance(values, list) or not all(
+                    type(v) in (int, float) for v in values):
+                raise ValueError(f"{where}.curve[{key!r}] is not a list of numbers")
+        shape = {key: len(values) for key, values in run["curve"].items()}
+        first = lengths.setdefault(run["setting"], shape)
+        if shape != first:
+            raise ValueError(f"{where}.curve has other metrics or lengths than the first run of "
+                             f"setting {run['setting']!r}")
+
+
 def summary(results: dict) -> dict[str, dict[str, Any]]:
     """Per setting: mean and 95% interval over seeds of each `SUMMARY_KEYS` metric at the
     end ("eval/...") and before training ("before/eval/...")."""
