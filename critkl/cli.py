@@ -14,7 +14,7 @@ from pathlib import Path
 
 from critkl.config import (DEFAULT_KL_COEF, CausalMapConfig, HYPER_NAMES, LossConfig,
                            PretrainConfig, RLConfig, RLHyper, STANDARD_KL, WEIGHTINGS,
-                           weighting_preset)
+                           check_seed, weighting_preset)
 
 USAGE_ERROR = 2  # exit status for bad input
 
@@ -233,6 +233,17 @@ def _boolean(text: str) -> bool:
     except KeyError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a boolean (allowed: true, false, 1, 0, yes, no)") from None
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed (`config.check_seed`)."""
+    try:
+        seed = int(text)
+        check_seed("seed", seed)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error) if text.strip().lstrip("-").isdigit()
+                                         else f"{text!r} is not an integer") from None
+    return seed
 
 
 def _at_least(low: int):
@@ -488,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="problems solved per sampler call (default 500)")
     evaluate.add_argument("--rl-episodes", type=_at_least(1), default=200,
                           help="sampled episodes per temperature (default 200)")
-    evaluate.add_argument("--seed", type=_at_least(0), default=0,
+    evaluate.add_argument("--seed", type=_seed, default=0,
                           help="seed of the problems and the sampling (default 0)")
     evaluate.add_argument("--out", help="JSON report path (default RUN_DIR/eval.json)")
     evaluate.set_defaults(run=_evaluate)

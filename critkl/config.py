@@ -148,9 +148,10 @@ class PretrainConfig:
         for name, interval in PRETRAIN_RANGES.items():
             _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
         check_compute("PretrainConfig", self.dtype, self.attention)
-        for name in ("seed", "eval_extra_digits"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be >= 0")
+        check_seed("PretrainConfig.seed", self.seed)
+        if self.eval_extra_digits < 0:
+            raise ValueError(f"PretrainConfig.eval_extra_digits={self.eval_extra_digits} must "
+                             "be >= 0")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"PretrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
@@ -505,6 +506,16 @@ HYPER_RANGES = {
 }
 
 
+# Seeds are stacked as int32 in sweeps: 0..MAX_SEED.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(name: str, seed: int) -> None:
+    """ValueError naming `name` unless `seed` is an integer in 0..MAX_SEED."""
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name}={seed!r} must be an integer in 0..{MAX_SEED}")
+
+
 def check_value(name: str, value: float) -> None:
     """ValueError naming the hyperparameter and its allowed range when `value` is outside it
     (NaN and infinities included)."""
@@ -553,7 +564,6 @@ class CausalMapConfig:
         for name in ("problems", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_seed("seed", self.seed)
         for name, interval in CAUSAL_MAP_RANGES.items():
             _check_range(name, getattr(self, name), *interval)

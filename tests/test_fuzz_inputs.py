@@ -71,13 +71,15 @@ CASES = (
     + [("sweep", FINETUNE + [_flag(name), value], name)
        for name, value in _hyper_cases()]
     + [("sweep", FINETUNE + ["--seeds", value], "seeds")
-       for value in ("0,0", "a", "-1")]
+       for value in ("0,0", "a", "-1", "2147483648", "1" * 20)]
     + [("critical", ["mini-n3", "--out", "{tmp}/map", "--problems", "1", "--batch", "8",
                    _flag(name), value], name)
        for name, value in _field_cases(CausalMapConfig)]
     + [("eval", ["mini-n3", "--out", "{tmp}/eval.json", "--problems", "2", "--batch", "2",
                 "--rl-episodes", "2", flag, value], flag[2:])
        for flag in ("--problems", "--batch", "--rl-episodes") for value in ("0", "-3", "x")]
+    + [("eval", ["mini-n3", "--out", "{tmp}/eval.json", "--seed", value], "seed")
+       for value in ("-1", "2147483648", "1" * 20)]
 )
 
 

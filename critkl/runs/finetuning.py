@@ -24,8 +24,8 @@ import numpy as np
 from critkl import losses, rl, strategy as strategies
 from critkl.infra import checkpoint, files, host_memory, parallel, provenance
 from critkl.runs import directory
-from critkl.config import (check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig, RLConfig, RLHyper,
-                           setting_name, with_values)
+from critkl.config import (check_seed, check_value, HYPER_NAMES, HYPER_RANGES, ModelConfig,
+                           RLConfig, RLHyper, setting_name, with_values)
 from critkl.runs.divergence import TrainingDiverged, finite_per_run
 from critkl.runs.preemption import Preempted, PreemptionRequests
 from critkl.statistics import mean_interval
@@ -57,8 +57,8 @@ def grid_runs(seeds, grid: dict[str, list[float]], base: RLHyper) -> list[Run]:
     seeds = list(seeds)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed: repeated runs are not independent")
-    if any(seed < 0 for seed in seeds):
-        raise ValueError(f"seeds {seeds} must be >= 0")
+    for index, seed in enumerate(seeds):
+        check_seed(f"seeds[{index}]", seed)
     for name, values in grid.items():
         for value in values:
             if name in HYPER_RANGES:
