@@ -41,6 +41,7 @@ def test_bad_operands_give_one_line_and_status_2(a, b, message):
     assert result.stdout == ""
 
 
+@pytest.mark.slow  # 30-60 s; the default suite stays under 10 minutes on 2 cores
 def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
     pre_dir, sweep_dir = tmp_path / "pre", tmp_path / "sweep"
     assert cli.main(["pretrain", "--run-dir", str(pre_dir), "--model", "tiny", "--max-digits", "1",

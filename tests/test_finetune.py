@@ -57,6 +57,7 @@ def test_vmapped_sweep_equals_separate_runs():
     assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
+@pytest.mark.slow  # 30-60 s; the default suite stays under 10 minutes on 2 cores
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
     from critkl.infra import checkpoint
     from critkl.runs.divergence import TrainingDiverged

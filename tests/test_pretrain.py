@@ -270,6 +270,7 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
 
 
+@pytest.mark.slow  # 30-60 s; the default suite stays under 10 minutes on 2 cores
 def test_long_unlogged_run_on_more_devices_than_cores(tmp_path):
     """100 steps between host syncs on 8 CPU devices (this machine has 2 cores): with every
     step queued at once, XLA:CPU aborted the process in an all-gather after 40 s. Run in a
