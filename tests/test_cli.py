@@ -178,6 +178,16 @@ def test_an_absent_platform_gives_one_line_and_status_2(platform):
     assert len(lines) == 1 and f"JAX_PLATFORMS='{platform}'" in lines[0], result.stderr
 
 
+def assert_one_line_error(code, capsys, *fragments):
+    """A command run in this process (`cli.main`) exited with status 2 and wrote one line to
+    stderr holding every fragment."""
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert len(error.strip().splitlines()) == 1, error
+    for fragment in fragments:
+        assert fragment in error, error
+
+
 def test_an_empty_run_dir_is_refused():
     for command in (["pretrain", "--run-dir", ""], ["sweep", "mini-n3", "--run-dir", " "]):
         with pytest.raises(SystemExit) as stop:
@@ -191,10 +201,8 @@ def test_a_directory_named_like_a_shipped_model_is_not_taken_for_it(tmp_path, mo
     "./NAME" is the directory (here an empty one: not a run)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mini-n3").mkdir()
-    assert cli.main(["eval", "mini-n3", "--problems", "1"]) == 2
-    error = capsys.readouterr().err
-    assert "both a shipped model and a directory here" in error
-    assert len(error.strip().splitlines()) == 1
+    assert_one_line_error(cli.main(["eval", "mini-n3", "--problems", "1"]), capsys,
+                          "both a shipped model and a directory here")
     assert cli.main(["eval", "./mini-n3", "--problems", "1"]) == 2
     assert "shipped" not in capsys.readouterr().err
 
@@ -244,10 +252,7 @@ def test_a_causal_map_is_checked_against_the_run(tmp_path, capsys, edit, message
     path.write_text(json.dumps(record))
     code = cli.main(["sweep", "mini-n3", "--run-dir", str(tmp_path / "run"),
                      "--causal-map", str(path), "--iterations", "1", "--eval-every", "1"])
-    error = capsys.readouterr().err
-    assert code == 2
-    assert message in error and str(path) in error
-    assert len(error.strip().splitlines()) == 1, error
+    assert_one_line_error(code, capsys, message, str(path))
     assert not (tmp_path / "run").exists()
 
 
@@ -271,6 +276,4 @@ def test_plot_of_a_damaged_results_json_is_one_line(tmp_path, capsys, case, mess
         config["rl"]["n"] = "3"
     (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
     (tmp_path / "config.json").write_text(json.dumps(config))
-    assert cli.main(["plot", str(tmp_path)]) == 2
-    error = capsys.readouterr().err
-    assert message in error and len(error.strip().splitlines()) == 1, error
+    assert_one_line_error(cli.main(["plot", str(tmp_path)]), capsys, message)
