@@ -40,7 +40,7 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
     import jax
     import jax.numpy as jnp
 
-    from critkl import env, evaluation, rl
+    from critkl import evaluation, rl
     from critkl.infra import parallel
     from critkl.runs import finetuning
     from critkl.runs.models import load_pretrained
@@ -69,8 +69,9 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
         return state, tokens
 
     def sample(rng, hyper):
-        operands = env.sample_rl(rng, config.episodes, config.task)
-        attempt = evaluation.attempt(params, model_config, operands, rng,
+        task = config.text_task
+        operands = task.sample_rl(rng, config.episodes)
+        attempt = evaluation.attempt(params, model_config, task, operands, rng,
                                      temperature=hyper.loss.policy_temperature,
                                      max_length=config.max_length)
         return (attempt.generation.lengths - attempt.reference.prompt_length).sum()

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 from pathlib import Path
 
+from critkl.tasks import registry
 from critkl.config import (DEFAULT_KL_COEF, CausalMapConfig, HYPER_NAMES, LossConfig,
                            PretrainConfig, RLConfig, RLHyper, STANDARD_KL, WEIGHTINGS,
                            check_seed, weighting_preset)
@@ -21,17 +22,6 @@ USAGE_ERROR = 2  # exit status for bad input
 
 class UsageError(Exception):
     """Bad input from the user: printed as one paragraph, exit status 2."""
-
-
-def parse_operand(text: str, max_digits: int) -> int:
-    """A non-negative decimal without leading zeros, of at most `max_digits` digits."""
-    if not text.isascii() or not text.isdigit():
-        raise UsageError(f"operand {text!r} must be a non-negative integer written with digits 0-9")
-    if len(text) > 1 and text[0] == "0":
-        raise UsageError(f"operand {text!r} has a leading zero; write it as {text.lstrip('0') or '0'}")
-    if len(text) > max_digits:
-        raise UsageError(f"operand {text!r} has {len(text)} digits; at most {max_digits} are supported")
-    return int(text)
 
 
 def start_jax(args, parallel_items: int) -> None:
@@ -51,12 +41,29 @@ def start_jax(args, parallel_items: int) -> None:
 def _render(args) -> None:
     import jax
 
-    from critkl import env, tokenizer
+    try:
+        task, problems = _smallest_task_for(registry.task_class(args.task),
+                                            " ".join(args.problem))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    episodes = jax.jit(task.render)(problems)
+    sys.stdout.write(task.vocabulary.decode(episodes.tokens[0]))
 
-    a, b = (parse_operand(t, env.MAX_SUPPORTED_DIGITS) for t in (args.a, args.b))
-    operands = env.operands_from_ints([(a, b)], max(len(args.a), len(args.b)))
-    episodes = jax.jit(env.render)(operands)
-    sys.stdout.write(tokenizer.decode(episodes.tokens[0]))
+
+def _smallest_task_for(task_class, row: str):
+    """(task, problems): the task of the lowest level whose arrays hold the problem written
+    `row`; ValueError from the highest level the task can be built at when none does."""
+    error = None
+    for level in range(1, task_class.max_supported_level + 1):
+        try:
+            task = task_class(level, 0)
+        except ValueError:
+            break  # the task's other parameters allow no higher level
+        try:
+            return task, task.problems_from_text([row])
+        except ValueError as failure:
+            error = failure
+    raise error
 
 
 def _add_field_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any], *,
@@ -122,14 +129,15 @@ def _saved_pretrain_config(run_dir: str, explicit: dict | None = None) -> Pretra
         raise UsageError(f"{path}: {error}") from None
 
 
-def _causal_keys(path: str, n: int, extra_digits: int) -> tuple:
-    """--causal-map's critical keys, checked against the model (pre-trained up to n) and the
-    RL episodes (n + extra_digits digits): one line naming the file and what is wrong."""
+def _causal_keys(path: str, task) -> tuple:
+    """--causal-map's critical keys, checked against the model (pre-trained on `task` up to
+    task.n) and the RL episodes (level task.max_level): one line naming the file and what is
+    wrong."""
     from critkl.analysis import causal
 
     try:
-        keys = causal.read_critical_keys(path, n)
-        causal.check_keys_occur(keys, n + extra_digits)
+        keys = causal.read_critical_keys(path, task, task.n)
+        causal.check_keys_occur(task, keys, task.max_level)
     except (OSError, ValueError) as error:
         raise UsageError(f"--causal-map {path}: {error}") from None
     return keys
@@ -179,7 +187,7 @@ def _evaluate(args) -> None:
     _check_pretrained(args.run_dir)
     config, params = load_pretrained(args.run_dir)
     report = evaluation.accuracy_table(
-        params, config.model_config, config.max_digits, jax.random.key(args.seed),
+        params, config.model_config, config.text_task, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
         rl_episodes=args.rl_episodes,
         progress=directory.Progress("accuracy cell", lambda line: print(line, flush=True)),
@@ -291,10 +299,14 @@ def _finetune(args) -> None:
     _check_pretrained(args.pretrained)
     try:
         pre_config, params = load_pretrained(args.pretrained)
+        task = rl_values.setdefault("task", pre_config.task)
+        if task != pre_config.task:
+            raise ValueError(f"--task {task}: {args.pretrained} was pre-trained on task "
+                             f"{pre_config.task!r}")
         if args.causal_map:
-            rl_values["causal_keys"] = _causal_keys(
-                args.causal_map, pre_config.max_digits,
-                rl_values.get("extra_digits", RLConfig.extra_digits))
+            rl_values["causal_keys"] = _causal_keys(args.causal_map, registry.make(
+                task, pre_config.max_digits,
+                rl_values.get("extra_digits", RLConfig.extra_digits)))
         config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
         config.check_model(pre_config.model_config)
     except ValueError as error:
@@ -431,9 +443,9 @@ def _analyze(args) -> None:
     pages = []
     try:
         table = report.analyze_model(
-            params, config.model_config, config.max_digits, output, episodes=args.episodes,
+            params, config.model_config, config.text_task, output, episodes=args.episodes,
             shown=args.shown, pages=pages, terminal=sys.stdout.isatty())
-        report.write(output, [table], pages)
+        report.write(output, [table], pages, config.text_task.vocabulary)
     finally:
         output.close()
     print(certainty.certainty_markdown([table]))
@@ -460,11 +472,11 @@ def _critical(args) -> None:
     progress = directory.Progress("forced continuations, sampler call",
                                   lambda line: print(line, flush=True))
     n = config.max_digits
-    print(f"critkl critical {args.model}: {settings.problems} problems of {n + 1}+{n + 1} "
-          f"digits, decisions with p(right) < {settings.forced_below} forced right and wrong",
+    print(f"critkl critical {args.model}: {settings.problems} {config.task} problems of level "
+          f"{n + 1}, decisions with p(right) < {settings.forced_below} forced right and wrong",
           flush=True)
-    rows = causal.causal_map(params, config.model_config, n, settings, progress)
-    record = {**provenance.record(), "model": args.model, "n": n,
+    rows = causal.causal_map(params, config.model_config, config.text_task, settings, progress)
+    record = {**provenance.record(), "model": args.model, "task": config.task, "n": n,
               "settings": dataclasses.asdict(settings), "rows": rows}
     files.write_atomic(out / "critical.json", json.dumps(record, indent=1) + "\n")
     table = causal.markdown(rows, kl_coef=args.kl_coef)
@@ -478,9 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="critkl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    render = commands.add_parser("render", help="print the episode text of A+B")
-    render.add_argument("a", help="first operand, e.g. 128")
-    render.add_argument("b", help="second operand, e.g. 367")
+    render = commands.add_parser("render", help="print the episode text of a problem")
+    render.add_argument("problem", nargs="+",
+                        help="the problem as the task writes it (addition: A B or A+B, e.g. 128 367)")
+    render.add_argument("--task", default=registry.DEFAULT, choices=sorted(registry.TASKS),
+                        help=f"the task (default: {registry.DEFAULT})")
     render.set_defaults(run=_render)
 
     pretrain = commands.add_parser("pretrain", help="pre-train a model on problems up to N digits")

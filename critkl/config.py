@@ -17,7 +17,8 @@ from typing import Any
 import flax.struct
 import jax.numpy as jnp
 
-from critkl import env
+from critkl.tasks import registry
+from critkl.tasks.base import TextTask
 from critkl.tokenizer import VOCAB_SIZE
 
 # ----------------------------------------------------------------------------- model
@@ -111,7 +112,8 @@ class PretrainConfig:
     """Everything that defines a pre-training run (saved as config.json)."""
 
     model: str = "mini"             # preset of critkl.model.PRESETS
-    max_digits: int = 3             # N: operands of 1..N digits
+    task: str = registry.DEFAULT    # a name of critkl.tasks.registry.TASKS
+    max_digits: int = 3             # N: levels 1..N (addition: operands of 1..N digits)
     longer_share: float = 0.0       # share of problems from the RL distribution at N+1
     # Share of the episodes with an N-digit operand whose list of it closes one digit early
     # (`env.render_closed_early`): a constructed causal fork, for experiments/mechanism.py.
@@ -134,6 +136,7 @@ class PretrainConfig:
     checkpoint_every: int = 250
 
     def __post_init__(self):
+        task_class = registry.task_class(self.task)
         positive = ("max_digits", "batch_size", "steps", "log_every", "eval_every",
                     "eval_problems", "checkpoint_every")
         for name in positive:
@@ -142,6 +145,9 @@ class PretrainConfig:
         for name in ("longer_share", "early_close_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.early_close_share > 0 and self.task != "addition":
+            raise ValueError(f"PretrainConfig.early_close_share={self.early_close_share} is "
+                             f"for task 'addition' only, not {self.task!r}")
         if self.early_close_share > 0 and self.max_digits < 2:
             raise ValueError(f"PretrainConfig.early_close_share={self.early_close_share} needs "
                              f"max_digits >= 2 (a 1-digit list cannot close earlier)")
@@ -159,26 +165,33 @@ class PretrainConfig:
         # Training reaches N+1 digits with longer_share > 0; evaluation N + eval_extra_digits.
         extra = max(self.eval_extra_digits, 1 if self.longer_share > 0 else 0)
         longest = self.max_digits + extra
-        if longest > env.MAX_SUPPORTED_DIGITS:
+        if longest > task_class.max_supported_level:
             raise ValueError(
                 f"PretrainConfig.max_digits + {extra} = {longest} (eval_extra_digits="
                 f"{self.eval_extra_digits}, longer_share={self.longer_share}) exceeds the "
-                f"supported {env.MAX_SUPPORTED_DIGITS} digits"
+                f"supported {task_class.max_supported_level} levels of task {self.task!r}"
             )
-        needed = env.max_episode_length(longest)
+        needed = registry.make(self.task, self.max_digits, extra).max_episode_length()
         if self.model_config.context_length < needed:
             raise ValueError(
                 f"model '{self.model}' has context_length={self.model_config.context_length}, "
-                f"but episodes of {longest} digits (max_digits={self.max_digits}, "
+                f"but {self.task} episodes of level {longest} (max_digits={self.max_digits}, "
                 f"eval_extra_digits={self.eval_extra_digits}, longer_share={self.longer_share}: "
                 f"N+1 digits are trained when longer_share > 0) need {needed} positions: choose a "
                 "larger model or fewer digits"
             )
 
     @property
+    def text_task(self) -> TextTask:
+        """The task pre-trained on: levels 1..max_digits, arrays one level wider when
+        longer_share > 0 (problems of the RL distribution at N+1)."""
+        return registry.make(self.task, self.max_digits, 1 if self.longer_share > 0 else 0)
+
+    @property
     def model_config(self) -> ModelConfig:
         return dataclasses.replace(model_preset(self.model), dtype=self.dtype,
-                                   attention=self.attention)
+                                   attention=self.attention,
+                                   vocab_size=registry.task_class(self.task).vocabulary.size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -349,8 +362,10 @@ class RLConfig:
     """Static structure of a fine-tuning run. Defaults: the CPU setting measured to learn
     (docs/results.md, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
 
-    n: int = 3                  # the model was pre-trained up to n digits
-    extra_digits: int = 1       # RL on n + extra_digits digits (difficult operand rule); 0: n
+    task: str = registry.DEFAULT  # a name of critkl.tasks.registry.TASKS
+    n: int = 3                  # the model was pre-trained up to level n (addition: digits)
+    extra_digits: int = 1       # RL on level n + extra_digits (addition: the difficult operand
+                                # rule); 0: n
     episodes: int = 128         # per collect
     iterations: int = 15        # collect + update cycles
     ppo_epochs: int = 1         # passes over each collected batch
@@ -379,6 +394,7 @@ class RLConfig:
     attention: str = "critkl"
 
     def __post_init__(self):
+        task_class = registry.task_class(self.task)
         check_compute("RLConfig", self.dtype, self.attention)
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
                      "eval_episodes", "update_chunk", "group_size"):
@@ -410,14 +426,15 @@ class RLConfig:
             raise ValueError(
                 f"RLConfig.value_hidden_sizes must be a tuple of positive integers, got {sizes!r}"
             )
+        if self.n + self.extra_digits > task_class.max_supported_level:
+            raise ValueError(f"RLConfig.n + extra_digits = {self.n + self.extra_digits} "
+                             f"exceeds task {self.task!r}'s {task_class.max_supported_level} "
+                             "levels")
         for key in self.causal_keys:
-            env.key_code(key)  # raises ValueError naming the bad key
+            self.text_task.key_code(key)  # raises ValueError naming the bad key
         if self.loss.prioritized and self.loss.weight_signal == "oracle" and not self.causal_keys:
             raise ValueError("LossConfig.weight_signal='oracle' needs RLConfig.causal_keys "
                              "(the causal map's critical decisions: --causal-map)")
-        if self.digits > env.MAX_SUPPORTED_DIGITS:
-            raise ValueError(f"RLConfig.n + extra_digits = {self.digits} exceeds "
-                             f"{env.MAX_SUPPORTED_DIGITS} digits")
 
     @property
     def minibatch_size(self) -> int:
@@ -430,24 +447,30 @@ class RLConfig:
         return next(d for d in range(1, size + 1) if size % d == 0 and size // d <= self.update_chunk)
 
     @property
-    def task(self) -> env.Task:
-        """The addition task's parameters: pre-training up to n digits, RL on n+extra_digits."""
-        return env.Task(self.n, self.extra_digits)
+    def text_task(self) -> TextTask:
+        """The task: pre-trained up to level n, RL on n + extra_digits."""
+        return registry.make(self.task, self.n, self.extra_digits)
 
     @property
     def digits(self) -> int:
-        return self.task.digits
+        """The RL level n + extra_digits (addition: digits)."""
+        return self.text_task.max_level
 
     @property
     def max_length(self) -> int:
-        """Episodes are cut here: the longest episode of `digits` digits + 100."""
-        return env.episode_limit(self.digits)
+        """Episodes are cut here: the longest episode of the RL level + 100."""
+        return self.text_task.episode_limit()
 
     def run_model(self, model_config: ModelConfig) -> ModelConfig:
         """The pre-trained model's config with this run's dtype and attention."""
         return dataclasses.replace(model_config, dtype=self.dtype, attention=self.attention)
 
     def check_model(self, model_config: ModelConfig) -> None:
+        vocabulary = self.text_task.vocabulary
+        if model_config.vocab_size != vocabulary.size:
+            raise ValueError(
+                f"the model has a vocabulary of {model_config.vocab_size} tokens, task "
+                f"{self.task!r} one of {vocabulary.size}: a model pre-trained on another task")
         if model_config.context_length < self.max_length:
             raise ValueError(
                 f"RL on {self.digits} digits cuts episodes at {self.max_length} tokens, more "

@@ -8,48 +8,49 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import env, sampling, statistics, strategy as strategies, vmap_rules
+from critkl import sampling, statistics, strategy as strategies, vmap_rules
 from critkl.config import ModelConfig
-from critkl.tokenizer import PAD_ID
+from critkl.tasks import layout
+from critkl.tasks.base import PAD_ID, Episodes, Outcome, TextTask
 
 
 class Attempt(NamedTuple):
     """Episodes the model wrote for a batch of problems, and how they went."""
 
     generation: sampling.Generation  # tokens [B, M] of prompt + generation
-    reference: env.Episodes     # the correct episodes [B, L]
-    outcome: env.Outcome
+    reference: Episodes  # the correct episodes [B, L]
+    outcome: Outcome
 
 
-def prompts_of(episodes: env.Episodes, max_digits: int) -> jax.Array:
-    """The prompt part of rendered episodes: [B, P] int32, PAD after each prompt."""
-    width = env.prompt_width(max_digits)
+def prompts_of(episodes: Episodes, width: int) -> jax.Array:
+    """The prompt part of rendered episodes: [B, width] int32, PAD after each prompt."""
     tokens = episodes.tokens[:, :width]
     inside = jnp.arange(width)[None, :] < episodes.prompt_length[:, None]
     return jnp.where(inside, tokens, PAD_ID)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_length", "keep_hidden", "strategy"))
-def attempt(params, config: ModelConfig, operands: env.Operands, rng: jax.Array, *,
+@functools.partial(jax.jit,
+                   static_argnames=("config", "task", "max_length", "keep_hidden", "strategy"))
+def attempt(params, config: ModelConfig, task: TextTask, problems, rng: jax.Array, *,
             temperature, max_length: int, keep_hidden: bool = False,
             strategy: strategies.Strategy | None = None) -> Attempt:
-    """Let the model write episodes for `operands` (greedy when temperature <= 0);
+    """Let the model write episodes for `problems` of `task` (greedy when temperature <= 0);
     keep_hidden: the generation keeps its hidden states (`sampling.Generation.hidden`).
     strategy (default: the default devices'): under vmap (a sweep) on a CPU, the runs sample
     one after the other (`vmap_rules.one_at_a_time`)."""
     strategy = strategies.resolve(strategy)
 
-    def solve(params, operands, rng, temperature):
-        reference = env.render(operands, strategy)
+    def solve(params, problems, rng, temperature):
+        reference = task.render(problems, strategy)
         generation = sampling.generate(
-            params, config, prompts_of(reference, operands.a.shape[-1]), reference.prompt_length,
-            rng, max_length=max_length, temperature=temperature, stop_fn=env.stop_rule,
+            params, config, prompts_of(reference, task.prompt_width()), reference.prompt_length,
+            rng, max_length=max_length, temperature=temperature, stop_fn=task.stop_rule,
             keep_hidden=keep_hidden, strategy=strategy,
         )
-        return Attempt(generation, reference, env.score(generation.tokens, reference, strategy))
+        return Attempt(generation, reference, task.score(generation.tokens, reference, strategy))
 
     return vmap_rules.one_at_a_time(solve, strategy.runs_in_turn)(
-        params, operands, rng, jnp.asarray(temperature, jnp.float32))
+        params, problems, rng, jnp.asarray(temperature, jnp.float32))
 
 
 def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
@@ -60,21 +61,21 @@ def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
     reference = attempt.reference
     width = min(attempt.generation.tokens.shape[1], reference.tokens.shape[1])
     differs = (attempt.generation.tokens[:, :width] != reference.tokens[:, :width]) & (
-        env.span_mask(reference.prompt_length, reference.length, width))
+        layout.span_mask(reference.prompt_length, reference.length, width))
     any_error = differs.any(axis=1)
     return jnp.where(any_error, jnp.argmax(differs, axis=1), -1).astype(jnp.int32), any_error
 
 
-def solve_in_batches(params, config: ModelConfig, sample, problems: int, batch: int, rng,
-                     *, temperature, max_length: int):
-    """Yield `Attempt`s (on the host) for `problems` problems drawn by
-    sample(rng, batch) -> Operands, `batch` at a time. A last, partial batch solves only
+def solve_in_batches(params, config: ModelConfig, task: TextTask, sample, problems: int,
+                     batch: int, rng, *, temperature, max_length: int):
+    """Yield `Attempt`s (on the host) for `problems` problems of `task` drawn by
+    sample(rng, batch) -> problems, `batch` at a time. A last, partial batch solves only
     the problems it keeps (the first of its draw)."""
     for index, start in enumerate(range(0, problems, batch)):
         draw_rng, solve_rng = jax.random.split(jax.random.fold_in(rng, index))
         keep = min(batch, problems - start)
-        operands = jax.tree.map(lambda x: x[:keep], sample(draw_rng, batch))
-        yield jax.device_get(attempt(params, config, operands, solve_rng,
+        drawn = jax.tree.map(lambda x: x[:keep], sample(draw_rng, batch))
+        yield jax.device_get(attempt(params, config, task, drawn, solve_rng,
                                      temperature=temperature, max_length=max_length))
 
 
@@ -84,29 +85,31 @@ def rate(successes: int, total: int) -> dict:
             "successes": successes, "problems": total}
 
 
-def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 1000,
+def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems: int = 1000,
                    batch: int = 500, extra_digits: int = 3, temperatures=(1.0, 1.5, 2.0),
                    rl_episodes: int = 200, progress=None) -> dict:
-    """Greedy pass@1 at N..N+extra_digits digits, identical and varying operand
-    lengths (paper Tables 4 and 5); where N+1 failures first go wrong; and the
-    success rate when sampling RL problems of N+1 digits at each temperature.
+    """Greedy pass@1 at levels N..N+extra_digits (N = task.n; addition: digits), identical
+    and varying levels (paper Tables 4 and 5); where N+1 failures first go wrong; and the
+    success rate when sampling RL problems of N+1 at each temperature.
     progress(done, total, what): called after each cell, when given."""
     import numpy as np
 
+    n = task.n
     report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
     total = 2 * (extra_digits + 1) + len(temperatures)
     for digits in range(n, n + extra_digits + 1):
+        level_task = task.at_level(digits)
         # Cut at the RL limit, or at the context (which holds any correct episode).
-        limit = min(env.episode_limit(digits), config.context_length)
+        limit = min(level_task.episode_limit(), config.context_length)
         samplers = {
-            "identical": lambda r, b, d=digits: env.sample_identical(r, b, d, d),
-            "varying": lambda r, b, d=digits: env.sample_rl(r, b, env.Task(n, d - n)),
+            "identical": lambda r, b, t=level_task: t.sample_level(r, b, t.max_level),
+            "varying": level_task.sample_rl,
         }
         for kind, sample in samplers.items():
             cell_rng = jax.random.fold_in(rng, 100 * digits + (kind == "varying"))
             successes, roles, critical, failures = 0, [], 0, 0
-            for result in solve_in_batches(params, config, sample, problems, batch, cell_rng,
-                                           temperature=0.0, max_length=limit):
+            for result in solve_in_batches(params, config, level_task, sample, problems, batch,
+                                           cell_rng, temperature=0.0, max_length=limit):
                 successes += int(result.outcome.success.sum())
                 if digits == n + 1:
                     position, erred = (np.asarray(x) for x in first_error(result))
@@ -114,25 +117,26 @@ def accuracy_table(params, config: ModelConfig, n: int, rng, *, problems: int = 
                     failures += len(rows)
                     where = position[rows]
                     ref = result.reference
-                    critical += int((np.asarray(ref.operand_index)[rows, where] >= n).sum())
+                    structural = np.asarray(task.critical_positions(ref))
+                    critical += int(structural[rows, where].sum())
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
             if progress:
                 progress(len(report["cells"]), total, f"{digits} digits, {kind} lengths")
             if digits == n + 1:
-                counts = {env.ROLE_NAMES[r]: roles.count(r) for r in sorted(set(roles))}
+                counts = {task.role_names[r]: roles.count(r) for r in sorted(set(roles))}
                 report["first_errors"][kind] = {
                     "failures": failures, "at_structural_critical_token": critical,
                     "by_role": counts,
                 }
-    rl_sample = lambda r, b: env.sample_rl(r, b, env.Task(n, 1))  # noqa: E731
+    rl_task = task.at_level(n + 1)
     for temperature in temperatures:
         successes = sum(
             int(result.outcome.success.sum())
             for result in solve_in_batches(
-                params, config, rl_sample, rl_episodes, min(batch, rl_episodes),
+                params, config, rl_task, rl_task.sample_rl, rl_episodes, min(batch, rl_episodes),
                 jax.random.fold_in(rng, int(temperature * 1000)), temperature=temperature,
-                max_length=env.episode_limit(n + 1))
+                max_length=rl_task.episode_limit())
         )
         report["sampling"][f"{temperature:g}"] = rate(successes, rl_episodes)
         if progress:

@@ -15,6 +15,7 @@ is `jax.vmap` over (rng, hyper) of the whole run.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -23,9 +24,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from critkl import env, evaluation, losses, strategy as strategies, vmap_rules, weighting
+from critkl import evaluation, losses, strategy as strategies, vmap_rules, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
 from critkl.model import GPT, ValueHead
+from critkl.tasks import decisions, layout
+from critkl.tasks.base import Episodes, TextTask, terminal_reward
 
 
 def stack_hypers(hypers: list[RLHyper]) -> RLHyper:
@@ -66,11 +69,11 @@ def shift_right(x: jax.Array) -> jax.Array:
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
 
 
-def collect_problems(rng, config: RLConfig) -> env.Operands:
+def collect_problems(rng, config: RLConfig):
     """The problems of one collect: episodes / group_size problems of the RL distribution,
-    each repeated group_size times in a row ([episodes] operands)."""
-    operands = env.sample_rl(rng, config.episodes // config.group_size, config.task)
-    return jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), operands)
+    each repeated group_size times in a row (a problems pytree of [episodes, ...])."""
+    problems = config.text_task.sample_rl(rng, config.episodes // config.group_size)
+    return jax.tree.map(lambda x: jnp.repeat(x, config.group_size, axis=0), problems)
 
 
 def update_widths(config: RLConfig) -> tuple[int, ...]:
@@ -78,7 +81,7 @@ def update_widths(config: RLConfig) -> tuple[int, ...]:
     longest episode that ends in time and the cut (`config.max_length`). Each chunk runs at
     the narrower one when it holds its longest episode. (Every width compiles the update once
     more: two keep the compile time down.)"""
-    return tuple(sorted({env.max_episode_length(config.digits), config.max_length}))
+    return tuple(sorted({config.text_task.max_episode_length(), config.max_length}))
 
 
 def _episode_widths(action_mask: jax.Array) -> jax.Array:
@@ -203,15 +206,15 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     problem_rng, sample_rng = jax.random.split(rng)
     operands = collect_problems(problem_rng, config)
     attempt = evaluation.attempt(
-        state.policy, plan.model_config, operands, sample_rng,
+        state.policy, plan.model_config, config.text_task, operands, sample_rng,
         temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
         strategy=plan.strategy,
     )
     tokens, outcome = attempt.generation.tokens, attempt.outcome
     position = jnp.arange(max_length)[None, :]
-    action_mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
+    action_mask = layout.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
     rewards = jnp.where(position == outcome.last[:, None],
-                        env.terminal_reward(outcome)[:, None], 0.0)
+                        terminal_reward(outcome)[:, None], 0.0)
     # The sampler's hidden states: the value head needs no second policy forward pass.
     hidden = attempt.generation.hidden
     values = shift_right(plan.value_head.apply({"params": state.value}, hidden))
@@ -225,7 +228,8 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
         embedding = state.policy["token_embedding"]["embedding"]
         policy_logits = shift_right(hidden @ embedding.T)  # the acting policy's logits
-    critical = (env.causal_critical_mask(tokens, attempt.reference, config.causal_keys)
+    critical = (decisions.causal_critical_mask(config.text_task, tokens, attempt.reference,
+                                                config.causal_keys)
                 if config.loss.prioritized and signal == "oracle" else None)
     weigh = lambda advantages: weighting.token_weights(  # noqa: E731
         config.loss, weighting.SignalInputs(
@@ -242,7 +246,7 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     advantages, returns = losses.gae(rewards, values * action_mask, action_mask,
                                      hyper.gamma, hyper.lam)
     if config.loss.baseline != "value":
-        episode = losses.group_advantages(env.terminal_reward(outcome), config.group_size,
+        episode = losses.group_advantages(terminal_reward(outcome), config.group_size,
                                           config.loss.baseline)
         advantages = jnp.where(action_mask, episode[:, None], 0.0)
     if config.loss.center_advantages:
@@ -324,13 +328,12 @@ def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper, pretrained):
     pre-trained model (`pretrained`): greedy pass@1 ("eval/comfort_pass_at_1"), success sampled
     at the policy temperature on problems of 1..n digits and of n+n digits, and `retention`'s
     KL and log-likelihood ("retention/")."""
-    config, task, model_config = plan.config, plan.config.task, plan.model_config
+    config, task, model_config = plan.config, plan.config.text_task, plan.model_config
     train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
     size = config.eval_episodes
-    train_ops = env.sample_rl(train_rng, size, task)
-    comfort_ops = env.sample_pretraining(comfort_rng, size, task)
-    n_digit_ops = env.sample_identical(jax.random.fold_in(comfort_rng, 1), size, task.n,
-                                       task.digits)
+    train_ops = task.sample_rl(train_rng, size)
+    comfort_ops = task.sample_pretraining(comfort_rng, size)
+    n_digit_ops = task.sample_level(jax.random.fold_in(comfort_rng, 1), size, task.n)
     sampled = hyper.loss.policy_temperature
     attempts = {  # name: (operands, temperature)
         "eval/pass_at_1": (train_ops, 0.0),
@@ -344,33 +347,33 @@ def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper, pretrained):
 
     def success(operands_and_temperature):
         operands, temperature = operands_and_temperature
-        attempt = evaluation.attempt(policy, model_config, operands, solve_rng,
+        attempt = evaluation.attempt(policy, model_config, task, operands, solve_rng,
                                      temperature=temperature, max_length=config.max_length,
                                      strategy=plan.strategy)
         return attempt.outcome.success.mean()
 
     # One after the other in a loop, so that they share one sampler's buffers.
     metrics = dict(zip(attempts, jax.lax.map(success, (operands, temperatures))))
-    metrics.update(critical_token_probabilities(policy, model_config, train_ops, task.n,
+    metrics.update(critical_token_probabilities(policy, model_config, task, train_ops,
                                                 plan.strategy))
-    metrics.update(retention(policy, pretrained, model_config, comfort_ops,
+    metrics.update(retention(policy, pretrained, model_config, task, comfort_ops,
                              hyper.loss.certainty_temperature, plan.strategy))
     if config.causal_keys:
-        identical = env.sample_identical(causal_rng, size, task.digits, task.digits)
+        identical = task.sample_level(causal_rng, size, task.max_level)
         metrics["causal/p_right"] = causal_token_probability(
-            policy, model_config, identical, config.causal_keys, plan.strategy)
+            policy, model_config, task, identical, config.causal_keys, plan.strategy)
     return metrics
 
 
-def retention(policy, reference, model_config: ModelConfig, operands: env.Operands,
+def retention(policy, reference, model_config: ModelConfig, task: TextTask, problems,
               certainty_temperature, strategy: strategies.Strategy | None = None
               ) -> dict[str, jax.Array]:
-    """What the policy keeps of the `reference` on the correct episodes of `operands`,
+    """What the policy keeps of the `reference` on the correct episodes of `problems`,
     teacher-forced on their answer tokens: the exact KL(policy || reference) at temperature 1
     per token ("retention/kl") and by bucket of the prioritized weight
     (`losses.kl_by_weight_bucket`: kl_w_*, tokens_w_*), and the mean log-likelihood of a
     whole correct answer under the policy ("retention/logp_correct", nats per episode)."""
-    episodes = env.render(operands, strategy)
+    episodes = task.render(problems, strategy)
     model = GPT(model_config)
 
     def logits_of(tokens):  # [L] -> policy's and reference's next-token logits [L - 1, V]
@@ -381,7 +384,7 @@ def retention(policy, reference, model_config: ModelConfig, operands: env.Operan
     logits, reference_logits = jax.lax.map(logits_of, episodes.tokens,
                                            batch_size=EVAL_FORWARD_ROWS)
     targets = episodes.tokens[:, 1:]
-    answer = env.span_mask(episodes.prompt_length, episodes.length,
+    answer = layout.span_mask(episodes.prompt_length, episodes.length,
                            episodes.tokens.shape[1])[:, 1:]  # [B, L - 1]: target t + 1
     logp = jnp.where(answer, losses.token_logprobs(logits, targets), 0.0)
     buckets = losses.kl_by_weight_bucket(logits, reference_logits, answer, certainty_temperature)
@@ -395,7 +398,7 @@ def retention(policy, reference, model_config: ModelConfig, operands: env.Operan
 EVAL_FORWARD_ROWS = 20  # episodes per teacher-forced forward of an evaluation
 
 
-def _right_token_probabilities(params, model_config: ModelConfig, episodes: env.Episodes):
+def _right_token_probabilities(params, model_config: ModelConfig, episodes: Episodes):
     """Teacher-forced probability of each reference token given its correct prefix: [B, L]
     (position t: token t; position 0 is 0). The forward runs EVAL_FORWARD_ROWS episodes at a
     time, so its activations stay small."""
@@ -407,19 +410,18 @@ def _right_token_probabilities(params, model_config: ModelConfig, episodes: env.
     return jnp.pad(right, ((0, 0), (1, 0)))
 
 
-def critical_token_probabilities(params, model_config: ModelConfig, operands: env.Operands,
-                                 n: int, strategy: strategies.Strategy | None = None
+def critical_token_probabilities(params, model_config: ModelConfig, task: TextTask, problems,
+                                 strategy: strategies.Strategy | None = None
                                  ) -> dict[str, jax.Array]:
-    """Probability the model gives the right token, given the correct prefix, at the
-    structural critical tokens (commas and digits of operand lists beyond n digits),
-    averaged over the episodes of `operands`; and the lowest such probability."""
-    reference = env.render(operands, strategy)
+    """Probability the model gives the right token, given the correct prefix, at the task's
+    structural critical tokens by kind (addition: commas and digits of operand lists beyond n
+    digits), averaged over the episodes of `problems`; and the lowest such probability."""
+    reference = task.render(problems, strategy)
     right = _right_token_probabilities(params, model_config, reference)
-    critical = env.critical_positions(reference, n)
-    is_comma = reference.tokens == env.COMMA_ID
+    kinds = task.critical_kinds(reference)
+    critical = functools.reduce(jnp.logical_or, kinds.values())
     return {
-        "critical/p_right_comma": mean_where(right, critical & is_comma),
-        "critical/p_right_digit": mean_where(right, critical & ~is_comma),
+        **{f"critical/p_right_{kind}": mean_where(right, mask) for kind, mask in kinds.items()},
         "critical/p_right_min": jnp.where(critical.any(),
                                           jnp.where(critical, right, 1.0).min(), jnp.nan),
     }
@@ -431,11 +433,11 @@ def mean_where(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask.any(), losses.masked_mean(values, mask), jnp.nan)
 
 
-def causal_token_probability(params, model_config: ModelConfig, operands: env.Operands,
+def causal_token_probability(params, model_config: ModelConfig, task: TextTask, problems,
                              keys, strategy: strategies.Strategy | None = None) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
-    the decision `keys` (`critkl.analysis.causal`) in the episodes of `operands` (NaN where
+    the decision `keys` (`critkl.analysis.causal`) in the episodes of `problems` (NaN where
     no episode has one of them)."""
-    reference = env.render(operands, strategy)
+    reference = task.render(problems, strategy)
     right = _right_token_probabilities(params, model_config, reference)
-    return mean_where(right, env.at_keys(env.decision_codes(reference), keys))
+    return mean_where(right, decisions.at_keys(task, task.decision_codes(reference), keys))

@@ -34,7 +34,7 @@ from jax import lax
 from critkl import losses, strategy as strategies, vmap_rules
 from critkl.config import ModelConfig
 from critkl.model import GPT, KVCache, init_cache
-from critkl.tokenizer import EOS_ID, PAD_ID
+from critkl.tasks.base import EOS_ID, PAD_ID
 
 StopFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 

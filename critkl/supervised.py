@@ -1,4 +1,5 @@
-"""Supervised pre-training on addition problems "up to N digits", as pure functions.
+"""Supervised pre-training on a task's problems "up to level N" (addition: N digits), as pure
+functions.
 
 Problems are sampled, rendered and packed into full-context streams inside the
 jitted step (no host data pipeline). Packing lays whole episodes end to end, so
@@ -20,7 +21,8 @@ import optax
 
 from critkl import env, evaluation, strategy as strategies
 from critkl.infra import parallel
-from critkl.env import oracle
+from critkl.tasks import layout
+from critkl.tasks.base import TextTask
 from critkl.config import ModelConfig, PretrainConfig
 from critkl.model import GPT, init_params
 
@@ -51,15 +53,15 @@ def optimizer(config: PretrainConfig) -> optax.GradientTransformation:
     )
 
 
-def training_problems(rng: jax.Array, count: int, config: PretrainConfig) -> env.Operands:
-    """`count` problems up to N digits, of which a `longer_share` fraction (in
+def training_problems(rng: jax.Array, count: int, config: PretrainConfig):
+    """`count` problems up to level N, of which a `longer_share` fraction (in
     expectation) come from the RL distribution at N+1 instead."""
+    task = config.text_task  # arrays N+1 wide when longer_share > 0
     if config.longer_share == 0.0:
-        return env.sample_pretraining(rng, count, env.Task(config.max_digits, 0))
-    task = env.Task(config.max_digits, 1)  # both kinds N+1 digits wide
+        return task.sample_pretraining(rng, count)
     short_rng, long_rng, pick_rng = jax.random.split(rng, 3)
-    short = env.sample_pretraining(short_rng, count, task)
-    longer = env.sample_rl(long_rng, count, task)
+    short = task.sample_pretraining(short_rng, count)
+    longer = task.sample_rl(long_rng, count)
     pick_longer = jax.random.bernoulli(pick_rng, config.longer_share, (count,))
     return jax.tree.map(
         lambda s, l: jnp.where(pick_longer.reshape((count,) + (1,) * (s.ndim - 1)), l, s),
@@ -72,17 +74,17 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
     """A batch of packed streams: tokens and target mask [batch_size, context_length]
     (`strategy`: rendering's, default the default devices')."""
     width = config.model_config.context_length
-    shortest = len(oracle.episode_text(0, 0))  # no episode is shorter
+    shortest = config.text_task.shortest_episode_length()
     per_stream = math.ceil(width / shortest) + 1
     count = config.batch_size * per_stream
-    operands = training_problems(rng, count, config)
-    if config.early_close_share > 0:
+    problems = training_problems(rng, count, config)
+    if config.early_close_share > 0:  # addition only (PretrainConfig checks)
         close = jax.random.bernoulli(jax.random.fold_in(rng, 1), config.early_close_share,
                                      (count,))
-        episodes = env.render_closed_early(operands, close, config.max_digits)
+        episodes = env.render_closed_early(problems, close, config.max_digits)
     else:
-        episodes = env.render(operands, strategy)
-    return env.pack(episodes, config.batch_size, width)
+        episodes = config.text_task.render(problems, strategy)
+    return layout.pack(episodes, config.batch_size, width)
 
 
 def next_token_loss(params, model_config: ModelConfig, tokens, targets):
@@ -139,9 +141,11 @@ def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy 
     return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def greedy_pass_at_1(params, model_config: ModelConfig, rng, digits: int, problems: int) -> float:
-    """Greedy pass@1 on `problems` problems with both operands of `digits` digits."""
-    operands = env.sample_identical(rng, problems, digits, digits)
-    attempt = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
-                                 max_length=env.episode_limit(digits))
+def greedy_pass_at_1(params, model_config: ModelConfig, task: TextTask, rng, level: int,
+                     problems: int) -> float:
+    """Greedy pass@1 on `problems` problems of `task` exactly at `level` (addition: both
+    operands of `level` digits)."""
+    task = task.at_level(level)
+    attempt = evaluation.attempt(params, model_config, task, task.sample_level(rng, problems, level),
+                                 rng, temperature=0.0, max_length=task.episode_limit())
     return float(attempt.outcome.success.mean())

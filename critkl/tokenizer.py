@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PAD_ID = 0
-EOS_ID = 1
+from critkl.tasks.base import EOS_ID, PAD_ID
 
 # Every character that the scratchpad format uses (see METHOD.md, section 1).
 CHARACTERS = "0123456789+,=[]-> \n:</ACDEINTaceghnprstu"

@@ -26,7 +26,7 @@ def evaluate_level(scale: str, n: int, output: Output, work_dir, *, problems: in
     """Accuracy table of the `scale` model pre-trained up to n -> (report, its two curves)."""
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
     report = evaluation.accuracy_table(
-        params, pre_config.model_config, n, jax.random.key(0), problems=problems,
+        params, pre_config.model_config, pre_config.text_task, jax.random.key(0), problems=problems,
         extra_digits=pre_config.eval_extra_digits, temperatures=temperatures,
         rl_episodes=sampled_episodes, progress=directory.Progress("accuracy cell", print_fn))
     table = evaluation.markdown(report)

@@ -25,7 +25,8 @@ def run(scale: str, output: Output, work_dir, print_fn=print, levels=None) -> di
     settings, tables, pages = SETTINGS[scale], [], []
     for n in settings["levels"] if levels is None else levels:
         pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
-        tables.append(analyze_model(params, pre_config.model_config, n, output,
-                                    episodes=settings["episodes"], print_fn=print_fn, pages=pages))
-    write(output, tables, pages)
+        tables.append(analyze_model(params, pre_config.model_config, pre_config.text_task,
+                                    output, episodes=settings["episodes"], print_fn=print_fn,
+                                    pages=pages))
+    write(output, tables, pages, pre_config.text_task.vocabulary)
     return {"tables": tables}

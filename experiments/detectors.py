@@ -14,6 +14,7 @@ import jax
 
 from critkl.analysis import causal, detectors
 from critkl.runs.outputs import Output
+from critkl.tasks import registry
 from experiments import kl_comparison, mechanism
 from experiments.models import pretrained_model
 
@@ -22,13 +23,14 @@ SETTINGS = {"tiny": dict(problems=4, samples=2), "mini": dict(problems=64, sampl
             "paper": dict(problems=256, samples=4)}
 
 
-def score(params, model_config, n: int, keys, plan: dict, output: Output, suffix: str,
+def score(params, model_config, task, keys, plan: dict, output: Output, suffix: str,
           print_fn) -> list[dict]:
     """Score every signal on the model's sampled episodes; write detectors{suffix}.md,
     .json and .png."""
+    n = task.n
     print_fn(f"detectors: {plan['samples']} sampled episodes of each of {plan['problems']} "
              f"problems of {n + 1}+{n + 1} digits, against {len(keys)} causally critical keys")
-    ranked = detectors.score_tokens(params, model_config, n, keys, problems=plan["problems"],
+    ranked = detectors.score_tokens(params, model_config, task, keys, problems=plan["problems"],
                                     samples=plan["samples"], rng=jax.random.key(0))
     rows = detectors.table(ranked)
     text = detectors.markdown(rows, ranked)
@@ -46,13 +48,14 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plan, n = SETTINGS[scale], kl_comparison.N[scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    results = {"rows": score(params, pre_config.model_config, n, keys, plan, output, "",
-                             print_fn)}
+    results = {"rows": score(params, pre_config.model_config, pre_config.text_task, keys, plan,
+                             output, "", print_fn)}
     if scale in mechanism.SETTINGS:
         print_fn("\nthe constructed model of the mechanism test (one known fork)")
         pre_config, params, n, record = mechanism.forked_model_and_map(scale, work_dir, print_fn)
         output.json("critical_constructed.json", record)
         keys = causal.critical_keys(record["rows"])
-        results["constructed"] = score(params, pre_config.model_config, n, keys, plan, output,
+        results["constructed"] = score(params, pre_config.model_config,
+                                       registry.make(pre_config.task, n), keys, plan, output,
                                        "_constructed", print_fn)
     return results

@@ -18,6 +18,7 @@ from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
+from critkl.tasks import registry
 from experiments.models import pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
@@ -34,7 +35,7 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
     path = output.folder / "critical.json"
     if path.exists():
         print_fn(f"causal map: reusing {path}")
-        return causal.read_critical_keys(path)
+        return causal.read_critical_keys(path, pre_config.text_task)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     name = f"{scale}-n{N[scale]}"
     shipped = shipped_causal_map(name) if name in shipped_names() else None
@@ -43,17 +44,19 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
                  f"at commit {shipped['commit'][:7]}")
         record = shipped
     else:
-        record = measure_causal_map(params, pre_config.model_config, N[scale], settings, print_fn)
+        record = measure_causal_map(params, pre_config.model_config,
+                                    registry.make(pre_config.task, N[scale]), settings, print_fn)
     write_causal_map(output, record, RL_SETTINGS[scale].kl_coef)
     return causal.critical_keys(record["rows"])
 
 
-def measure_causal_map(params, model_config, n: int, settings: CausalMapConfig,
+def measure_causal_map(params, model_config, task, settings: CausalMapConfig,
                        print_fn) -> dict:
-    """The map of a model pre-trained up to n, on (n+1)-digit problems, with progress lines:
-    the record critical.json holds (settings, n, rows)."""
+    """The map of a model pre-trained on `task` up to n = task.n, on problems at n+1, with
+    progress lines: the record critical.json holds (settings, n, rows)."""
+    n = task.n
     print_fn(f"causal map: {settings.problems} problems of {n + 1}+{n + 1} digits")
-    rows = causal.causal_map(params, model_config, n, settings,
+    rows = causal.causal_map(params, model_config, task, settings,
                              directory.Progress("forced continuations, sampler call", print_fn))
     return {"settings": dataclasses.asdict(settings), "n": n, "rows": rows}
 

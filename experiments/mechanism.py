@@ -28,6 +28,7 @@ from critkl.config import (DEFAULT_BETA, DEFAULT_KL_COEF, STANDARD_KL, CausalMap
                            PretrainConfig, RLConfig, RLHyper)
 from critkl.runs.outputs import Output
 from critkl.runs.models import load_pretrained
+from critkl.tasks import registry
 from experiments.kl_comparison import measure_causal_map, write_causal_map
 from experiments.models import pretrained_source, train
 from experiments.rl_settings import run_sweep
@@ -71,7 +72,8 @@ def forked_model_and_map(scale: str, work_dir, print_fn):
     n = plan["fork_digits"] - 1
     pre_config, params = load_pretrained(fork_stage(scale, plan, work_dir, print_fn))
     settings = CausalMapConfig(problems=plan["map_problems"], beta=BETA)
-    record = measure_causal_map(params, pre_config.model_config, n, settings, print_fn)
+    record = measure_causal_map(params, pre_config.model_config, registry.make(pre_config.task, n),
+                                settings, print_fn)
     return pre_config, params, n, record
 
 

@@ -14,9 +14,10 @@ import pytest
 from critkl import env, evaluation, sampling, strategy
 from critkl.config import model_preset
 from critkl.model import init_params
+from critkl.tasks.addition import Addition
 
 TINY = model_preset("tiny")
-TASK = env.Task(1, 1)
+TASK = Addition(1, 1)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def params():
                         init_params(jax.random.key(0), TINY))
 
 
-EPISODES = env.render(env.sample_rl(jax.random.key(1), 16, TASK))  # 2-digit problems
-PROMPTS = evaluation.prompts_of(EPISODES, TASK.digits)
+EPISODES = TASK.render(TASK.sample_rl(jax.random.key(1), 16))  # 2-digit problems
+PROMPTS = evaluation.prompts_of(EPISODES, TASK.prompt_width())
 
 
 def generate_on(device, layout: strategy.Strategy, params, temperature: float,
@@ -38,7 +39,7 @@ def generate_on(device, layout: strategy.Strategy, params, temperature: float,
     params, prompts, lengths = jax.device_put((params, PROMPTS, EPISODES.prompt_length), device)
     with jax.default_matmul_precision("highest"):
         out = sampling.generate(params, TINY, prompts, lengths, jax.random.key(2),
-                                max_length=env.episode_limit(TASK.digits),
+                                max_length=TASK.episode_limit(),
                                 temperature=temperature, stop_fn=env.stop_rule, strategy=layout,
                                 rows_at_a_time=rows_at_a_time)
     return jax.device_get(out)

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from critkl import env, statistics, tokenizer
+from critkl.tasks.addition import Addition
 from critkl.analysis import certainty as token_stats
 from critkl.config import model_preset
 from critkl.model import init_params
@@ -63,7 +64,7 @@ def test_decision_mask_covers_the_target():
 
 def test_certainty_table_counts():
     params = init_params(jax.random.key(0), TINY)
-    table = token_stats.certainty_table(params, TINY, 1, jax.random.key(1), episodes=6)
+    table = token_stats.certainty_table(params, TINY, Addition(1), jax.random.key(1), episodes=6)
     # Every RL problem at n+1 digits has structural critical tokens.
     assert table["structural"]["critical"]["count"] == 6
     assert table["structural"]["non_critical"]["count"] == 6
@@ -74,12 +75,13 @@ def test_certainty_table_counts():
     assert markdown.count("\n| 1 |") == 2
 
 
+VOCABULARY = Addition.vocabulary
 TOKENS = tokenizer.encode("[1,2]\n<a>")
 CERTAINTY = np.array([0.95, 0.2, 0.95, 0.95, 0.95, 0.95, 0.95, 0.5, 0.95])
 
 
 def test_coloured_terminal_colours_each_token():
-    text = token_stats.coloured_terminal(TOKENS, CERTAINTY, 0, len(TOKENS))
+    text = token_stats.coloured_terminal(VOCABULARY, TOKENS, CERTAINTY, 0, len(TOKENS))
     assert text.count("\x1b[48;2;") == len(TOKENS)
     assert "\x1b[48;2;255;0;40m" in text  # the least certain (0.2, the floor): red
     assert "\x1b[48;2;31;200;40m" in text  # 0.95 on the scale 0.2..1: nearly green
@@ -90,14 +92,14 @@ def test_colour_scale_reaches_red_at_the_least_certain_token():
     assert token_stats.colour_floor(np.array([0.69, 0.9, 1.0])) == 0.65
     assert token_stats.colour_floor(np.array([0.99, 1.0])) == 0.9
     high = np.array([0.99, 0.995, 1.0])
-    page = token_stats.coloured_html([("x", tokenizer.encode("1,2"), high, np.zeros(3, bool), 0, 3)])
+    page = token_stats.coloured_html(VOCABULARY, [("x", tokenizer.encode("1,2"), high, np.zeros(3, bool), 0, 3)])
     assert "rgb(51,200,40)" in page  # 0.99 on the scale 0.9..1, not green as on 0..1
 
 
 def test_coloured_html_escapes_titles_and_marks_critical_tokens():
     critical = np.zeros(len(TOKENS), bool)
     critical[[1, 3]] = True
-    page = token_stats.coloured_html([("N=3 <first>", TOKENS, CERTAINTY, critical, 0, len(TOKENS))])
+    page = token_stats.coloured_html(VOCABULARY, [("N=3 <first>", TOKENS, CERTAINTY, critical, 0, len(TOKENS))])
     assert "N=3 &lt;first&gt;" in page and "&lt;" in page and "<a>" not in page
     assert page.count("<span") == len(TOKENS)
     assert page.count('<span class="critical"') == 2
@@ -105,5 +107,5 @@ def test_coloured_html_escapes_titles_and_marks_critical_tokens():
 
 
 def test_markdown_episode_marks_uncertain_tokens():
-    text = token_stats.certainty_markdown_episode(TOKENS, CERTAINTY, 0, len(TOKENS), threshold=0.9)
+    text = token_stats.certainty_markdown_episode(VOCABULARY, TOKENS, CERTAINTY, 0, len(TOKENS), threshold=0.9)
     assert text == "\\[**1**(0.20),2\\]  \n&lt;**a**(0.50)\\>"

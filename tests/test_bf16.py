@@ -35,6 +35,7 @@ from critkl.config import LossConfig, LossHyper, RLConfig
 from critkl.model import GPT
 from critkl.rl import shift_right
 from critkl.runs.models import load_pretrained
+from critkl.tasks import layout
 
 DTYPES = ("float32", "bfloat16")
 LOSS_RTOL = 0.02  # averages over the batch's tokens (see the module docstring)
@@ -87,7 +88,7 @@ def rl_by_dtype(model, episodes):
     policy = jax.tree.map(lambda x: x + 0.01 * noise.standard_normal(x.shape, np.float32),
                           reference)
     tokens = episodes.tokens
-    mask = env.span_mask(episodes.prompt_length, episodes.length, tokens.shape[1])
+    mask = layout.span_mask(episodes.prompt_length, episodes.length, tokens.shape[1])
     advantages = jnp.where(mask, jax.random.normal(jax.random.key(2), tokens.shape), 0.0)
     return mask, {dtype: rl_loss(dataclasses.replace(pre_config.model_config, dtype=dtype),
                                  policy, reference, tokens, mask, advantages)

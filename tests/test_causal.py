@@ -10,7 +10,11 @@ import pytest
 from critkl import env
 from critkl.analysis import causal
 from critkl.config import CausalMapConfig
+from critkl.tasks import decisions
+from critkl.tasks.addition import Addition
 from critkl.tokenizer import decode, token_id
+
+TASK = Addition(7, 0)  # decision keys are the same for every addition task
 
 
 def _plain_keys(tokens, roles, prompt_length, length):
@@ -36,9 +40,9 @@ def _plain_keys(tokens, roles, prompt_length, length):
 
 def test_decision_codes_match_a_plain_reading_on_random_problems():
     """The jnp keys equal a token-by-token Python reading, on 2,000 problems of 1-7 digits."""
-    operands = env.sample_pretraining(jax.random.key(3), 2000, env.Task(7, 0))
+    operands = env.sample_pretraining(jax.random.key(3), 2000, 7, 7)
     episodes = env.render(operands)
-    keys = env.decision_keys(episodes)
+    keys = decisions.decision_keys(TASK, episodes)
     tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)
     for b in range(len(keys)):
         expected = _plain_keys(tokens[b], roles[b], int(episodes.prompt_length[b]),
@@ -53,10 +57,10 @@ def test_decision_codes_match_a_plain_reading_on_random_problems():
 def test_at_keys_marks_exactly_the_positions_of_the_keys():
     episodes = env.render(env.sample_identical(jax.random.key(0), 50, 4, 4))
     chosen = ((2, "operand", "b", 6), (1, "operand", "a", 5))
-    mask = np.asarray(env.at_keys(env.decision_codes(episodes), chosen))
-    for b, found in enumerate(env.decision_keys(episodes)):
+    mask = np.asarray(decisions.at_keys(TASK, env.decision_codes(episodes), chosen))
+    for b, found in enumerate(decisions.decision_keys(TASK, episodes)):
         assert set(np.nonzero(mask[b])[0]) == {t for t, key in found.items() if key in chosen}
-    assert not np.asarray(env.at_keys(env.decision_codes(episodes), ())).any()
+    assert not np.asarray(decisions.at_keys(TASK, env.decision_codes(episodes), ())).any()
     with pytest.raises(ValueError, match="not a decision key"):
         env.key_code((1, "prompt", "", 0))
 
@@ -65,7 +69,7 @@ def test_decision_keys_name_the_rendered_tokens():
     """Every key names the token a plain reading of the scratchpad text puts there."""
     operands = env.operands_from_ints([(1284, 3671), (9999, 1)], 4)
     episodes = env.render(operands)
-    for b, found in enumerate(env.decision_keys(episodes)):
+    for b, found in enumerate(decisions.decision_keys(TASK, episodes)):
         text = decode(np.asarray(episodes.tokens[b, :int(episodes.length[b])]).tolist())
         lines = text.split("<scratch>\n")[1].split("\n")
         start = text.index("<scratch>\n") + len("<scratch>\n")
@@ -79,7 +83,7 @@ def test_decision_keys_name_the_rendered_tokens():
                 assert in_line == open_at + 1 + ordinal, (line_text, part, ordinal)
             if role == "partial_result":
                 assert part == "A" and line_text[in_line - 1 - ordinal] == "["
-    keys = env.decision_keys(episodes)[0]
+    keys = decisions.decision_keys(TASK, episodes)[0]
     tokens = np.asarray(episodes.tokens[0])
     # Line 1 of 1284+3671: "[1,2,8,4] + [3,6,7,1] ...": the a-list's 7th token is "4" and
     # the b-list's 6th is ",".

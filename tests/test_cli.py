@@ -231,8 +231,9 @@ def test_eval_out_writes_only_that_file(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     ("key of wrong type", "rows[0].key is"),
     ("no critical row", "names no causally critical decision"),
-    ("another n", "was made for a model pre-trained up to 5 digits, not 3"),
-    ("line 99", "never occurs in episodes of 4+4 digits"),
+    ("another n", "was made for a model pre-trained up to level 5, not 3"),
+    ("line 99", "never occurs in addition episodes of 4+4 digits"),
+    ("another task", "was made for task 'path-star', not 'addition'"),
 ])
 def test_a_causal_map_is_checked_against_the_run(tmp_path, capsys, edit, message):
     """The shipped map of mini-n3, edited: refused in one line naming the file, before any
@@ -246,6 +247,8 @@ def test_a_causal_map_is_checked_against_the_run(tmp_path, capsys, edit, message
             row["critical"] = False
     elif edit == "another n":
         record["n"] = 5
+    elif edit == "another task":
+        record["task"] = "path-star"
     else:
         critical[0]["key"][0] = 99
     path = tmp_path / "critical.json"

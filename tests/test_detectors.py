@@ -34,7 +34,7 @@ def test_precision_recall_matches_brute_force_with_ties():
 def test_scored_tokens_carry_the_oracle_labels():
     pre, params = load_pretrained("mini-n3")  # a model that follows the correct path
     keys = ((1, "operand", "a", 0), (1, "operand", "b", 2))
-    ranked = detectors.score_tokens(params, pre.model_config, 3, keys, problems=3, samples=2,
+    ranked = detectors.score_tokens(params, pre.model_config, pre.text_task, keys, problems=3, samples=2,
                                     rng=jax.random.key(1))
     assert set(ranked.confidence) == set(detectors.SIGNALS)
     assert all(len(v) == len(ranked.critical) for v in ranked.confidence.values())

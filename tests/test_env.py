@@ -10,6 +10,8 @@ import pytest
 
 from critkl import env, strategy, tokenizer
 from critkl.env import oracle
+from critkl.tasks.addition import Addition
+from critkl.tasks.base import terminal_reward
 
 D = env.MAX_SUPPORTED_DIGITS
 render = jax.jit(env.render)
@@ -70,7 +72,7 @@ def test_render_with_fewer_digits_and_length_bound(digits):
 def test_chunked_rows_equal_one_pass():
     """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
     pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
-    operands = env.sample_pretraining(jax.random.key(5), 1024, env.Task(D, 0))
+    operands = env.sample_pretraining(jax.random.key(5), 1024, D, D)
     chunked = strategy.CPU
     episodes = env.render(operands, chunked)
     chunked_scans = str(jax.make_jaxpr(lambda o: env.render(o, chunked))(operands)).count("scan[")
@@ -90,7 +92,7 @@ def test_chunked_rows_equal_one_pass():
 class TestJitAgreement(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_render_and_score(self):
-        operands = env.sample_rl(jax.random.key(3), 16, env.Task(3, 2, 6))
+        operands = env.sample_rl(jax.random.key(3), 16, 3, 2, 6)
 
         def run(ops):
             episodes = env.render(ops)
@@ -109,7 +111,7 @@ def within_binomial(count, total, p, sigmas=5.0):
 
 def test_pretraining_lengths_and_digits_are_uniform():
     batch, n = 40_000, 5
-    ops = jax.device_get(env.sample_pretraining(jax.random.key(0), batch, env.Task(n, 0, 8)))
+    ops = jax.device_get(env.sample_pretraining(jax.random.key(0), batch, n, 8))
     for lengths, digits in ((ops.a_len, ops.a), (ops.b_len, ops.b)):
         for length in range(1, n + 1):
             assert within_binomial((lengths == length).sum(), batch, 1 / n)
@@ -126,7 +128,7 @@ def test_pretraining_lengths_and_digits_are_uniform():
 
 def test_rl_lengths_follow_the_difficult_operand_rule():
     batch, n, k = 40_000, 3, 2
-    ops = jax.device_get(env.sample_rl(jax.random.key(1), batch, env.Task(n, k, 8)))
+    ops = jax.device_get(env.sample_rl(jax.random.key(1), batch, n, k, 8))
     longest = np.maximum(ops.a_len, ops.b_len)
     assert (longest == n + k).all()
     a_difficult = ops.a_len == n + k
@@ -145,13 +147,15 @@ def test_identical_lengths():
 
 
 def test_sampler_errors_name_the_problem():
+    with pytest.raises(ValueError, match="n=3, extra=18 must satisfy .* n \\+ extra <= 20"):
+        Addition(3, 18)
+    with pytest.raises(ValueError, match="extra >= 0"):
+        Addition(3, -1)
+    with pytest.raises(ValueError, match="n='3' must be an integer"):
+        Addition("3", 1)
+    assert Addition(3, 2).max_level == 5
     with pytest.raises(ValueError, match="max_digits=21"):
-        env.Task(3, 0, 21)
-    with pytest.raises(ValueError, match=r"Task\(n=3, extra_digits=2, digits=4\) needs"):
-        env.Task(3, 2, 4)
-    with pytest.raises(ValueError, match="extra_digits >= 0"):
-        env.Task(3, -1)
-    assert env.Task(3, 2).digits == 5
+        env.sample_identical(jax.random.key(0), 2, 3, 21)
     with pytest.raises(ValueError, match="operand -1"):
         env.operands_from_ints([(-1, 2)], 4)
 
@@ -198,12 +202,12 @@ def test_score_matches_reference_judge_on_mutated_episodes():
 
 def test_score_never_fails_on_garbage():
     rng = np.random.default_rng(1)
-    operands = env.sample_pretraining(jax.random.key(5), 256, env.Task(4, 0))
+    operands = env.sample_pretraining(jax.random.key(5), 256, 4, 4)
     episodes = render(operands)
     for width in (episodes.tokens.shape[1], episodes.tokens.shape[1] + 100, 40):
         garbage = jnp.asarray(rng.integers(-5, 100, (256, width)), jnp.int32)
         outcome = score(garbage, episodes)
-        reward = env.terminal_reward(outcome)
+        reward = terminal_reward(outcome)
         assert np.isfinite(np.asarray(reward)).all()
         assert set(np.unique(np.asarray(reward))) <= {-1.0, 1.0}
         assert ((np.asarray(outcome.last) >= 0) & (np.asarray(outcome.last) < width)).all()
@@ -213,13 +217,13 @@ def test_terminal_reward_is_ternary_on_correct_and_wrong():
     operands = env.operands_from_ints([(12, 34), (12, 34)], 2)
     episodes = render(operands)
     tokens = episodes.tokens.at[1, episodes.length[1] - 2].set(tokenizer.token_id("9"))
-    reward = env.terminal_reward(score(tokens, episodes))
+    reward = terminal_reward(score(tokens, episodes))
     assert reward.tolist() == [1.0, -1.0]
 
 
 def test_stop_rule_ends_where_score_ends():
     rng = np.random.default_rng(2)
-    operands = env.sample_pretraining(jax.random.key(6), 300, env.Task(3, 0))
+    operands = env.sample_pretraining(jax.random.key(6), 300, 3, 3)
     episodes = render(operands)
     tokens = np.array(episodes.tokens)
     for row in range(0, 300, 3):  # some rows: garbage after the prompt
@@ -251,7 +255,7 @@ def test_critical_positions_hand_example():
 
 def test_critical_positions_count():
     n = 3
-    ops = env.sample_pretraining(jax.random.key(7), 500, env.Task(6, 0))
+    ops = env.sample_pretraining(jax.random.key(7), 500, 6, 6)
     critical = np.asarray(env.critical_positions(render(ops), n)).sum(axis=1)
     a_len, b_len = np.asarray(ops.a_len), np.asarray(ops.b_len)
     want = [

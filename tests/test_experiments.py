@@ -10,6 +10,7 @@ import pytest
 
 import experiments
 from critkl import cli
+from critkl.tasks.addition import Addition
 
 # Written by every RL sweep entry: the causal map and the plots of its metrics.
 RL_FILES = ("critical.json", "critical.md", "critical.png", "sampled_success.png",
@@ -111,7 +112,7 @@ def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
         output.close()
     assert keys == causal.critical_keys(shipped_causal_map("mini-n3")["rows"]) and len(keys) == 7
     assert "shipped with mini-n3" in capsys.readouterr().out
-    assert causal.read_critical_keys(tmp_path / "out" / "critical.json") == keys
+    assert causal.read_critical_keys(tmp_path / "out" / "critical.json", Addition(1)) == keys
     assert (tmp_path / "out" / "critical.png").exists()
 
 
@@ -134,7 +135,7 @@ def test_shipped_causal_map_is_what_its_command_measures():
 
     shipped = shipped_causal_map("mini-n3")
     pre_config, params = load_pretrained("mini-n3")
-    rows = causal.causal_map(params, pre_config.model_config, shipped["n"],
+    rows = causal.causal_map(params, pre_config.model_config, Addition(shipped["n"]),
                              CausalMapConfig(**shipped["settings"]))
     assert causal.critical_keys(rows) == causal.critical_keys(shipped["rows"])
 

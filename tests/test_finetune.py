@@ -4,7 +4,6 @@ uninterrupted one; grids, ranges, paired differences and merged sweeps."""
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -20,7 +20,7 @@ def _expected(a: int, b: int, close: bool, length: int) -> str:
 
 def test_closed_early_matches_plain_python_on_2000_problems():
     length, digits = 3, 4
-    operands = env.sample_pretraining(jax.random.key(0), 2000, env.Task(digits, 0))
+    operands = env.sample_pretraining(jax.random.key(0), 2000, digits, digits)
     close = jax.random.bernoulli(jax.random.key(1), 0.5, (2000,))
     episodes = jax.jit(env.render_closed_early, static_argnums=2)(operands, close, length)
     pairs = env.operands_to_ints(operands)

@@ -88,16 +88,17 @@ def test_rl_evaluation(params):
 
 
 def test_sampler_and_attempt(params):
-    operands = env.sample_rl(jax.random.key(0), 8, QUICK.task)
-    episodes = env.render(operands)
-    prompts = evaluation.prompts_of(episodes, QUICK.task.digits)
+    task = QUICK.text_task
+    operands = task.sample_rl(jax.random.key(0), 8)
+    episodes = task.render(operands)
+    prompts = evaluation.prompts_of(episodes, task.prompt_width())
 
     def generate(params, prompts, lengths, rng):
         return sampling.generate(params, TINY, prompts, lengths, rng, max_length=QUICK.max_length,
                                  temperature=1.0, stop_fn=env.stop_rule, strategy=ACCELERATOR)
 
     def attempt(params, operands, rng):
-        return evaluation.attempt(params, TINY, operands, rng, temperature=1.0,
+        return evaluation.attempt(params, TINY, task, operands, rng, temperature=1.0,
                                   max_length=QUICK.max_length, strategy=ACCELERATOR)
 
     rng = jax.eval_shape(lambda: jax.random.key(1))

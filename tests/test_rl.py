@@ -114,16 +114,19 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
     """p(right) at decision keys against a plain loop over the positions the keys name."""
     from critkl import env
     from critkl.model import GPT
+    from critkl.tasks import decisions
+    from critkl.tasks.addition import Addition
 
     params = init_params(jax.random.key(1), TINY)
     problems = 2 * rl.EVAL_FORWARD_ROWS + 5  # two whole forward chunks and a remainder
+    task = Addition(2, 0)
     operands = env.sample_identical(jax.random.key(2), problems, 2, 2)
     keys = ((1, "operand", "a", 2), (2, "operand", "b", 0))
-    got = rl.causal_token_probability(params, TINY, operands, keys)
+    got = rl.causal_token_probability(params, TINY, task, operands, keys)
     episodes = env.render(operands)
     logits = np.asarray(GPT(TINY).apply({"params": params}, episodes.tokens)[0], np.float64)
     tokens, values = np.asarray(episodes.tokens), []
-    for b, found in enumerate(env.decision_keys(episodes)):
+    for b, found in enumerate(decisions.decision_keys(task, episodes)):
         for t, key in found.items():
             if key in keys:
                 p = np.exp(logits[b, t - 1] - logits[b, t - 1].max())
@@ -131,9 +134,10 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
     assert len(values) == 2 * problems
     np.testing.assert_allclose(got, np.mean(values), rtol=1e-5)
     # A key no episode has (2-digit episodes have no line 9): absent (NaN), not 0.
-    assert np.isnan(rl.causal_token_probability(params, TINY, operands, ((9, "operand", "a", 2),)))
+    assert np.isnan(rl.causal_token_probability(params, TINY, task, operands,
+                                                ((9, "operand", "a", 2),)))
     # No structural critical token when the model was pre-trained up to the episodes' digits.
-    none = rl.critical_token_probabilities(params, TINY, operands, 2)
+    none = rl.critical_token_probabilities(params, TINY, task, operands)
     assert all(np.isnan(float(value)) for value in none.values()), none
 
 
@@ -160,8 +164,8 @@ def test_evaluation_successes_equal_separate_attempts():
     metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(4), hyper,
                                                              params)
     train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(4), 4)
-    train_ops = env.sample_rl(train_rng, size, config.task)
-    comfort_ops = env.sample_pretraining(comfort_rng, size, config.task)
+    train_ops = env.sample_rl(train_rng, size, 3, 1, 4)
+    comfort_ops = env.sample_pretraining(comfort_rng, size, 3, 4)
     n_digit_ops = env.sample_identical(jax.random.fold_in(comfort_rng, 1), size, 3, 4)
     assert set(np.asarray(env.operands_to_ints(n_digit_ops)).ravel() // 100 > 0) == {True}
     sampled = hyper.loss.policy_temperature
@@ -171,7 +175,7 @@ def test_evaluation_successes_equal_separate_attempts():
             ("eval/sampled_success", train_ops, sampled),
             ("retention/sampled_comfort", comfort_ops, sampled),
             ("retention/sampled_n_digits", n_digit_ops, sampled)):
-        attempt = evaluation.attempt(params, pre.model_config, operands, solve_rng,
+        attempt = evaluation.attempt(params, pre.model_config, config.text_task, operands, solve_rng,
                                      temperature=temperature, max_length=config.max_length)
         direct[name] = float(attempt.outcome.success.mean())
     assert len(set(list(direct.values())[:3])) == 3, direct
@@ -189,11 +193,12 @@ def test_retention_against_a_per_episode_reference():
     reference = init_params(jax.random.key(0), TINY)
     policy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape),
                           reference)
-    operands = env.sample_pretraining(jax.random.key(2), 6, QUICK.task)
+    task = QUICK.text_task
+    operands = env.sample_pretraining(jax.random.key(2), 6, task.n, task.max_level)
     temperature = 0.7
-    got = rl.retention(policy, reference, TINY, operands, temperature)
-    same = rl.retention(reference, reference, TINY, operands, temperature)
-    swapped = rl.retention(reference, policy, TINY, operands, temperature)
+    got = rl.retention(policy, reference, TINY, task, operands, temperature)
+    same = rl.retention(reference, reference, TINY, task, operands, temperature)
+    swapped = rl.retention(reference, policy, TINY, task, operands, temperature)
 
     episodes = env.render(operands)
     kls, logps, weights = [], [], []
@@ -227,20 +232,20 @@ def test_a_partial_batch_solves_the_first_problems_of_its_draw(monkeypatch):
     """solve_in_batches with fewer problems than a batch solves only those (no sampler
     memory for the rest): the problems and greedy outcomes of solving the whole draw and
     keeping its first rows."""
-    from critkl import env, evaluation
+    from critkl import evaluation
+    from critkl.tasks.addition import Addition
 
     solved, attempt = [], evaluation.attempt
-    monkeypatch.setattr(evaluation, "attempt", lambda params, config, operands, *a, **k: (
-        solved.append(operands.a.shape[0]) or attempt(params, config, operands, *a, **k)))
+    monkeypatch.setattr(evaluation, "attempt", lambda params, config, task, operands, *a, **k: (
+        solved.append(operands.a.shape[0]) or attempt(params, config, task, operands, *a, **k)))
     params = init_params(jax.random.key(0), TINY)
-    task = env.Task(1, 1)
-    sample = lambda rng, batch: env.sample_rl(rng, batch, task)  # noqa: E731
+    task = Addition(1, 1)
     rng, problems, batch = jax.random.key(5), 3, 8
-    (got,) = evaluation.solve_in_batches(params, TINY, sample, problems, batch, rng,
+    (got,) = evaluation.solve_in_batches(params, TINY, task, task.sample_rl, problems, batch, rng,
                                          temperature=0.0, max_length=QUICK.max_length)
     assert solved == [problems]
     draw_rng, solve_rng = jax.random.split(jax.random.fold_in(rng, 0))
-    whole = evaluation.attempt(params, TINY, sample(draw_rng, batch), solve_rng,
+    whole = evaluation.attempt(params, TINY, task, task.sample_rl(draw_rng, batch), solve_rng,
                                temperature=0.0, max_length=QUICK.max_length)
     for name, mine, theirs in (("problems", got.reference.tokens, whole.reference.tokens),
                                ("episodes", got.generation.tokens, whole.generation.tokens)):

@@ -13,6 +13,8 @@ import pytest
 from critkl import env, losses, rl, weighting
 from critkl.config import WEIGHTINGS, LossConfig, LossHyper, RLConfig, RLHyper, model_preset
 from critkl.model import init_params
+from critkl.tasks import decisions
+from critkl.tasks.addition import Addition
 
 B, T, V = 4, 23, 42
 HYPER = LossHyper(certainty_temperature=1.3, policy_temperature=0.8, beta=3.0, intercept=-0.2,
@@ -202,9 +204,10 @@ def test_causal_critical_mask_matches_plain_python():
     width = reference.tokens.shape[1] + 5
     tokens = np.pad(np.asarray(reference.tokens), ((0, 0), (0, 5)))
     tokens[1, 30] = (tokens[1, 30] + 1) % V   # an early slip: later keys are off the path
-    got = np.asarray(env.causal_critical_mask(jnp.asarray(tokens), reference, keys))
+    task = Addition(2, 0)
+    got = np.asarray(decisions.causal_critical_mask(task, jnp.asarray(tokens), reference, keys))
     assert got.shape == (6, width)
-    found = env.decision_keys(reference)
+    found = decisions.decision_keys(task, reference)
     ref_tokens = np.asarray(reference.tokens)
     expected = np.zeros((6, width), bool)
     for b in range(6):

@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks.probes.common import load_model
 from critkl import env, losses, weighting
 from critkl.model import GPT
+from critkl.tasks import layout
 
 
 def main(argv=None):
@@ -28,7 +29,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model_config, params, n = load_model(args.model)
     # Integer ops only: jitted, the same episodes as run op by op, in a fraction of the time.
-    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, env.Task(n, 1))))
+    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, n, 1, n + 1)))
     episodes = sample(jax.random.key(0))
     logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
     logits, targets = logits[:, :-1], episodes.tokens[:, 1:]
@@ -43,8 +44,8 @@ def main(argv=None):
               f"{(p > 0.9).mean():.2f} | {(p < 0.5).mean():.2f} |")
 
     # Position t of `targets` is position t + 1 of the episode.
-    target = np.asarray(env.span_mask(episodes.prompt_length - 1, episodes.length - 1,
-                                      targets.shape[1]))
+    target = np.asarray(layout.span_mask(episodes.prompt_length - 1, episodes.length - 1,
+                                         targets.shape[1]))
     certainty = np.asarray(weighting.certainty(logits, 1.0))
     print("\n| beta | mean KL weight, other target tokens | mean KL weight, critical tokens |")
     print("|---|---|---|")

@@ -21,6 +21,9 @@ from benchmarks.probes.common import load_model
 from critkl import env, evaluation, losses, rl, weighting
 from critkl.config import LossConfig, LossHyper
 from critkl.model import GPT, ValueHead
+from critkl.tasks import layout
+from critkl.tasks.addition import Addition
+from critkl.tasks.base import terminal_reward
 
 
 def flat(tree):
@@ -35,13 +38,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model_config, reference, n = load_model(args.model)
     limit = env.episode_limit(n + 1)
-    operands = env.sample_rl(jax.random.key(1), args.episodes, env.Task(n, 1))
-    attempt = evaluation.attempt(reference, model_config, operands, jax.random.key(2),
+    task = Addition(n, 1)
+    operands = task.sample_rl(jax.random.key(1), args.episodes)
+    attempt = evaluation.attempt(reference, model_config, task, operands, jax.random.key(2),
                                  temperature=1.0, max_length=limit)
     outcome = attempt.outcome
-    mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1, limit)
+    mask = layout.span_mask(attempt.reference.prompt_length, outcome.last + 1, limit)
     rewards = jnp.where(jnp.arange(limit)[None] == outcome.last[:, None],
-                        env.terminal_reward(outcome)[:, None], 0.0)
+                        terminal_reward(outcome)[:, None], 0.0)
     advantages, returns = losses.gae(rewards, jnp.zeros_like(rewards), mask, 1.0, 1.0)
     tokens = attempt.generation.tokens
     ref_logprobs = jax.nn.log_softmax(GPT(model_config).apply({"params": reference}, tokens)[0])

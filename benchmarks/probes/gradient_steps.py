@@ -27,10 +27,15 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.probes.common import load_model
-from critkl import env, evaluation, losses
+from critkl import evaluation, losses
 from critkl.runs import pretraining
 from critkl.config import PretrainConfig
 from critkl.model import GPT
+from critkl.tasks import layout
+from critkl.tasks.addition import Addition
+from critkl.tasks.base import terminal_reward
+
+TASK = Addition(1, 0)  # RL on 1-digit problems
 
 
 def main(argv=None):
@@ -51,11 +56,11 @@ def main(argv=None):
             params = pretraining.pretrain(pre, run_dir, print_fn=lambda line: None).params
     else:
         config, params, _ = load_model("tiny-untrained")
-    limit = env.episode_limit(1)
+    limit = TASK.episode_limit()
 
     def attempt(params, rng, size):
-        operands = env.sample_rl(jax.random.fold_in(rng, 1), size, env.Task(1, 0))
-        return evaluation.attempt(params, config, operands, jax.random.fold_in(rng, 2),
+        operands = TASK.sample_rl(jax.random.fold_in(rng, 1), size)
+        return evaluation.attempt(params, config, TASK, operands, jax.random.fold_in(rng, 2),
                                   temperature=1.0, max_length=limit)
 
     def success(params):
@@ -73,8 +78,8 @@ def main(argv=None):
     gradient = jax.tree.map(jnp.zeros_like, params)
     for chunk in range(episodes_total // args.chunk):
         episodes = attempt(params, jax.random.key(100 + chunk), args.chunk)
-        mask = env.span_mask(episodes.reference.prompt_length, episodes.outcome.last + 1, limit)
-        reward = env.terminal_reward(episodes.outcome)
+        mask = layout.span_mask(episodes.reference.prompt_length, episodes.outcome.last + 1, limit)
+        reward = terminal_reward(episodes.outcome)
         part = reinforce_gradient(params, episodes.generation.tokens, mask, reward - reward.mean())
         gradient = jax.tree.map(jnp.add, gradient, part)
     norm = optax.tree.norm(gradient)

@@ -1,8 +1,9 @@
 """The causal critical-token map: which decisions of an episode decide its outcome.
 
-For fixed problems whose operands both have N+1 digits (the paper's "identical lengths",
-so that every problem's scratchpad has the same layout), every decision of the scratch
-lines is named by a key (line, role, list, ordinal: "line 2 a-list #4") and measured:
+For fixed problems exactly at level N+1 (addition: both operands N+1 digits, the paper's
+"identical lengths", so that every problem's scratchpad has the same layout), every decision
+is named by the task's key (addition: line, role, list, ordinal, "line 2 a-list #4") and
+measured:
 
 - p(right): the model's teacher-forced probability of the reference token, given the
   correct prefix;
@@ -28,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, sampling, weighting
+from critkl import sampling, weighting
 from critkl.config import CausalMapConfig, ModelConfig
 from critkl.model import GPT
-from critkl.tokenizer import decode
+from critkl.tasks import decisions
+from critkl.tasks.base import TextTask
 
 CRITICAL_COST = 0.5      # forcing wrong loses at least this share of the success ...
 CRITICAL_P_RIGHT = 0.9   # ... where the model gives the right token at most this
@@ -43,11 +45,11 @@ def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
     return tuple(tuple(row["key"]) for row in rows if row.get("critical"))
 
 
-def read_critical_keys(path, n: int | None = None) -> tuple[tuple, ...]:
-    """The causally critical keys of a map saved by `critkl critical` (its critical.json),
-    for a model pre-trained up to `n` digits when given. Raises ValueError naming what is
-    wrong: not such a file, a row whose key is not (line, role, list, ordinal), a key that is
-    not a decision key, no critical decision, or a map made for another n."""
+def read_critical_keys(path, task: TextTask, n: int | None = None) -> tuple[tuple, ...]:
+    """The causally critical keys of a map saved by `critkl critical` (its critical.json) for
+    `task`, and for a model pre-trained up to level `n` when given. Raises ValueError naming
+    what is wrong: not such a file, a map of another task, a row whose key is not one of the
+    task's keys, no critical decision, or a map made for another n."""
     try:
         record = json.loads(Path(path).read_text())
         rows = record["rows"]
@@ -55,45 +57,52 @@ def read_critical_keys(path, n: int | None = None) -> tuple[tuple, ...]:
             raise TypeError
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("not a critical.json written by `critkl critical`") from None
+    made_for = record.get("task", "addition")  # maps written before tasks were named
+    if made_for != task.name:
+        raise ValueError(f"was made for task {made_for!r}, not {task.name!r}")
     for index, row in enumerate(rows):
         key = row.get("key")
-        if not (isinstance(key, list) and len(key) == 4
-                and [type(part) for part in key] == [int, str, str, int]):
-            raise ValueError(f"rows[{index}].key is {key!r}, expected [line, role, list, "
-                             "ordinal] (an integer, two strings, an integer)")
+        try:
+            if not isinstance(key, list):
+                raise ValueError("not a list")
+            task.key_code(tuple(key))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"rows[{index}].key is {key!r}: {error}") from None
     keys = critical_keys(rows)
     if not keys:
         raise ValueError('names no causally critical decision (no row with "critical": true)')
-    for key in keys:
-        env.key_code(key)
     if n is not None and record.get("n") != n:
-        raise ValueError(f"was made for a model pre-trained up to {record.get('n')!r} digits, "
+        raise ValueError(f"was made for a model pre-trained up to level {record.get('n')!r}, "
                          f"not {n}")
     return keys
 
 
-def check_keys_occur(keys, digits: int, problems: int = 64) -> None:
-    """ValueError naming the first of `keys` that no episode of `problems` random
-    digits+digits problems has (a map made for other episodes, or a hand-edited key)."""
-    episodes = env.render(env.sample_identical(jax.random.key(0), problems, digits, digits))
-    found = set().union(*(set(keys_at.values()) for keys_at in env.decision_keys(episodes)))
+def check_keys_occur(task: TextTask, keys, level: int, problems: int = 64) -> None:
+    """ValueError naming the first of `keys` that no episode of `problems` random problems of
+    `task` at `level` has (a map made for other episodes, or a hand-edited key)."""
+    task = task.at_level(level)
+    episodes = task.render(task.sample_level(jax.random.key(0), problems, level))
+    found = set().union(*(set(keys_at.values())
+                          for keys_at in decisions.decision_keys(task, episodes)))
+    where = f"{level}+{level} digits" if task.name == "addition" else f"level {level}"
     for key in keys:
         if tuple(key) not in found:
-            raise ValueError(f"its key {list(key)} never occurs in episodes of "
-                             f"{digits}+{digits} digits")
+            raise ValueError(f"its key {list(key)} never occurs in {task.name} episodes of "
+                             f"{where}")
 
 
-def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = CausalMapConfig(),
-               progress=None) -> list[dict]:
-    """The map's rows, one per decision key, in episode order (see module docstring).
+def causal_map(params, config: ModelConfig, task: TextTask,
+               settings: CausalMapConfig = CausalMapConfig(), progress=None) -> list[dict]:
+    """The map's rows, one per decision key, in episode order (see module docstring), for a
+    model pre-trained on `task` up to level task.n, at level task.n + 1.
 
     progress(done, total): called after each sampler call, when given.
     """
-    digits = n + 1
+    level = task.n + 1
+    task = task.at_level(level)
     rng = jax.random.key(settings.seed)
     problem_rng, sample_rng = jax.random.split(rng)
-    operands = env.sample_identical(problem_rng, settings.problems, digits, digits)
-    episodes = env.render(operands)
+    episodes = task.render(task.sample_level(problem_rng, settings.problems, level))
     tokens = np.asarray(episodes.tokens)
     logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
@@ -101,13 +110,14 @@ def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = 
         logits, settings.beta, settings.certainty_temperature))
 
     rows, by_key = {}, defaultdict(list)
-    for b, found in enumerate(env.decision_keys(episodes)):
+    for b, found in enumerate(decisions.decision_keys(task, episodes)):
         for t, key in found.items():
             by_key[key].append((b, t))
     for key, items in by_key.items():
         right = np.array([np.exp(logp[b, t - 1, tokens[b, t]]) for b, t in items])
         rows[key] = {
-            "key": list(key), "label": env.key_label(key, decode([int(tokens[items[0]])])),
+            "key": list(key),
+            "label": task.key_label(key, task.vocabulary.decode([int(tokens[items[0]])])),
             "first_position": min(t for _, t in items), "problems": len(items),
             "p_right": float(right.mean()), "p_right_min": float(right.min()),
             "kl_weight": float(np.mean([weights[b, t - 1] for b, t in items])),
@@ -117,7 +127,7 @@ def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = 
               if rows[key]["p_right"] < settings.forced_below
               for b, t in items for wrong in (False, True)]
     forced.sort(key=lambda item: item[2])  # similar positions share a sampler call
-    width, max_length = tokens.shape[1], env.episode_limit(digits)
+    width, max_length = tokens.shape[1], task.episode_limit()
     successes = defaultdict(lambda: defaultdict(list))
     calls = -(-len(forced) // settings.batch)
     for call in range(calls):
@@ -138,8 +148,8 @@ def causal_map(params, config: ModelConfig, n: int, settings: CausalMapConfig = 
             generated = sampling.generate(
                 params, config, jnp.asarray(prompts), jnp.asarray(lengths),
                 jax.random.fold_in(sample_rng, call), max_length=max_length,
-                temperature=temperature, stop_fn=env.stop_rule).tokens
-            success = np.asarray(env.score(generated, reference).success)
+                temperature=temperature, stop_fn=task.stop_rule).tokens
+            success = np.asarray(task.score(generated, reference).success)
             for i, (key, _, _, wrong) in enumerate(chunk):
                 successes[key][(mode, wrong)].append(bool(success[i]))
         if progress:

@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, evaluation, statistics, tokenizer, weighting
+from critkl import evaluation, statistics, weighting
 from critkl.config import ModelConfig
 from critkl.model import GPT
+from critkl.tasks import layout
+from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, TextTask, Vocabulary
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -38,9 +40,9 @@ def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
     return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
 
 
-def decision_mask(episodes: env.Episodes) -> jax.Array:
+def decision_mask(episodes: Episodes) -> jax.Array:
     """The positions the model writes (after the prompt, up to the episode's end): [B, L] bool."""
-    return env.span_mask(episodes.prompt_length, episodes.length, episodes.tokens.shape[1])
+    return layout.span_mask(episodes.prompt_length, episodes.length, episodes.tokens.shape[1])
 
 
 def delta_certainty(certainty: jax.Array, decisions: jax.Array) -> jax.Array:
@@ -80,24 +82,27 @@ def episode_stats(certainty: jax.Array, decisions: jax.Array, critical: jax.Arra
                         mean_over(certainty, critical), mean_over(certainty, others))
 
 
-def certainty_table(params, model_config: ModelConfig, n: int, rng: jax.Array, *,
+def certainty_table(params, model_config: ModelConfig, task: TextTask, rng: jax.Array, *,
                     episodes: int = 50, temperature: float = 1.0) -> dict:
-    """The paper's Table 1 for a model pre-trained up to n digits, on `episodes` correct
-    episodes of the (n+1)-digit RL distribution (teacher forcing: every prefix correct).
+    """The paper's Table 1 for a model pre-trained on `task` up to level n = task.n, on
+    `episodes` correct episodes of the RL distribution at n+1 (teacher forcing: every prefix
+    correct).
 
-    Critical positions are taken two ways: structural (the commas and digits of operand
-    lists beyond n, METHOD.md section 2) and empirical (where the model's greedy episode
+    Critical positions are taken two ways: structural (the task's; addition: the commas and
+    digits of operand lists beyond n, METHOD.md section 2) and empirical (where the model's greedy episode
     first leaves the correct one, for the problems it fails). Returns plain numbers
     (mean, std, count over episodes) for JSON.
     """
-    operands = env.sample_rl(rng, episodes, env.Task(n, 1))
-    reference = env.render(operands)
+    n = task.n
+    task = task.at_level(n + 1)
+    problems = task.sample_rl(rng, episodes)
+    reference = task.render(problems)
     certainty = token_certainty(params, model_config, reference.tokens, temperature)
     decisions = decision_mask(reference)
-    structural = episode_stats(certainty, decisions, env.critical_positions(reference, n))
+    structural = episode_stats(certainty, decisions, task.critical_positions(reference))
 
-    greedy = evaluation.attempt(params, model_config, operands, rng, temperature=0.0,
-                                max_length=env.episode_limit(n + 1))
+    greedy = evaluation.attempt(params, model_config, task, problems, rng, temperature=0.0,
+                                max_length=task.episode_limit())
     position, erred = evaluation.first_error(greedy)
     failed = erred & ~greedy.outcome.success
     first_wrong = (jnp.arange(reference.tokens.shape[1])[None, :] == position[:, None]) & failed[:, None]
@@ -141,26 +146,27 @@ def _colour(value: float, floor: float = 0.0) -> tuple[int, int, int]:
     return (int(255 * min(1.0, 2 * (1 - value))), int(200 * min(1.0, 2 * value)), 40)
 
 
-def _token_pieces(tokens, certainty, start: int, end: int):
+def _token_pieces(vocabulary: Vocabulary, tokens, certainty, start: int, end: int):
     """(character, certainty) of tokens[start:end] (PAD and EOS skipped)."""
     for token, value in zip(np.asarray(tokens)[start:end], np.asarray(certainty)[start:end]):
-        if token not in (tokenizer.PAD_ID, tokenizer.EOS_ID):
-            yield tokenizer.VOCAB[int(token)], float(value)
+        if token not in (PAD_ID, EOS_ID):
+            yield vocabulary.decode([token]), float(value)
 
 
-def coloured_terminal(tokens, certainty, start: int, end: int) -> str:
+def coloured_terminal(vocabulary: Vocabulary, tokens, certainty, start: int, end: int) -> str:
     """An episode's tokens[start:end] with 24-bit ANSI background colours by certainty (red
     at `colour_floor` of the episode, green at 1)."""
     out = []
     floor = colour_floor(np.asarray(certainty)[start:end])
-    for char, value in _token_pieces(tokens, certainty, start, end):
+    for char, value in _token_pieces(vocabulary, tokens, certainty, start, end):
         r, g, b = _colour(value, floor)
         shown = char if char != "\n" else "\u21b5"
         out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[30m{shown}\x1b[0m" + ("\n" if char == "\n" else ""))
     return "".join(out)
 
 
-def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int, int]]) -> str:
+def coloured_html(vocabulary: Vocabulary,
+                  episodes: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int, int]]) -> str:
     """A standalone HTML page: each (title, tokens, certainty, critical, start, end) as a
     block of characters coloured by certainty on one scale for the page (red at its
     `colour_floor`, green at 1), the critical tokens (`critical` [L] bool) boxed and bold,
@@ -170,8 +176,9 @@ def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, 
     for title, tokens, certainty, critical, start, end in episodes:
         spans = []
         marks = np.asarray(critical)[start:end]
-        kept = ~np.isin(np.asarray(tokens)[start:end], (tokenizer.PAD_ID, tokenizer.EOS_ID))
-        for (char, value), is_critical in zip(_token_pieces(tokens, certainty, start, end),
+        kept = ~np.isin(np.asarray(tokens)[start:end], (PAD_ID, EOS_ID))
+        for (char, value), is_critical in zip(_token_pieces(vocabulary, tokens, certainty, start,
+                                                            end),
                                               marks[kept]):
             r, g, b = _colour(value, floor)
             shown = html.escape(char) if char != "\n" else "&#8629;<br>"
@@ -192,12 +199,12 @@ def coloured_html(episodes: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, 
 _MARKDOWN_SPECIAL = set("\\*_[]+->#")
 
 
-def certainty_markdown_episode(tokens, certainty, start: int, end: int,
-                               threshold: float = 0.9) -> str:
+def certainty_markdown_episode(vocabulary: Vocabulary, tokens, certainty, start: int,
+                               end: int, threshold: float = 0.9) -> str:
     """An episode as Markdown for TensorBoard's text tab: tokens below `threshold`
     certainty in bold with their certainty, e.g. **,**(0.42)."""
     text = []
-    for char, value in _token_pieces(tokens, certainty, start, end):
+    for char, value in _token_pieces(vocabulary, tokens, certainty, start, end):
         shown = "\\" + char if char in _MARKDOWN_SPECIAL else html.escape(char)
         if char == "\n":
             text.append("  \n")

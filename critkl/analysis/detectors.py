@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, evaluation, rl, weighting
+from critkl import evaluation, rl, weighting
 from critkl.config import LossHyper, ModelConfig
 from critkl.model import GPT
+from critkl.tasks import decisions, layout
+from critkl.tasks.base import TextTask, terminal_reward
 
 SIGNALS = ("certainty", "reference_entropy", "policy_max_prob", "covariance", "oracle")
 TOP_SHARES = (0.01, 0.05, 0.2)  # shares of the ranked tokens reported in the table
@@ -33,25 +35,27 @@ class Ranked(NamedTuple):
     critical: np.ndarray
 
 
-def score_tokens(params, model_config: ModelConfig, n: int, keys, *, problems: int,
+def score_tokens(params, model_config: ModelConfig, task: TextTask, keys, *, problems: int,
                  samples: int, rng, hyper: LossHyper = LossHyper()) -> Ranked:
-    """Sample `samples` episodes of each of `problems` (n+1)-digit problems at the policy
-    temperature; the signals and the labels of their correct-prefix action tokens."""
-    digits = n + 1
+    """Sample `samples` episodes of each of `problems` problems of `task` at level task.n + 1
+    at the policy temperature; the signals and the labels of their correct-prefix action
+    tokens."""
+    level = task.n + 1
+    task = task.at_level(level)
     problem_rng, sample_rng = jax.random.split(rng)
-    operands = env.sample_identical(problem_rng, problems, digits, digits)
-    operands = jax.tree.map(lambda x: jnp.repeat(x, samples, axis=0), operands)
-    max_length = env.episode_limit(digits)
-    attempt = evaluation.attempt(params, model_config, operands, sample_rng,
+    drawn = task.sample_level(problem_rng, problems, level)
+    drawn = jax.tree.map(lambda x: jnp.repeat(x, samples, axis=0), drawn)
+    max_length = task.episode_limit()
+    attempt = evaluation.attempt(params, model_config, task, drawn, sample_rng,
                                  temperature=hyper.policy_temperature, max_length=max_length)
     tokens, outcome = attempt.generation.tokens, attempt.outcome
-    mask = env.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
+    mask = layout.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
     logits = jax.jit(lambda p, x: GPT(model_config).apply({"params": p}, x)[0])(params, tokens)
     before_token = rl.shift_right(logits)  # outputs for the state before each token
-    reward = env.terminal_reward(outcome)
+    reward = terminal_reward(outcome)
     advantages = jnp.where(mask, (reward - reward.mean())[:, None], 0.0)  # Monte Carlo, lambda 1
-    critical = env.causal_critical_mask(tokens, attempt.reference, keys)
-    on_path = mask & env.correct_prefix(tokens, attempt.reference)
+    critical = decisions.causal_critical_mask(task, tokens, attempt.reference, keys)
+    on_path = mask & decisions.correct_prefix(tokens, attempt.reference)
     inputs = weighting.SignalInputs(before_token, before_token, attempt.generation.logprobs,
                                     advantages, critical, mask)
     keep = np.asarray(on_path)

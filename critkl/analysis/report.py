@@ -9,30 +9,30 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from critkl import env
 from critkl.analysis import certainty as token_stats
 from critkl.runs.outputs import Curve, Output
 
 SHOWN_EPISODES = 4
 
 
-def analyze_model(params, model_config, n: int, output: Output, *, episodes: int, print_fn=print,
+def analyze_model(params, model_config, task, output: Output, *, episodes: int, print_fn=print,
                   shown: int = SHOWN_EPISODES, pages: list | None = None,
                   terminal: bool = False) -> dict:
-    """Table 1 statistics of one model pre-trained up to n digits, a plot of its certainty
+    """Table 1 statistics of one model pre-trained on `task` up to level n = task.n, a plot of its certainty
     along `shown` episodes, and those episodes coloured (TensorBoard text; appended to
     `pages` for an HTML page; the first printed in terminal colours if `terminal`).
     Returns the statistics."""
+    n = task.n
     rng = jax.random.key(n)
-    table = token_stats.certainty_table(params, model_config, n, rng, episodes=episodes)
+    table = token_stats.certainty_table(params, model_config, task, rng, episodes=episodes)
     s = table["structural"]
     print_fn(f"N={n}: dJ at critical tokens {s['critical']['mean']:+.4f}, at other tokens "
              f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
 
-    operands = env.sample_rl(jax.random.fold_in(rng, 1), shown, env.Task(n, 1))
-    rendered = env.render(operands)
+    task = task.at_level(n + 1)
+    rendered = task.render(task.sample_rl(jax.random.fold_in(rng, 1), shown))
     certainty = np.asarray(token_stats.token_certainty(params, model_config, rendered.tokens))
-    critical = np.asarray(env.critical_positions(rendered, n))
+    critical = np.asarray(task.critical_positions(rendered))
     curves = []
     for i in range(shown):
         start, end = int(rendered.prompt_length[i]), int(rendered.length[i])
@@ -40,7 +40,7 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
         if pages is not None:
             pages.append((f"N={n}, episode {i}", tokens, certainty[i], critical[i], start, end))
         output.tracker.text(n, f"episodes/{i}", token_stats.certainty_markdown_episode(
-            tokens, certainty[i], start, end))
+            task.vocabulary, tokens, certainty[i], start, end))
         curves.append(Curve(f"episode {i}", np.arange(start, end) - start,
                             certainty[i, start:end], style="-", color=f"C{i}"))
         marks = np.nonzero(critical[i, start:end])[0]
@@ -51,13 +51,14 @@ def analyze_model(params, model_config, n: int, output: Output, *, episodes: int
                 ylabel="certainty J of the next-token distribution",
                 ylim=(token_stats.colour_floor(np.concatenate([c.y for c in curves])) - 0.02, 1.01))
     if terminal:
-        print_fn(token_stats.coloured_terminal(np.asarray(rendered.tokens[0]), certainty[0],
-                                            int(rendered.prompt_length[0]),
-                                            int(rendered.length[0])))
+        print_fn(token_stats.coloured_terminal(
+            task.vocabulary, np.asarray(rendered.tokens[0]), certainty[0],
+            int(rendered.prompt_length[0]), int(rendered.length[0])))
     return table
 
 
-def write(output: Output, tables: list[dict], pages: list) -> None:
+def write(output: Output, tables: list[dict], pages: list, vocabulary) -> None:
+    """certainty.json, table1.md and episodes.html (`pages` in the task's `vocabulary`)."""
     output.json("certainty.json", tables)
     output.markdown("table1.md", token_stats.certainty_markdown(tables))
-    output.html("episodes.html", token_stats.coloured_html(pages))
+    output.html("episodes.html", token_stats.coloured_html(vocabulary, pages))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from critkl.env.scratchpad import ROLE, ROLE_NAMES, Episodes
+from critkl.env.scratchpad import ROLE, ROLE_NAMES
+from critkl.tasks.base import Episodes
 from critkl.tokenizer import token_id
 
 SCRATCH_ROLES = ("operand", "partial_result", "carry", "sum", "digit")
@@ -29,7 +29,7 @@ def key_code(key: tuple) -> int:
     return (group + _PARTS.index(part)) * _MAX_ORDINAL + ordinal
 
 
-def _key_of_code(code: int) -> tuple:
+def key_of_code(code: int) -> tuple:
     group, ordinal = divmod(code, _MAX_ORDINAL)
     group, part = divmod(group, len(_PARTS))
     line, role = divmod(group, len(ROLE_NAMES))
@@ -73,44 +73,9 @@ def decision_codes(episodes: Episodes) -> jax.Array:
     return jnp.where(scratch, group * _MAX_ORDINAL + ordinal, -1).astype(jnp.int32)
 
 
-def decision_keys(episodes: Episodes) -> list[dict[int, tuple]]:
-    """Per problem, {position: (line, role, list, ordinal)} of its scratch-line decisions
-    (`decision_codes` on the host)."""
-    codes = np.asarray(decision_codes(episodes))
-    return [{int(t): _key_of_code(int(codes[b, t])) for t in np.nonzero(codes[b] >= 0)[0]}
-            for b in range(codes.shape[0])]
-
-
-def at_keys(codes: jax.Array, keys) -> jax.Array:
-    """codes [B, L] (`decision_codes`) -> [B, L] bool: the position's key is one of `keys`."""
-    if not keys:
-        return jnp.zeros(codes.shape, bool)
-    return jnp.isin(codes, jnp.array([key_code(key) for key in keys], jnp.int32))
-
-
 def key_label(key: tuple, token: str) -> str:
     """e.g. "line 2 b-list #4 digit": the token's kind (digit, or the separator itself)."""
     line, role, part, ordinal = key
     where = f"{part}-list" if part else role.replace("_", " ")
     kind = "digit" if token.isdigit() else repr(token)
     return f"line {line} {where} #{ordinal} {kind}"
-
-
-def _to_width(x: jax.Array, width: int, fill) -> jax.Array:
-    """[B, L] -> [B, width]: cut, or padded with `fill`."""
-    return jnp.pad(x, ((0, 0), (0, max(width - x.shape[1], 0))), constant_values=fill)[:, :width]
-
-
-def correct_prefix(tokens: jax.Array, reference: Episodes) -> jax.Array:
-    """tokens[:t] equals the reference episode's first t tokens: [B, T] bool (tokens [B, T]
-    int32; the reference may be narrower or wider)."""
-    same_so_far = jnp.cumprod(tokens == _to_width(reference.tokens, tokens.shape[1], -1),
-                              axis=1).astype(bool)
-    return jnp.pad(same_so_far[:, :-1], ((0, 0), (1, 0)), constant_values=True)
-
-
-def causal_critical_mask(tokens: jax.Array, reference: Episodes, keys) -> jax.Array:
-    """Token t is one of the decision `keys` and tokens[:t] is the correct prefix: [B, T]
-    bool (tokens [B, T]; reference: the problems' correct episodes)."""
-    codes = _to_width(decision_codes(reference), tokens.shape[1], -1)
-    return at_keys(codes, keys) & correct_prefix(tokens, reference)

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from critkl.env.problems import Operands
-from critkl.env.scratchpad import Episodes, render
+from critkl.env.scratchpad import render
+from critkl.tasks.base import Episodes
 
 
 def _drop_lowest_digit(digits: jax.Array, cut: jax.Array) -> jax.Array:

@@ -1,14 +1,12 @@
 """Addition problems: operands as digit arrays, sampled in jnp or built from Python ints.
 
 Numbers are digit arrays, least significant digit first, zero past their length, so the
-default 32-bit JAX handles operands of up to `MAX_SUPPORTED_DIGITS` digits exactly. The
-samplers take the task's parameters as one struct, `Task` (as Gymnax's environments take
-their EnvParams). Shapes: B = batch, D = digits (static).
+default 32-bit JAX handles operands of up to `MAX_SUPPORTED_DIGITS` digits exactly. The task's
+parameters live in `critkl.tasks.addition.Addition`. Shapes: B = batch, D = digits (static).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -32,26 +30,6 @@ def check_digits(max_digits: int) -> None:
         raise ValueError(
             f"max_digits={max_digits} is not supported: allowed 1..{MAX_SUPPORTED_DIGITS}"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """The addition task's parameters: pre-training on problems of 1..n digits; RL on
-    N+extra_digits (`sample_rl`); digit arrays `digits` wide (default n + extra_digits, the
-    longest problem). Frozen and hashable, so it can be a static jit argument."""
-
-    n: int
-    extra_digits: int = 1
-    digits: int | None = None
-
-    def __post_init__(self):
-        if self.digits is None:
-            object.__setattr__(self, "digits", self.n + self.extra_digits)
-        check_digits(self.digits)
-        if self.n < 1 or self.extra_digits < 0 or self.n + self.extra_digits > self.digits:
-            raise ValueError(
-                f"Task(n={self.n}, extra_digits={self.extra_digits}, digits={self.digits}) "
-                "needs n >= 1, extra_digits >= 0 and n + extra_digits <= digits")
 
 
 def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.Array:
@@ -79,18 +57,17 @@ def _operands(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: in
     )
 
 
-def sample_pretraining(rng: jax.Array, batch: int, task: Task) -> Operands:
-    """"Up to N digits": each operand's digit count uniform in 1..task.n."""
+def sample_pretraining(rng: jax.Array, batch: int, n: int, digits: int) -> Operands:
+    """"Up to N digits": each operand's digit count uniform in 1..n; arrays `digits` wide."""
     len_rng, num_rng = jax.random.split(rng)
-    lengths = jax.random.randint(len_rng, (2, batch), 1, task.n + 1, jnp.int32)
-    return _operands(num_rng, lengths[0], lengths[1], task.digits)
+    lengths = jax.random.randint(len_rng, (2, batch), 1, n + 1, jnp.int32)
+    return _operands(num_rng, lengths[0], lengths[1], digits)
 
 
-def sample_rl(rng: jax.Array, batch: int, task: Task) -> Operands:
-    """RL on N+k (n = task.n, k = task.extra_digits): one operand ("difficult", a fair coin
+def sample_rl(rng: jax.Array, batch: int, n: int, k: int, digits: int) -> Operands:
+    """RL on N+k, arrays `digits` wide: one operand ("difficult", a fair coin
     picks which) has exactly n+k digits; the other has 1..n digits half the time and n+1..n+k
     the other half (1..n always when k = 0). Also the "varying lengths" evaluation at n+k."""
-    n, k = task.n, task.extra_digits
     len_rng, half_rng, long_rng, swap_rng, num_rng = jax.random.split(rng, 5)
     short = jax.random.randint(len_rng, (batch,), 1, n + 1, jnp.int32)
     if k > 0:
@@ -101,7 +78,7 @@ def sample_rl(rng: jax.Array, batch: int, task: Task) -> Operands:
     difficult = jnp.full((batch,), n + k, jnp.int32)
     swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
     return _operands(
-        num_rng, jnp.where(swap, other, difficult), jnp.where(swap, difficult, other), task.digits
+        num_rng, jnp.where(swap, other, difficult), jnp.where(swap, difficult, other), digits
     )
 
 

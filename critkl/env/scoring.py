@@ -3,28 +3,18 @@ token; the RL reward; and the sampler's streaming end-of-episode rule. Pure jnp.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import chex
 import jax
 import jax.numpy as jnp
 
 from critkl import strategy as strategies, tokenizer
-from critkl.env.chunks import in_chunks
 from critkl.env.problems import MAX_SUPPORTED_DIGITS
-from critkl.env.scratchpad import Episodes
+from critkl.tasks.base import Episodes, Outcome
+from critkl.tasks.chunks import in_chunks
 from critkl.tokenizer import EOS_ID, PAD_ID
 
 _NEWLINE = tokenizer.token_id("\n")
 _SLASH = tokenizer.token_id("/")
-
-
-class Outcome(NamedTuple):
-    """What a generated episode achieved."""
-
-    success: jax.Array     # [B] bool: the result line is exactly a + b
-    terminated: jax.Array  # [B] bool: ended by the format or an end token, not cut
-    last: jax.Array        # [B] int32 index of the episode's final token
 
 
 def _two_smallest(x, y):
@@ -91,11 +81,6 @@ def _score_rows(tokens: jax.Array, reference: Episodes) -> Outcome:
     )
     last = jnp.minimum(jnp.minimum(line_end, stop), size - 1)
     return Outcome(success, ended_by_format | (stop < size), last.astype(jnp.int32))
-
-
-def terminal_reward(outcome: Outcome) -> jax.Array:
-    """Ternary RL reward, given at the final token: +1 success, -1 otherwise. [B] f32."""
-    return jnp.where(outcome.success, 1.0, -1.0).astype(jnp.float32)
 
 
 def stop_rule(state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:

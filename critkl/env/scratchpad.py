@@ -1,13 +1,11 @@
 """The scratchpad format: rendering problems into episodes (prompt and full target, with
-each position's role), their lengths, the structural critical tokens, and packing episodes
-into pre-training streams. Pure jnp: whole-batch array programs, no Python per token.
+each position's role), their lengths, the structural critical tokens. Pure jnp: whole-batch
+array programs, no Python per token.
 
 Shapes: B = batch, D = max_digits (static), L = max_episode_length(D).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import chex
 import jax
@@ -15,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from critkl import strategy as strategies, tokenizer
-from critkl.env.chunks import in_chunks
 from critkl.env.problems import Operands, check_digits
-from critkl.tokenizer import DIGIT_0, PAD_ID
+from critkl.tasks.base import Episodes
+from critkl.tasks.chunks import in_chunks
+from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out
+from critkl.tokenizer import DIGIT_0
 
 RL_LENGTH_MARGIN = 100  # METHOD.md: an episode is cut at the longest scratchpad + 100
 
@@ -37,21 +37,6 @@ ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
 _SPACE = tokenizer.token_id(" ")
 COMMA_ID = tokenizer.token_id(",")
 _PROMPT_EXTRA = len("Input:\n+\nTarget:")  # prompt length = this + digits of a and b
-
-_ROLE_SHIFT = 1 << 6    # slot = token + _ROLE_SHIFT * role + _INDEX_SHIFT * (index + 1)
-_INDEX_SHIFT = 1 << 12
-
-
-class Episodes(NamedTuple):
-    """Rendered episodes: prompt and full target, padded with PAD_ID."""
-
-    tokens: jax.Array         # [B, L] int32
-    prompt_length: jax.Array  # [B] int32
-    length: jax.Array         # [B] int32 prompt + target
-    role: jax.Array           # [B, L] int32 index into ROLE_NAMES (0 past the length)
-    operand_index: jax.Array  # [B, L] int32 list position j of an operand digit (its
-                              # preceding comma too) in a scratch line; -1 elsewhere
-    result_length: jax.Array  # [B] int32 tokens of the result line, its newline included
 
 
 def max_episode_length(max_digits: int) -> int:
@@ -108,7 +93,7 @@ _CONSTANTS = {
 
 def _encode(segments) -> np.ndarray:
     return np.concatenate(
-        [tokenizer.encode(text) + _ROLE_SHIFT * ROLE[role] for text, role in segments]
+        [tokenizer.encode(text) + ROLE_SHIFT * ROLE[role] for text, role in segments]
     ).astype(np.int32)
 
 
@@ -137,11 +122,11 @@ def _slots(digits, role: str, separator: int | None = None, indexed: bool = Fals
     separator before it carry list position j."""
     size = digits.shape[-1]
     index = jnp.arange(size) if indexed else jnp.full((size,), -1)
-    base = _ROLE_SHIFT * ROLE[role]
-    packed = DIGIT_0 + digits + base + _INDEX_SHIFT * (index + 1)
+    base = ROLE_SHIFT * ROLE[role]
+    packed = DIGIT_0 + digits + base + INDEX_SHIFT * (index + 1)
     if separator is None:
         return packed
-    after = jnp.broadcast_to(separator + base + _INDEX_SHIFT * (index + 2 if indexed else 0), packed.shape)
+    after = jnp.broadcast_to(separator + base + INDEX_SHIFT * (index + 2 if indexed else 0), packed.shape)
     return jnp.stack([packed, after], axis=-1).reshape(packed.shape[:-1] + (2 * size,))
 
 
@@ -153,7 +138,7 @@ def _template(parts, lines: int) -> jax.Array:
         if isinstance(value, str):
             columns += [jnp.full((lines,), int(c)) for c in _encode(((value, role),))]
         else:
-            columns.append(DIGIT_0 + value + _ROLE_SHIFT * ROLE[role])
+            columns.append(DIGIT_0 + value + ROLE_SHIFT * ROLE[role])
     return jnp.stack(columns, axis=1)
 
 
@@ -271,60 +256,9 @@ def _pieces_of_problem(a, b, a_len, b_len):
     return pool, offsets, counts, 2 * result_digits_shown  # digits, spaces, newline
 
 
-_BLOCK = 32
-
-
-def _prefix_sum(x: jax.Array) -> jax.Array:
-    """Inclusive cumulative sum of small ints along the last axis (a multiple of 32).
-
-    Two triangular matmuls in float32 (exact while sums stay below 2**24), within
-    and across blocks of 32: on XLA:CPU several times faster than `jnp.cumsum`,
-    which lowers to a slow reduce_window.
-    """
-    size = x.shape[-1]
-    blocks = x.reshape(x.shape[:-1] + (size // _BLOCK, _BLOCK)).astype(jnp.float32)
-    within = blocks @ jnp.triu(jnp.ones((_BLOCK, _BLOCK), jnp.float32))
-    before = within[..., -1] @ jnp.triu(jnp.ones((size // _BLOCK,) * 2, jnp.float32), k=1)
-    return (within + before[..., None]).reshape(x.shape).astype(jnp.int32)
-
-
-def _round_up(size: int) -> int:
-    return -(-size // _BLOCK) * _BLOCK
-
-
-def _lay_out(pool, offsets, counts, size: int):
-    """Copy every piece's slots end to end, for a batch: pool [B, P], offsets and
-    counts [B, K] -> tokens, roles, indices [B, size] and lengths [B].
-
-    Position p inside piece k reads pool[p + jump_k] with jump_k = offset_k - start_k.
-    Adding jump_k - jump_(k-1) at each piece's start and summing over positions
-    gives every position its jump (empty pieces cancel out), with no search.
-    """
-    batch, pieces = counts.shape
-    pad = ((0, 0), (0, _round_up(pieces) - pieces))
-    counts, offsets = jnp.pad(counts, pad), jnp.pad(offsets, pad)
-    ends = _prefix_sum(counts)
-    starts = ends - counts
-    steps = jnp.diff(offsets - starts, axis=1, prepend=0)
-    width = _round_up(size)
-    starts_here = jax.vmap(
-        lambda s, v: jnp.zeros((width,), jnp.int32).at[s].add(v, mode="drop"))(starts, steps)
-    position = jnp.arange(width)[None, :]
-    source = jnp.clip(position + _prefix_sum(starts_here), 0, pool.shape[1] - 1)
-    # A gather from the flattened pool: on XLA:CPU about twice as fast as a batched one.
-    rows = jnp.arange(batch)[:, None] * pool.shape[1]
-    out = pool.reshape(-1)[(source + rows).reshape(-1)].reshape(batch, width)
-    out = jnp.where(position < ends[:, -1:], out, -1)[:, :size]
-    present = out >= 0  # bit operations: integer division is slow on CPU
-    tokens = jnp.where(present, out & (_ROLE_SHIFT - 1), PAD_ID)
-    role = jnp.where(present, (out >> 6) & (_INDEX_SHIFT // _ROLE_SHIFT - 1), 0)
-    index = jnp.where(present, (out >> 12) - 1, -1)
-    return tokens, role, index, ends[:, -1]
-
-
 def _render_rows(operands: Operands, size: int) -> Episodes:
     pool, offsets, counts, result_length = jax.vmap(_pieces_of_problem)(*operands)
-    tokens, role, index, length = _lay_out(pool, offsets, counts, size)
+    tokens, role, index, length = lay_out(pool, offsets, counts, size)
     prompt_length = operands.a_len + operands.b_len + _PROMPT_EXTRA
     return Episodes(tokens, prompt_length.astype(jnp.int32), length.astype(jnp.int32), role, index,
                     result_length.astype(jnp.int32))
@@ -343,13 +277,6 @@ def render(operands: Operands, strategy: strategies.Strategy | None = None) -> E
                      strategies.resolve(strategy).row_chunk_elements)
 
 
-def span_mask(start: jax.Array, stop: jax.Array, width: int) -> jax.Array:
-    """[B, width] bool: True at positions t with start[b] <= t < stop[b] (start, stop [B]);
-    e.g. the positions an episode's target (or a generation) takes after its prompt."""
-    position = jnp.arange(width)[None, :]
-    return (position >= start[:, None]) & (position < stop[:, None])
-
-
 def critical_positions(episodes: Episodes, n: int) -> jax.Array:
     """Structural critical tokens for a model pre-trained up to n digits: [B, L] bool.
 
@@ -357,24 +284,3 @@ def critical_positions(episodes: Episodes, n: int) -> jax.Array:
     them (METHOD.md section 2). The expected token at each is `episodes.tokens`.
     """
     return episodes.operand_index >= n
-
-
-def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """Lay episodes end to end into `streams` rows of `width` tokens, as pre-training
-    on text does, so every position up to `width` is trained.
-
-    episodes: a batch of streams * m episodes (m per row, in order). Returns tokens
-    [streams, width] int32 and target mask [streams, width] bool: True where the token
-    is one the model must learn to write (not a prompt token, not past the last
-    episode). The last episode of a row is cut at `width`.
-    """
-    per_row = episodes.tokens.shape[0] // streams
-    size = episodes.tokens.shape[1]
-    if per_row * streams != episodes.tokens.shape[0]:
-        raise ValueError(f"{episodes.tokens.shape[0]} episodes do not split into {streams} streams")
-    slots = (episodes.tokens + _ROLE_SHIFT * episodes.role).reshape(streams, per_row * size)
-    offsets = jnp.broadcast_to(jnp.arange(per_row, dtype=jnp.int32) * size, (streams, per_row))
-    counts = episodes.length.reshape(streams, per_row)
-    tokens, role, _, total = _lay_out(slots, offsets, counts, width)
-    inside = jnp.arange(width)[None, :] < total[:, None]
-    return tokens, inside & (role != ROLE["prompt"])

@@ -86,6 +86,10 @@ def warm_start(config: PretrainConfig):
         start_config, params = load_pretrained(config.init_from)
     except checkpoint.CheckpointError as error:
         raise checkpoint.CheckpointError(f"PretrainConfig.init_from: {error}") from None
+    if start_config.task != config.task:
+        raise checkpoint.CheckpointError(
+            f"PretrainConfig.init_from={config.init_from!r} was pre-trained on task "
+            f"{start_config.task!r}, this run trains on {config.task!r}")
     if start_config.model_config != config.model_config:
         raise checkpoint.CheckpointError(
             f"PretrainConfig.init_from={config.init_from!r} is a '{start_config.model}' model "

@@ -82,8 +82,9 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 metrics["tokens_per_second"] = steps_per_second * tokens_per_step
                 if step % config.eval_every == 0 or step == config.steps:
                     metrics["eval/pass_at_1"] = greedy_pass_at_1(
-                        state.params, model_config, jax.random.fold_in(eval_rng, step),
-                        config.max_digits, config.eval_problems,
+                        state.params, model_config, config.text_task,
+                        jax.random.fold_in(eval_rng, step), config.max_digits,
+                        config.eval_problems,
                     )
                 if scheduled:
                     tracker.scalars(step, metrics)

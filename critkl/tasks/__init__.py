@@ -1,0 +1,2 @@
+"""Single-turn text tasks behind one interface (`base.TextTask`): addition (the paper's), and
+the registry that builds a task from its name (`registry.make`)."""
