@@ -131,7 +131,8 @@ def test_addition_through_the_interface_is_the_environment():
     np.testing.assert_array_equal(task.critical_positions(episodes),
                                   episodes.operand_index >= 3)
     kinds = task.critical_kinds(episodes)
-    np.testing.assert_array_equal(kinds["comma"] | kinds["digit"], task.critical_positions(episodes))
+    np.testing.assert_array_equal(kinds["comma"] | kinds["digit"],
+                                  task.critical_positions(episodes))
     assert not (kinds["comma"] & kinds["digit"]).any()
     rows = task.problems_from_text(["128+367", "5 60"])
     assert env.operands_to_ints(rows) == [(128, 367), (5, 60)]
@@ -151,7 +152,8 @@ def test_an_unknown_task_lists_the_known_ones():
 
 
 def test_a_model_of_another_vocabulary_is_refused():
-    other = dataclasses.replace(model_preset("tiny"), vocab_size=model_preset("tiny").vocab_size + 3)
+    tiny = model_preset("tiny")
+    other = dataclasses.replace(tiny, vocab_size=tiny.vocab_size + 3)
     with pytest.raises(ValueError, match="pre-trained on another task"):
         RLConfig(n=1, extra_digits=1).check_model(other)
     assert PretrainConfig().model_config.vocab_size == Addition.vocabulary.size

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from critkl.tasks.addition import Addition
 from critkl.tasks.base import TextTask
+from critkl.tasks.multiplication import Multiplication
+from critkl.tasks.path_star import PathStar
 
-TASKS: dict[str, type[TextTask]] = {task.name: task for task in (Addition,)}
+TASKS: dict[str, type[TextTask]] = {task.name: task
+                                    for task in (Addition, Multiplication, PathStar)}
 DEFAULT = Addition.name
 
 

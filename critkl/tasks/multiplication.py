@@ -1,0 +1,602 @@
+"""Multi-digit multiplication written as a scratchpad of multiply-accumulate steps, as an
+implementation of the task interface (`base.TextTask`). Pure jnp: whole-batch array programs,
+no Python per problem or per token (apart from `problems_from_text`, the CLI's host-side
+parser). The plain-Python reference is `multiplication_reference` (no shared code).
+
+Levels are digits per operand, as in addition: pre-training "up to N digits" (each operand
+1..n digits), RL on N+extra (one operand exactly n + extra digits), `sample_level` both
+operands exactly `level` digits.
+
+The format, one character per token, in the spirit of the addition scratchpad (METHOD.md
+section 1). One episode for 47 * 36 (every line ends with a newline):
+
+    Input:
+    47*36
+    Target:
+    <scratch>
+    [4,7]*[3,6] , S=[] , 7*6+0+0=42 4*6+0+4=28
+    [4,7]*[3] , S=[2,8,2] , 7*3+8+0=29 4*3+2+2=16
+    [4,7]*[] , S=[1,6,9,2] , END
+    </scratch>
+    1 6 9 2
+
+- The prompt is `Input:\\n{a}*{b}\\nTarget:`; the model writes everything after it.
+- Scratch line j (j = 0, 1, ...) multiplies a by digit j of b (counted from the least
+  significant one, the last digit of the b list, which each line pops as addition's lines
+  do) and adds the product, shifted by j places, to the running sum S of the lines before.
+  It writes the a list (always whole), the b list still to do, S so far (most significant
+  first, no leading zeros, `[0]` when it is 0; `[]` on the first line), then one step per
+  digit of a, least significant first: `x*y+s+c=v` with x the digit of a, y the digit of
+  b, s the digit of S at the step's place (0 past S), c the carry from the step before (0
+  at the first step) and v the value (no leading zero; 0..99, so the carry v // 10 is one
+  digit). The units of v are S's new digit at that place; the carry of the last step is
+  S's new top digit.
+- The last scratch line, with an empty b list, shows the final S and ends with ` , END`.
+- The result line is S's digits separated by single spaces, then a newline. The episode ends
+  when it is written (the second newline after `</scratch>`'s `/`), on an end/pad token, or
+  at `episode_limit()`.
+- Operands have no leading zeros; a 1-digit operand may be 0..9.
+
+Structural critical tokens (`critical_positions`): as in addition, the digits of an operand
+list beyond list position n and the commas before them (a model pre-trained up to n digits
+tends to close the list there); the a list is written on every scratch line.
+
+Episode lengths (both operands `level` digits, every step value two digits, every S list as
+long as it can be; `max_episode_length` with max_level = level): 3x3 digits 275 tokens,
+4x4 416, 5x5 591 (6x6 800, 9x9 1631); the shortest episode (1-digit operands, product < 10)
+90 tokens.
+
+Shapes: B = batch, D = max_level (static), L = max_episode_length().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critkl import strategy as strategies
+from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, Outcome, TextTask, Vocabulary
+from critkl.tasks.chunks import in_chunks
+from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out, prefix_sum, round_up
+
+# Addition's characters first (so the ids they share are addition's), then `*` and `S`.
+# `-`, `A` and `C` are addition's and unused here.
+_VOCABULARY = Vocabulary("0123456789+,=[]-> \n:</ACDEINTaceghnprstu*S")
+_DIGIT_0 = _VOCABULARY.token_id("0")  # digits 0..9 are ids _DIGIT_0 .. _DIGIT_0 + 9
+_COMMA = _VOCABULARY.token_id(",")
+_SPACE = _VOCABULARY.token_id(" ")
+_NEWLINE = _VOCABULARY.token_id("\n")
+_SLASH = _VOCABULARY.token_id("/")
+_OPEN = _VOCABULARY.token_id("[")
+
+# Role of each position of an episode (what the token is for).
+ROLE_NAMES = (
+    "prompt",       # the given `Input:\n{a}*{b}\nTarget:`
+    "format",       # fixed text: `<scratch>`, `[`, `*[`, ` , S=[`, ` ,`, the steps' `*`, `+`,
+                    # `=` and spaces, ` , END`, line ends
+    "operand",      # digits, commas and closing bracket of the a and b lists
+    "partial_sum",  # digits, commas and closing bracket of the `S=[...]` list
+    "factor",       # the digits x and y of a step `x*y+s+c=v`
+    "addend",       # the digit s of a step (S's digit at the step's place)
+    "carry",        # the digit c of a step
+    "product",      # the digits of the value v of a step
+    "result",       # the result line
+)
+ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
+
+# Decision keys (line, role, list, ordinal), as addition's: line counts scratch lines from 1;
+# list is "a", "b" or "S" (which bracket of the line the token follows) for operand and
+# partial-sum tokens, else ""; ordinal counts the earlier positions of the same (line, role,
+# list).
+SCRATCH_ROLES = ("operand", "partial_sum", "factor", "addend", "carry", "product")
+_PARTS = ("a", "b", "S", "")
+_MAX_ORDINAL = 64  # more positions than any (line, role, list) group has (at most 4 * 9)
+_LIST_GROUPS = (("operand", 0), ("operand", 1), ("partial_sum", 2))
+
+_PROMPT_EXTRA = len("Input:\n*\nTarget:")  # prompt length = this + digits of a and b
+_STEP_WIDTH = len(" x*y+s+c=tu")           # a step's slots in the pool (tens always there)
+_TENS_COLUMN = len(" x*y+s+c=")
+
+
+class Factors(NamedTuple):
+    """A batch of multiplication problems a * b."""
+
+    a: jax.Array      # [B, D] int32 digits, least significant first, zero past the length
+    b: jax.Array      # [B, D] int32
+    a_len: jax.Array  # [B] int32 number of digits of a, in 1..D
+    b_len: jax.Array  # [B] int32
+
+
+def factors_from_ints(pairs, max_digits: int) -> Factors:
+    """[(a, b), ...] of non-negative Python ints of 1..max_digits digits -> Factors (numpy)."""
+    count = len(pairs)
+    digits = np.zeros((2, count, max_digits), np.int32)
+    lengths = np.zeros((2, count), np.int32)
+    for row, pair in enumerate(pairs):
+        for side, value in enumerate(pair):
+            text = str(value)
+            if not _is_int(value) or value < 0 or len(text) > max_digits:
+                raise ValueError(f"operand {value!r} must be an integer of 1..{max_digits} "
+                                 "digits")
+            digits[side, row, :len(text)] = [int(c) for c in reversed(text)]
+            lengths[side, row] = len(text)
+    return Factors(digits[0], digits[1], lengths[0], lengths[1])
+
+
+def factors_to_ints(factors: Factors) -> list[tuple[int, int]]:
+    """Factors -> [(a, b), ...] of Python ints."""
+    def value(digits, length):
+        return int("".join(str(d) for d in digits[:length][::-1]))
+
+    a, b, a_len, b_len = (np.asarray(x) for x in factors)
+    return [(value(a[i], a_len[i]), value(b[i], b_len[i])) for i in range(a.shape[0])]
+
+
+# ---------------------------------------------------------------- sampling
+
+def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.Array:
+    """Uniform numbers of the given digit counts [B] -> digits [B, D]: a 1-digit number is
+    0..9, a longer one has a leading digit 1..9."""
+    digits_rng, lead_rng = jax.random.split(rng)
+    batch = lengths.shape[0]
+    digits = jax.random.randint(digits_rng, (batch, max_digits), 0, 10, jnp.int32)
+    lead = jax.random.randint(lead_rng, (batch, 1), 1, 10, jnp.int32)
+    position = jnp.arange(max_digits)[None, :]
+    is_lead = (position == lengths[:, None] - 1) & (lengths[:, None] > 1)
+    digits = jnp.where(is_lead, lead, digits)
+    return jnp.where(position < lengths[:, None], digits, 0)
+
+
+def _factors(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: int) -> Factors:
+    a_rng, b_rng = jax.random.split(rng)
+    return Factors(_sample_numbers(a_rng, a_len, max_digits),
+                   _sample_numbers(b_rng, b_len, max_digits),
+                   a_len.astype(jnp.int32), b_len.astype(jnp.int32))
+
+
+# ---------------------------------------------------------------- rendering
+#
+# As addition's scratchpad: an episode is a sequence of pieces (offset, count) of a
+# per-problem pool, laid end to end by `layout.lay_out`. The pool holds the format's
+# constant strings, then the problem's entries: the prompt's numbers, the a and b lists
+# (with commas), every line's S list, every step `x*y+s+c=tu` (tens always in the pool; a
+# step is two pieces, up to and with its tens digit when v >= 10, then its units) and the
+# result line. A line is 2 * D + 8 pieces, so rendering costs O(pieces + output length).
+
+# Named constant strings, each a sequence of (text, role) segments.
+_CONSTANTS = {
+    "input": (("Input:\n", "prompt"),),
+    "times_prompt": (("*", "prompt"),),
+    "target": (("\nTarget:", "prompt"), ("\n<scratch>\n", "format")),
+    "open": (("[", "format"),),
+    "times": (("]", "operand"), ("*[", "format")),
+    "sum": (("]", "operand"), (" , S=[", "format")),
+    "steps": (("]", "partial_sum"), (" ,", "format")),
+    "end": (("]", "partial_sum"), (" , END\n", "format")),
+    "newline": (("\n", "format"),),
+    "close": (("</scratch>\n", "format"),),
+    "result_end": (("\n", "result"),),
+}
+
+
+def _encode(segments) -> np.ndarray:
+    return np.concatenate([_VOCABULARY.encode(text) + ROLE_SHIFT * ROLE[role]
+                           for text, role in segments]).astype(np.int32)
+
+
+def _static_pool():
+    """All constants end to end, and each one's (offset, length) in it."""
+    slots, places, position = [], {}, 0
+    for name, segments in _CONSTANTS.items():
+        slots.append(_encode(segments))
+        places[name] = (position, slots[-1].shape[0])
+        position += slots[-1].shape[0]
+    return np.concatenate(slots), places
+
+
+_STATIC_POOL, _STATIC_PLACE = _static_pool()
+
+
+def _const(name: str, shown=True):
+    """Piece: a constant string of the format, if `shown`."""
+    offset, length = _STATIC_PLACE[name]
+    return offset, jnp.where(shown, length, 0)
+
+
+def _digit_slots(digits, role: str, separator: int | None = None, indexed: bool = False):
+    """Pool entry for digits [..., K] in display order: `d0,d1,...` with `separator` after
+    each digit ([..., 2K] slots) or none ([..., K]). With `indexed`, digit j and the
+    separator before it carry list position j."""
+    size = digits.shape[-1]
+    index = jnp.arange(size) if indexed else jnp.full((size,), -1)
+    base = ROLE_SHIFT * ROLE[role]
+    packed = _DIGIT_0 + digits + base + INDEX_SHIFT * (index + 1)
+    if separator is None:
+        return packed
+    after = jnp.broadcast_to(separator + base + INDEX_SHIFT * (index + 2 if indexed else 0),
+                             packed.shape)
+    return jnp.stack([packed, after], axis=-1).reshape(packed.shape[:-1] + (2 * size,))
+
+
+def _msf(digits: jax.Array, length) -> jax.Array:
+    """Digits [..., K] (least significant first) of `length`-digit numbers [...] in display
+    order: most significant first, zeros past the length."""
+    size = digits.shape[-1]
+    j = jnp.arange(size)
+    length = jnp.asarray(length)[..., None]
+    source = jnp.clip(length - 1 - j, 0, size - 1)
+    return jnp.where(j < length, jnp.take_along_axis(digits, source, axis=-1), 0)
+
+
+def _steps_of(a: jax.Array, b: jax.Array):
+    """The multiply-accumulate of one problem: a, b [D] (least significant first) ->
+    sums [D + 1, 2D] (the digits of S before line j, for j = 0..D; line D's is the final
+    sum) and each step's values: x, y, s, c, v [D (line j), D (step i)].
+
+    Line j adds a * b_j * 10^j: step i takes S's digit at place i + j. The carries stay one
+    digit (v <= 9 * 9 + 9 + 9), and the step after a's top digit (a is zero there) writes
+    the last carry, so D + 1 steps per line leave S exact.
+    """
+    d = a.shape[0]
+    a_wide = jnp.append(a, 0)  # [D + 1]
+
+    def line(total, jy):
+        j, y = jy
+        window = jax.lax.dynamic_slice(total, (j,), (d + 1,))
+        carry = jnp.zeros((), jnp.int32)
+        values, carries = [], []
+        for i in range(d + 1):
+            value = a_wide[i] * y + window[i] + carry
+            values.append(value)
+            carries.append(carry)
+            carry = value // 10
+        values = jnp.stack(values)
+        after = jax.lax.dynamic_update_slice(total, values % 10, (j,))
+        return after, (total[:2 * d], window[:d], jnp.stack(carries)[:d], values[:d])
+
+    final, (before, s, c, v) = jax.lax.scan(
+        line, jnp.zeros((2 * d + 1,), jnp.int32), (jnp.arange(d), b))
+    sums = jnp.concatenate([before, final[None, :2 * d]], axis=0)
+    x = jnp.broadcast_to(a[None, :], (d, d))
+    y = jnp.broadcast_to(b[:, None], (d, d))
+    return sums, x, y, s, c, v
+
+
+def _step_slots(x, y, s, c, v) -> jax.Array:
+    """Slots [D, D, _STEP_WIDTH] of every step ` x*y+s+c=tu` (tens always there)."""
+    def const(char, role="format"):
+        return jnp.full(x.shape, _VOCABULARY.token_id(char) + ROLE_SHIFT * ROLE[role])
+
+    def digit(value, role):
+        return _DIGIT_0 + value + ROLE_SHIFT * ROLE[role]
+
+    columns = [const(" "), digit(x, "factor"), const("*"), digit(y, "factor"), const("+"),
+               digit(s, "addend"), const("+"), digit(c, "carry"), const("="),
+               digit(v // 10, "product"), digit(v % 10, "product")]
+    return jnp.stack(columns, axis=-1)
+
+
+def _significant(digits: jax.Array) -> jax.Array:
+    """Digits [..., K] (least significant first) -> the number's digit count [...] (>= 1)."""
+    place = jnp.arange(1, digits.shape[-1] + 1)
+    return jnp.maximum(jnp.max(jnp.where(digits != 0, place, 0), axis=-1), 1)
+
+
+def _pieces_of_problem(a, b, a_len, b_len):
+    """Pool [P], pieces (offsets [K], counts [K]) and result-line length of one problem."""
+    d = a.shape[0]
+    sums, x, y, s, c, v = _steps_of(a, b)
+    j = jnp.arange(d + 1)                         # scratch lines j = 0..D
+    sum_length = jnp.where(j == 0, 0, _significant(sums))
+    final_length = sum_length[d]                  # S never changes after line b_len - 1
+    entries = {
+        "prompt_a": _digit_slots(_msf(a, a_len), "prompt"),
+        "prompt_b": _digit_slots(_msf(b, b_len), "prompt"),
+        "list_a": _digit_slots(_msf(a, a_len), "operand", _COMMA, indexed=True),
+        "list_b": _digit_slots(_msf(b, b_len), "operand", _COMMA, indexed=True),
+        "sums": _digit_slots(_msf(sums, sum_length), "partial_sum", _COMMA).reshape(-1),
+        "steps": _step_slots(x, y, s, c, v).reshape(-1),
+        "result": _digit_slots(_msf(sums[d], final_length), "result", _SPACE),
+    }
+    base, position = {}, len(_STATIC_POOL)
+    for name, slots in entries.items():
+        base[name] = position
+        position += slots.shape[0]
+    pool = jnp.concatenate([jnp.asarray(_STATIC_POOL)] + list(entries.values()))
+
+    def digit_list(offset, count, shown):
+        return offset, jnp.where(shown & (count > 0), 2 * count - 1, 0)
+
+    shown, regular, final = j <= b_len, j < b_len, j == b_len
+    row = jnp.minimum(j, d - 1)[:, None]          # a line's row of steps
+    i = jnp.arange(d)[None, :]
+    step_at = base["steps"] + (row * d + i) * _STEP_WIDTH
+    doing = regular[:, None] & (i < a_len)
+    tens = v[row[:, 0]] >= 10
+    step_pieces = (  # [D + 1, 2D]: up to the tens (when v >= 10), then the units
+        jnp.stack([step_at, step_at + _TENS_COLUMN + 1], -1).reshape(d + 1, 2 * d),
+        jnp.stack([jnp.where(doing, _TENS_COLUMN + tens, 0), jnp.where(doing, 1, 0)],
+                  -1).reshape(d + 1, 2 * d))
+    end_offset, end_count = _STATIC_PLACE["end"]
+    steps_offset, steps_count = _STATIC_PLACE["steps"]
+    line = [
+        _const("open", shown),
+        digit_list(base["list_a"], a_len, shown),
+        _const("times", shown),
+        digit_list(base["list_b"], b_len - j, shown),
+        _const("sum", shown),
+        digit_list(base["sums"] + j * 4 * d, sum_length, shown),
+        (jnp.where(final, end_offset, steps_offset),
+         jnp.where(final, end_count, jnp.where(regular, steps_count, 0))),
+    ]
+    line_offsets = jnp.concatenate(
+        [jnp.stack([jnp.broadcast_to(p[0], j.shape) for p in line], -1), step_pieces[0],
+         jnp.full((d + 1, 1), _STATIC_PLACE["newline"][0])], axis=1)
+    line_counts = jnp.concatenate(
+        [jnp.stack([jnp.broadcast_to(p[1], j.shape) for p in line], -1), step_pieces[1],
+         _const("newline", regular)[1][:, None]], axis=1)
+    head = [_const("input"), (base["prompt_a"], a_len), _const("times_prompt"),
+            (base["prompt_b"], b_len), _const("target")]
+    tail = [_const("close"), digit_list(base["result"], final_length, True),
+            _const("result_end")]
+    offsets = jnp.concatenate([jnp.stack([jnp.asarray(p[0]) for p in head]),
+                               line_offsets.reshape(-1),
+                               jnp.stack([jnp.asarray(p[0]) for p in tail])])
+    counts = jnp.concatenate([jnp.stack([jnp.asarray(p[1]) for p in head]),
+                              line_counts.reshape(-1),
+                              jnp.stack([jnp.asarray(p[1]) for p in tail])])
+    return pool, offsets.astype(jnp.int32), counts.astype(jnp.int32), 2 * final_length
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _max_length(d: int) -> int:
+    """Tokens of the longest episode with operands of at most d digits."""
+    list_chars = lambda k: max(2 * k - 1, 0)  # noqa: E731
+    prompt = _PROMPT_EXTRA + 2 * d
+    frame = len("\n<scratch>\n") + len("</scratch>\n")
+    fixed = len("[]*[] , S=[] ,\n")
+    lines = sum(fixed + list_chars(d) + list_chars(d - j) + list_chars(d + j if j else 0)
+                + d * _STEP_WIDTH for j in range(d))
+    final_line = len("[]*[] , S=[] , END\n") + list_chars(d) + list_chars(2 * d)
+    return prompt + frame + lines + final_line + 2 * (2 * d)
+
+
+# ---------------------------------------------------------------- the task
+
+@dataclasses.dataclass(frozen=True)
+class Multiplication(TextTask):
+    """Multiplication up to n digits per operand, RL on n + extra; digit arrays n + extra
+    wide (Factors [B, n + extra])."""
+
+    name: ClassVar[str] = "multiplication"
+    vocabulary: ClassVar[Vocabulary] = _VOCABULARY
+    role_names: ClassVar[tuple[str, ...]] = ROLE_NAMES
+    max_supported_level: ClassVar[int] = 9
+
+    # ------------------------------------------------------------ sizes
+    def max_episode_length(self) -> int:
+        """L: both operands max_level digits, every step value two digits, every S list
+        full (e.g. 99..9 * 99..9)."""
+        return _max_length(self.max_level)
+
+    def prompt_width(self) -> int:
+        return _PROMPT_EXTRA + 2 * self.max_level
+
+    def shortest_episode_length(self) -> int:
+        """1-digit operands whose product is one digit (e.g. 2*3): 90 tokens."""
+        prompt = _PROMPT_EXTRA + 2
+        frame = len("\n<scratch>\n") + len("</scratch>\n")
+        line = len("[1]*[1] , S=[] , 1*1+0+0=1\n")
+        final_line = len("[1]*[] , S=[1] , END\n")
+        return prompt + frame + line + final_line + len("1\n")
+
+    # ------------------------------------------------------------ problems
+    def sample_pretraining(self, rng: jax.Array, batch: int) -> Factors:
+        """"Up to N digits": each operand's digit count uniform in 1..n."""
+        len_rng, num_rng = jax.random.split(rng)
+        lengths = jax.random.randint(len_rng, (2, batch), 1, self.n + 1, jnp.int32)
+        return _factors(num_rng, lengths[0], lengths[1], self.max_level)
+
+    def sample_rl(self, rng: jax.Array, batch: int) -> Factors:
+        """RL on N+k (k = extra), as addition's: one operand ("difficult", a fair coin picks
+        which) has exactly n+k digits; the other has 1..n digits half the time and
+        n+1..n+k the other half (1..n always when k = 0). Also the "varying lengths"
+        evaluation at n+k."""
+        n, k = self.n, self.extra
+        len_rng, half_rng, long_rng, swap_rng, num_rng = jax.random.split(rng, 5)
+        short = jax.random.randint(len_rng, (batch,), 1, n + 1, jnp.int32)
+        if k > 0:
+            longer = jax.random.randint(long_rng, (batch,), n + 1, n + k + 1, jnp.int32)
+            other = jnp.where(jax.random.bernoulli(half_rng, 0.5, (batch,)), longer, short)
+        else:
+            other = short
+        difficult = jnp.full((batch,), n + k, jnp.int32)
+        swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
+        return _factors(num_rng, jnp.where(swap, other, difficult),
+                        jnp.where(swap, difficult, other), self.max_level)
+
+    def sample_level(self, rng: jax.Array, batch: int, level: int) -> Factors:
+        """Both operands exactly `level` digits, in 1..max_level (paper Table 4)."""
+        if not _is_int(level) or not 1 <= level <= self.max_level:
+            raise ValueError(f"level={level!r} is not supported: allowed 1..{self.max_level} "
+                             "(n + extra)")
+        lengths = jnp.full((batch,), level, jnp.int32)
+        return _factors(rng, lengths, lengths, self.max_level)
+
+    def problems_from_text(self, rows: list[str]) -> Factors:
+        """Rows "a*b" of non-negative integers of 1..max_level digits (numpy arrays);
+        ValueError naming the bad row."""
+        pairs = []
+        for row in rows:
+            parts = row.split("*") if isinstance(row, str) else []
+            digits = [p.strip() for p in parts]
+            if (len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in digits)
+                    or not all(len(str(int(p))) <= self.max_level for p in digits)):
+                raise ValueError(f"problem {row!r} must be two non-negative integers of "
+                                 f"1..{self.max_level} digits written a*b, e.g. '47*36'")
+            pairs.append((int(digits[0]), int(digits[1])))
+        return factors_from_ints(pairs, self.max_level)
+
+    # ------------------------------------------------------------ episodes
+    def render(self, problems: Factors,
+               strategy: strategies.Strategy | None = None) -> Episodes:
+        """Prompt and full correct target of every problem: Episodes [B, L]. On a CPU
+        (`strategy`, default: the default devices') large batches go in chunks of rows."""
+        d = self.max_level
+        chex.assert_shape([problems.a, problems.b], (None, d))
+        problems = Factors(*(jnp.asarray(x, jnp.int32) for x in problems))
+        size = self.max_episode_length()
+        return in_chunks(lambda rows: self._render_rows(rows, size), problems, size,
+                         strategies.resolve(strategy).row_chunk_elements)
+
+    @staticmethod
+    def _render_rows(problems: Factors, size: int) -> Episodes:
+        pool, offsets, counts, result_length = jax.vmap(_pieces_of_problem)(*problems)
+        tokens, role, index, length = lay_out(pool, offsets, counts, size)
+        prompt_length = problems.a_len + problems.b_len + _PROMPT_EXTRA
+        return Episodes(tokens, prompt_length.astype(jnp.int32), length.astype(jnp.int32),
+                        role, index, result_length.astype(jnp.int32))
+
+    # ------------------------------------------------------------ judging
+    def score(self, tokens: jax.Array, reference: Episodes,
+              strategy: strategies.Strategy | None = None) -> Outcome:
+        """Judge tokens [B, T] (prompt then generation, any ids, any width) against the
+        problems' correct episodes, as addition's: the generation (from the reference's
+        prompt length on) ends at the second newline after its first `/` (the newline of
+        `</scratch>`, then the result line's), or at its first PAD/EOS, or at the last
+        position. It succeeds iff it ended the first way and its result line is exactly
+        the reference's. Never raises, never NaN. `strategy`: in chunks of rows on a CPU."""
+        chex.assert_rank(tokens, 2)
+        needed = reference._replace(role=None, operand_index=None)  # not read here
+        return in_chunks(lambda rows: self._score_rows(*rows), (tokens, needed),
+                         tokens.shape[1], strategies.resolve(strategy).row_chunk_elements)
+
+    def _score_rows(self, tokens: jax.Array, reference: Episodes) -> Outcome:
+        size = tokens.shape[1]
+        tokens = tokens.astype(jnp.int32)
+        position = jnp.arange(size)[None, :]
+        generated = position >= reference.prompt_length[:, None]
+        first_at = lambda flags: jnp.min(jnp.where(flags, position, size), axis=1)  # noqa: E731
+        slash = first_at((tokens == _SLASH) & generated)
+        stop = first_at(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)
+        newline = tokens == _NEWLINE
+        line_before = first_at(newline & (position > slash[:, None]))
+        line_end = first_at(newline & (position > line_before[:, None]))  # the result's end
+        ended_by_format = line_end < stop
+
+        expected_length = reference.result_length
+        window = jnp.arange(4 * self.max_level)[None, :]  # the widest result line
+
+        def line_of(seq, start):
+            index = jnp.clip(start[:, None] + window, 0, seq.shape[1] - 1)
+            return jnp.take_along_axis(seq, index, axis=1)
+
+        expected = line_of(reference.tokens, reference.length - expected_length)
+        found = line_of(tokens, line_before + 1)
+        inside = window < expected_length[:, None]
+        success = (ended_by_format & (line_end - line_before == expected_length)
+                   & ((found == expected) | ~inside).all(axis=1))
+        last = jnp.minimum(jnp.minimum(line_end, stop), size - 1)
+        return Outcome(success, ended_by_format | (stop < size), last.astype(jnp.int32))
+
+    def stop_rule(self, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Streaming form of `score`'s end: state [B] int32 starts at 0, is 1 after the
+        first `/` and +1 at each newline after it; ended at the second such newline or at
+        PAD/EOS."""
+        seen_slash = state > 0
+        state = jnp.where(~seen_slash & (token == _SLASH), 1, state)
+        state = jnp.where(seen_slash & (token == _NEWLINE), state + 1, state)
+        ended = (state >= 3) | (token == PAD_ID) | (token == EOS_ID)
+        return state, ended
+
+    # ------------------------------------------------------------ critical tokens
+    def critical_positions(self, episodes: Episodes) -> jax.Array:
+        """The digits of an a or b list beyond list position n, and the commas before them,
+        on every scratch line: [B, L] bool. The expected token at each is
+        `episodes.tokens`."""
+        return episodes.operand_index >= self.n
+
+    def critical_kinds(self, episodes: Episodes) -> dict[str, jax.Array]:
+        """The commas and the digits of operand lists beyond n."""
+        critical = self.critical_positions(episodes)
+        is_comma = episodes.tokens == _COMMA
+        return {"comma": critical & is_comma, "digit": critical & ~is_comma}
+
+    def decision_codes(self, episodes: Episodes) -> jax.Array:
+        """The decision key (line, role, list, ordinal) of every scratch-line position as one
+        int32 ([B, L], -1 elsewhere): line counts scratch lines from 1; list is "a", "b" or
+        "S" (the bracket of the line the token follows) for operand and partial-sum tokens,
+        else ""; ordinal counts the earlier positions of the same (line, role, list)."""
+        size = episodes.tokens.shape[1]
+        width = round_up(size)  # prefix_sum's blocks; on XLA:CPU far faster than cumsum
+        pad = ((0, 0), (0, width - size))
+        tokens = jnp.pad(episodes.tokens, pad)
+        role = jnp.pad(episodes.role, pad)
+        position = jnp.arange(width)[None, :]
+        inside = (position >= episodes.prompt_length[:, None]) & (
+            position < episodes.length[:, None])
+        scratch = inside & jnp.isin(role, jnp.array([ROLE[r] for r in SCRATCH_ROLES]))
+        started = prefix_sum(scratch) > 0
+        line_ends = (tokens == _NEWLINE) & started & inside
+        line = 1 + prefix_sum(line_ends) - line_ends
+        # Running counts [B, C, W] of `[` and of each (role, list) group's positions, and
+        # their values at the end of the line before: counts since the line's start.
+        is_list = (role == ROLE["operand"]) | (role == ROLE["partial_sum"])
+        opens = tokens == _OPEN
+        previous_end = jax.lax.cummax(jnp.where(line_ends, position, -1), axis=1)
+        previous_end = jnp.pad(previous_end[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+
+        def in_line(counts):
+            at_start = jnp.take_along_axis(counts, jnp.maximum(previous_end, 0)[:, None, :],
+                                           axis=2)
+            return counts - jnp.where(previous_end[:, None, :] >= 0, at_start, 0)
+
+        brackets = in_line(prefix_sum(opens[:, None, :]))[:, 0]
+        part = jnp.where(is_list, jnp.clip(brackets, 1, 3) - 1, _PARTS.index(""))
+        groups = [(ROLE[r], p) for r, p in _LIST_GROUPS] + [
+            (ROLE[r], _PARTS.index("")) for r in SCRATCH_ROLES
+            if r not in ("operand", "partial_sum")]
+        members = jnp.stack([scratch & (role == r) & (part == p) for r, p in groups], axis=1)
+        ordinals = in_line(prefix_sum(members)) - 1
+        ordinal = jnp.sum(jnp.where(members, ordinals, 0), axis=1)
+        group = (line * len(ROLE_NAMES) + role) * len(_PARTS) + part
+        codes = jnp.where(scratch, group * _MAX_ORDINAL + ordinal, -1).astype(jnp.int32)
+        return codes[:, :size]
+
+    def key_code(self, key: tuple) -> int:
+        """The code of (line, role, list, ordinal); the same at every level."""
+        key = tuple(key)
+        lines = self.max_supported_level + 1
+        if (len(key) != 4 or not _is_int(key[0]) or not 1 <= key[0] <= lines
+                or key[1] not in SCRATCH_ROLES or key[2] not in _PARTS
+                or not _is_int(key[3]) or not 0 <= key[3] < _MAX_ORDINAL):
+            raise ValueError(f"not a decision key: {key!r} (line in 1..{lines}, "
+                             f"role in {SCRATCH_ROLES}, list in {_PARTS}, ordinal in "
+                             f"0..{_MAX_ORDINAL - 1})")
+        line, role, part, ordinal = key
+        group = (int(line) * len(ROLE_NAMES) + ROLE[role]) * len(_PARTS) + _PARTS.index(part)
+        return group * _MAX_ORDINAL + int(ordinal)
+
+    def key_of_code(self, code: int) -> tuple:
+        group, ordinal = divmod(int(code), _MAX_ORDINAL)
+        group, part = divmod(group, len(_PARTS))
+        line, role = divmod(group, len(ROLE_NAMES))
+        key = (line, ROLE_NAMES[role], _PARTS[part], ordinal)
+        if code < 0 or key[1] not in SCRATCH_ROLES or not 1 <= line <= self.max_supported_level + 1:
+            raise ValueError(f"code {code} is not a decision code")
+        return key
+
+    def key_label(self, key: tuple, token: str) -> str:
+        """e.g. "line 2 a-list #4 digit", "line 1 carry #0 digit", "line 3 S-list #2 ','"."""
+        line, role, part, ordinal = tuple(key)
+        where = f"{part}-list" if part else role.replace("_", " ")
+        kind = "digit" if len(token) == 1 and token.isdigit() else repr(token)
+        return f"line {line} {where} #{ordinal} {kind}"
