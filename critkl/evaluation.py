@@ -95,7 +95,8 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
     import numpy as np
 
     n = task.n
-    report = {"n": n, "cells": {}, "first_errors": {}, "sampling": {}}
+    report = {"n": n, "task": task.name, "level_unit": task.level_unit, "cells": {},
+              "first_errors": {}, "sampling": {}}
     total = 2 * (extra_digits + 1) + len(temperatures)
     for digits in range(n, n + extra_digits + 1):
         level_task = task.at_level(digits)
@@ -122,7 +123,7 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
             if progress:
-                progress(len(report["cells"]), total, f"{digits} digits, {kind} lengths")
+                progress(len(report["cells"]), total, f"{digits} {task.level_unit}, {kind} lengths")
             if digits == n + 1:
                 counts = {task.role_names[r]: roles.count(r) for r in sorted(set(roles))}
                 report["first_errors"][kind] = {
@@ -147,9 +148,9 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
 
 def markdown(report: dict) -> str:
     """The accuracy report as Markdown tables."""
-    n = report["n"]
+    n, unit = report["n"], report.get("level_unit", "digits")  # older reports: addition
     digits = sorted({int(key.split("/")[0]) for key in report["cells"]})
-    lines = ["| operands | " + " | ".join(f"{d} digits" for d in digits) + " |",
+    lines = ["| operands | " + " | ".join(f"{d} {unit}" for d in digits) + " |",
              "|---|" + "---|" * len(digits)]
     for kind in ("identical", "varying"):
         cells = [report["cells"][f"{d}/{kind}"] for d in digits]
@@ -162,9 +163,11 @@ def markdown(report: dict) -> str:
         share = errors["at_structural_critical_token"] / errors["failures"]
         roles = ", ".join(f"{role} {count}" for role, count in
                           sorted(errors["by_role"].items(), key=lambda kv: -kv[1]))
-        lines += ["", f"{n + 1}-digit failures ({kind} lengths): {errors['failures']}; first error "
-                  f"at a structural critical token: {100 * share:.1f}%; by role: {roles}"]
-    lines += ["", f"sampling RL problems of {n + 1} digits:", "", "| temperature | success |", "|---|---|"]
+        lines += ["", f"failures at {n + 1} {unit} ({kind} lengths): {errors['failures']}; "
+                  f"first error at a structural critical token: {100 * share:.1f}%; by role: "
+                  f"{roles}"]
+    lines += ["", f"sampling RL problems of {n + 1} {unit}:", "", "| temperature | success |",
+              "|---|---|"]
     for temperature, cell in report["sampling"].items():
         lines.append(f"| {temperature} | {100 * cell['pass_at_1']:.1f}% "
                      f"[{100 * cell['low']:.1f}, {100 * cell['high']:.1f}] ({cell['problems']} episodes) |")

@@ -58,7 +58,7 @@ def model():
 @pytest.fixture(scope="module")
 def episodes():
     """16 correct 4-digit episodes (the RL distribution of mini-n3), teacher-forced."""
-    return env.render(env.sample_rl(jax.random.key(0), 16, env.Task(3, 1)))
+    return env.render(env.sample_rl(jax.random.key(0), 16, 3, 1, 4))
 
 
 @functools.partial(jax.jit, static_argnums=0)

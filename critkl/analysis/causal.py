@@ -84,7 +84,8 @@ def check_keys_occur(task: TextTask, keys, level: int, problems: int = 64) -> No
     episodes = task.render(task.sample_level(jax.random.key(0), problems, level))
     found = set().union(*(set(keys_at.values())
                           for keys_at in decisions.decision_keys(task, episodes)))
-    where = f"{level}+{level} digits" if task.name == "addition" else f"level {level}"
+    where = (f"{level}+{level} digits" if task.name == "addition"
+             else f"{level} {task.level_unit}")
     for key in keys:
         if tuple(key) not in found:
             raise ValueError(f"its key {list(key)} never occurs in {task.name} episodes of "

@@ -46,8 +46,8 @@ def analyze_model(params, model_config, task, output: Output, *, episodes: int, 
         marks = np.nonzero(critical[i, start:end])[0]
         curves.append(Curve(f"critical tokens, episode {i}", marks, certainty[i, start:end][marks],
                             style="X", color=f"C{i}", marker_size=9))
-    output.plot(f"certainty_n{n}.png", curves, title=f"Certainty along {n + 1}-digit episodes "
-                f"(model pre-trained up to {n} digits)", xlabel="position in the target",
+    output.plot(f"certainty_n{n}.png", curves, title=f"Certainty along episodes of {n + 1} "
+                f"{task.level_unit} (model pre-trained up to {n})", xlabel="position in the target",
                 ylabel="certainty J of the next-token distribution",
                 ylim=(token_stats.colour_floor(np.concatenate([c.y for c in curves])) - 0.02, 1.01))
     if terminal:

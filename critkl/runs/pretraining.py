@@ -95,7 +95,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                         + directory.timing(now - started, step - start_step,
                                            config.steps - start_step))
                 if "eval/pass_at_1" in metrics:
-                    line += f"  pass@1({config.max_digits} digits) {metrics['eval/pass_at_1']:.3f}"
+                    line += f"  pass@1({config.max_digits} {config.text_task.level_unit}) {metrics['eval/pass_at_1']:.3f}"
                 print_fn(line)
                 if step % config.checkpoint_every == 0 or step == config.steps or stopping:
                     # The loss above is the one before this step's update: check what is saved.

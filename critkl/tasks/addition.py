@@ -28,6 +28,7 @@ class Addition(TextTask):
     vocabulary: ClassVar[Vocabulary] = Vocabulary(tokenizer.CHARACTERS)
     role_names: ClassVar[tuple[str, ...]] = env.ROLE_NAMES
     max_supported_level: ClassVar[int] = env.MAX_SUPPORTED_DIGITS
+    level_unit: ClassVar[str] = "digits"
 
     def sample_pretraining(self, rng: jax.Array, batch: int) -> env.Operands:
         return env.sample_pretraining(rng, batch, self.n, self.max_level)

@@ -99,6 +99,7 @@ class TextTask(abc.ABC):
     vocabulary: ClassVar[Vocabulary]
     role_names: ClassVar[tuple[str, ...]]  # role_names[0] == "prompt"
     max_supported_level: ClassVar[int]
+    level_unit: ClassVar[str] = "level"  # how reports name a level: f"{level} {level_unit}"
 
     n: int
     extra: int = 1

@@ -380,6 +380,7 @@ class Multiplication(TextTask):
     vocabulary: ClassVar[Vocabulary] = _VOCABULARY
     role_names: ClassVar[tuple[str, ...]] = ROLE_NAMES
     max_supported_level: ClassVar[int] = 9
+    level_unit: ClassVar[str] = "digits"
 
     # ------------------------------------------------------------ sizes
     def max_episode_length(self) -> int:

@@ -87,6 +87,7 @@ class PathStar(TextTask):
     role_names: ClassVar[tuple[str, ...]] = ROLE_NAMES
     # The longest arm the label pool allows at the smallest degree: 1 + 2 * 25 <= 52 nodes.
     max_supported_level: ClassVar[int] = (len(LABELS) - 1) // MIN_DEGREE
+    level_unit: ClassVar[str] = "edges per arm"
 
     degree: int = 3
 
