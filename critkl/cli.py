@@ -274,6 +274,10 @@ _RL_FIELDS_WITHOUT_FLAGS = ("loss", "n", "causal_keys")
 
 
 def _finetune(args) -> None:
+    import jax
+
+    from critkl import rl
+    from critkl.infra import memory_budget
     from critkl.runs import finetuning
     from critkl.runs.models import load_pretrained
 
@@ -309,6 +313,11 @@ def _finetune(args) -> None:
                 rl_values.get("extra_digits", RLConfig.extra_digits)))
         config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
         config.check_model(pre_config.model_config)
+        memory_budget.check_fits(
+            len(runs) * rl.run_bytes(config, config.run_model(pre_config.model_config)),
+            f"an iteration of {len(runs)} run(s) (--seeds and the grid) of RLConfig.episodes="
+            f"{config.episodes} episodes of up to {config.max_length} tokens",
+            "lower --episodes or the number of runs", jax.devices()[0])
     except ValueError as error:
         raise UsageError(str(error)) from None
     saved = {"pretrained": args.pretrained, "rl": dataclasses.asdict(config),
@@ -455,7 +464,7 @@ def _analyze(args) -> None:
 
 def _critical(args) -> None:
     from critkl.analysis import causal
-    from critkl.infra import files, provenance
+    from critkl.infra import files, memory_budget, provenance
     from critkl.runs import directory
     from critkl.runs.models import load_pretrained
 
@@ -464,6 +473,13 @@ def _critical(args) -> None:
         settings = CausalMapConfig(**_given(args, _fields(CausalMapConfig())))
     except ValueError as error:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None
+    task = config.text_task.at_level(config.max_digits + 1)
+    try:  # the problems' logits and log-probabilities, float32 [problems, L, vocabulary]
+        memory_budget.check_fits(
+            settings.problems * task.max_episode_length() * config.model_config.vocab_size * 12,
+            f"--problems {settings.problems}", "lower --problems")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     out = Path(args.out) if args.out else Path("runs") / f"critical-{Path(args.model).name}"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from jax import lax
 
 from critkl import evaluation, losses, strategy as strategies, vmap_rules, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
-from critkl.model import GPT, ValueHead
+from critkl.model import GPT, ValueHead, init_params
 from critkl.tasks import decisions, layout
 from critkl.tasks.base import Episodes, TextTask, terminal_reward
 
@@ -67,6 +67,20 @@ def shift_right(x: jax.Array) -> jax.Array:
     """Per-position values of the state *before* each token: x[t-1] at t, 0 at t=0
     ([B, T, ...] -> [B, T, ...])."""
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
+
+
+def run_bytes(config: RLConfig, model_config: ModelConfig) -> int:
+    """At least the bytes one run holds during an iteration: its policy and the optimizer's
+    two moments (three copies of the parameters, float32), and one collect's
+    [episodes, max_length] arrays, of which the largest are the sampler's hidden states
+    (d_model values per position, kept for the value head) and the reference's
+    log-probabilities (one per vocabulary entry), then about a dozen scalars per position
+    (tokens, log-probs, values, advantages, weights, ...)."""
+    shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), model_config))
+    parameters = sum(x.size for x in jax.tree.leaves(shapes))
+    hidden = model_config.d_model * (2 if model_config.dtype == "bfloat16" else 4)
+    per_position = hidden + 4 * model_config.vocab_size + 48
+    return 3 * 4 * parameters + config.episodes * config.max_length * per_position
 
 
 def collect_problems(rng, config: RLConfig):

@@ -80,11 +80,15 @@ CASES = (
        for flag in ("--problems", "--batch", "--rl-episodes") for value in ("0", "-3", "x")]
     + [("eval", ["mini-n3", "--out", "{tmp}/eval.json", "--seed", value], "seed")
        for value in ("-1", "2147483648", "1" * 20)]
+    # Too large for any machine: refused before anything is allocated (memory_budget).
+    + [("finetune", FINETUNE + ["--episodes", "1000000000"], "episodes"),
+       ("sweep", FINETUNE + ["--seeds", ",".join(map(str, range(10_000)))], "seeds"),
+       ("critical", ["mini-n3", "--out", "{tmp}/map", "--problems", "1000000000"], "problems")]
 )
 
 
 @pytest.mark.parametrize("command, argv, field", CASES,
-                         ids=[f"{c}-{f}={a[-1]!r}" for c, a, f in CASES])
+                         ids=[f"{c}-{f}={a[-1][:20]!r}" for c, a, f in CASES])
 def test_invalid_values_are_refused_naming_the_field(tmp_path, capsys, command, argv, field):
     argv = [command] + [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
