@@ -1,6 +1,6 @@
 """RL throughput at `mini` scale: one run and a vmapped sweep, on one core and on two.
 
-    python benchmarks/rl_throughput.py [--runs 8] [--iterations 2]
+    python benchmarks/rl_throughput.py [--runs 8] [--iterations 2] [--tasks addition,...]
 
 One table, every row measured in this one invocation (each core setting in a fresh
 process, since XLA's devices are fixed when JAX starts):
@@ -12,6 +12,12 @@ process, since XLA's devices are fixed when JAX starts):
   programs (`critkl.runs.finetuning.programs_for`), as the commands run them; no evaluation;
 - sampler: the sampling of one collect alone (`evaluation.attempt`: render, generate,
   score), for every run.
+
+`--tasks` adds rows per task (`critkl.tasks.registry`), each from an untrained mini model of
+that task's vocabulary at the level of `UNTRAINED_LEVELS`, chosen so that the episodes are
+of comparable length (about 180-280 tokens): an untrained model writes every episode to the
+cut (`episode_limit`), so generated tokens/s compare the tasks' programs at equal work per
+token. Addition is among them as its own untrained baseline.
 
 One core: the process pinned to one core, one single-threaded device (as the peer
 anchors in `../shared/anchors` are measured). Two cores: as the training commands run
@@ -29,14 +35,29 @@ import subprocess
 import sys
 import time
 
-from critkl.config import RLConfig, RLHyper
+from critkl.config import PretrainConfig, RLConfig, RLHyper
+
+# Pre-training level n of the untrained model of each task (RL on n + 1): longest episodes
+# of 4+4 digits 253 tokens, 3x3-digit multiplication 275, path-star arms of 17 edges 176.
+UNTRAINED_LEVELS = {"addition": 3, "multiplication": 2, "path-star": 16}
+
+
+def untrained(task: str):
+    """(PretrainConfig, params) of a randomly initialised mini model of `task`."""
+    import jax
+
+    from critkl.model import init_params
+
+    config = PretrainConfig(task=task, model="mini", max_digits=UNTRAINED_LEVELS[task],
+                            eval_extra_digits=1)
+    return config, init_params(jax.random.key(0), config.model_config)
 
 
 def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
             minibatches: int = 5, dtype: str = "float32") -> dict[str, float]:
     """In this process: seconds, episodes and tokens of `runs` runs from `pretrained` (a
-    (PretrainConfig, params) pair; default the shipped mini-n3), RL on n + 1 digits in
-    compute `dtype`."""
+    (PretrainConfig, params) pair; default the shipped mini-n3), RL on level n + 1 of its
+    task in compute `dtype`."""
     import jax
     import jax.numpy as jnp
 
@@ -46,7 +67,8 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
     from critkl.runs.models import load_pretrained
 
     pre_config, params = load_pretrained("mini-n3") if pretrained is None else pretrained
-    config = RLConfig(n=pre_config.max_digits, extra_digits=1, episodes=episodes,
+    config = RLConfig(task=pre_config.task, n=pre_config.max_digits, extra_digits=1,
+                      episodes=episodes,
                       iterations=iterations, eval_every=iterations, ppo_epochs=1,
                       minibatches=minibatches, dtype=dtype)
     model_config = config.run_model(pre_config.model_config)
@@ -108,33 +130,46 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=2)
-    parser.add_argument("--child", nargs=2, type=int, metavar=("CORES", "RUNS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", default="",
+                        help=f"comma-separated tasks of {sorted(UNTRAINED_LEVELS)}: rows from "
+                             "an untrained mini model of each")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # CORES RUNS [TASK]
     args = parser.parse_args()
     if args.child:
-        cores, runs = args.child
+        cores, runs = int(args.child[0]), int(args.child[1])
+        task = args.child[2] if len(args.child) > 2 else "mini-n3"
         if cores == 1:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-        print(json.dumps(measure(runs, args.iterations)))
+        pretrained = None if task == "mini-n3" else untrained(task)
+        print(json.dumps(measure(runs, args.iterations, pretrained)))
         return
 
+    tasks = [task for task in args.tasks.split(",") if task]
+    unknown = sorted(set(tasks) - set(UNTRAINED_LEVELS))
+    if unknown:
+        parser.error(f"--tasks: unknown {', '.join(unknown)} (allowed: "
+                     f"{', '.join(sorted(UNTRAINED_LEVELS))})")
     available = len(os.sched_getaffinity(0))
-    print(f"mini model, RL on 4 digits from mini-n3, 50 episodes per collect, "
-          f"{args.iterations} iterations per run; {available} cores available")
-    print("| cores | runs | what | episodes/s | generated tokens/s | seconds |")
-    print("|---|---|---|---|---|---|")
-    for cores in (1, 2):
-        if cores > available:
-            continue
-        for runs in (1, args.runs):
-            command = [sys.executable, __file__, "--iterations", str(args.iterations),
-                       "--child", str(cores), str(runs)]
-            output = subprocess.run(command, env=child_environment(cores, runs), check=True,
-                                    capture_output=True, text=True).stdout
-            for what, row in json.loads(output.splitlines()[-1]).items():
-                print(f"| {cores} | {runs} | {what} | {row['episodes'] / row['seconds']:,.1f} | "
-                      f"{row['tokens'] / row['seconds']:,.0f} | {row['seconds']:.1f} |",
-                      flush=True)
+    print(f"mini model, RL from mini-n3 on 4 digits (and from an untrained model of each of "
+          f"--tasks), 50 episodes per collect, {args.iterations} iterations per run; "
+          f"{available} cores available")
+    print("| model | cores | runs | what | episodes/s | generated tokens/s | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for model in ["mini-n3"] + tasks:
+        for cores in (1, 2):
+            if cores > available:
+                continue
+            for runs in (1, args.runs):
+                command = [sys.executable, __file__, "--iterations", str(args.iterations),
+                           "--child", str(cores), str(runs), model]
+                output = subprocess.run(command, env=child_environment(cores, runs), check=True,
+                                        capture_output=True, text=True).stdout
+                name = model if model == "mini-n3" else f"untrained {model}"
+                for what, row in json.loads(output.splitlines()[-1]).items():
+                    print(f"| {name} | {cores} | {runs} | {what} | "
+                          f"{row['episodes'] / row['seconds']:,.1f} | "
+                          f"{row['tokens'] / row['seconds']:,.0f} | {row['seconds']:.1f} |",
+                          flush=True)
 
 
 if __name__ == "__main__":
