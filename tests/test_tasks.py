@@ -34,6 +34,22 @@ def test_vocabulary_and_roles(name):
     assert vocabulary.decode(np.r_[vocabulary.encode(text[:2]), EOS_ID, 2]) == text[:2]
 
 
+def first_stop(task, tokens, prompt):
+    """Where the streaming stop rule, fed each row's tokens after its prompt one at a time
+    (as the sampler feeds it), first ends the episode: [B] (-1: never)."""
+    tokens, prompt = jnp.asarray(tokens), jnp.asarray(prompt)
+
+    def step(state, t):
+        generated = t >= prompt
+        new_state, stop = task.stop_rule(state, tokens[:, t])
+        return jnp.where(generated, new_state, state), stop & generated
+
+    _, stops = jax.lax.scan(step, jnp.zeros(tokens.shape[0], jnp.int32),
+                            jnp.arange(tokens.shape[1]))
+    stops = np.asarray(stops).T  # [B, T]
+    return np.where(stops.any(axis=1), stops.argmax(axis=1), -1)
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_episodes_keep_the_contract(name):
     """Shapes and ranges of rendered episodes; the correct episode scores a success and the
@@ -57,16 +73,7 @@ def test_episodes_keep_the_contract(name):
         outcome = task.score(episodes.tokens, episodes)
         assert np.asarray(outcome.success).all() and np.asarray(outcome.terminated).all()
         np.testing.assert_array_equal(outcome.last, length - 1)
-        state, ended = jnp.zeros(64, jnp.int32), np.zeros(64, bool)
-        ended_at = np.full(64, -1)
-        for t in range(tokens.shape[1]):  # the sampler feeds it the generated tokens only
-            generated = jnp.asarray(t >= prompt)
-            new_state, stop = task.stop_rule(state, jnp.asarray(tokens[:, t]))
-            state = jnp.where(generated, new_state, state)
-            stop = np.asarray(stop & generated)
-            ended_at = np.where(stop & ~ended, t, ended_at)
-            ended |= stop
-        np.testing.assert_array_equal(ended_at, length - 1)
+        np.testing.assert_array_equal(first_stop(task, tokens, prompt), length - 1)
         cut = np.where(np.arange(tokens.shape[1])[None] < (length - 2)[:, None], tokens, PAD_ID)
         assert not np.asarray(task.score(jnp.asarray(cut), episodes).success).any()
 
