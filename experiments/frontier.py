@@ -197,9 +197,10 @@ def _interval(values: np.ndarray) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def markdown(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], seeds: list[int]) -> str:
+def markdown(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], seeds: list[int],
+             placed: dict[str, dict]) -> str:
     """The end-state table (mean and bootstrap interval over seeds), the paired comparisons of
-    both axes and the verdict per prioritized arm."""
+    both axes and the verdict per prioritized arm (`placed`: per retention axis, `verdicts`)."""
     keys = [key for key in END_KEYS if key in ends]
     lines = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds [95% bootstrap interval].",
              "", "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -215,7 +216,7 @@ def markdown(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], seeds: list
     for axis in RETENTION_AXES:
         lines += ["", f"Against the standard KL's frontier ({axis} against {LEARNING}):", "",
                   "| arm | retention above the frontier | place |", "|---|---|---|"]
-        for name, row in verdicts(ends[LEARNING], ends[axis], arm_list).items():
+        for name, row in placed[axis].items():
             lines.append(f"| {name} | {row['gap']:+.4f} [{row['low']:+.4f}, "
                          f"{row['high']:+.4f}] | {row['place']} |")
     return "\n".join(lines)
@@ -226,10 +227,12 @@ def plot(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], output: Output,
     """`name` (PNG): each arm's mean end point (learning, retention on `axis`) with bootstrap
     intervals; the standard KL's arms joined (its frontier)."""
     curves = []
+    # The standard KL's line starts at no KL (coefficient 0): its frontier includes it.
+    joined = {"no KL": ("no KL",), "standard": ("no KL", "standard"),
+              "prioritized": ("prioritized",)}
     for kind, style, color in (("no KL", "s", "C2"), ("standard", "-o", "C0"),
                                ("prioritized", "-^", "C3")):
-        members = [i for i, arm in enumerate(arm_list) if arm.kind in
-                   ((kind,) if kind != "standard" else ("no KL", "standard"))]
+        members = [i for i, arm in enumerate(arm_list) if arm.kind in joined[kind]]
         points = sorted((statistics.mean_interval(ends[LEARNING][i]),
                          statistics.mean_interval(ends[axis][i])) for i in members)
         label = {"no KL": "no KL", "standard": "standard KL (frontier, with no KL)",
@@ -262,7 +265,9 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
                  for run in result["runs"]]
     ends = {key: end_values(runs, plan["arms"], plan["seeds"], key)
             for key in END_KEYS if key in runs[0]["curve"]}
-    table = markdown(ends, plan["arms"], plan["seeds"])
+    placed = {axis: verdicts(ends[LEARNING], ends[axis], plan["arms"])
+              for axis in RETENTION_AXES}
+    table = markdown(ends, plan["arms"], plan["seeds"], placed)
     output.markdown("frontier.md", table)
     for axis, name in zip(RETENTION_AXES, ("frontier.png", "frontier_likelihood.png")):
         plot(ends, plan["arms"], output, n + 1, axis, name)
@@ -270,8 +275,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         "settings": dataclasses.asdict(settings), "n": n, "seeds": plan["seeds"],
         "arms": [arm._asdict() for arm in plan["arms"]],
         "ends": {key: value.tolist() for key, value in ends.items()},
-        "verdicts": {axis: verdicts(ends[LEARNING], ends[axis], plan["arms"])
-                     for axis in RETENTION_AXES}})
+        "verdicts": placed})
     print_fn(table)
     return {"runs": runs}
 

@@ -43,14 +43,9 @@ def verdict(results: dict) -> str:
     """Per prioritized setting, one sentence: its sampled success minus the standard KL's at
     the end, paired by seed, with a bootstrap interval over seeds, how many seeds favour it,
     the exact sign-flip test, and whether that shows a difference at SIGNIFICANCE."""
-    final = {(run["setting"], run["seed"]): run["curve"]["eval/sampled_success"][-1]
-             for run in results["runs"]}
-    seeds = sorted(seed for setting, seed in final if setting == STANDARD_KL)
     lines = []
-    for setting in finetuning.settings_in_order(run["setting"] for run in results["runs"]):
-        if setting == STANDARD_KL:
-            continue
-        differences = np.array([final[(setting, s)] - final[(STANDARD_KL, s)] for s in seeds])
+    for setting, differences in finetuning.per_seed_differences(
+            results, STANDARD_KL, "eval/sampled_success").items():
         mean, low, high = statistics.mean_interval(differences)
         p = statistics.paired_test(differences)
         shown = (f"{'above' if mean > 0 else 'below'} the standard KL (p < {SIGNIFICANCE:g})"
@@ -59,7 +54,7 @@ def verdict(results: dict) -> str:
                  "is the comparison that decides it")
         lines.append(
             f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
-            f"{100 * high:+.1f}] against the standard KL, paired over {len(seeds)} seeds "
+            f"{100 * high:+.1f}] against the standard KL, paired over {len(differences)} seeds "
             f"({int(np.sum(differences > 0))} favour it, {int(np.sum(differences < 0))} the "
             f"standard KL); sign-flip p = {p:.3f}: {shown}.")
     return "\n".join(lines)

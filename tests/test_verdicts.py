@@ -100,7 +100,9 @@ def test_frontier_tables_and_plots_for_both_retention_axes(tmp_path):
     rng = np.random.default_rng(5)
     ends = {key: rng.random((len(ARMS), 8)) for key in frontier.END_KEYS}
     seeds = list(range(1000, 1008))
-    table = frontier.markdown(ends, ARMS, seeds)
+    placed = {axis: frontier.verdicts(ends[frontier.LEARNING], ends[axis], ARMS)
+              for axis in frontier.RETENTION_AXES}
+    table = frontier.markdown(ends, ARMS, seeds, placed)
     for axis in frontier.RETENTION_AXES:
         assert f"Against the standard KL's frontier ({axis}" in table
     assert table.count("| prioritized-5 | standard-5 |") == 0  # no standard arm at 5

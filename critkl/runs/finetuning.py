@@ -366,23 +366,31 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     return results
 
 
-def paired_differences(results: dict, baseline: str) -> dict[str, dict[str, tuple]]:
-    """Per setting other than `baseline`: for each `SUMMARY_KEYS` metric, the mean and 95%
-    interval over seeds of (setting - baseline) at the end, paired by seed (the same seed
-    sees the same evaluation problems and the same first rollouts' random stream)."""
+def per_seed_differences(results: dict, baseline: str, key: str) -> dict[str, np.ndarray]:
+    """Per setting other than `baseline`: metric `key` at the end minus the baseline's, one
+    value per seed both ran, in seed order (the same seed sees the same evaluation problems
+    and the same first rollouts' random stream); settings without `key` are left out."""
     final = {(run["setting"], run["seed"]): run["curve"] for run in results["runs"]}
     seeds = sorted(seed for setting, seed in final if setting == baseline)
-    table = {}
+    differences = {}
     for setting in settings_in_order(run["setting"] for run in results["runs"]):
-        if setting == baseline:
-            continue
-        row = {}
-        for key in SUMMARY_KEYS:
-            pairs = [(final[(setting, s)], final[(baseline, s)]) for s in seeds
-                     if (setting, s) in final]
-            if pairs and key in pairs[0][0]:
-                row[key] = mean_interval(np.array([a[key][-1] - b[key][-1] for a, b in pairs]))
-        table[setting] = row
+        pairs = [(final[(setting, s)], final[(baseline, s)]) for s in seeds
+                 if (setting, s) in final]
+        if setting != baseline and pairs and key in pairs[0][0]:
+            differences[setting] = np.array([a[key][-1] - b[key][-1] for a, b in pairs])
+    return differences
+
+
+def paired_differences(results: dict, baseline: str) -> dict[str, dict[str, tuple]]:
+    """Per setting other than `baseline`: for each `SUMMARY_KEYS` metric, the mean and 95%
+    interval over seeds of (setting - baseline) at the end, paired by seed
+    (`per_seed_differences`)."""
+    table = {setting: {} for setting in settings_in_order(run["setting"]
+                                                          for run in results["runs"])
+             if setting != baseline}
+    for key in SUMMARY_KEYS:
+        for setting, values in per_seed_differences(results, baseline, key).items():
+            table[setting][key] = mean_interval(values)
     return table
 
 
