@@ -240,3 +240,30 @@ def test_without_the_launcher_a_dead_peer_stops_the_survivor(tmp_path):
     assert status != 0
     assert stopped_after < 60
     assert "another task died" in errors, errors[-3000:]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_after_the_same_step(tmp_path):
+    """SIGTERM to process 1 of a 2-process pre-training: both processes save the same step
+    together and exit 75, process 0 naming the other's signal; the launcher returns 75; the
+    run resumes from that step (before: process 1 alone entered the collective save while
+    process 0 went on to the next step's all-reduce)."""
+    run_dir = tmp_path / "run"
+    command = launched(2, 1, "pretrain", "--run-dir", str(run_dir), *TINY_PRETRAIN,
+                       "--steps", "100000", "--log-every", "1", "--eval-every", "100000",
+                       "--checkpoint-every", "100000")
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    first = launcher.stderr.readline()  # "... process 0 pid N, process 1 pid M"
+    pids = [int(part.split()[-1]) for part in first.strip().split("; ")[1].split(", ")]
+    while "step 5/" not in launcher.stdout.readline():
+        assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+    os.kill(pids[1], signal.SIGTERM)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 75, err[-3000:]
+    stopped = [line for line in err.splitlines() if "stopped by" in line]
+    assert len(stopped) == 2, err[-3000:]
+    steps = {line.split("after saving step ")[1].split(";")[0] for line in stopped}
+    assert len(steps) == 1, stopped
+    assert any("a signal to another process" in line for line in stopped), stopped
+    assert checkpoint.latest_checkpoint_step(run_dir) == int(steps.pop())

@@ -89,6 +89,17 @@ def launch(command: list[str], processes: int, cpu_devices: int, gpus_per_proces
         while not received:
             statuses = [child.poll() for child in children]
             failed = [i for i, status in enumerate(statuses) if status not in (None, 0)]
+            if failed and statuses[failed[0]] == os.EX_TEMPFAIL:
+                # Preempted (critkl.runs.preemption's exit status): every process stops after
+                # the same step (they agree on it) and writes its part of that checkpoint; let
+                # the others finish theirs.
+                for child in children:
+                    try:
+                        child.wait(timeout=STOP_GRACE)
+                    except subprocess.TimeoutExpired:
+                        pass
+                statuses = [child.poll() for child in children]
+                failed = [i for i, status in enumerate(statuses) if status not in (None, 0)]
             if failed:
                 index, status = failed[0], statuses[failed[0]]
                 say(f"process {index} (pid {children[index].pid}) {_describe(status)}; stopping "

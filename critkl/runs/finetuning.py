@@ -327,7 +327,8 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 train.append(parallel.fetch(metrics))
                 log.train(iteration, train[-1])
                 period_ends = iteration % config.eval_every == 0
-                stopping = preemption.requested is not None
+                stop_signal = preemption.agreed()
+                stopping = stop_signal is not None
                 if not (period_ends or stopping):
                     continue
                 _check_finite(state, runs, iteration, saved)
@@ -342,7 +343,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 checkpointer.save(iteration, state)
                 saved = iteration
                 if stopping:
-                    raise Preempted(preemption.requested, iteration, "iteration")
+                    raise Preempted(stop_signal, iteration, "iteration")
                 elapsed = time.perf_counter() - clock
                 per_iteration = elapsed / (iteration - first)
                 tokens = float(period["train/generated_tokens"].sum())

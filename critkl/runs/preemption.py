@@ -1,14 +1,21 @@
 """Preemption: SIGTERM (a TPU VM or spot GPU about to go) or SIGINT (Ctrl-C) asks a training
-loop to save at its next step boundary and stop; a second signal stops at once."""
+loop to save at its next step boundary and stop; a second signal stops at once. In a
+multi-process run the processes agree at every step boundary, so that a signal to any of them
+(or to each at a different moment) stops all of them after the same step, whose checkpoint
+they write together."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
-# Exit status of a command stopped by a signal after saving its checkpoint (EX_TEMPFAIL:
+import jax
+import numpy as np
+
+# Exit status of a command stopped by a signal after saving its checkpoint (EX_TEMPFAIL, 75:
 # the work is not lost, run it again with --resume).
-PREEMPTED_EXIT = 75
+PREEMPTED_EXIT = os.EX_TEMPFAIL
 
 
 class Preempted(Exception):
@@ -38,6 +45,17 @@ class PreemptionRequests:
             signal.raise_signal(number)
             return
         self.requested = signal.Signals(number).name
+
+    def agreed(self) -> str | None:
+        """Whether to stop after this step, the same answer in every process: the signal's
+        name when this or any other process received one, else None. A collective call in a
+        multi-process run: every process calls it at every step boundary."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        anyone = np.any(multihost_utils.process_allgather(np.int32(self.requested is not None)))
+        return (self.requested or "a signal to another process") if anyone else None
 
     def __enter__(self) -> "PreemptionRequests":
         if threading.current_thread() is threading.main_thread():

@@ -62,7 +62,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 # starves a device's collective of a thread and XLA:CPU aborts after 40 s.
                 jax.block_until_ready(in_flight)
                 in_flight = metrics["loss"]
-                stopping = preemption.requested is not None
+                stop_signal = preemption.agreed()
+                stopping = stop_signal is not None
                 # Logged as if never stopped: a stop's extra save adds no point.
                 scheduled = not (step % config.log_every and step % config.checkpoint_every
                                  and step != config.steps)
@@ -109,7 +110,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                     checkpointer.save(step, state)
                     last_saved = step
                 if stopping:
-                    raise Preempted(preemption.requested, step)
+                    raise Preempted(stop_signal, step)
     finally:
         tracker.close()
         checkpointer.close()
