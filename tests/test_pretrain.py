@@ -268,6 +268,13 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     assert lines[-1].startswith(f"trained steps 0..{TINY.steps} in ")
     assert scalars["loss"][-1][1] == pytest.approx(logged, abs=1e-4)
     assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    (tag,) = [tag for tag in events.Tags()["tensors"] if tag.startswith("config")]
+    text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("task: addition") and '"max_digits": 1' in text
 
 
 @pytest.mark.slow  # 30-60 s; the default suite stays under 10 minutes on 2 cores

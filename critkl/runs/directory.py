@@ -169,3 +169,9 @@ class Progress:
         detail = f" ({what})" if what else ""
         self.print_fn(f"  {self.label} {done}/{total}{detail}  "
                       + timing(time.perf_counter() - self.started, done, total))
+
+
+def config_markdown(config: dict) -> str:
+    """A run's config.json as a TensorBoard text: the task first, then the JSON."""
+    task = (config.get("rl") or config).get("task", "addition")
+    return f"task: {task}\n\n```\n{json.dumps(config, indent=1, default=str)}\n```"

@@ -49,6 +49,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     start_step = int(state.step)
     tracker = Tracker(run_dir / "tensorboard", enabled=jax.process_index() == 0,
                       keep_until=start_step if resume else -1)
+    if not resume:
+        tracker.text(0, "config", directory.config_markdown(config.to_dict()))
     clock, clock_step = time.perf_counter(), start_step
     tokens_per_step = config.batch_size * model_config.context_length
     last_saved = start_step
