@@ -446,7 +446,7 @@ def test_problems_from_text():
     assert factors_to_ints(factors) == [(47, 36), (0, 9999), (5, 5)]
     assert factors.a.shape == (3, 4)
     assert task.problems_from_text([]).a.shape == (0, 4)
-    for row in ["47+36", "4a*3", "12345*1", "*5", "", "1*2*3", "-1*2", "1.5*2"]:
+    for row in ["47+36", "4a*3", "12345*1", "*5", "", "1*2*3", "-1*2", "1.5*2", "07*3"]:
         with pytest.raises(ValueError, match=re.escape(f"problem {row!r}")):
             task.problems_from_text(["1*1", row])
     with pytest.raises(ValueError, match="operand -1"):

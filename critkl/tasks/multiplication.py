@@ -433,16 +433,18 @@ class Multiplication(TextTask):
         return _factors(rng, lengths, lengths, self.max_level)
 
     def problems_from_text(self, rows: list[str]) -> Factors:
-        """Rows "a*b" of non-negative integers of 1..max_level digits (numpy arrays);
-        ValueError naming the bad row."""
+        """Rows "a*b" of non-negative integers of 1..max_level digits, without leading zeros
+        (numpy arrays); ValueError naming the bad row."""
         pairs = []
         for row in rows:
             parts = row.split("*") if isinstance(row, str) else []
             digits = [p.strip() for p in parts]
             if (len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in digits)
-                    or not all(len(str(int(p))) <= self.max_level for p in digits)):
+                    or not all(len(p) <= self.max_level and (p == "0" or p[0] != "0")
+                               for p in digits)):
                 raise ValueError(f"problem {row!r} must be two non-negative integers of "
-                                 f"1..{self.max_level} digits written a*b, e.g. '47*36'")
+                                 f"1..{self.max_level} digits written a*b without leading zeros, "
+                                 "e.g. '47*36'")
             pairs.append((int(digits[0]), int(digits[1])))
         return factors_from_ints(pairs, self.max_level)
 
