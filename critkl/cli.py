@@ -303,15 +303,15 @@ def _finetune(args) -> None:
     _check_pretrained(args.pretrained)
     try:
         pre_config, params = load_pretrained(args.pretrained)
-        task = rl_values.setdefault("task", pre_config.task)
-        if task != pre_config.task:
-            raise ValueError(f"--task {task}: {args.pretrained} was pre-trained on task "
-                             f"{pre_config.task!r}")
-        if args.causal_map:
-            rl_values["causal_keys"] = _causal_keys(args.causal_map, registry.make(
-                task, pre_config.max_digits,
-                rl_values.get("extra_digits", RLConfig.extra_digits)))
+        for field in ("task", "task_params"):  # the pre-trained model's
+            given = rl_values.setdefault(field, getattr(pre_config, field))
+            if given != getattr(pre_config, field):
+                raise ValueError(f"--{field.replace('_', '-')} {given}: {args.pretrained} was "
+                                 f"pre-trained with {field}={getattr(pre_config, field)!r}")
         config = RLConfig(n=pre_config.max_digits, loss=loss_config, **rl_values)
+        if args.causal_map:
+            config = dataclasses.replace(
+                config, causal_keys=_causal_keys(args.causal_map, config.text_task))
         config.check_model(pre_config.model_config)
         memory_budget.check_fits(
             len(runs) * rl.run_bytes(config, config.run_model(pre_config.model_config)),

@@ -113,6 +113,7 @@ class PretrainConfig:
 
     model: str = "mini"             # preset of critkl.model.PRESETS
     task: str = registry.DEFAULT    # a name of critkl.tasks.registry.TASKS
+    task_params: str = ""           # the task's other parameters, e.g. "degree=2" (path-star)
     max_digits: int = 3             # N: levels 1..N (addition: operands of 1..N digits)
     longer_share: float = 0.0       # share of problems from the RL distribution at N+1
     # Share of the episodes with an N-digit operand whose list of it closes one digit early
@@ -137,6 +138,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         task_class = registry.task_class(self.task)
+        registry.parameters(self.task, self.task_params)
         positive = ("max_digits", "batch_size", "steps", "log_every", "eval_every",
                     "eval_problems", "checkpoint_every")
         for name in positive:
@@ -171,7 +173,9 @@ class PretrainConfig:
                 f"{self.eval_extra_digits}, longer_share={self.longer_share}) exceeds the "
                 f"supported {task_class.max_supported_level} levels of task {self.task!r}"
             )
-        needed = registry.make(self.task, self.max_digits, extra).max_episode_length()
+        needed = registry.make(self.task, self.max_digits, extra,
+                               **registry.parameters(self.task, self.task_params)
+                               ).max_episode_length()
         if self.model_config.context_length < needed:
             raise ValueError(
                 f"model '{self.model}' has context_length={self.model_config.context_length}, "
@@ -185,7 +189,8 @@ class PretrainConfig:
     def text_task(self) -> TextTask:
         """The task pre-trained on: levels 1..max_digits, arrays one level wider when
         longer_share > 0 (problems of the RL distribution at N+1)."""
-        return registry.make(self.task, self.max_digits, 1 if self.longer_share > 0 else 0)
+        return registry.make(self.task, self.max_digits, 1 if self.longer_share > 0 else 0,
+                             **registry.parameters(self.task, self.task_params))
 
     @property
     def model_config(self) -> ModelConfig:
@@ -363,6 +368,7 @@ class RLConfig:
     (docs/results.md, "RL that learns"): 2 Adam steps of 64 episodes per collect of 128."""
 
     task: str = registry.DEFAULT  # a name of critkl.tasks.registry.TASKS
+    task_params: str = ""       # the task's other parameters, e.g. "degree=2" (path-star)
     n: int = 3                  # the model was pre-trained up to level n (addition: digits)
     extra_digits: int = 1       # RL on level n + extra_digits (addition: the difficult operand
                                 # rule); 0: n
@@ -395,6 +401,7 @@ class RLConfig:
 
     def __post_init__(self):
         task_class = registry.task_class(self.task)
+        registry.parameters(self.task, self.task_params)
         check_compute("RLConfig", self.dtype, self.attention)
         for name in ("n", "episodes", "iterations", "ppo_epochs", "minibatches", "eval_every",
                      "eval_episodes", "update_chunk", "group_size"):
@@ -449,7 +456,8 @@ class RLConfig:
     @property
     def text_task(self) -> TextTask:
         """The task: pre-trained up to level n, RL on n + extra_digits."""
-        return registry.make(self.task, self.n, self.extra_digits)
+        return registry.make(self.task, self.n, self.extra_digits,
+                             **registry.parameters(self.task, self.task_params))
 
     @property
     def digits(self) -> int:

@@ -164,3 +164,15 @@ def test_a_model_of_another_vocabulary_is_refused():
     with pytest.raises(ValueError, match="pre-trained on another task"):
         RLConfig(n=1, extra_digits=1).check_model(other)
     assert PretrainConfig().model_config.vocab_size == Addition.vocabulary.size
+
+
+def test_task_parameters_reach_the_task_and_bad_ones_are_named():
+    config = PretrainConfig(task="path-star", task_params="degree=2", max_digits=3)
+    assert config.text_task.degree == 2 and registry.make("path-star", 3).degree == 3
+    assert RLConfig(task="path-star", task_params=" degree = 4 ", n=2).text_task.degree == 4
+    for text, message in (("deg=2", "takes degree=INTEGER"), ("degree=x", "takes degree"),
+                          ("degree=1", "degree=1 is not supported")):
+        with pytest.raises(ValueError, match=message):
+            PretrainConfig(task="path-star", task_params=text, max_digits=3).text_task
+    with pytest.raises(ValueError, match="task 'addition' takes no parameters"):
+        PretrainConfig(task_params="degree=2")
