@@ -35,7 +35,8 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
     path = output.folder / "critical.json"
     if path.exists():
         print_fn(f"causal map: reusing {path}")
-        return causal.read_critical_keys(path, pre_config.text_task)
+        # The experiment's own map: a model may have no critical decision (tiny scale).
+        return causal.read_critical_keys(path, pre_config.text_task, require_critical=False)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     name = f"{scale}-n{N[scale]}"
     shipped = shipped_causal_map(name) if name in shipped_names() else None

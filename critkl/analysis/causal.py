@@ -45,11 +45,13 @@ def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
     return tuple(tuple(row["key"]) for row in rows if row.get("critical"))
 
 
-def read_critical_keys(path, task: TextTask, n: int | None = None) -> tuple[tuple, ...]:
+def read_critical_keys(path, task: TextTask, n: int | None = None,
+                       require_critical: bool = True) -> tuple[tuple, ...]:
     """The causally critical keys of a map saved by `critkl critical` (its critical.json) for
     `task`, and for a model pre-trained up to level `n` when given. Raises ValueError naming
     what is wrong: not such a file, a map of another task, a row whose key is not one of the
-    task's keys, no critical decision, or a map made for another n."""
+    task's keys, no critical decision (when `require_critical`), or a map made for another
+    n."""
     try:
         record = json.loads(Path(path).read_text())
         rows = record["rows"]
@@ -69,7 +71,7 @@ def read_critical_keys(path, task: TextTask, n: int | None = None) -> tuple[tupl
         except (ValueError, TypeError) as error:
             raise ValueError(f"rows[{index}].key is {key!r}: {error}") from None
     keys = critical_keys(rows)
-    if not keys:
+    if not keys and require_critical:
         raise ValueError('names no causally critical decision (no row with "critical": true)')
     if n is not None and record.get("n") != n:
         raise ValueError(f"was made for a model pre-trained up to level {record.get('n')!r}, "
