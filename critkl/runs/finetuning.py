@@ -311,7 +311,8 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     log = _Log(run_dir, runs, results, keep_until=first if resume else -1)
     if not resume:  # TensorBoard names the task and the settings of every run
         for tracker in log.trackers + list(log.aggregate.values()):
-            tracker.text(0, "config", directory.config_markdown(saved_config))
+            tracker.text(0, "config", directory.config_markdown(
+                saved_config or {"rl": dataclasses.asdict(config)}))
     try:
         print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} iterations "
                  f"of {config.episodes} episodes each; compiling, then one line per "
