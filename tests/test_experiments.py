@@ -157,6 +157,7 @@ def test_experiment_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 20 s; the functions it calls are tested in test_analysis.py
 def test_analyze_command(tmp_path, capsys):
     out = tmp_path / "analysis"
     assert cli.main(["analyze", "mini-n3", "--episodes", "4", "--shown", "1", "--out", str(out)]) == 0

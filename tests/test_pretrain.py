@@ -77,6 +77,7 @@ def test_data_parallel_step_equals_single_device():
     chex.assert_trees_all_close(one, eight, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # 17 s; the default suite stays under 10 minutes on 2 cores
 def test_tiny_model_overfits_a_fixed_batch():
     config = model_preset("tiny")
     tokens, targets = supervised.streams_batch(jax.random.key(1),

@@ -53,7 +53,8 @@ def first_stop(task, tokens, prompt):
 @pytest.mark.parametrize("name", TASKS)
 def test_episodes_keep_the_contract(name):
     """Shapes and ranges of rendered episodes; the correct episode scores a success and the
-    streaming stop rule ends it at `score`'s last token; a cut one fails; the prompt-only
+    streaming stop rule ends it at `score`'s last token; a cut one fails, and so do random
+    ids (any, out of the vocabulary too) after the prompt, without error; the prompt-only
     role 0 is exactly the prompt."""
     task = small(name)
     for problems in (task.sample_pretraining(jax.random.key(0), 64),
@@ -76,17 +77,12 @@ def test_episodes_keep_the_contract(name):
         np.testing.assert_array_equal(first_stop(task, tokens, prompt), length - 1)
         cut = np.where(np.arange(tokens.shape[1])[None] < (length - 2)[:, None], tokens, PAD_ID)
         assert not np.asarray(task.score(jnp.asarray(cut), episodes).success).any()
-
-
-@pytest.mark.parametrize("name", TASKS)
-def test_scoring_never_fails_on_any_ids(name):
-    task = small(name)
-    episodes = task.render(task.sample_rl(jax.random.key(3), 32))
-    noise = jax.random.randint(jax.random.key(4), episodes.tokens.shape, -5, 200, jnp.int32)
-    keep = jnp.arange(noise.shape[1])[None] < episodes.prompt_length[:, None]
-    outcome = task.score(jnp.where(keep, episodes.tokens, noise), episodes)
-    assert not np.asarray(outcome.success).any()
-    assert ((np.asarray(outcome.last) >= 0) & (np.asarray(outcome.last) < noise.shape[1])).all()
+        # Any ids after the prompt (out of the vocabulary too): scored, never an error.
+        noise = np.random.default_rng(4).integers(-5, 200, tokens.shape)
+        outcome = task.score(jnp.asarray(np.where(role == 0, tokens, noise)), episodes)
+        last = np.asarray(outcome.last)
+        assert not np.asarray(outcome.success).any()
+        assert ((last >= 0) & (last < tokens.shape[1])).all()
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -125,6 +121,7 @@ def test_bad_levels_name_the_field(name):
         small(name).problems_from_text(["not a problem at all"])
 
 
+@pytest.mark.slow  # 12 s: Addition routes every method to critkl.env by construction
 def test_addition_through_the_interface_is_the_environment():
     task = Addition(3, 2)
     rng = jax.random.key(7)
