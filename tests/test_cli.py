@@ -103,6 +103,7 @@ def test_export_refuses_to_overwrite_or_escape(tmp_path, capsys, name, message):
     assert not (models.SHIPPED_DIR.parent.parent / "x").exists()
 
 
+@pytest.mark.slow  # 17 s; the default suite stays under 10 minutes on 2 cores
 def test_export_then_load(tmp_path, monkeypatch):
     from critkl.runs import models
 

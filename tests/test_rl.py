@@ -141,6 +141,7 @@ def test_causal_token_probability_is_the_mean_at_the_keys():
     assert all(np.isnan(float(value)) for value in none.values()), none
 
 
+@pytest.mark.slow  # 24 s; the values are checked by the next test, bad keys in test_causal
 def test_evaluation_reports_sampled_success_and_causal_tokens():
     params = init_params(jax.random.key(0), TINY)
     config = dataclasses.replace(QUICK, causal_keys=((1, "operand", "a", 2),))
