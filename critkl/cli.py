@@ -190,7 +190,7 @@ def _evaluate(args) -> None:
         params, config.model_config, config.text_task, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
         rl_episodes=args.rl_episodes,
-        progress=directory.Progress("accuracy cell", lambda line: print(line, flush=True)),
+        progress=directory.Progress("accuracy batch", lambda line: print(line, flush=True)),
     )
     table = evaluation.markdown(report)
     print(table)

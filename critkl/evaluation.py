@@ -91,13 +91,23 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
     """Greedy pass@1 at levels N..N+extra_digits (N = task.n; addition: digits), identical
     and varying levels (paper Tables 4 and 5); where N+1 failures first go wrong; and the
     success rate when sampling RL problems of N+1 at each temperature.
-    progress(done, total, what): called after each cell, when given."""
+    progress(done, total, what): called after each batch of problems, when given (so that a
+    long evaluation shows its estimate after its first batch)."""
     import numpy as np
 
     n = task.n
     report = {"n": n, "task": task.name, "level_unit": task.level_unit, "cells": {},
               "first_errors": {}, "sampling": {}}
-    total = 2 * (extra_digits + 1) + len(temperatures)
+    sampled_batch = min(batch, rl_episodes)
+    total = (2 * (extra_digits + 1) * -(-problems // batch)
+             + len(temperatures) * -(-rl_episodes // sampled_batch))
+    done = 0
+
+    def batch_done(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total, what)
     for digits in range(n, n + extra_digits + 1):
         level_task = task.at_level(digits)
         # Cut at the RL limit, or at the context (which holds any correct episode).
@@ -112,6 +122,7 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
             for result in solve_in_batches(params, config, level_task, sample, problems, batch,
                                            cell_rng, temperature=0.0, max_length=limit):
                 successes += int(result.outcome.success.sum())
+                batch_done(f"{digits} {task.level_unit}, {kind} lengths")
                 if digits == n + 1:
                     position, erred = (np.asarray(x) for x in first_error(result))
                     rows = np.nonzero(erred & ~np.asarray(result.outcome.success))[0]
@@ -122,8 +133,6 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
                     critical += int(structural[rows, where].sum())
                     roles += np.asarray(ref.role)[rows, where].tolist()
             report["cells"][f"{digits}/{kind}"] = rate(successes, problems)
-            if progress:
-                progress(len(report["cells"]), total, f"{digits} {task.level_unit}, {kind} lengths")
             if digits == n + 1:
                 counts = {task.role_names[r]: roles.count(r) for r in sorted(set(roles))}
                 report["first_errors"][kind] = {
@@ -132,17 +141,14 @@ def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems
                 }
     rl_task = task.at_level(n + 1)
     for temperature in temperatures:
-        successes = sum(
-            int(result.outcome.success.sum())
-            for result in solve_in_batches(
-                params, config, rl_task, rl_task.sample_rl, rl_episodes, min(batch, rl_episodes),
+        successes = 0
+        for result in solve_in_batches(
+                params, config, rl_task, rl_task.sample_rl, rl_episodes, sampled_batch,
                 jax.random.fold_in(rng, int(temperature * 1000)), temperature=temperature,
-                max_length=rl_task.episode_limit())
-        )
+                max_length=rl_task.episode_limit()):
+            successes += int(result.outcome.success.sum())
+            batch_done(f"sampled at temperature {temperature:g}")
         report["sampling"][f"{temperature:g}"] = rate(successes, rl_episodes)
-        if progress:
-            progress(len(report["cells"]) + len(report["sampling"]), total,
-                     f"sampled at temperature {temperature:g}")
     return report
 
 

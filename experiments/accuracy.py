@@ -28,7 +28,7 @@ def evaluate_level(scale: str, n: int, output: Output, work_dir, *, problems: in
     report = evaluation.accuracy_table(
         params, pre_config.model_config, pre_config.text_task, jax.random.key(0), problems=problems,
         extra_digits=pre_config.eval_extra_digits, temperatures=temperatures,
-        rl_episodes=sampled_episodes, progress=directory.Progress("accuracy cell", print_fn))
+        rl_episodes=sampled_episodes, progress=directory.Progress("accuracy batch", print_fn))
     table = evaluation.markdown(report)
     print_fn(f"pre-trained up to {n} digits, {problems} problems per cell:\n{table}")
     output.markdown(f"accuracy_n{n}.md", table)
