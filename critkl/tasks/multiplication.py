@@ -59,19 +59,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import strategy as strategies
-from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, Outcome, TextTask, Vocabulary
+from critkl import env, strategy as strategies, tokenizer
+from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
 from critkl.tasks.chunks import in_chunks
 from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out, prefix_sum, round_up
 
 # Addition's characters first (so the ids they share are addition's), then `*` and `S`.
 # `-`, `A` and `C` are addition's and unused here.
-_VOCABULARY = Vocabulary("0123456789+,=[]-> \n:</ACDEINTaceghnprstu*S")
+_VOCABULARY = Vocabulary(tokenizer.CHARACTERS + "*S")
 _DIGIT_0 = _VOCABULARY.token_id("0")  # digits 0..9 are ids _DIGIT_0 .. _DIGIT_0 + 9
 _COMMA = _VOCABULARY.token_id(",")
 _SPACE = _VOCABULARY.token_id(" ")
 _NEWLINE = _VOCABULARY.token_id("\n")
-_SLASH = _VOCABULARY.token_id("/")
 _OPEN = _VOCABULARY.token_id("[")
 
 # Role of each position of an episode (what the token is for).
@@ -472,53 +471,14 @@ class Multiplication(TextTask):
     def score(self, tokens: jax.Array, reference: Episodes,
               strategy: strategies.Strategy | None = None) -> Outcome:
         """Judge tokens [B, T] (prompt then generation, any ids, any width) against the
-        problems' correct episodes, as addition's: the generation (from the reference's
-        prompt length on) ends at the second newline after its first `/` (the newline of
-        `</scratch>`, then the result line's), or at its first PAD/EOS, or at the last
-        position. It succeeds iff it ended the first way and its result line is exactly
-        the reference's. Never raises, never NaN. `strategy`: in chunks of rows on a CPU."""
-        chex.assert_rank(tokens, 2)
-        needed = reference._replace(role=None, operand_index=None)  # not read here
-        return in_chunks(lambda rows: self._score_rows(*rows), (tokens, needed),
-                         tokens.shape[1], strategies.resolve(strategy).row_chunk_elements)
-
-    def _score_rows(self, tokens: jax.Array, reference: Episodes) -> Outcome:
-        size = tokens.shape[1]
-        tokens = tokens.astype(jnp.int32)
-        position = jnp.arange(size)[None, :]
-        generated = position >= reference.prompt_length[:, None]
-        first_at = lambda flags: jnp.min(jnp.where(flags, position, size), axis=1)  # noqa: E731
-        slash = first_at((tokens == _SLASH) & generated)
-        stop = first_at(((tokens == PAD_ID) | (tokens == EOS_ID)) & generated)
-        newline = tokens == _NEWLINE
-        line_before = first_at(newline & (position > slash[:, None]))
-        line_end = first_at(newline & (position > line_before[:, None]))  # the result's end
-        ended_by_format = line_end < stop
-
-        expected_length = reference.result_length
-        window = jnp.arange(4 * self.max_level)[None, :]  # the widest result line
-
-        def line_of(seq, start):
-            index = jnp.clip(start[:, None] + window, 0, seq.shape[1] - 1)
-            return jnp.take_along_axis(seq, index, axis=1)
-
-        expected = line_of(reference.tokens, reference.length - expected_length)
-        found = line_of(tokens, line_before + 1)
-        inside = window < expected_length[:, None]
-        success = (ended_by_format & (line_end - line_before == expected_length)
-                   & ((found == expected) | ~inside).all(axis=1))
-        last = jnp.minimum(jnp.minimum(line_end, stop), size - 1)
-        return Outcome(success, ended_by_format | (stop < size), last.astype(jnp.int32))
+        problems' correct episodes exactly as addition's `critkl.env.score` does (the same
+        end of an episode and result-line comparison; the characters it reads have
+        addition's ids, the vocabulary extending addition's)."""
+        return env.score(tokens, reference, strategy)
 
     def stop_rule(self, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Streaming form of `score`'s end: state [B] int32 starts at 0, is 1 after the
-        first `/` and +1 at each newline after it; ended at the second such newline or at
-        PAD/EOS."""
-        seen_slash = state > 0
-        state = jnp.where(~seen_slash & (token == _SLASH), 1, state)
-        state = jnp.where(seen_slash & (token == _NEWLINE), state + 1, state)
-        ended = (state >= 3) | (token == PAD_ID) | (token == EOS_ID)
-        return state, ended
+        """Streaming form of `score`'s end: addition's (`critkl.env.stop_rule`)."""
+        return env.stop_rule(state, token)
 
     # ------------------------------------------------------------ critical tokens
     def critical_positions(self, episodes: Episodes) -> jax.Array:
