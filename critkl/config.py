@@ -157,6 +157,7 @@ class PretrainConfig:
             _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
         check_compute("PretrainConfig", self.dtype, self.attention)
         check_seed("PretrainConfig.seed", self.seed)
+        check_steps("PretrainConfig.steps", self.steps)
         if self.eval_extra_digits < 0:
             raise ValueError(f"PretrainConfig.eval_extra_digits={self.eval_extra_digits} must "
                              "be >= 0")
@@ -409,6 +410,8 @@ class RLConfig:
                 raise ValueError(f"RLConfig.{name}={getattr(self, name)} must be >= 1")
         if self.extra_digits < 0:
             raise ValueError(f"RLConfig.extra_digits={self.extra_digits} must be >= 0")
+        check_steps("RLConfig.iterations x ppo_epochs x minibatches",
+                    self.iterations * self.ppo_epochs * self.minibatches)
         if self.iterations % self.eval_every:
             raise ValueError(
                 f"RLConfig.iterations={self.iterations} must be a multiple of "
@@ -539,6 +542,15 @@ HYPER_RANGES = {
 
 # Seeds are stacked as int32 in sweeps: 0..MAX_SEED.
 MAX_SEED = 2**31 - 1
+# Optimizer steps are counted in int32 (optax's schedules): at most MAX_STEPS per run.
+MAX_STEPS = 2**31 - 1
+
+
+def check_steps(name: str, steps: int) -> None:
+    """ValueError naming `name` unless a run of `steps` optimizer steps can be counted."""
+    if steps > MAX_STEPS:
+        raise ValueError(f"{name}={steps:,} optimizer steps exceed the {MAX_STEPS:,} a run can "
+                         "count (int32)")
 
 
 def check_seed(name: str, seed: int) -> None:

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -349,7 +350,8 @@ def test_a_save_that_fails_in_orbax_names_a_full_disk(tmp_path, monkeypatch):
 def test_a_run_directory_is_locked_while_a_run_holds_it(tmp_path):
     """open_run takes run.lock (pid and host) until its checkpointer is closed: meanwhile a
     second open is refused naming the owner; a lock of a process gone from this host is
-    taken over; one of another host is refused."""
+    taken over; one of another host is refused while touched within STALE_AFTER_S and taken
+    over after."""
     import socket
 
     from critkl.runs import directory
@@ -370,6 +372,36 @@ def test_a_run_directory_is_locked_while_a_run_holds_it(tmp_path):
     with pytest.raises(CheckpointError, match=f"in use by process {gone.pid} on elsewhere"):
         directory.open_run(tmp_path, {"a": 1}, resume=True)
     assert lock.exists()  # not the refused process's to remove
+    untouched = time.time() - directory.STALE_AFTER_S - 5
+    os.utime(lock, (untouched, untouched))
+    directory.open_run(tmp_path, {"a": 1}, resume=True).close()
+    assert not lock.exists()
+
+
+def test_the_lock_owner_touches_its_lock_until_released(tmp_path, monkeypatch):
+    """The heartbeat keeps the lock's modification time fresh while the run holds it (so that
+    other hosts do not take it over) and stops at release."""
+    from critkl.runs import directory
+
+    monkeypatch.setattr(directory, "HEARTBEAT_S", 0.05)
+    lock = tmp_path / directory.LOCK_FILE
+    run = directory.open_run(tmp_path, {"a": 1}, resume=False)
+    os.utime(lock, (0, 0))
+    deadline = time.time() + 10
+    while lock.stat().st_mtime == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert lock.stat().st_mtime > time.time() - 60
+    run.close()
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.4, "0m00s"), (125, "2m05s"), (3725, "1h02m"), (2 * 86400 + 3 * 3600 + 59, "2d03h"),
+    (1e10, "317y"), (1.5e21, "47,564,687,975,646y"), (float("nan"), "?"), (float("inf"), "?")])
+def test_durations_are_written_in_units_a_reader_takes_in(seconds, text):
+    from critkl.runs import directory
+
+    assert directory.format_seconds(seconds) == text
 
 
 def test_a_checkpoint_without_its_digest_is_refused_unless_allowed(saved_run, monkeypatch):

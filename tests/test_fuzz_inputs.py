@@ -84,6 +84,9 @@ CASES = (
     + [("finetune", FINETUNE + ["--episodes", "1000000000"], "episodes"),
        ("sweep", FINETUNE + ["--seeds", ",".join(map(str, range(10_000)))], "seeds"),
        ("critical", ["mini-n3", "--out", "{tmp}/map", "--problems", "1000000000"], "problems")]
+    # More optimizer steps than a run can count.
+    + [("pretrain", PRETRAIN + ["--steps", "10000000000000000000"], "steps"),
+       ("finetune", FINETUNE + ["--iterations", "2147483648"], "iterations")]
 )
 
 

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import jax
 from critkl.infra import checkpoint
 
 LOCK_FILE = "run.lock"
+HEARTBEAT_S = 60.0          # the owner touches its lock file this often
+STALE_AFTER_S = 15 * 60.0   # a lock of another host untouched this long is stale
 
 
 def _alive(pid) -> bool:
@@ -37,8 +40,10 @@ def _alive(pid) -> bool:
 
 class RunLock:
     """`run_dir/run.lock`, holding the pid and host of the one process training in `run_dir`
-    (created exclusively; a second process gets CheckpointError naming the owner). A lock
-    whose process is gone from this host is stale and taken over."""
+    (created exclusively; a second process gets CheckpointError naming the owner). The owner
+    touches the file every HEARTBEAT_S seconds. A lock is stale, and taken over, when its
+    process is gone from this host or, for a lock of another host (a shared file system),
+    when it has not been touched for STALE_AFTER_S seconds."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_FILE
@@ -47,12 +52,33 @@ class RunLock:
             held = self._read()
             if held is None:  # released meanwhile
                 continue
-            if held.get("host") != self.owner["host"] or _alive(held.get("pid")):
+            if not self._stale(held):
                 raise checkpoint.CheckpointError(
                     f"{run_dir} is in use by process {held.get('pid')} on {held.get('host')} "
                     f"(lock file {self.path}): wait for that run to end or choose another run "
                     "directory; remove the lock file only if that process is gone.")
             self._remove_if_held_by(held)
+        self._stop = threading.Event()
+        threading.Thread(target=self._heartbeat, name="run-lock-heartbeat",
+                         daemon=True).start()
+
+    def _stale(self, held: dict) -> bool:
+        if held.get("host") == self.owner["host"]:
+            return not _alive(held.get("pid"))
+        try:
+            untouched = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return untouched > STALE_AFTER_S
+
+    def _heartbeat(self) -> None:
+        """Touch the lock file every HEARTBEAT_S seconds until released, so that processes
+        of other hosts see it is alive."""
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # removed by hand, or the file system is gone: nothing to keep
+                return
 
     def _create(self) -> bool:
         try:
@@ -92,6 +118,7 @@ class RunLock:
             os.close(folder)
 
     def release(self) -> None:
+        self._stop.set()
         if self._read() == self.owner:
             self.path.unlink()
 
@@ -145,9 +172,16 @@ def open_run(run_dir: str | os.PathLike, config: dict | None, *, resume: bool,
 
 
 def format_seconds(seconds: float) -> str:
-    """3725.0 -> "1h02m"; 125.0 -> "2m05s"."""
+    """125.0 -> "2m05s"; 3725.0 -> "1h02m"; 2 days and 3 hours -> "2d03h"; 1e10 -> "317y"."""
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days >= 365:
+        return f"{days // 365:,}y"
+    if days:
+        return f"{days}d{hours:02d}h"
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
@@ -155,7 +189,7 @@ def timing(elapsed: float, done: float, total: float) -> str:
     """"elapsed 1m05s  ETA 3m15s" after `done` of `total` units of work in `elapsed` s."""
     eta = (total - done) * elapsed / done if done > 0 else float("nan")
     return (f"elapsed {format_seconds(elapsed)}  "
-            f"ETA {format_seconds(eta) if eta == eta else '?'}")
+            f"ETA {format_seconds(eta)}")
 
 
 class Progress:
