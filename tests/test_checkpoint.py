@@ -347,6 +347,86 @@ def test_a_save_that_fails_in_orbax_names_a_full_disk(tmp_path, monkeypatch):
             ckpt.save(1, make_state(1))
 
 
+def test_orbax_write_failure_noise_is_dropped_and_other_errors_kept(tmp_path):
+    """Opening a Checkpointer quiets what orbax's threads log about a failed write (the save's
+    own error says it once) and tensorstore's closed-loop callbacks, nothing else."""
+    import logging
+    import types
+
+    from critkl.infra import checkpoint
+
+    Checkpointer(tmp_path).close()
+    absl, asyncio_log = logging.getLogger("absl"), logging.getLogger("asyncio")
+
+    def record(logger, message, error=None):
+        info = (type(error), error, None) if error else None
+        return logger.makeRecord(logger.name, logging.ERROR, "f.py", 1, message, (), info)
+
+    disk_full = ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device")
+    wrapped = RuntimeError("Save Finalize thread (save_finalize) failed.")
+    wrapped.__context__ = disk_full
+    assert not absl.filter(record(absl, "_SignalingThread.run() raised an exception", disk_full))
+    assert not absl.filter(record(absl, "Save Finalize thread failed.", wrapped))
+    assert not asyncio_log.filter(record(asyncio_log, "Task exception was never retrieved",
+                                         disk_full))
+    assert absl.filter(record(absl, "Permission denied", PermissionError("read-only")))
+    assert asyncio_log.filter(record(asyncio_log, "Task exception was never retrieved",
+                                     KeyError("x")))
+
+    passed = []
+    hook = checkpoint._drop_closed_loop_callbacks(passed.append)
+    closed = types.SimpleNamespace(exc_type=RuntimeError,
+                                   exc_value=RuntimeError("Event loop is closed"))
+    other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("other"))
+    hook(closed)
+    hook(other)
+    assert passed == [other]
+    Checkpointer(tmp_path).close()  # installed once
+    assert sum(isinstance(f, checkpoint._DropWriteFailureNoise) for f in absl.filters) == 1
+
+
+def _mount_tmpfs(path, size):
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_a_save_gives_one_line(tmp_path):
+    """Pre-training on small real file systems (tmpfs; needs mount rights): whether the disk
+    fills before a save (the free-space check) or while orbax writes it, stderr is one error
+    line (exit status 2) whose advice matches the directory: the step it calls intact is the
+    newest complete one and resumes, or there is none and the run starts again."""
+    import re
+
+    from critkl.infra.checkpoint import latest_checkpoint_step
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount_tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here")
+    subprocess.run(["umount", str(disk)], check=True)
+    for size in ("1400k", "1500k", "1600k", "1650k", "1700k", "1800k"):
+        assert _mount_tmpfs(disk, size)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", "import sys; from critkl import cli; sys.exit(cli.main())",
+                 "pretrain", "--model", "tiny", "--max-digits", "1", "--eval-extra-digits", "0",
+                 "--steps", "40", "--warmup-steps", "0", "--checkpoint-every", "2",
+                 "--eval-every", "20", "--log-every", "10", "--run-dir", str(disk / "run")],
+                capture_output=True, text=True, timeout=600)
+            latest = latest_checkpoint_step(disk / "run")
+        finally:
+            subprocess.run(["umount", str(disk)], check=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (size, done.stderr[-3000:])
+        assert lines[0].startswith("critkl pretrain: error: "), lines[0]
+        intact = re.search(r"the last complete checkpoint, step (\d+), is intact", lines[0])
+        if intact:
+            assert int(intact[1]) == latest and lines[0].endswith("with --resume."), lines[0]
+        else:
+            assert latest is None and lines[0].endswith("start the run again."), lines[0]
+
+
 def test_a_run_directory_is_locked_while_a_run_holds_it(tmp_path):
     """open_run takes run.lock (pid and host) until its checkpointer is closed: meanwhile a
     second open is refused naming the owner; a lock of a process gone from this host is

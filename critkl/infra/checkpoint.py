@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 from typing import Any, Iterable
 
 import jax
@@ -200,6 +202,47 @@ def _from_restored(target: Any, restored: Any) -> Any:
     return restored
 
 
+# What orbax's background threads log when a write fails for lack of space: the save's
+# error reaches the user once, as `Checkpointer._save_failed`'s one line.
+_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left on device", "Event loop is closed")
+
+
+class _DropWriteFailureNoise(logging.Filter):
+    """Drops log records (message or attached traceback) that repeat a failed write."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        error, seen = record.exc_info[1] if record.exc_info else None, set()
+        while error is not None and id(error) not in seen:  # the error and its causes
+            seen.add(id(error))
+            text += f"\n{error}"
+            error = error.__cause__ or error.__context__
+        return not any(failure in text for failure in _WRITE_FAILURES)
+
+
+def _quiet_write_failures() -> None:
+    """Install `_DropWriteFailureNoise` on the loggers orbax's threads and asyncio write to,
+    and `_drop_closed_loop_callbacks` as the unraisable-exception hook (once)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropWriteFailureNoise) for f in logger.filters):
+            logger.addFilter(_DropWriteFailureNoise())
+    if not getattr(sys.unraisablehook, "drops_write_failure_noise", False):
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _drop_closed_loop_callbacks(previous):
+    """An unraisable-exception hook that ignores tensorstore's write callbacks finding
+    orbax's event loop closed after a failed save (one traceback per pending write) and
+    passes every other exception to `previous`."""
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_write_failure_noise = True
+    return hook
+
+
 class Checkpointer:
     """Step checkpoints of a pytree under ``run_dir/checkpoints``.
 
@@ -217,6 +260,7 @@ class Checkpointer:
     ):
         if not create and not os.path.isdir(run_dir):
             raise missing_run_dir(run_dir)
+        _quiet_write_failures()
         self.directory = _checkpoint_dir(run_dir)
         self.checksums = os.path.join(os.path.dirname(self.directory), CHECKSUM_SUBDIR)
         options = ocp.CheckpointManagerOptions(
@@ -230,15 +274,17 @@ class Checkpointer:
         """Start saving ``state`` as checkpoint ``step`` (pruning old steps).
 
         Raises CheckpointError if an earlier asynchronous save failed, so that a run
-        never goes on believing its work is saved."""
-        self._raise_failed_saves()
+        never goes on believing its work is saved. The previous save is finished first (orbax
+        would wait for it anyway), so that the free space and the last complete step are
+        known."""
+        self.wait()
         self._check_free_space(step, state)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
         if jax.process_index() == 0:
             os.makedirs(self.checksums, exist_ok=True)
             files.write_atomic(self._checksum_path(step), (state_digest(state) or SHARDED) + "\n")
-        try:  # orbax first waits for the previous save, and raises its error here
+        try:
             self._manager.save(
                 int(step),
                 args=ocp.args.StandardSave(jax.tree.map(_to_storable, state)),
