@@ -15,8 +15,8 @@ import pytest
 from critkl import strategy
 from critkl.tasks import multiplication_reference as ref
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes
-from critkl.tasks.multiplication import (Factors, Multiplication, factors_from_ints,
-                                         factors_to_ints)
+from critkl.env.problems import Operands, operands_from_ints, operands_to_ints
+from critkl.tasks.multiplication import Multiplication
 
 VOCAB = Multiplication.vocabulary
 ROLE_NAMES = Multiplication.role_names
@@ -65,8 +65,8 @@ def specials(d: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def concatenate(*factors: Factors) -> Factors:
-    return Factors(*(np.concatenate([np.asarray(f[k]) for f in factors]) for k in range(4)))
+def concatenate(*factors: Operands) -> Operands:
+    return Operands(*(np.concatenate([np.asarray(f[k]) for f in factors]) for k in range(4)))
 
 
 def annotation_arrays(a: int, b: int):
@@ -88,9 +88,9 @@ def test_renderer_matches_reference(task):
     keys = jax.random.split(jax.random.key(d), 3)
     count = 1800 // d
     draws = [task.sample_rl(keys[0], count), task.sample_pretraining(keys[1], count),
-             task.sample_level(keys[2], count // 2, d), factors_from_ints(specials(d), d)]
+             task.sample_level(keys[2], count // 2, d), operands_from_ints(specials(d), d)]
     factors = concatenate(*draws)
-    pairs = factors_to_ints(factors)
+    pairs = operands_to_ints(factors)
     episodes = render(task, factors)
     size = task.max_episode_length()
     assert episodes.tokens.shape == (len(pairs), size)
@@ -208,8 +208,8 @@ def test_score_matches_reference_judge_on_damaged_episodes():
     task = TASK
     d = task.max_level
     factors = concatenate(task.sample_rl(jax.random.key(10), 900),
-                          factors_from_ints(specials(d) * 9, d))
-    pairs = factors_to_ints(factors)
+                          operands_from_ints(specials(d) * 9, d))
+    pairs = operands_to_ints(factors)
     episodes = render(task, factors)
     tokens, kinds = mutate(episodes, seed=0)
     outcome = score(task, tokens, episodes)
@@ -327,7 +327,7 @@ def test_critical_positions_match_reference():
     task = TASK
     d = task.max_level
     factors = concatenate(task.sample_rl(jax.random.key(20), 400),
-                          factors_from_ints(specials(d), d))
+                          operands_from_ints(specials(d), d))
     episodes = render(task, factors)
     critical = np.asarray(task.critical_positions(episodes))
     kinds = task.critical_kinds(episodes)
@@ -335,7 +335,7 @@ def test_critical_positions_match_reference():
     tokens = np.asarray(episodes.tokens)
     assert (comma | np.asarray(kinds["digit"])).tolist() == critical.tolist()
     assert (tokens[comma] == VOCAB.token_id(",")).all()
-    for row, (a, b) in enumerate(factors_to_ints(factors)):
+    for row, (a, b) in enumerate(operands_to_ints(factors)):
         assert np.nonzero(critical[row])[0].tolist() == ref.critical_positions(a, b, task.n)
     assert critical.any(axis=1).sum() > 200  # most RL problems have an operand beyond n
 
@@ -357,9 +357,9 @@ def test_decision_codes_match_reference_keys():
     d = task.max_level
     factors = concatenate(task.sample_pretraining(jax.random.key(21), 200),
                           task.sample_level(jax.random.key(22), 100, d),
-                          factors_from_ints(specials(d), d))
+                          operands_from_ints(specials(d), d))
     codes = decision_codes(task, render(task, factors))
-    for row, (a, b) in enumerate(factors_to_ints(factors)):
+    for row, (a, b) in enumerate(operands_to_ints(factors)):
         got = {int(t): task.key_of_code(int(codes[row, t])) for t in np.nonzero(codes[row] >= 0)[0]}
         assert got == ref.decision_keys(a, b), (a, b)
     # a code is the key's code, and decodes back
@@ -443,11 +443,11 @@ def test_sample_level_refuses_other_levels():
 def test_problems_from_text():
     task = Multiplication(3, 1)
     factors = task.problems_from_text(["47*36", " 0 * 9999 ", "5*5"])
-    assert factors_to_ints(factors) == [(47, 36), (0, 9999), (5, 5)]
+    assert operands_to_ints(factors) == [(47, 36), (0, 9999), (5, 5)]
     assert factors.a.shape == (3, 4)
     assert task.problems_from_text([]).a.shape == (0, 4)
     for row in ["47+36", "4a*3", "12345*1", "*5", "", "1*2*3", "-1*2", "1.5*2", "07*3"]:
         with pytest.raises(ValueError, match=re.escape(f"problem {row!r}")):
             task.problems_from_text(["1*1", row])
     with pytest.raises(ValueError, match="operand -1"):
-        factors_from_ints([(-1, 2)], 4)
+        operands_from_ints([(-1, 2)], 4)

@@ -1,4 +1,5 @@
-"""Addition problems: operands as digit arrays, sampled in jnp or built from Python ints.
+"""Problems on two numbers (addition's, multiplication's): operands as digit arrays, sampled
+in jnp or built from Python ints.
 
 Numbers are digit arrays, least significant digit first, zero past their length, so the
 default 32-bit JAX handles operands of up to `MAX_SUPPORTED_DIGITS` digits exactly. The task's
@@ -17,7 +18,7 @@ MAX_SUPPORTED_DIGITS = 20
 
 
 class Operands(NamedTuple):
-    """A batch of addition problems a + b."""
+    """A batch of problems on two numbers a and b (a + b, a * b)."""
 
     a: jax.Array      # [B, D] int32 digits, least significant first
     b: jax.Array      # [B, D] int32
@@ -47,7 +48,9 @@ def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.
     return jnp.where(position < lengths[:, None], digits, 0)
 
 
-def _operands(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: int) -> Operands:
+def sample_operands(rng: jax.Array, a_len: jax.Array, b_len: jax.Array,
+                    max_digits: int) -> Operands:
+    """Uniform numbers of a_len and b_len [B] digits, in arrays of max_digits."""
     a_rng, b_rng = jax.random.split(rng)
     return Operands(
         _sample_numbers(a_rng, a_len, max_digits),
@@ -61,7 +64,7 @@ def sample_pretraining(rng: jax.Array, batch: int, n: int, digits: int) -> Opera
     """"Up to N digits": each operand's digit count uniform in 1..n; arrays `digits` wide."""
     len_rng, num_rng = jax.random.split(rng)
     lengths = jax.random.randint(len_rng, (2, batch), 1, n + 1, jnp.int32)
-    return _operands(num_rng, lengths[0], lengths[1], digits)
+    return sample_operands(num_rng, lengths[0], lengths[1], digits)
 
 
 def sample_rl(rng: jax.Array, batch: int, n: int, k: int, digits: int) -> Operands:
@@ -77,7 +80,7 @@ def sample_rl(rng: jax.Array, batch: int, n: int, k: int, digits: int) -> Operan
         other = short
     difficult = jnp.full((batch,), n + k, jnp.int32)
     swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
-    return _operands(
+    return sample_operands(
         num_rng, jnp.where(swap, other, difficult), jnp.where(swap, difficult, other), digits
     )
 
@@ -88,7 +91,12 @@ def sample_identical(rng: jax.Array, batch: int, length: int, max_digits: int) -
     if not 1 <= length <= max_digits:
         raise ValueError(f"length={length} must be in 1..max_digits={max_digits}")
     lengths = jnp.full((batch,), length, jnp.int32)
-    return _operands(rng, lengths, lengths, max_digits)
+    return sample_operands(rng, lengths, lengths, max_digits)
+
+
+def is_int(x) -> bool:
+    """Whether x is a Python or numpy integer (not a bool)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def operands_from_ints(pairs, max_digits: int) -> Operands:
@@ -100,8 +108,9 @@ def operands_from_ints(pairs, max_digits: int) -> Operands:
     for row, pair in enumerate(pairs):
         for side, value in enumerate(pair):
             text = str(value)
-            if value < 0 or len(text) > max_digits:
-                raise ValueError(f"operand {value} must have 1..{max_digits} digits")
+            if not is_int(value) or value < 0 or len(text) > max_digits:
+                raise ValueError(f"operand {value!r} must be an integer of 1..{max_digits} "
+                                 "digits")
             digits[side, row, : len(text)] = [int(c) for c in reversed(text)]
             lengths[side, row] = len(text)
     return Operands(digits[0], digits[1], lengths[0], lengths[1])

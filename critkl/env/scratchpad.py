@@ -10,13 +10,13 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from critkl import strategy as strategies, tokenizer
 from critkl.env.problems import Operands, check_digits
 from critkl.tasks.base import Episodes
 from critkl.tasks.chunks import in_chunks
-from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out
+from critkl.tasks.layout import lay_out
+from critkl.tasks.pool import PoolFormat, digit_list, most_significant_first
 from critkl.tokenizer import DIGIT_0
 
 RL_LENGTH_MARGIN = 100  # METHOD.md: an episode is cut at the longest scratchpad + 100
@@ -91,43 +91,7 @@ _CONSTANTS = {
 }
 
 
-def _encode(segments) -> np.ndarray:
-    return np.concatenate(
-        [tokenizer.encode(text) + ROLE_SHIFT * ROLE[role] for text, role in segments]
-    ).astype(np.int32)
-
-
-def _static_pool():
-    """All constants end to end, and each one's (offset, length) in it."""
-    slots, places, position = [], {}, 0
-    for name, segments in _CONSTANTS.items():
-        slots.append(_encode(segments))
-        places[name] = (position, slots[-1].shape[0])
-        position += slots[-1].shape[0]
-    return np.concatenate(slots), places
-
-
-_STATIC_POOL, _STATIC_PLACE = _static_pool()
-
-
-def _const(name: str, shown=True):
-    """Piece: a constant string of the format, if `shown`."""
-    offset, length = _STATIC_PLACE[name]
-    return offset, jnp.where(shown, length, 0)
-
-
-def _slots(digits, role: str, separator: int | None = None, indexed: bool = False):
-    """Pool entry for digits [D] in display order: `d0,d1,...` with `separator`
-    between digits ([2D] slots) or none ([D]). With `indexed`, digit j and the
-    separator before it carry list position j."""
-    size = digits.shape[-1]
-    index = jnp.arange(size) if indexed else jnp.full((size,), -1)
-    base = ROLE_SHIFT * ROLE[role]
-    packed = DIGIT_0 + digits + base + INDEX_SHIFT * (index + 1)
-    if separator is None:
-        return packed
-    after = jnp.broadcast_to(separator + base + INDEX_SHIFT * (index + 2 if indexed else 0), packed.shape)
-    return jnp.stack([packed, after], axis=-1).reshape(packed.shape[:-1] + (2 * size,))
+_FORMAT = PoolFormat(tokenizer.encode, DIGIT_0, ROLE, _CONSTANTS)
 
 
 def _template(parts, lines: int) -> jax.Array:
@@ -136,9 +100,9 @@ def _template(parts, lines: int) -> jax.Array:
     columns = []
     for value, role in parts:
         if isinstance(value, str):
-            columns += [jnp.full((lines,), int(c)) for c in _encode(((value, role),))]
+            columns += [_FORMAT.char(c, role, (lines,)) for c in value]
         else:
-            columns.append(DIGIT_0 + value + ROLE_SHIFT * ROLE[role])
+            columns.append(_FORMAT.digit(value, role))
     return jnp.stack(columns, axis=1)
 
 
@@ -177,18 +141,6 @@ def _column_sums(a: jax.Array, b: jax.Array):
     return sums, jnp.concatenate([carries, final[..., None]], axis=-1)
 
 
-def _msf(digits: jax.Array, length) -> jax.Array:
-    """Digits [D] (least significant first) of a `length`-digit number in display
-    order: most significant first, zeros past the length."""
-    j = jnp.arange(digits.shape[-1])
-    return jnp.where(j < length, digits[jnp.clip(length - 1 - j, 0, digits.shape[-1] - 1)], 0)
-
-
-def _list(offset, count, shown=True):
-    """Piece: the first `count` digits (with separators) of a pool list."""
-    return offset, jnp.where(shown & (count > 0), 2 * count - 1, 0)
-
-
 def _pieces_of_problem(a, b, a_len, b_len):
     """Pool [P], pieces (offsets [K], counts [K]) and result-line length of one problem's
     episode."""
@@ -205,30 +157,28 @@ def _pieces_of_problem(a, b, a_len, b_len):
     y = jnp.where(regular, b[column], 0)
     tails = _line_tails(carries[i], x, y)
     has_tens = (x + y + carries[i]) >= 10
+    digits, msf = _FORMAT.digits, most_significant_first
     entries = {
-        "prompt_a": _slots(_msf(a, a_len), "prompt"),
-        "prompt_b": _slots(_msf(b, b_len), "prompt"),
-        "list_a": _slots(_msf(a, a_len), "operand", COMMA_ID, indexed=True),
-        "list_b": _slots(_msf(b, b_len), "operand", COMMA_ID, indexed=True),
+        "prompt_a": digits(msf(a, a_len), "prompt"),
+        "prompt_b": digits(msf(b, b_len), "prompt"),
+        "list_a": digits(msf(a, a_len), "operand", COMMA_ID, indexed=True),
+        "list_b": digits(msf(b, b_len), "operand", COMMA_ID, indexed=True),
         # result digits D-1 .. 0: the A list of line i is its last i digits
-        "partial": _slots(sums[::-1] % 10, "partial_result", COMMA_ID),
-        "result": _slots(_msf(result_digits, n + final_carry), "result", _SPACE),
+        "partial": digits(sums[::-1] % 10, "partial_result", COMMA_ID),
+        "result": digits(msf(result_digits, n + final_carry), "result", _SPACE),
         "tails": tails.reshape(-1),
         "final_tail": _final_tail(final_carry),
     }
-    base, position = {}, len(_STATIC_POOL)
-    for name, slots in entries.items():
-        base[name] = position
-        position += slots.shape[0]
-    pool = jnp.concatenate([jnp.asarray(_STATIC_POOL)] + list(entries.values()))
+    pool, base = _FORMAT.pool(entries)
+    const = _FORMAT.piece
 
     line = [
-        _const("open", shown),
-        _list(base["list_a"], a_len - i, shown),
-        _const("between", shown),
-        _list(base["list_b"], b_len - i, shown),
-        _const("partial", shown),
-        _list(base["partial"] + 2 * (d - i), i, shown),
+        const("open", shown),
+        digit_list(base["list_a"], a_len - i, shown),
+        const("between", shown),
+        digit_list(base["list_b"], b_len - i, shown),
+        const("partial", shown),
+        digit_list(base["partial"] + 2 * (d - i), i, shown),
         # the line's tail up to its tens digit (included if s >= 10), or the final tail
         (jnp.where(final, base["final_tail"], base["tails"] + i * _TAIL_WIDTH),
          jnp.where(final, entries["final_tail"].shape[0],
@@ -237,11 +187,11 @@ def _pieces_of_problem(a, b, a_len, b_len):
          jnp.where(regular, _TAIL_WIDTH - _TENS_COLUMN - 1, 0)),
     ]
     head = [
-        _const("input"), (base["prompt_a"], a_len), _const("plus"), (base["prompt_b"], b_len),
-        _const("target"),
+        const("input"), (base["prompt_a"], a_len), const("plus"), (base["prompt_b"], b_len),
+        const("target"),
     ]
     result_digits_shown = n + final_carry
-    tail = [_const("end"), _list(base["result"], result_digits_shown), _const("result_end")]
+    tail = [const("end"), digit_list(base["result"], result_digits_shown), const("result_end")]
 
     def stack(pieces):  # -> offsets, counts [..., K]
         return tuple(

@@ -52,17 +52,18 @@ Shapes: B = batch, D = max_level (static), L = max_episode_length().
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from critkl import env, strategy as strategies, tokenizer
+from critkl.env.problems import Operands, is_int, operands_from_ints, sample_operands
 from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
 from critkl.tasks.chunks import in_chunks
-from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out, prefix_sum, round_up
+from critkl.tasks.layout import lay_out, prefix_sum, round_up
+from critkl.tasks.pool import PoolFormat, digit_list, most_significant_first
 
 # Addition's characters first (so the ids they share are addition's), then `*` and `S`.
 # `-`, `A` and `C` are addition's and unused here.
@@ -102,62 +103,6 @@ _STEP_WIDTH = len(" x*y+s+c=tu")           # a step's slots in the pool (tens al
 _TENS_COLUMN = len(" x*y+s+c=")
 
 
-class Factors(NamedTuple):
-    """A batch of multiplication problems a * b."""
-
-    a: jax.Array      # [B, D] int32 digits, least significant first, zero past the length
-    b: jax.Array      # [B, D] int32
-    a_len: jax.Array  # [B] int32 number of digits of a, in 1..D
-    b_len: jax.Array  # [B] int32
-
-
-def factors_from_ints(pairs, max_digits: int) -> Factors:
-    """[(a, b), ...] of non-negative Python ints of 1..max_digits digits -> Factors (numpy)."""
-    count = len(pairs)
-    digits = np.zeros((2, count, max_digits), np.int32)
-    lengths = np.zeros((2, count), np.int32)
-    for row, pair in enumerate(pairs):
-        for side, value in enumerate(pair):
-            text = str(value)
-            if not _is_int(value) or value < 0 or len(text) > max_digits:
-                raise ValueError(f"operand {value!r} must be an integer of 1..{max_digits} "
-                                 "digits")
-            digits[side, row, :len(text)] = [int(c) for c in reversed(text)]
-            lengths[side, row] = len(text)
-    return Factors(digits[0], digits[1], lengths[0], lengths[1])
-
-
-def factors_to_ints(factors: Factors) -> list[tuple[int, int]]:
-    """Factors -> [(a, b), ...] of Python ints."""
-    def value(digits, length):
-        return int("".join(str(d) for d in digits[:length][::-1]))
-
-    a, b, a_len, b_len = (np.asarray(x) for x in factors)
-    return [(value(a[i], a_len[i]), value(b[i], b_len[i])) for i in range(a.shape[0])]
-
-
-# ---------------------------------------------------------------- sampling
-
-def _sample_numbers(rng: jax.Array, lengths: jax.Array, max_digits: int) -> jax.Array:
-    """Uniform numbers of the given digit counts [B] -> digits [B, D]: a 1-digit number is
-    0..9, a longer one has a leading digit 1..9."""
-    digits_rng, lead_rng = jax.random.split(rng)
-    batch = lengths.shape[0]
-    digits = jax.random.randint(digits_rng, (batch, max_digits), 0, 10, jnp.int32)
-    lead = jax.random.randint(lead_rng, (batch, 1), 1, 10, jnp.int32)
-    position = jnp.arange(max_digits)[None, :]
-    is_lead = (position == lengths[:, None] - 1) & (lengths[:, None] > 1)
-    digits = jnp.where(is_lead, lead, digits)
-    return jnp.where(position < lengths[:, None], digits, 0)
-
-
-def _factors(rng: jax.Array, a_len: jax.Array, b_len: jax.Array, max_digits: int) -> Factors:
-    a_rng, b_rng = jax.random.split(rng)
-    return Factors(_sample_numbers(a_rng, a_len, max_digits),
-                   _sample_numbers(b_rng, b_len, max_digits),
-                   a_len.astype(jnp.int32), b_len.astype(jnp.int32))
-
-
 # ---------------------------------------------------------------- rendering
 #
 # As addition's scratchpad: an episode is a sequence of pieces (offset, count) of a
@@ -183,53 +128,7 @@ _CONSTANTS = {
 }
 
 
-def _encode(segments) -> np.ndarray:
-    return np.concatenate([_VOCABULARY.encode(text) + ROLE_SHIFT * ROLE[role]
-                           for text, role in segments]).astype(np.int32)
-
-
-def _static_pool():
-    """All constants end to end, and each one's (offset, length) in it."""
-    slots, places, position = [], {}, 0
-    for name, segments in _CONSTANTS.items():
-        slots.append(_encode(segments))
-        places[name] = (position, slots[-1].shape[0])
-        position += slots[-1].shape[0]
-    return np.concatenate(slots), places
-
-
-_STATIC_POOL, _STATIC_PLACE = _static_pool()
-
-
-def _const(name: str, shown=True):
-    """Piece: a constant string of the format, if `shown`."""
-    offset, length = _STATIC_PLACE[name]
-    return offset, jnp.where(shown, length, 0)
-
-
-def _digit_slots(digits, role: str, separator: int | None = None, indexed: bool = False):
-    """Pool entry for digits [..., K] in display order: `d0,d1,...` with `separator` after
-    each digit ([..., 2K] slots) or none ([..., K]). With `indexed`, digit j and the
-    separator before it carry list position j."""
-    size = digits.shape[-1]
-    index = jnp.arange(size) if indexed else jnp.full((size,), -1)
-    base = ROLE_SHIFT * ROLE[role]
-    packed = _DIGIT_0 + digits + base + INDEX_SHIFT * (index + 1)
-    if separator is None:
-        return packed
-    after = jnp.broadcast_to(separator + base + INDEX_SHIFT * (index + 2 if indexed else 0),
-                             packed.shape)
-    return jnp.stack([packed, after], axis=-1).reshape(packed.shape[:-1] + (2 * size,))
-
-
-def _msf(digits: jax.Array, length) -> jax.Array:
-    """Digits [..., K] (least significant first) of `length`-digit numbers [...] in display
-    order: most significant first, zeros past the length."""
-    size = digits.shape[-1]
-    j = jnp.arange(size)
-    length = jnp.asarray(length)[..., None]
-    source = jnp.clip(length - 1 - j, 0, size - 1)
-    return jnp.where(j < length, jnp.take_along_axis(digits, source, axis=-1), 0)
+_FORMAT = PoolFormat(_VOCABULARY.encode, _DIGIT_0, ROLE, _CONSTANTS)
 
 
 def _steps_of(a: jax.Array, b: jax.Array):
@@ -268,12 +167,10 @@ def _steps_of(a: jax.Array, b: jax.Array):
 
 def _step_slots(x, y, s, c, v) -> jax.Array:
     """Slots [D, D, _STEP_WIDTH] of every step ` x*y+s+c=tu` (tens always there)."""
-    def const(char, role="format"):
-        return jnp.full(x.shape, _VOCABULARY.token_id(char) + ROLE_SHIFT * ROLE[role])
+    def const(char):
+        return _FORMAT.char(char, "format", x.shape)
 
-    def digit(value, role):
-        return _DIGIT_0 + value + ROLE_SHIFT * ROLE[role]
-
+    digit = _FORMAT.digit
     columns = [const(" "), digit(x, "factor"), const("*"), digit(y, "factor"), const("+"),
                digit(s, "addend"), const("+"), digit(c, "carry"), const("="),
                digit(v // 10, "product"), digit(v % 10, "product")]
@@ -293,23 +190,18 @@ def _pieces_of_problem(a, b, a_len, b_len):
     j = jnp.arange(d + 1)                         # scratch lines j = 0..D
     sum_length = jnp.where(j == 0, 0, _significant(sums))
     final_length = sum_length[d]                  # S never changes after line b_len - 1
+    digits, msf = _FORMAT.digits, most_significant_first
     entries = {
-        "prompt_a": _digit_slots(_msf(a, a_len), "prompt"),
-        "prompt_b": _digit_slots(_msf(b, b_len), "prompt"),
-        "list_a": _digit_slots(_msf(a, a_len), "operand", _COMMA, indexed=True),
-        "list_b": _digit_slots(_msf(b, b_len), "operand", _COMMA, indexed=True),
-        "sums": _digit_slots(_msf(sums, sum_length), "partial_sum", _COMMA).reshape(-1),
+        "prompt_a": digits(msf(a, a_len), "prompt"),
+        "prompt_b": digits(msf(b, b_len), "prompt"),
+        "list_a": digits(msf(a, a_len), "operand", _COMMA, indexed=True),
+        "list_b": digits(msf(b, b_len), "operand", _COMMA, indexed=True),
+        "sums": digits(msf(sums, sum_length), "partial_sum", _COMMA).reshape(-1),
         "steps": _step_slots(x, y, s, c, v).reshape(-1),
-        "result": _digit_slots(_msf(sums[d], final_length), "result", _SPACE),
+        "result": digits(msf(sums[d], final_length), "result", _SPACE),
     }
-    base, position = {}, len(_STATIC_POOL)
-    for name, slots in entries.items():
-        base[name] = position
-        position += slots.shape[0]
-    pool = jnp.concatenate([jnp.asarray(_STATIC_POOL)] + list(entries.values()))
-
-    def digit_list(offset, count, shown):
-        return offset, jnp.where(shown & (count > 0), 2 * count - 1, 0)
+    pool, base = _FORMAT.pool(entries)
+    const, place = _FORMAT.piece, _FORMAT.place
 
     shown, regular, final = j <= b_len, j < b_len, j == b_len
     row = jnp.minimum(j, d - 1)[:, None]          # a line's row of steps
@@ -321,28 +213,28 @@ def _pieces_of_problem(a, b, a_len, b_len):
         jnp.stack([step_at, step_at + _TENS_COLUMN + 1], -1).reshape(d + 1, 2 * d),
         jnp.stack([jnp.where(doing, _TENS_COLUMN + tens, 0), jnp.where(doing, 1, 0)],
                   -1).reshape(d + 1, 2 * d))
-    end_offset, end_count = _STATIC_PLACE["end"]
-    steps_offset, steps_count = _STATIC_PLACE["steps"]
+    end_offset, end_count = place["end"]
+    steps_offset, steps_count = place["steps"]
     line = [
-        _const("open", shown),
+        const("open", shown),
         digit_list(base["list_a"], a_len, shown),
-        _const("times", shown),
+        const("times", shown),
         digit_list(base["list_b"], b_len - j, shown),
-        _const("sum", shown),
+        const("sum", shown),
         digit_list(base["sums"] + j * 4 * d, sum_length, shown),
         (jnp.where(final, end_offset, steps_offset),
          jnp.where(final, end_count, jnp.where(regular, steps_count, 0))),
     ]
     line_offsets = jnp.concatenate(
         [jnp.stack([jnp.broadcast_to(p[0], j.shape) for p in line], -1), step_pieces[0],
-         jnp.full((d + 1, 1), _STATIC_PLACE["newline"][0])], axis=1)
+         jnp.full((d + 1, 1), place["newline"][0])], axis=1)
     line_counts = jnp.concatenate(
         [jnp.stack([jnp.broadcast_to(p[1], j.shape) for p in line], -1), step_pieces[1],
-         _const("newline", regular)[1][:, None]], axis=1)
-    head = [_const("input"), (base["prompt_a"], a_len), _const("times_prompt"),
-            (base["prompt_b"], b_len), _const("target")]
-    tail = [_const("close"), digit_list(base["result"], final_length, True),
-            _const("result_end")]
+         const("newline", regular)[1][:, None]], axis=1)
+    head = [const("input"), (base["prompt_a"], a_len), const("times_prompt"),
+            (base["prompt_b"], b_len), const("target")]
+    tail = [const("close"), digit_list(base["result"], final_length, True),
+            const("result_end")]
     offsets = jnp.concatenate([jnp.stack([jnp.asarray(p[0]) for p in head]),
                                line_offsets.reshape(-1),
                                jnp.stack([jnp.asarray(p[0]) for p in tail])])
@@ -350,10 +242,6 @@ def _pieces_of_problem(a, b, a_len, b_len):
                               line_counts.reshape(-1),
                               jnp.stack([jnp.asarray(p[1]) for p in tail])])
     return pool, offsets.astype(jnp.int32), counts.astype(jnp.int32), 2 * final_length
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _max_length(d: int) -> int:
@@ -373,7 +261,7 @@ def _max_length(d: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Multiplication(TextTask):
     """Multiplication up to n digits per operand, RL on n + extra; digit arrays n + extra
-    wide (Factors [B, n + extra])."""
+    wide (Operands [B, n + extra])."""
 
     name: ClassVar[str] = "multiplication"
     vocabulary: ClassVar[Vocabulary] = _VOCABULARY
@@ -399,13 +287,13 @@ class Multiplication(TextTask):
         return prompt + frame + line + final_line + len("1\n")
 
     # ------------------------------------------------------------ problems
-    def sample_pretraining(self, rng: jax.Array, batch: int) -> Factors:
+    def sample_pretraining(self, rng: jax.Array, batch: int) -> Operands:
         """"Up to N digits": each operand's digit count uniform in 1..n."""
         len_rng, num_rng = jax.random.split(rng)
         lengths = jax.random.randint(len_rng, (2, batch), 1, self.n + 1, jnp.int32)
-        return _factors(num_rng, lengths[0], lengths[1], self.max_level)
+        return sample_operands(num_rng, lengths[0], lengths[1], self.max_level)
 
-    def sample_rl(self, rng: jax.Array, batch: int) -> Factors:
+    def sample_rl(self, rng: jax.Array, batch: int) -> Operands:
         """RL on N+k (k = extra), as addition's: one operand ("difficult", a fair coin picks
         which) has exactly n+k digits; the other has 1..n digits half the time and
         n+1..n+k the other half (1..n always when k = 0). Also the "varying lengths"
@@ -420,18 +308,18 @@ class Multiplication(TextTask):
             other = short
         difficult = jnp.full((batch,), n + k, jnp.int32)
         swap = jax.random.bernoulli(swap_rng, 0.5, (batch,))
-        return _factors(num_rng, jnp.where(swap, other, difficult),
+        return sample_operands(num_rng, jnp.where(swap, other, difficult),
                         jnp.where(swap, difficult, other), self.max_level)
 
-    def sample_level(self, rng: jax.Array, batch: int, level: int) -> Factors:
+    def sample_level(self, rng: jax.Array, batch: int, level: int) -> Operands:
         """Both operands exactly `level` digits, in 1..max_level (paper Table 4)."""
-        if not _is_int(level) or not 1 <= level <= self.max_level:
+        if not is_int(level) or not 1 <= level <= self.max_level:
             raise ValueError(f"level={level!r} is not supported: allowed 1..{self.max_level} "
                              "(n + extra)")
         lengths = jnp.full((batch,), level, jnp.int32)
-        return _factors(rng, lengths, lengths, self.max_level)
+        return sample_operands(rng, lengths, lengths, self.max_level)
 
-    def problems_from_text(self, rows: list[str]) -> Factors:
+    def problems_from_text(self, rows: list[str]) -> Operands:
         """Rows "a*b" of non-negative integers of 1..max_level digits, without leading zeros
         (numpy arrays); ValueError naming the bad row."""
         pairs = []
@@ -445,22 +333,22 @@ class Multiplication(TextTask):
                                  f"1..{self.max_level} digits written a*b without leading zeros, "
                                  "e.g. '47*36'")
             pairs.append((int(digits[0]), int(digits[1])))
-        return factors_from_ints(pairs, self.max_level)
+        return operands_from_ints(pairs, self.max_level)
 
     # ------------------------------------------------------------ episodes
-    def render(self, problems: Factors,
+    def render(self, problems: Operands,
                strategy: strategies.Strategy | None = None) -> Episodes:
         """Prompt and full correct target of every problem: Episodes [B, L]. On a CPU
         (`strategy`, default: the default devices') large batches go in chunks of rows."""
         d = self.max_level
         chex.assert_shape([problems.a, problems.b], (None, d))
-        problems = Factors(*(jnp.asarray(x, jnp.int32) for x in problems))
+        problems = Operands(*(jnp.asarray(x, jnp.int32) for x in problems))
         size = self.max_episode_length()
         return in_chunks(lambda rows: self._render_rows(rows, size), problems, size,
                          strategies.resolve(strategy).row_chunk_elements)
 
     @staticmethod
-    def _render_rows(problems: Factors, size: int) -> Episodes:
+    def _render_rows(problems: Operands, size: int) -> Episodes:
         pool, offsets, counts, result_length = jax.vmap(_pieces_of_problem)(*problems)
         tokens, role, index, length = lay_out(pool, offsets, counts, size)
         prompt_length = problems.a_len + problems.b_len + _PROMPT_EXTRA
@@ -538,9 +426,9 @@ class Multiplication(TextTask):
         """The code of (line, role, list, ordinal); the same at every level."""
         key = tuple(key)
         lines = self.max_supported_level + 1
-        if (len(key) != 4 or not _is_int(key[0]) or not 1 <= key[0] <= lines
+        if (len(key) != 4 or not is_int(key[0]) or not 1 <= key[0] <= lines
                 or key[1] not in SCRATCH_ROLES or key[2] not in _PARTS
-                or not _is_int(key[3]) or not 0 <= key[3] < _MAX_ORDINAL):
+                or not is_int(key[3]) or not 0 <= key[3] < _MAX_ORDINAL):
             raise ValueError(f"not a decision key: {key!r} (line in 1..{lines}, "
                              f"role in {SCRATCH_ROLES}, list in {_PARTS}, ordinal in "
                              f"0..{_MAX_ORDINAL - 1})")
