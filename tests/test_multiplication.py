@@ -104,8 +104,8 @@ def test_renderer_matches_reference(task):
               and episodes.prompt_length[row] == len(ref.prompt_text(a, b))
               and episodes.result_length[row] == len(ref.result_line(text)) + 1
               and np.array_equal(episodes.role[row, :length], role)
-              and np.array_equal(episodes.operand_index[row, :length], index)
-              and (episodes.operand_index[row, length:] == -1).all())
+              and np.array_equal(episodes.list_index[row, :length], index)
+              and (episodes.list_index[row, length:] == -1).all())
         if not ok:
             bad.append((a, b))
     assert not bad, f"{len(bad)} problems differ, e.g. {bad[:5]}"

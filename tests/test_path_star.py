@@ -69,9 +69,9 @@ def check_episodes(task: PathStar, problems, episodes) -> list[ref.Problem]:
         assert (episodes.role[b, :prompt] == ROLE["prompt"]).all()
         assert (episodes.role[b, prompt:length - 1] == want_role).all()
         assert episodes.role[b, length - 1] == ROLE["format"]
-        assert (episodes.operand_index[b, prompt:length - 1] == k).all()
-        assert (episodes.operand_index[b, :prompt] == -1).all()
-        assert (episodes.operand_index[b, length - 1:] == -1).all()
+        assert (episodes.list_index[b, prompt:length - 1] == k).all()
+        assert (episodes.list_index[b, :prompt] == -1).all()
+        assert (episodes.list_index[b, length - 1:] == -1).all()
     return reference
 
 

@@ -133,7 +133,7 @@ def test_addition_through_the_interface_is_the_environment():
             np.testing.assert_array_equal(x, y)
     episodes = task.render(pairs[1][0])
     np.testing.assert_array_equal(task.critical_positions(episodes),
-                                  episodes.operand_index >= 3)
+                                  episodes.list_index >= 3)
     kinds = task.critical_kinds(episodes)
     np.testing.assert_array_equal(kinds["comma"] | kinds["digit"],
                                   task.critical_positions(episodes))

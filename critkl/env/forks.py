@@ -41,5 +41,5 @@ def render_closed_early(operands: Operands, close: jax.Array, length: int) -> Ep
         return jnp.where(in_prompt, whole, jnp.take_along_axis(tail, source, axis=1))
 
     return Episodes(splice(full.tokens, cut.tokens), full.prompt_length, cut.length + shift,
-                    splice(full.role, cut.role), splice(full.operand_index, cut.operand_index),
+                    splice(full.role, cut.role), splice(full.list_index, cut.list_index),
                     cut.result_length)

@@ -34,7 +34,7 @@ def score(tokens: jax.Array, reference: Episodes,
     (default: the default devices'): in chunks of rows on a CPU.
     """
     chex.assert_rank(tokens, 2)
-    needed = reference._replace(role=None, operand_index=None)  # scoring does not read these
+    needed = reference._replace(role=None, list_index=None)  # scoring does not read these
     return in_chunks(lambda rows: _score_rows(*rows), (tokens, needed), tokens.shape[1],
                      strategies.resolve(strategy).row_chunk_elements)
 

@@ -233,4 +233,4 @@ def critical_positions(episodes: Episodes, n: int) -> jax.Array:
     The digits of an operand list beyond list position n, and the commas before
     them (METHOD.md section 2). The expected token at each is `episodes.tokens`.
     """
-    return episodes.operand_index >= n
+    return episodes.list_index >= n

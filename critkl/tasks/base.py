@@ -76,8 +76,8 @@ class Episodes(NamedTuple):
     prompt_length: jax.Array  # [B] int32
     length: jax.Array         # [B] int32 prompt + target
     role: jax.Array           # [B, L] int32 index into the task's ROLE_NAMES; 0 = "prompt"
-    operand_index: jax.Array  # [B, L] int32 the task's list position of a token (addition:
-                              # operand list position j); -1 elsewhere
+    list_index: jax.Array     # [B, L] int32 position of a token in its list (addition: an
+                              # operand's digit j); -1 outside lists
     result_length: jax.Array  # [B] int32 tokens of the answer line that `score` compares
 
 

@@ -373,7 +373,7 @@ class Multiplication(TextTask):
         """The digits of an a or b list beyond list position n, and the commas before them,
         on every scratch line: [B, L] bool. The expected token at each is
         `episodes.tokens`."""
-        return episodes.operand_index >= self.n
+        return episodes.list_index >= self.n
 
     def critical_kinds(self, episodes: Episodes) -> dict[str, jax.Array]:
         """The commas and the digits of operand lists beyond n."""

@@ -280,7 +280,7 @@ class PathStar(TextTask):
         succeeds iff it ended at a newline and, that newline included, equals the reference
         answer. Never raises, never NaN. `strategy`: in chunks of rows on a CPU."""
         chex.assert_rank(tokens, 2)
-        needed = reference._replace(role=None, operand_index=None)  # not read here
+        needed = reference._replace(role=None, list_index=None)  # not read here
         return in_chunks(lambda rows: self._score_rows(*rows), (tokens, needed),
                          tokens.shape[1], strategies.resolve(strategy).row_chunk_elements)
 
@@ -324,9 +324,9 @@ class PathStar(TextTask):
         position = jnp.arange(episodes.tokens.shape[1])[None, :]
         answer = (position >= episodes.prompt_length[:, None]) & (
             position < episodes.length[:, None])
-        node = answer & (episodes.operand_index >= 0)
+        node = answer & (episodes.list_index >= 0)
         end = answer & (episodes.role == ROLE["format"])
-        return jnp.where(node, episodes.operand_index,
+        return jnp.where(node, episodes.list_index,
                          jnp.where(end, self._end_code, -1)).astype(jnp.int32)
 
     @property
