@@ -561,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
     experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta, "
-                            "mechanism, detectors, weightings, frontier; or a scale (mini, tiny, "
-                            "paper) for the main job at that scale")
+                            "mechanism, detectors, weightings, frontier, paper-setting; or a scale "
+                            "(mini, tiny, paper) for the main job at that scale")
     experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU) (default mini)")
     experiment.add_argument("--out", default="runs/experiments",
                             help="output folder (models pre-trained here are reused; default "

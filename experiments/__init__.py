@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple
 from critkl.infra import provenance
 from critkl.runs.outputs import Output
 from experiments import (accuracy, beta, certainty, critical, detectors, frontier, levels, main,
-                         mechanism, weightings)
+                         mechanism, paper_setting, weightings)
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -46,6 +46,9 @@ EXPERIMENTS = {
                             "critical tokens (precision-recall)", detectors.run),
     "weightings": Experiment("beyond the paper: standard KL, prioritized KL, 80/20, Archer and "
                              "KL-Cov side by side", weightings.run),
+    "paper-setting": Experiment("Tables 1, 4, 5 across N and Figures 6, 7 at N+1 with models "
+                                "never pre-trained on longer problems (the paper's setting)",
+                                paper_setting.run),
     "frontier": Experiment("beyond the paper: learning on N+1 against retention, no KL, the "
                            "standard KL's frontier and the prioritized KL", frontier.run),
 }

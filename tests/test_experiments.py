@@ -33,6 +33,9 @@ EXPECTED_FILES = {
     "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
     "frontier": {"frontier.md", "frontier.json", "frontier.png", "frontier_likelihood.png",
                  "critical.json"},
+    "paper-setting": {"accuracy.png", "accuracy_n1.md", "table1.md", "certainty.json",
+                      "critical.json", "rl.md", "rl.json", "sampled_success.png",
+                      "pass_at_1.png", "comfort_zone.png"},
 }
 
 
@@ -142,10 +145,15 @@ def test_shipped_causal_map_is_what_its_command_measures():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta",
-                                  "mechanism", "detectors", "weightings"])
+                                  "mechanism", "detectors", "weightings", "paper-setting"])
 def test_entry_tiny(work_dir, name):
     folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
     _check_outputs(folder, name)
+    if name == "paper-setting":  # every arm ran on the same seeds, the paper's settings too
+        rl = json.loads((folder / "rl.json").read_text())
+        assert list(rl["summary"]) == ["no-kl", "standard", "prioritized-beta150"]
+        assert all(row["runs"] == 2 for row in rl["summary"].values())
+        assert rl["paper_summary"]["paper-settings"]["runs"] == 1
 
 
 @pytest.mark.parametrize("argv, message", [

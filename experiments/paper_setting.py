@@ -1,0 +1,140 @@
+"""The paper's own setting: models pre-trained up to N digits and never on longer problems,
+RL on N+1 (issue 34).
+
+1. Tables 4 and 5: each model of `levels` at N..N+3 digits, identical and varying lengths,
+   greedy pass@1 with Wilson intervals, and the failure profile at N+1 (the share of first
+   errors at structural critical tokens, by role);
+2. Table 1 and Figure 5: certainty at critical tokens on (N+1)-digit episodes, per level;
+3. the causal critical-token map of the largest model on N+1, and what its KL-regularised
+   optimum predicts for each RL arm (prediction.md, written before any RL run);
+4. Figures 6 and 7 at N+1: no KL, the standard KL and the prioritized KL at each beta, one
+   vmapped sweep of the same seeds per arm (the same problems in every arm), paired by seed
+   against the standard KL;
+5. the paper's own RL settings (Table 3 and the authors' code) as one more arm, on fewer seeds.
+
+Run: `critkl experiment paper-setting --scale tiny|mini|paper` (resumable: pre-trainings and
+sweeps cut off resume, finished ones are reused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from critkl.analysis import causal
+from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, CausalMapConfig, LossConfig
+from critkl.runs import finetuning, plots
+from critkl.runs.outputs import Output
+from experiments import accuracy, certainty, frontier, kl_comparison
+from experiments.models import pretrained_model
+from experiments.rl_settings import RL_SETTINGS, RLSettings, run_sweep
+
+# The paper's prioritized-KL experiment (METHOD.md, Table 3 and the authors' scripts): 8
+# collects of 50 episodes, A2C, learning rate 1e-6, KL coefficient 5 with beta 150, their
+# temperatures, GAE lambda 0.95.
+PAPER_RL = RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100, ppo_epochs=1,
+                      minibatches=1, learning_rate=1e-6, kl_coef=5.0, **PAPER_TEMPERATURES)
+PAPER_LAMBDA = 0.95
+
+# Pre-training levels N (RL on the largest + 1), problems per accuracy cell, episodes sampled
+# per accuracy cell at temperature 1; the RL arms' KL coefficient and betas; their seeds (none
+# an earlier experiment used) and the paper-settings arm's.
+SETTINGS = {
+    "tiny": dict(levels=(1,), problems=8, sampled_episodes=8, causal_problems=4, kl_coef=0.5,
+                 betas=(DEFAULT_BETA,), seeds=[0, 1], paper_seeds=[0]),
+    "mini": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200, causal_problems=32,
+                 kl_coef=0.5, betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
+                 paper_seeds=[2000, 2001, 2002]),
+    "paper": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200, causal_problems=64,
+                  kl_coef=0.5, betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
+                  paper_seeds=[2000, 2001, 2002]),
+}
+BASELINE = "standard"
+
+
+def rl_arms(kl_coef: float, betas: tuple[float, ...]) -> tuple[frontier.Arm, ...]:
+    """No KL, the standard KL, the prioritized KL at each beta (all at kl_coef)."""
+    return ((frontier.Arm("no-kl", 0.0, 0.0), frontier.Arm(BASELINE, kl_coef, 0.0))
+            + tuple(frontier.Arm(f"prioritized-beta{b:g}", kl_coef, b) for b in betas))
+
+
+def causal_map(plan: dict, params, pre_config, output: Output, print_fn) -> list:
+    """The map's rows (critical.json in the output folder: reused, else measured on N+1)."""
+    path = output.folder / "critical.json"
+    if path.exists():
+        print_fn(f"causal map: reusing {path}")
+    else:
+        settings = CausalMapConfig(problems=plan["causal_problems"])
+        record = kl_comparison.measure_causal_map(params, pre_config.model_config,
+                                                  pre_config.text_task, settings, print_fn)
+        kl_comparison.write_causal_map(output, record, plan["kl_coef"])
+    return json.loads(path.read_text())["rows"]
+
+
+def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
+    plan = SETTINGS[scale]
+    top = max(plan["levels"])
+    print_fn(f"\n== 1/4 accuracy (Tables 4, 5) of the models pre-trained up to "
+             f"{', '.join(map(str, plan['levels']))} digits")
+    curves = []
+    for n in plan["levels"]:  # accuracy_n{n}.md: the table and the failure profile at N+1
+        curves += accuracy.evaluate_level(
+            scale, n, output, work_dir, problems=plan["problems"],
+            sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)[1]
+    accuracy.plot(output, curves)
+
+    print_fn(f"\n== 2/4 certainty at critical tokens (Table 1) on N+1 digits, N = "
+             f"{', '.join(map(str, plan['levels']))}")
+    certainty.run(scale, output, work_dir, print_fn, levels=plan["levels"])
+
+    print_fn(f"\n== 3/4 the causal map of the model pre-trained up to {top} digits, on "
+             f"{top + 1} digits")
+    pre_config, params = pretrained_model(scale, top, work_dir, print_fn)
+    rows = causal_map(plan, params, pre_config, output, print_fn)
+    arms = rl_arms(plan["kl_coef"], plan["betas"])
+    if any(row.get("critical") for row in rows):
+        output.markdown("prediction.md", frontier.predictions(rows, arms))
+    keys = causal.critical_keys(rows)
+
+    print_fn(f"\n== 4/4 RL on {top + 1} digits (Figures 6, 7): {len(arms)} arms of "
+             f"{len(plan['seeds'])} seeds, then the paper's settings on "
+             f"{len(plan['paper_seeds'])} seeds")
+    runs, summary = [], {}
+    settings = RL_SETTINGS[scale]
+    config = dataclasses.replace(settings.config(top, 1), causal_keys=keys)
+    for arm in arms:
+        result = run_sweep(output.folder / "rl" / arm.name, pre_config, params, config,
+                           settings.hyper(), plan["seeds"],
+                           {"kl_coef": [arm.kl_coef], "beta": [arm.beta]}, print_fn)
+        runs += [{**r, "setting": arm.name} for r in result["runs"]]
+        summary[arm.name] = next(iter(result["summary"].values()))
+    results = {"runs": runs, "summary": summary}
+    paper_config = dataclasses.replace(PAPER_RL.config(top, 1), causal_keys=keys,
+                                       loss=LossConfig(algorithm="a2c"))
+    paper_hyper = dataclasses.replace(PAPER_RL.hyper(), lam=PAPER_LAMBDA)
+    paper = run_sweep(output.folder / "rl" / "paper-settings", pre_config, params,
+                      paper_config, paper_hyper, plan["paper_seeds"], {"beta": [DEFAULT_BETA]},
+                      print_fn)
+    paper = {"runs": [{**r, "setting": "paper-settings"} for r in paper["runs"]],
+             "summary": {"paper-settings": next(iter(paper["summary"].values()))}}
+
+    plots.plot_sweep(top + 1, results, output)
+    text = "\n".join([
+        f"# The paper's setting: RL on {top + 1} digits", "",
+        f"Arms at KL coefficient {plan['kl_coef']:g}, seeds "
+        f"{', '.join(map(str, plan['seeds']))}:", "", finetuning.markdown_summary(results), "",
+        f"Paired by seed against the {BASELINE} KL (percentage points):", "",
+        finetuning.markdown_differences(results, BASELINE), "",
+        f"The paper's settings (Table 3: A2C, learning rate {PAPER_RL.learning_rate:g}, KL "
+        f"coefficient {PAPER_RL.kl_coef:g}, beta {DEFAULT_BETA:g}, {PAPER_RL.iterations} "
+        f"collects of {PAPER_RL.episodes} episodes), seeds "
+        f"{', '.join(map(str, plan['paper_seeds']))}:", "", finetuning.markdown_summary(paper),
+    ])
+    output.markdown("rl.md", text)
+    output.json("rl.json", {"n": top, "seeds": plan["seeds"], "paper_seeds": plan["paper_seeds"],
+                            "arms": [arm._asdict() for arm in arms],
+                            "settings": dataclasses.asdict(settings),
+                            "paper_settings": dataclasses.asdict(PAPER_RL),
+                            "summary": summary, "paper_summary": paper["summary"]})
+    print_fn("\n" + text)
+    return {"runs": runs + paper["runs"]}
