@@ -433,10 +433,15 @@ def _experiment(args) -> None:
                          f"({', '.join(experiments.SCALES)}) for the main job")
     if scale not in experiments.SCALES:
         raise UsageError(f"--scale must be one of {', '.join(experiments.SCALES)}, got {scale!r}")
+    try:
+        experiments.check(name, scale, args.task)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     start_jax(args, 2)  # every sweep and pre-training batch of the entries is even
     print(f"critkl experiment {name} at {scale} scale: {experiments.EXPERIMENTS[name].result}",
           flush=True)
-    experiments.run(name, scale, args.out, print_fn=lambda line: print(line, flush=True))
+    experiments.run(name, scale, args.out, print_fn=lambda line: print(line, flush=True),
+                    task=args.task)
 
 
 def _analyze(args) -> None:
@@ -560,10 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=_plot)
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
-    experiment.add_argument("name", help="main, certainty, accuracy, levels, critical, beta, "
-                            "mechanism, detectors, weightings, frontier, paper-setting; or a scale "
-                            "(mini, tiny, paper) for the main job at that scale")
+    experiment.add_argument("name", help="main, paper-setting, certainty, accuracy, levels, "
+                            "critical, beta, mechanism, detectors, weightings, frontier; or a "
+                            "scale (mini, tiny, paper) for the main job at that scale")
     experiment.add_argument("--scale", default="mini", help="tiny, mini (CPU) or paper (GPU/TPU) (default mini)")
+    experiment.add_argument("--task", default=registry.DEFAULT, choices=sorted(registry.TASKS),
+                            help="the task of the models (default addition; the main job "
+                            "takes any task, the other entries addition)")
     experiment.add_argument("--out", default="runs/experiments",
                             help="output folder (models pre-trained here are reused; default "
                             "runs/experiments)")

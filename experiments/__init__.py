@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from critkl.infra import provenance
+from critkl.tasks import registry
 from critkl.runs.outputs import Output
 from experiments import (accuracy, beta, certainty, critical, detectors, frontier, levels, main,
                          mechanism, paper_setting, weightings)
@@ -28,11 +29,13 @@ SCALES = ("tiny", "mini", "paper")
 
 class Experiment(NamedTuple):
     result: str  # what of the paper it reproduces
-    run: Callable  # (scale, output, work_dir, print_fn) -> results
+    run: Callable  # (scale, output, work_dir, print_fn[, task]) -> results
+    any_task: bool = False  # run takes task=: any registered task, else addition only
 
 
 EXPERIMENTS = {
-    "main": Experiment("the main job: accuracy, certainty, standard vs prioritized KL", main.run),
+    "main": Experiment("the main job: accuracy, certainty, standard vs prioritized KL", main.run,
+                       any_task=True),
     "certainty": Experiment("Table 1, Figure 5: certainty at critical tokens", certainty.run),
     "accuracy": Experiment("Tables 4-5, Figure 2: accuracy of models pre-trained up to N",
                            accuracy.run),
@@ -54,17 +57,36 @@ EXPERIMENTS = {
 }
 
 
-def run(name: str, scale: str, out_dir: str | Path, print_fn=print) -> Path:
-    """Run experiment `name` at `scale`, writing into out_dir/name-scale (with run.json: the
-    command and the commit). Returns that folder."""
+def check(name: str, scale: str, task: str) -> None:
+    """ValueError naming what is wrong: an unknown experiment, scale or task, or a task the
+    experiment does not run."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r} (allowed: {', '.join(EXPERIMENTS)})")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (allowed: {', '.join(SCALES)})")
-    output = Output(Path(out_dir) / f"{name}-{scale}")
-    output.json("run.json", {**provenance.record(), "experiment": name, "scale": scale})
+    registry.task_class(task)
+    if task != registry.DEFAULT and not EXPERIMENTS[name].any_task:
+        runs_any = ", ".join(n for n, e in EXPERIMENTS.items() if e.any_task)
+        raise ValueError(f"experiment {name!r} runs on task {registry.DEFAULT!r} only, not "
+                         f"{task!r} (entries that take --task: {runs_any})")
+
+
+def run(name: str, scale: str, out_dir: str | Path, print_fn=print,
+        task: str = registry.DEFAULT) -> Path:
+    """Run experiment `name` at `scale` on `task`, writing into out_dir/name-scale (another
+    task than addition: out_dir/name-task-scale), with run.json (the command and the commit).
+    Returns that folder."""
+    check(name, scale, task)
+    experiment = EXPERIMENTS[name]
+    folder = f"{name}-{scale}" if task == registry.DEFAULT else f"{name}-{task}-{scale}"
+    output = Output(Path(out_dir) / folder)
+    output.json("run.json", {**provenance.record(), "experiment": name, "scale": scale,
+                             "task": task})
     try:
-        EXPERIMENTS[name].run(scale, output, out_dir, print_fn)
+        if experiment.any_task:
+            experiment.run(scale, output, out_dir, print_fn, task=task)
+        else:
+            experiment.run(scale, output, out_dir, print_fn)
     finally:
         output.close()
     print_fn(f"\nresults in {output.folder}: " + ", ".join(sorted({p.name for p in output.written}))

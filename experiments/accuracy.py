@@ -22,9 +22,11 @@ SETTINGS = {"tiny": dict(levels=(1,), problems=8, sampled_episodes=8),
 
 
 def evaluate_level(scale: str, n: int, output: Output, work_dir, *, problems: int,
-                   sampled_episodes: int, temperatures=(1.0, 1.5, 2.0), print_fn=print):
-    """Accuracy table of the `scale` model pre-trained up to n -> (report, its two curves)."""
-    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+                   sampled_episodes: int, temperatures=(1.0, 1.5, 2.0), print_fn=print,
+                   task: str = "addition"):
+    """Accuracy table of the `scale` model of `task` pre-trained up to n -> (report, its two
+    curves)."""
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     report = evaluation.accuracy_table(
         params, pre_config.model_config, pre_config.text_task, jax.random.key(0), problems=problems,
         extra_digits=pre_config.eval_extra_digits, temperatures=temperatures,

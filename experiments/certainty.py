@@ -19,12 +19,13 @@ SETTINGS = {"tiny": dict(levels=(1,), episodes=8),
             "paper": dict(levels=(3, 5, 7), episodes=50)}
 
 
-def run(scale: str, output: Output, work_dir, print_fn=print, levels=None) -> dict:
-    """Table 1 and Figure 5 for the models pre-trained up to each of `levels` digits
-    (default: the scale's levels)."""
+def run(scale: str, output: Output, work_dir, print_fn=print, levels=None,
+        task: str = "addition") -> dict:
+    """Table 1 and Figure 5 for the models of `task` pre-trained up to each of `levels`
+    (default: the scale's levels of addition)."""
     settings, tables, pages = SETTINGS[scale], [], []
     for n in settings["levels"] if levels is None else levels:
-        pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+        pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
         tables.append(analyze_model(params, pre_config.model_config, pre_config.text_task,
                                     output, episodes=settings["episodes"], print_fn=print_fn,
                                     pages=pages))

@@ -18,11 +18,10 @@ from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
-from critkl.tasks import registry
-from experiments.models import pretrained_model
+from experiments.models import LEVEL, model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
-N = {"tiny": 1, "mini": 3, "paper": 7}
+N = LEVEL["addition"]  # addition's N per scale, which the addition-only entries use
 
 # Problems of the causal map (both operands N+1 digits); 32 take about 6 minutes at mini scale.
 CAUSAL_PROBLEMS = {"tiny": 4, "mini": 32, "paper": 64}
@@ -38,15 +37,16 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
         # The experiment's own map: a model may have no critical decision (tiny scale).
         return causal.read_critical_keys(path, pre_config.text_task, require_critical=False)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
-    name = f"{scale}-n{N[scale]}"
+    n = pre_config.max_digits
+    name = model_name(pre_config.task, scale, n)
     shipped = shipped_causal_map(name) if name in shipped_names() else None
     if shipped is not None and shipped["settings"] == dataclasses.asdict(settings):
         print_fn(f"causal map: the one shipped with {name}, measured by `{shipped['command']}` "
                  f"at commit {shipped['commit'][:7]}")
         record = shipped
     else:
-        record = measure_causal_map(params, pre_config.model_config,
-                                    registry.make(pre_config.task, N[scale]), settings, print_fn)
+        record = measure_causal_map(params, pre_config.model_config, pre_config.text_task,
+                                    settings, print_fn)
     write_causal_map(output, record, RL_SETTINGS[scale].kl_coef)
     return causal.critical_keys(record["rows"])
 
@@ -56,10 +56,10 @@ def measure_causal_map(params, model_config, task, settings: CausalMapConfig,
     """The map of a model pre-trained on `task` up to n = task.n, on problems at n+1, with
     progress lines: the record critical.json holds (settings, n, rows)."""
     n = task.n
-    print_fn(f"causal map: {settings.problems} problems of {n + 1}+{n + 1} digits")
+    print_fn(f"causal map: {settings.problems} problems of {n + 1} {task.level_unit}")
     rows = causal.causal_map(params, model_config, task, settings,
                              directory.Progress("forced continuations, sampler call", print_fn))
-    return {"settings": dataclasses.asdict(settings), "n": n, "rows": rows}
+    return {"settings": dataclasses.asdict(settings), "task": task.name, "n": n, "rows": rows}
 
 
 def write_causal_map(output: Output, record: dict, kl_coef: float) -> None:
@@ -70,11 +70,12 @@ def write_causal_map(output: Output, record: dict, kl_coef: float) -> None:
     output.json("critical.json", record)
 
 
-def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn) -> dict:
-    n = N[scale]
-    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn,
+          task: str = "addition") -> dict:
+    n = LEVEL[task][scale]
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     settings = RL_SETTINGS[scale]
-    config = dataclasses.replace(settings.config(n, 1),
+    config = dataclasses.replace(settings.config(n, 1, pre_config.task, pre_config.task_params),
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
     results = run_sweep(output.folder / "rl", pre_config, params, config,
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)

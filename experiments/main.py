@@ -26,7 +26,7 @@ from critkl.infra import host_memory
 from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, kl_comparison
-from experiments.models import pretrained_model
+from experiments.models import LEVEL, pretrained_model
 
 SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, DEFAULT_BETA]),
             # 6 seeds per arm (seeds no other experiment uses): the fewest with which the exact
@@ -65,8 +65,8 @@ def verdict(results: dict) -> str:
 STAGE_MINUTES = {"mini": (1.1, 0.5, 0.0, 21.4)}
 
 
-def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    plan, n = SETTINGS[scale], kl_comparison.N[scale]
+def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addition") -> dict:
+    plan, n = SETTINGS[scale], LEVEL[task][scale]
     started = time.perf_counter()
     stage = 0
 
@@ -78,40 +78,43 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         jax.clear_caches()
         host_memory.release_freed()
         line = f"\n== [{(time.perf_counter() - started) / 60:4.1f} min] {stage}/4 {text}"
-        if scale in STAGE_MINUTES:
+        if scale in STAGE_MINUTES and task == "addition":
             line += (f"  (about {sum(STAGE_MINUTES[scale][stage - 1:]):.0f} min left at the "
                      "speed of a 2-core CPU)")
         print_fn(line)
 
-    step(f"accuracy of the model pre-trained up to {n} digits")
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
+    unit = pre_config.text_task.level_unit
+    step(f"accuracy of the {task} model pre-trained up to {n} {unit}")
     report, curves = accuracy.evaluate_level(
         scale, n, output, work_dir, problems=plan["problems"],
-        sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)
+        sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn,
+        task=task)
     accuracy.plot(output, curves)
-    step(f"certainty at critical tokens ({n + 1}-digit episodes)")
-    table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,))["tables"][0]
-    step(f"causal critical-token map ({n + 1}-digit episodes)")
-    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+    step(f"certainty at critical tokens (episodes of {n + 1} {unit})")
+    table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,), task=task)["tables"][0]
+    step(f"causal critical-token map (episodes of {n + 1} {unit})")
     kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    step(f"RL on {n + 1} digits: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
-    results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn)
+    step(f"RL on {n + 1} {unit}: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
+    results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn, task)
     plots.plot_sweep(n + 1, results, output)
 
     minutes = (time.perf_counter() - started) / 60
     summary = "\n".join([
-        f"# critkl experiment {scale}: summary ({minutes:.1f} min)", "",
-        f"## Pre-trained up to {n} digits (greedy pass@1, {plan['problems']} problems per cell)",
+        f"# critkl experiment {scale}, task {task}: summary ({minutes:.1f} min)", "",
+        f"## Pre-trained up to {n} {unit} (greedy pass@1, {plan['problems']} problems per cell)",
         "", evaluation.markdown(report), "",
         "## Certainty at critical tokens (Table 1)", "",
         token_stats.certainty_markdown([table1]), "",
         "## Causal critical-token map (critical.md, critical.png)", "",
         (output.folder / "critical.md").read_text().strip(), "",
-        f"## RL on {n + 1} digits", "", finetuning.markdown_summary(results), "",
+        f"## RL on {n + 1} {unit}", "", finetuning.markdown_summary(results), "",
         finetuning.markdown_differences(results, STANDARD_KL), "",
         "## Verdict", "", verdict(results), "",
     ])
     output.markdown("main.md", summary)
-    output.json("main.json", {"scale": scale, "minutes": minutes, "accuracy": report,
+    output.json("main.json", {"scale": scale, "task": task, "minutes": minutes,
+                              "accuracy": report,
                               "certainty": table1, "rl_summary": results["summary"],
                               "differences": finetuning.paired_differences(results, STANDARD_KL)})
     print_fn("\n" + summary)

@@ -1,9 +1,9 @@
 """Pre-trained models for experiments: shipped ones, or made by a documented recipe.
 
-`pretrained_model(scale, n, work_dir)` returns the model of that scale pre-trained up to n
-digits: the shipped `{scale}-n{n}` when the package has it, else the result of the
-scale's recipe (`recipe(scale, n)`), trained under work_dir/models and reused (or
-resumed, when cut off) by later experiments.
+`pretrained_model(scale, n, work_dir, task=...)` returns the model of that scale and task
+pre-trained up to level n: the shipped `model_name(task, scale, n)` when the package has it,
+else the result of the recipe (`recipe(scale, n, ..., task)`), trained under work_dir/models
+and reused (or resumed, when cut off) by later experiments.
 """
 
 from __future__ import annotations
@@ -19,9 +19,36 @@ from critkl.runs.models import load_pretrained, shipped_names
 # From this many digits up, a mini model is pre-trained as in the paper: no longer problems.
 PAPER_SETTING_DIGITS = 5
 
+# The level N each task's experiments pre-train up to at each scale (RL on N + 1): addition's
+# and multiplication's digits per operand, path-star's edges per arm.
+LEVEL = {"addition": {"tiny": 1, "mini": 3, "paper": 7},
+         "path-star": {"tiny": 1, "mini": 4, "paper": 6},
+         "multiplication": {"tiny": 1, "mini": 3, "paper": 5}}
 
-def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
-    """The pre-training stages of a `scale` model up to n digits (stage i runs in stage_dirs[i]).
+
+def model_name(task: str, scale: str, n: int) -> str:
+    """The name a model ships by: addition's "mini-n3", another task's "path-star-mini-n4"."""
+    return f"{scale}-n{n}" if task == "addition" else f"{task}-{scale}-n{n}"
+
+
+def _other_task_recipe(scale: str, n: int, task: str) -> PretrainConfig:
+    """One stage on the task's levels 1..n, evaluated up to n + 3 (tiny: n + 1). Path-star at
+    mini: 6,000 steps (results/pathstar-mini-n4); multiplication: episodes of 3x3 digits are
+    275 tokens, 5x5 591, so the 896-position mini model."""
+    if scale == "tiny":
+        return PretrainConfig(task=task, model="tiny", max_digits=n, eval_extra_digits=1,
+                              batch_size=8, steps=12, warmup_steps=2, log_every=6,
+                              eval_every=12, eval_problems=8, checkpoint_every=12)
+    model = {"mini": "mini-long" if task == "multiplication" else "mini", "paper": "paper"}
+    return PretrainConfig(task=task, model=model[scale], max_digits=n, eval_extra_digits=3,
+                          steps=6000, warmup_steps=100, eval_every=250, checkpoint_every=250,
+                          dtype="bfloat16" if scale == "paper" else "float32")
+
+
+def recipe(scale: str, n: int, stage_dirs: list[Path], task: str = "addition"
+           ) -> list[PretrainConfig]:
+    """The pre-training stages of a `scale` model up to level n (stage i runs in stage_dirs[i]).
+    Tasks other than addition: `_other_task_recipe`. Addition:
 
     tiny: a few steps, for tests. mini, n <= 4: stage 1 on problems up to n digits (the
     default recipe, 97% at n = 3 in 13 minutes here), then stage 2 as the shipped mini-n3's
@@ -30,6 +57,10 @@ def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
     (`mini-long`), never shown a problem longer than n digits. paper: GPT-2 small dimensions
     in bfloat16 on a GPU/TPU.
     """
+    if scale not in LEVEL["addition"]:
+        raise ValueError(f"unknown scale {scale!r} (allowed: tiny, mini, paper)")
+    if task != "addition":
+        return [_other_task_recipe(scale, n, task)]
     if scale == "tiny":
         return [PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
                                         batch_size=8, steps=12, warmup_steps=2, log_every=6,
@@ -43,28 +74,26 @@ def recipe(scale: str, n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
                                         longer_share=0.02, batch_size=16, steps=100,
                                         learning_rate=5e-4,
                                         warmup_steps=10, checkpoint_every=50, eval_every=100)]
-    if scale == "paper":
-        return [PretrainConfig(model="paper", max_digits=n, dtype="bfloat16",
-                                        batch_size=64, steps=20000, learning_rate=3e-4,
-                                        warmup_steps=1000)]
-    raise ValueError(f"unknown scale {scale!r} (allowed: tiny, mini, paper)")
+    return [PretrainConfig(model="paper", max_digits=n, dtype="bfloat16", batch_size=64,
+                           steps=20000, learning_rate=3e-4, warmup_steps=1000)]
 
 
 def _finished(run_dir: Path, config: PretrainConfig) -> bool:
     return checkpoint.latest_checkpoint_step(run_dir) == config.steps
 
 
-def pretrained_source(scale: str, n: int, work_dir: str | Path, print_fn=print) -> str:
+def pretrained_source(scale: str, n: int, work_dir: str | Path, print_fn=print,
+                      task: str = "addition") -> str:
     """What `critkl.runs.models.load_pretrained` loads for the `scale` model pre-trained up to
     n digits: the shipped model's name, or the run directory of its recipe's last stage
     (pre-trained, or resumed, first when it is not finished)."""
-    name = f"{scale}-n{n}"
+    name = model_name(task, scale, n)
     if name in shipped_names():
         print_fn(f"using the shipped model {name}")
         return name
     base = Path(work_dir) / "models" / name
     dirs = [base / f"stage{i + 1}" for i in range(2)]
-    stages = recipe(scale, n, dirs)
+    stages = recipe(scale, n, dirs, task)
     for run_dir, config in zip(dirs, stages):
         train(run_dir, config, f"{name} ", print_fn)
     return str(dirs[len(stages) - 1])
@@ -80,6 +109,7 @@ def train(run_dir: Path, config: PretrainConfig, label: str = "", print_fn=print
     pretraining.pretrain(config, run_dir, resume=resume, print_fn=print_fn)
 
 
-def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print):
-    """(PretrainConfig, params) of the `scale` model pre-trained up to n digits."""
-    return load_pretrained(pretrained_source(scale, n, work_dir, print_fn))
+def pretrained_model(scale: str, n: int, work_dir: str | Path, print_fn=print,
+                     task: str = "addition"):
+    """(PretrainConfig, params) of the `scale` model of `task` pre-trained up to level n."""
+    return load_pretrained(pretrained_source(scale, n, work_dir, print_fn, task))

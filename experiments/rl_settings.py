@@ -26,8 +26,10 @@ class RLSettings:
     policy_temperature: float = LossHyper.policy_temperature        # 2 in the paper
     dtype: str = RLConfig.dtype  # compute dtype (bfloat16 at paper scale, for a GPU or TPU)
 
-    def config(self, n: int, extra_digits: int) -> RLConfig:
-        return RLConfig(n=n, extra_digits=extra_digits, episodes=self.episodes,
+    def config(self, n: int, extra_digits: int, task: str = "addition",
+               task_params: str = "") -> RLConfig:
+        return RLConfig(n=n, extra_digits=extra_digits, task=task, task_params=task_params,
+                        episodes=self.episodes,
                         iterations=self.iterations, eval_every=self.eval_every,
                         eval_episodes=self.eval_episodes, ppo_epochs=self.ppo_epochs,
                         minibatches=self.minibatches, dtype=self.dtype)

@@ -100,17 +100,36 @@ def test_main_job_tiny(work_dir, capsys):
     assert {"main/text_summary", "table1/text_summary"} <= tags["text"], tags
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["path-star", "multiplication"])
+def test_main_job_tiny_on_another_task(work_dir, capsys, task):
+    """The main job on another task: its own model (pre-trained by the task's recipe), folder
+    and summary; RL runs on the model's task."""
+    assert cli.main(["experiment", "tiny", "--task", task, "--out", str(work_dir)]) == 0
+    folder = work_dir / f"main-{task}-tiny"
+    addition_only = {"critical_commas.png", "critical_digits.png"}  # addition's list metrics
+    assert EXPECTED_FILES["main"] - addition_only <= {p.name for p in folder.iterdir()}
+    summary = json.loads((folder / "main.json").read_text())
+    assert summary["task"] == task and summary["accuracy"]["task"] == task
+    assert set(summary["rl_summary"]) == {"beta=0", "beta=150"}
+    rl_config = json.loads((folder / "rl" / "config.json").read_text())
+    assert rl_config["rl"]["task"] == task
+    assert (work_dir / "models" / f"{task}-tiny-n1").is_dir()
+    assert f"task {task}: summary" in capsys.readouterr().out
+
+
 def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
     """mini-n3 ships its causal map; the experiments take it instead of re-measuring it
-    (no model given here: measuring would fail)."""
+    (no parameters given here: measuring would fail)."""
     from critkl.analysis import causal
     from critkl.runs.outputs import Output
-    from critkl.runs.models import shipped_causal_map
+    from critkl.runs.models import load_pretrained, shipped_causal_map
     from experiments import kl_comparison
 
     output = Output(tmp_path / "out")
     try:
-        keys = kl_comparison.causal_keys("mini", None, None, output, print)
+        pre_config, _ = load_pretrained("mini-n3")
+        keys = kl_comparison.causal_keys("mini", None, pre_config, output, print)
     finally:
         output.close()
     assert keys == causal.critical_keys(shipped_causal_map("mini-n3")["rows"]) and len(keys) == 7
@@ -159,6 +178,9 @@ def test_entry_tiny(work_dir, name):
 @pytest.mark.parametrize("argv, message", [
     (["experiment", "nope"], "unknown experiment 'nope'"),
     (["experiment", "beta", "--scale", "huge"], "--scale must be one of tiny, mini, paper"),
+    (["experiment", "frontier", "--task", "path-star"],
+     "experiment 'frontier' runs on task 'addition' only, not 'path-star' (entries that take "
+     "--task: main)"),
 ])
 def test_experiment_bad_input(argv, message, capsys):
     assert cli.main(argv) == 2
