@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from critkl.analysis import causal
-from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, CausalMapConfig, LossConfig
+from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, LossConfig
 from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, frontier, kl_comparison
@@ -37,16 +36,17 @@ PAPER_RL = RLSettings(episodes=50, iterations=8, eval_every=1, eval_episodes=100
 PAPER_LAMBDA = 0.95
 
 # Pre-training levels N (RL on the largest + 1), problems per accuracy cell, episodes sampled
-# per accuracy cell at temperature 1; the RL arms' KL coefficient and betas; their seeds (none
-# an earlier experiment used) and the paper-settings arm's.
+# per accuracy cell at temperature 1; the prioritized arms' betas (every arm at the scale's
+# RL_SETTINGS KL coefficient); the arms' seeds (none an earlier experiment used) and the
+# paper-settings arm's.
 SETTINGS = {
-    "tiny": dict(levels=(1,), problems=8, sampled_episodes=8, causal_problems=4, kl_coef=0.5,
+    "tiny": dict(levels=(1,), problems=8, sampled_episodes=8,
                  betas=(DEFAULT_BETA,), seeds=[0, 1], paper_seeds=[0]),
-    "mini": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200, causal_problems=32,
-                 kl_coef=0.5, betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
+    "mini": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200,
+                 betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
                  paper_seeds=[2000, 2001, 2002]),
-    "paper": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200, causal_problems=64,
-                  kl_coef=0.5, betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
+    "paper": dict(levels=(3, 5, 7), problems=1000, sampled_episodes=200,
+                  betas=(DEFAULT_BETA, 500.0), seeds=list(range(2000, 2009)),
                   paper_seeds=[2000, 2001, 2002]),
 }
 BASELINE = "standard"
@@ -56,19 +56,6 @@ def rl_arms(kl_coef: float, betas: tuple[float, ...]) -> tuple[frontier.Arm, ...
     """No KL, the standard KL, the prioritized KL at each beta (all at kl_coef)."""
     return ((frontier.Arm("no-kl", 0.0, 0.0), frontier.Arm(BASELINE, kl_coef, 0.0))
             + tuple(frontier.Arm(f"prioritized-beta{b:g}", kl_coef, b) for b in betas))
-
-
-def causal_map(plan: dict, params, pre_config, output: Output, print_fn) -> list:
-    """The map's rows (critical.json in the output folder: reused, else measured on N+1)."""
-    path = output.folder / "critical.json"
-    if path.exists():
-        print_fn(f"causal map: reusing {path}")
-    else:
-        settings = CausalMapConfig(problems=plan["causal_problems"])
-        record = kl_comparison.measure_causal_map(params, pre_config.model_config,
-                                                  pre_config.text_task, settings, print_fn)
-        kl_comparison.write_causal_map(output, record, plan["kl_coef"])
-    return json.loads(path.read_text())["rows"]
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
@@ -90,17 +77,17 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     print_fn(f"\n== 3/4 the causal map of the model pre-trained up to {top} digits, on "
              f"{top + 1} digits")
     pre_config, params = pretrained_model(scale, top, work_dir, print_fn)
-    rows = causal_map(plan, params, pre_config, output, print_fn)
-    arms = rl_arms(plan["kl_coef"], plan["betas"])
-    if any(row.get("critical") for row in rows):
+    keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
+    rows = json.loads((output.folder / "critical.json").read_text())["rows"]
+    settings = RL_SETTINGS[scale]
+    arms = rl_arms(settings.kl_coef, plan["betas"])
+    if keys:
         output.markdown("prediction.md", frontier.predictions(rows, arms))
-    keys = causal.critical_keys(rows)
 
     print_fn(f"\n== 4/4 RL on {top + 1} digits (Figures 6, 7): {len(arms)} arms of "
              f"{len(plan['seeds'])} seeds, then the paper's settings on "
              f"{len(plan['paper_seeds'])} seeds")
     runs, summary = [], {}
-    settings = RL_SETTINGS[scale]
     config = dataclasses.replace(settings.config(top, 1), causal_keys=keys)
     for arm in arms:
         result = run_sweep(output.folder / "rl" / arm.name, pre_config, params, config,
@@ -121,7 +108,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     plots.plot_sweep(top + 1, results, output)
     text = "\n".join([
         f"# The paper's setting: RL on {top + 1} digits", "",
-        f"Arms at KL coefficient {plan['kl_coef']:g}, seeds "
+        f"Arms at KL coefficient {settings.kl_coef:g}, seeds "
         f"{', '.join(map(str, plan['seeds']))}:", "", finetuning.markdown_summary(results), "",
         f"Paired by seed against the {BASELINE} KL (percentage points):", "",
         finetuning.markdown_differences(results, BASELINE), "",
