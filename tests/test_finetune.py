@@ -70,6 +70,8 @@ def test_a_diverging_sweep_stops_before_saving(tmp_path):
     assert checkpoint.latest_checkpoint_step(tmp_path / "x") is None
 
 
+@pytest.mark.slow  # ~85 s; resume exactness stays in the default suite by
+# test_sigterm_within_a_period_saves_that_iteration_and_resumes_exactly
 def test_finetune_resume_equals_uninterrupted(tmp_path):
     params = init_params(jax.random.key(0), TINY)
     config = TWO_PERIODS

@@ -154,6 +154,8 @@ def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
                         skip=TIMING)
 
 
+@pytest.mark.slow  # ~16 s; TensorBoard after a resume stays in the default suite by
+# test_sigterm_saves_at_the_next_step_and_resumes_exactly
 def test_tensorboard_survives_sigkill_after_a_checkpoint(tmp_path):
     """A pre-training process killed (SIGKILL) after its step-2 checkpoint, while it waits in
     step 3: TensorBoard holds steps 1 and 2 (flushed at the checkpoint); resumed, it holds

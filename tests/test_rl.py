@@ -16,6 +16,8 @@ QUICK = RLConfig(n=1, extra_digits=1, episodes=4, iterations=2, ppo_epochs=1, mi
                  eval_every=1, eval_episodes=4, value_hidden_sizes=(16, 16))
 
 
+@pytest.mark.slow  # ~35 s; chunks of one episode still run in the default suite
+# (test_episodes_cut_to_their_width_update_as_at_full_width), their equality to one chunk here
 def test_update_in_chunks_equals_the_whole_minibatch():
     """Gradients summed over chunks of 1 episode = the gradient of 4 at once."""
     params = init_params(jax.random.key(0), TINY)
@@ -152,6 +154,7 @@ def test_evaluation_reports_sampled_success_and_causal_tokens():
         dataclasses.replace(QUICK, causal_keys=((1, "operand", "z", 2),))
 
 
+@pytest.mark.slow  # ~45 s on mini-n3; the retention metrics by the next test (a tiny model)
 def test_evaluation_successes_equal_separate_attempts():
     """The five samplings that evaluate runs in one loop, against one attempt each, on the
     shipped mini-n3, whose first three success rates differ (so a swap would show)."""
