@@ -13,11 +13,14 @@ process, since XLA's devices are fixed when JAX starts):
 - sampler: the sampling of one collect alone (`evaluation.attempt`: render, generate,
   score), for every run.
 
-`--tasks` adds rows per task (`critkl.tasks.registry`), each from an untrained mini model of
-that task's vocabulary at the level of `UNTRAINED_LEVELS`, chosen so that the episodes are
-of comparable length (about 180-280 tokens): an untrained model writes every episode to the
-cut (`episode_limit`), so generated tokens/s compare the tasks' programs at equal work per
-token. Addition is among them as its own untrained baseline.
+`--tasks` adds rows per task (`critkl.tasks.registry`), each from a mini model of that task
+pre-trained in this process for `--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen
+so that the reference episodes are of comparable length (about 180-280 tokens). A short
+pre-training teaches the format, so the model writes episodes of about their natural length;
+an untrained model does not (it samples an ending token, newline, PAD or EOS, within about 20
+tokens, so its rows would measure per-call overhead, not generation). The table gives the
+generated tokens per episode beside the rates, so that rows of equal work can be compared.
+Addition is among them as its own baseline.
 
 One core: the process pinned to one core, one single-threaded device (as the peer
 anchors in `../shared/anchors` are measured). Two cores: as the training commands run
@@ -37,20 +40,23 @@ import time
 
 from critkl.config import PretrainConfig, RLConfig, RLHyper
 
-# Pre-training level n of the untrained model of each task (RL on n + 1): longest episodes
-# of 4+4 digits 253 tokens, 3x3-digit multiplication 275, path-star arms of 17 edges 176.
-UNTRAINED_LEVELS = {"addition": 3, "multiplication": 2, "path-star": 16}
+# Pre-training level n of each task's model (RL on n + 1): longest episodes of 4+4 digits
+# 253 tokens, 3x3-digit multiplication 275, path-star arms of 17 edges 176.
+TASK_LEVELS = {"addition": 3, "multiplication": 2, "path-star": 16}
 
 
-def untrained(task: str):
-    """(PretrainConfig, params) of a randomly initialised mini model of `task`."""
-    import jax
+def briefly_pretrained(task: str, steps: int):
+    """(PretrainConfig, params) of a mini model of `task` after `steps` pre-training steps."""
+    from critkl import supervised
+    from critkl.infra import parallel
 
-    from critkl.model import init_params
-
-    config = PretrainConfig(task=task, model="mini", max_digits=UNTRAINED_LEVELS[task],
-                            eval_extra_digits=1)
-    return config, init_params(jax.random.key(0), config.model_config)
+    config = PretrainConfig(task=task, model="mini", max_digits=TASK_LEVELS[task],
+                            eval_extra_digits=1, steps=steps, warmup_steps=min(100, steps - 1))
+    state = supervised.init_state(config)
+    train_step = supervised.make_train_step(config, parallel.data_mesh())
+    for _ in range(steps):
+        state, _ = train_step(state)
+    return config, state.params
 
 
 def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
@@ -131,8 +137,10 @@ def main():
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--tasks", default="",
-                        help=f"comma-separated tasks of {sorted(UNTRAINED_LEVELS)}: rows from "
-                             "an untrained mini model of each")
+                        help=f"comma-separated tasks of {sorted(TASK_LEVELS)}: rows from a "
+                             "briefly pre-trained mini model of each")
+    parser.add_argument("--pretrain-steps", type=int, default=300,
+                        help="pre-training steps of each --tasks model (default 300)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # CORES RUNS [TASK]
     args = parser.parse_args()
     if args.child:
@@ -140,35 +148,41 @@ def main():
         task = args.child[2] if len(args.child) > 2 else "mini-n3"
         if cores == 1:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-        pretrained = None if task == "mini-n3" else untrained(task)
+        pretrained = (None if task == "mini-n3"
+                      else briefly_pretrained(task, args.pretrain_steps))
         print(json.dumps(measure(runs, args.iterations, pretrained)))
         return
 
     tasks = [task for task in args.tasks.split(",") if task]
-    unknown = sorted(set(tasks) - set(UNTRAINED_LEVELS))
+    unknown = sorted(set(tasks) - set(TASK_LEVELS))
     if unknown:
         parser.error(f"--tasks: unknown {', '.join(unknown)} (allowed: "
-                     f"{', '.join(sorted(UNTRAINED_LEVELS))})")
+                     f"{', '.join(sorted(TASK_LEVELS))})")
+    if args.pretrain_steps < 1:
+        parser.error(f"--pretrain-steps: {args.pretrain_steps} (allowed: 1 or more)")
     available = len(os.sched_getaffinity(0))
-    print(f"mini model, RL from mini-n3 on 4 digits (and from an untrained model of each of "
-          f"--tasks), 50 episodes per collect, {args.iterations} iterations per run; "
-          f"{available} cores available")
-    print("| model | cores | runs | what | episodes/s | generated tokens/s | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"mini model, RL from mini-n3 on 4 digits (and from a model of each of --tasks "
+          f"after {args.pretrain_steps} pre-training steps), 50 episodes per collect, "
+          f"{args.iterations} iterations per run; {available} cores available")
+    print("| model | cores | runs | what | episodes/s | generated tokens/s "
+          "| tokens per episode | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in ["mini-n3"] + tasks:
         for cores in (1, 2):
             if cores > available:
                 continue
             for runs in (1, args.runs):
                 command = [sys.executable, __file__, "--iterations", str(args.iterations),
+                           "--pretrain-steps", str(args.pretrain_steps),
                            "--child", str(cores), str(runs), model]
                 output = subprocess.run(command, env=child_environment(cores, runs), check=True,
                                         capture_output=True, text=True).stdout
-                name = model if model == "mini-n3" else f"untrained {model}"
+                name = model if model == "mini-n3" else f"{model} ({args.pretrain_steps} steps)"
                 for what, row in json.loads(output.splitlines()[-1]).items():
                     print(f"| {name} | {cores} | {runs} | {what} | "
                           f"{row['episodes'] / row['seconds']:,.1f} | "
-                          f"{row['tokens'] / row['seconds']:,.0f} | {row['seconds']:.1f} |",
+                          f"{row['tokens'] / row['seconds']:,.0f} | "
+                          f"{row['tokens'] / row['episodes']:,.0f} | {row['seconds']:.1f} |",
                           flush=True)
 
 
