@@ -143,9 +143,13 @@ def end_values(runs: list[dict], arm_list: tuple[Arm, ...], seeds: list[int], ke
 
 def frontier_gap(learning: np.ndarray, retention: np.ndarray, kinds: list[str]) -> np.ndarray:
     """Per arm: its retention minus the standard KL's frontier's at its learning, from mean
-    points [arms]. The frontier joins no KL and the standard KL's arms sorted by learning
+    points [arms]. The frontier is the upper envelope of no KL and the standard KL's arms: a
+    point another one beats on both axes is left out; the rest joined in order of learning
     (linearly; flat beyond its ends)."""
-    on_frontier = [i for i, kind in enumerate(kinds) if kind in ("no KL", "standard")]
+    candidates = [i for i, kind in enumerate(kinds) if kind in ("no KL", "standard")]
+    on_frontier = [i for i in candidates if not any(
+        learning[j] >= learning[i] and retention[j] >= retention[i]
+        and (learning[j], retention[j]) != (learning[i], retention[i]) for j in candidates)]
     order = sorted(on_frontier, key=lambda i: learning[i])
     return retention - np.interp(learning, learning[order], retention[order])
 

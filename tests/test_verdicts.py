@@ -47,6 +47,15 @@ def test_frontier_gap_against_a_straight_frontier():
     np.testing.assert_allclose(gap[4:], [0.8 - 0.5, 0.7 - 0.7, 0.1 - 0.2], atol=1e-12)
 
 
+def test_frontier_gap_leaves_out_a_dominated_point():
+    """No KL below and left of a standard arm (it learned less and retained less) does not pull
+    the frontier down: the gap is taken against the other standard arms' line."""
+    learning = np.array([0.5, 0.6, 0.4, 0.2, 0.5, 0.3, 0.9])
+    retention = np.array([0.1, 0.4, 0.6, 0.8, 0.5, 0.7, 0.1])
+    gap = frontier.frontier_gap(learning, retention, [a.kind for a in ARMS])
+    np.testing.assert_allclose(gap[4:], [0.5 - 0.5, 0.7 - 0.7, 0.1 - 0.4], atol=1e-12)
+
+
 def test_verdicts_place_arms_above_on_and_below():
     rng = np.random.default_rng(3)
     seeds = 8
