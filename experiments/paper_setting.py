@@ -1,16 +1,16 @@
 """The paper's own setting: models pre-trained up to N digits and never on longer problems,
 RL on N+1 (issue 34).
 
-1. Tables 4 and 5: each model of `levels` at N..N+3 digits, identical and varying lengths,
+1. the causal critical-token map of the largest model on N+1, and what its KL-regularised
+   optimum predicts for each RL arm (prediction.md, written before any RL run);
+2. Figures 6 and 7 at N+1: no KL, the standard KL and the prioritized KL at each beta, one
+   vmapped sweep of the same seeds per arm (the same problems in every arm), paired by seed
+   against the standard KL; then the paper's own RL settings (Table 3 and the authors' code)
+   as one more arm, on fewer seeds;
+3. Tables 4 and 5: each model of `levels` at N..N+3 digits, identical and varying lengths,
    greedy pass@1 with Wilson intervals, and the failure profile at N+1 (the share of first
    errors at structural critical tokens, by role);
-2. Table 1 and Figure 5: certainty at critical tokens on (N+1)-digit episodes, per level;
-3. the causal critical-token map of the largest model on N+1, and what its KL-regularised
-   optimum predicts for each RL arm (prediction.md, written before any RL run);
-4. Figures 6 and 7 at N+1: no KL, the standard KL and the prioritized KL at each beta, one
-   vmapped sweep of the same seeds per arm (the same problems in every arm), paired by seed
-   against the standard KL;
-5. the paper's own RL settings (Table 3 and the authors' code) as one more arm, on fewer seeds.
+4. Table 1 and Figure 5: certainty at critical tokens on (N+1)-digit episodes, per level.
 
 Run: `critkl experiment paper-setting --scale tiny|mini|paper` (resumable: pre-trainings and
 sweeps cut off resume, finished ones are reused).
@@ -59,22 +59,12 @@ def rl_arms(kl_coef: float, betas: tuple[float, ...]) -> tuple[frontier.Arm, ...
 
 
 def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
+    """The causal map and the RL runs first (they need only the largest model, shipped at
+    mini scale), then the tables across levels (whose smaller models may still need their
+    pre-training: N = 5 takes hours of a CPU)."""
     plan = SETTINGS[scale]
     top = max(plan["levels"])
-    print_fn(f"\n== 1/4 accuracy (Tables 4, 5) of the models pre-trained up to "
-             f"{', '.join(map(str, plan['levels']))} digits")
-    curves = []
-    for n in plan["levels"]:  # accuracy_n{n}.md: the table and the failure profile at N+1
-        curves += accuracy.evaluate_level(
-            scale, n, output, work_dir, problems=plan["problems"],
-            sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)[1]
-    accuracy.plot(output, curves)
-
-    print_fn(f"\n== 2/4 certainty at critical tokens (Table 1) on N+1 digits, N = "
-             f"{', '.join(map(str, plan['levels']))}")
-    certainty.run(scale, output, work_dir, print_fn, levels=plan["levels"])
-
-    print_fn(f"\n== 3/4 the causal map of the model pre-trained up to {top} digits, on "
+    print_fn(f"\n== 1/4 the causal map of the model pre-trained up to {top} digits, on "
              f"{top + 1} digits")
     pre_config, params = pretrained_model(scale, top, work_dir, print_fn)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
@@ -84,7 +74,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     if keys:
         output.markdown("prediction.md", frontier.predictions(rows, arms))
 
-    print_fn(f"\n== 4/4 RL on {top + 1} digits (Figures 6, 7): {len(arms)} arms of "
+    print_fn(f"\n== 2/4 RL on {top + 1} digits (Figures 6, 7): {len(arms)} arms of "
              f"{len(plan['seeds'])} seeds, then the paper's settings on "
              f"{len(plan['paper_seeds'])} seeds")
     runs, summary = [], {}
@@ -124,4 +114,17 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
                             "paper_settings": dataclasses.asdict(PAPER_RL),
                             "summary": summary, "paper_summary": paper["summary"]})
     print_fn("\n" + text)
+
+    print_fn(f"\n== 3/4 accuracy (Tables 4, 5) of the models pre-trained up to "
+             f"{', '.join(map(str, plan['levels']))} digits")
+    curves = []
+    for n in plan["levels"]:  # accuracy_n{n}.md: the table and the failure profile at N+1
+        curves += accuracy.evaluate_level(
+            scale, n, output, work_dir, problems=plan["problems"],
+            sampled_episodes=plan["sampled_episodes"], temperatures=(1.0,), print_fn=print_fn)[1]
+    accuracy.plot(output, curves)
+
+    print_fn(f"\n== 4/4 certainty at critical tokens (Table 1) on N+1 digits, N = "
+             f"{', '.join(map(str, plan['levels']))}")
+    certainty.run(scale, output, work_dir, print_fn, levels=plan["levels"])
     return {"runs": runs + paper["runs"]}
