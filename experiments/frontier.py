@@ -141,16 +141,21 @@ def end_values(runs: list[dict], arm_list: tuple[Arm, ...], seeds: list[int], ke
     return np.array([[final[(arm.name, seed)] for seed in seeds] for arm in arm_list])
 
 
-def frontier_gap(learning: np.ndarray, retention: np.ndarray, kinds: list[str]) -> np.ndarray:
-    """Per arm: its retention minus the standard KL's frontier's at its learning, from mean
-    points [arms]. The frontier is the upper envelope of no KL and the standard KL's arms: a
-    point another one beats on both axes is left out; the rest joined in order of learning
-    (linearly; flat beyond its ends)."""
+def frontier_members(learning: np.ndarray, retention: np.ndarray, kinds: list[str]) -> list[int]:
+    """The standard KL's frontier: the indices of the no-KL and standard-KL mean points
+    [arms] that no other of them beats on both axes (its upper envelope), in order of
+    learning."""
     candidates = [i for i, kind in enumerate(kinds) if kind in ("no KL", "standard")]
     on_frontier = [i for i in candidates if not any(
         learning[j] >= learning[i] and retention[j] >= retention[i]
         and (learning[j], retention[j]) != (learning[i], retention[i]) for j in candidates)]
-    order = sorted(on_frontier, key=lambda i: learning[i])
+    return sorted(on_frontier, key=lambda i: learning[i])
+
+
+def frontier_gap(learning: np.ndarray, retention: np.ndarray, kinds: list[str]) -> np.ndarray:
+    """Per arm: its retention minus the standard KL's frontier's (`frontier_members`, joined
+    linearly, flat beyond its ends) at its learning, from mean points [arms]."""
+    order = frontier_members(learning, retention, kinds)
     return retention - np.interp(learning, learning[order], retention[order])
 
 
@@ -229,21 +234,25 @@ def markdown(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], seeds: list
 def plot(ends: dict[str, np.ndarray], arm_list: tuple[Arm, ...], output: Output, digits: int,
          axis: str, name: str):
     """`name` (PNG): each arm's mean end point (learning, retention on `axis`) with bootstrap
-    intervals; the standard KL's arms joined (its frontier)."""
-    curves = []
-    # The standard KL's line starts at no KL (coefficient 0): its frontier includes it.
-    joined = {"no KL": ("no KL",), "standard": ("no KL", "standard"),
-              "prioritized": ("prioritized",)}
-    for kind, style, color in (("no KL", "s", "C2"), ("standard", "-o", "C0"),
-                               ("prioritized", "-^", "C3")):
-        members = [i for i, arm in enumerate(arm_list) if arm.kind in joined[kind]]
-        points = sorted((statistics.mean_interval(ends[LEARNING][i]),
-                         statistics.mean_interval(ends[axis][i])) for i in members)
-        label = {"no KL": "no KL", "standard": "standard KL (frontier, with no KL)",
-                 "prioritized": f"prioritized KL, beta={DEFAULT_BETA:g}"}[kind]
-        curves.append(Curve(label, [x[0] for x, _ in points], [y[0] for _, y in points],
-                            [y[1] for _, y in points], [y[2] for _, y in points], style, color))
-    output.plot(name, curves,
+    intervals, by kind; the standard KL's frontier (`frontier_members`) drawn as a line."""
+    kinds = [arm.kind for arm in arm_list]
+    points = [(statistics.mean_interval(ends[LEARNING][i]), statistics.mean_interval(ends[axis][i]))
+              for i in range(len(arm_list))]
+
+    def curve(label, members, style, color, intervals=True):
+        chosen = sorted((points[i] for i in members), key=lambda point: point[0][0])
+        low, high = ([y[k] for _, y in chosen] if intervals else None for k in (1, 2))
+        return Curve(label, [x[0] for x, _ in chosen], [y[0] for _, y in chosen], low, high,
+                     style, color)
+
+    learning, retention = (np.array([point[k][0] for point in points]) for k in (0, 1))
+    envelope = curve("the standard KL's frontier (upper envelope)",
+                     frontier_members(learning, retention, kinds), "-", "C0", intervals=False)
+    curves = [curve(label, [i for i, kind in enumerate(kinds) if kind == wanted], style, color)
+              for label, wanted, style, color in (
+                  ("no KL", "no KL", "s", "C2"), ("standard KL", "standard", "o", "C0"),
+                  (f"prioritized KL, beta={DEFAULT_BETA:g}", "prioritized", "-^", "C3"))]
+    output.plot(name, curves + [envelope],
                 title="Learning against retention: each arm's end point, mean over seeds",
                 xlabel=f"sampled success on {digits} digits (end of RL)",
                 ylabel=f"{RETENTION_AXES[axis]} (retention)")
