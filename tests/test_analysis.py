@@ -1,6 +1,9 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from critkl import env, statistics, tokenizer
 from critkl.tasks.addition import Addition
@@ -72,7 +75,38 @@ def test_certainty_table_counts():
     assert table["greedy_failures"] == 6
     assert table["empirical"]["critical"]["count"] == 6
     markdown = token_stats.certainty_markdown([table])
-    assert markdown.count("\n| 1 |") == 2
+    assert markdown.count("\n| 1 |") == 3  # Table 1's two rows and p(right) at level 1
+    assert set(table["p_right_by_role"]) == {"1", "2"}
+    assert "\n| 2 |" in markdown
+
+
+@pytest.mark.parametrize("task_name", ["addition", "path-star"])
+def test_p_right_by_role_against_a_loop_over_tokens(task_name):
+    """Each written token's p(right) from a softmax of the model's logits one position at
+    a time (numpy), grouped by role in plain Python, against the batched table."""
+    from critkl.model import GPT
+    from critkl.tasks import registry
+
+    task = registry.make(task_name, 2, 0)
+    config = dataclasses.replace(TINY, vocab_size=task.vocabulary.size)
+    params = init_params(jax.random.key(3), config)
+    episodes = task.render(task.sample_level(jax.random.key(4), 5, 2))
+    table = token_stats.p_right_by_role(params, config, task, episodes)
+    sums, counts = {}, {}
+    for b in range(5):
+        start, end = int(episodes.prompt_length[b]), int(episodes.length[b])
+        tokens = np.asarray(episodes.tokens[b])
+        logits, _ = GPT(config).apply({"params": params}, jnp.asarray(tokens[None, :end - 1]))
+        logits = np.asarray(logits[0], np.float64)
+        for t in range(start, end):
+            probs = np.exp(logits[t - 1] - logits[t - 1].max())
+            role = task.role_names[int(episodes.role[b, t])]
+            sums[role] = sums.get(role, 0.0) + probs[tokens[t]] / probs.sum()
+            counts[role] = counts.get(role, 0) + 1
+    assert set(table) == set(counts) and len(counts) >= 3
+    for role, count in counts.items():
+        assert table[role]["count"] == count
+        np.testing.assert_allclose(table[role]["mean"], sums[role] / count, rtol=1e-4)
 
 
 VOCABULARY = Addition.vocabulary

@@ -23,6 +23,7 @@ import numpy as np
 
 from critkl import evaluation, statistics, weighting
 from critkl.config import ModelConfig
+from critkl.losses import token_logprobs
 from critkl.model import GPT
 from critkl.tasks import layout
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, TextTask, Vocabulary
@@ -38,6 +39,33 @@ def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
     logits, _ = GPT(model_config).apply({"params": params}, tokens)
     values = weighting.certainty(logits[:, :-1].astype(jnp.float32), temperature)
     return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+
+
+@functools.partial(jax.jit, static_argnames="model_config")
+def token_p_right(params, model_config: ModelConfig, tokens: jax.Array) -> jax.Array:
+    """Teacher-forced probability of each token given the (correct) tokens before it.
+
+    tokens [B, T] int32 -> [B, T] float32 in [0, 1]; position 0 (no prediction) holds 1.
+    """
+    logits, _ = GPT(model_config).apply({"params": params}, tokens)
+    values = jnp.exp(token_logprobs(logits[:, :-1].astype(jnp.float32), tokens[:, 1:]))
+    return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+
+
+def p_right_by_role(params, model_config: ModelConfig, task: TextTask,
+                    episodes: Episodes) -> dict[str, dict]:
+    """Mean teacher-forced p(right) of the tokens the model writes in correct `episodes` of
+    `task`, by the role the task gives them (addition: "comma", "digit", ...; path-star:
+    "start", "first_step", "step", ...): {role: {"mean", "count"}} for the roles present."""
+    p_right = np.asarray(token_p_right(params, model_config, episodes.tokens))
+    written = np.asarray(decision_mask(episodes))
+    roles = np.asarray(episodes.role)
+    table = {}
+    for code, name in enumerate(task.role_names):
+        where = written & (roles == code)
+        if where.any():
+            table[name] = {"mean": float(p_right[where].mean()), "count": int(where.sum())}
+    return table
 
 
 def decision_mask(episodes: Episodes) -> jax.Array:
@@ -107,9 +135,12 @@ def certainty_table(params, model_config: ModelConfig, task: TextTask, rng: jax.
     failed = erred & ~greedy.outcome.success
     first_wrong = (jnp.arange(reference.tokens.shape[1])[None, :] == position[:, None]) & failed[:, None]
     empirical = episode_stats(certainty, decisions, first_wrong)
+    at_n = task.render(task.sample_level(jax.random.fold_in(rng, 1), episodes, n))
     return {
         "n": n, "episodes": episodes, "temperature": temperature,
         "greedy_failures": int(failed.sum()),
+        "p_right_by_role": {str(n): p_right_by_role(params, model_config, task, at_n),
+                            str(n + 1): p_right_by_role(params, model_config, task, reference)},
         "structural": {name: statistics.summarize(value) for name, value in structural._asdict().items()},
         "empirical": {name: statistics.summarize(value) for name, value in empirical._asdict().items()},
     }
@@ -127,6 +158,18 @@ def certainty_markdown(tables: list[dict]) -> str:
                 f"| {table['n']} | {kind} | {cell(s['critical'])} | {cell(s['non_critical'])} | "
                 f"{cell(s['non_critical_min'])} | {s['critical_certainty']['mean']:.4f} | "
                 f"{s['non_critical_certainty']['mean']:.4f} |")
+    for table in tables:
+        by_level = table.get("p_right_by_role")  # reports written before it: none
+        if not by_level:
+            continue
+        roles = list(dict.fromkeys(role for level in by_level.values() for role in level))
+        lines += ["", f"Teacher-forced p(right) by role, model pre-trained up to N = {table['n']} "
+                  "(mean over the written tokens of correct episodes; count):", "",
+                  "| level | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+        for level, cells in by_level.items():
+            lines.append(f"| {level} | " + " | ".join(
+                f"{cells[r]['mean']:.3f} ({cells[r]['count']})" if r in cells else "-"
+                for r in roles) + " |")
     return "\n".join(lines)
 
 
