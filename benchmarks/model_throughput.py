@@ -72,7 +72,7 @@ def training(config: ModelConfig, batch: int, repeats: int) -> tuple[float, floa
     run = PretrainConfig(model="mini", steps=10, warmup_steps=1)
     tx = supervised.optimizer(run)
     mesh = parallel.data_mesh()
-    tokens, targets = jax.device_put(
+    tokens, targets, _ = jax.device_put(
         supervised.streams_batch(jax.random.key(0), dataclasses.replace(run, batch_size=batch)),
         parallel.batch_sharding(mesh))
     tokens, targets = tokens[:, :config.context_length], targets[:, :config.context_length]

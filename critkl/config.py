@@ -28,6 +28,11 @@ DTYPES = ("float32", "bfloat16")
 # jax.nn.dot_product_attention with implementation "xla" or "cudnn" (cuDNN's fused attention:
 # NVIDIA GPUs, bfloat16 only).
 ATTENTIONS = ("critkl", "xla", "cudnn")
+# What a pre-training token attends to in its packed stream: every earlier token ("stream",
+# the episodes before its own included) or only the earlier tokens of its own episode
+# ("episode": document masking; a task whose episodes reuse labels, as path-star's do,
+# otherwise reads earlier episodes' edges as its own).
+ATTENTION_SCOPES = ("stream", "episode")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,6 +136,7 @@ class PretrainConfig:
     seed: int = 0
     dtype: str = "float32"          # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
     attention: str = "critkl"       # one of ATTENTIONS ("cudnn": GPU, bfloat16)
+    attention_scope: str = "stream"  # one of ATTENTION_SCOPES
     log_every: int = 20
     eval_every: int = 250
     eval_problems: int = 200
@@ -156,6 +162,9 @@ class PretrainConfig:
         for name, interval in PRETRAIN_RANGES.items():
             _check_range(f"PretrainConfig.{name}", getattr(self, name), *interval)
         check_compute("PretrainConfig", self.dtype, self.attention)
+        if self.attention_scope not in ATTENTION_SCOPES:
+            raise ValueError(f"PretrainConfig.attention_scope must be one of {ATTENTION_SCOPES}, "
+                             f"got {self.attention_scope!r}")
         check_seed("PretrainConfig.seed", self.seed)
         check_steps("PretrainConfig.steps", self.steps)
         if self.eval_extra_digits < 0:

@@ -103,17 +103,20 @@ def _attend(q, k, v, mask, dtype):
 
 
 def attention(q, k, v, mask, config: ModelConfig, causal: bool):
-    """q [B,H,T,Dh], k, v [B,H,S,Dh], mask [T,S] bool (True = may attend) -> [B,H,T,Dh] in the
-    compute dtype, by `config.attention`: critkl's `_attend` (the full forward's causal
-    attention in blocks of QUERY_BLOCK queries, each over the keys up to its end), or
-    jax.nn.dot_product_attention with implementation "xla" or "cudnn" (head-minor layout;
-    `causal`: is_causal instead of the mask, which cuDNN then never reads)."""
+    """q [B,H,T,Dh], k, v [B,H,S,Dh], mask [T,S] or [B,1,T,S] bool (True = may attend) ->
+    [B,H,T,Dh] in the compute dtype, by `config.attention`: critkl's `_attend` (the full
+    forward's causal attention in blocks of QUERY_BLOCK queries, each over the keys up to its
+    end), or jax.nn.dot_product_attention with implementation "xla" or "cudnn" (head-minor
+    layout; `causal` with a [T,S] mask: is_causal instead of the mask, which cuDNN then never
+    reads)."""
     scale = 1.0 / math.sqrt(config.head_dim)
     if config.attention != "critkl":
         heads_minor = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B,H,T,Dh] <-> [B,T,H,Dh]
+        plain_causal = causal and mask.ndim == 2
         y = jax.nn.dot_product_attention(
-            heads_minor(q), heads_minor(k), heads_minor(v), mask=None if causal else mask,
-            scale=scale, is_causal=causal, implementation=config.attention)
+            heads_minor(q), heads_minor(k), heads_minor(v),
+            mask=None if plain_causal else mask, scale=scale, is_causal=plain_causal,
+            implementation=config.attention)
         return heads_minor(y)
     q = q * jnp.asarray(scale, q.dtype)
     time = q.shape[2]
@@ -123,7 +126,8 @@ def attention(q, k, v, mask, config: ModelConfig, causal: bool):
     # reads only the keys up to its end (exact; about 60% of the square).
     blocks = [(lo, min(lo + QUERY_BLOCK, time)) for lo in range(0, time, QUERY_BLOCK)]
     return jnp.concatenate([
-        _attend(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], mask[lo:hi, :hi], config.compute_dtype)
+        _attend(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], mask[..., lo:hi, :hi],
+                config.compute_dtype)
         for lo, hi in blocks], axis=2)
 
 
@@ -190,11 +194,13 @@ class GPT(nn.Module):
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.final_norm = _layer_norm(jnp.float32)
 
-    def __call__(self, tokens, positions=None):
-        """tokens [B,T] int32, positions [B,T] int32 (default arange(T)).
+    def __call__(self, tokens, positions=None, segments=None):
+        """tokens [B,T] int32, positions [B,T] int32 (default arange(T)), segments [B,T] int
+        (optional: a token attends only to earlier tokens of its own segment, e.g. the
+        episodes of a packed stream).
 
         Returns (logits [B,T,V] float32, hidden [B,T,D] float32), hidden being the output of
-        the final LayerNorm. Plain causal attention: padding must come at the end.
+        the final LayerNorm. Causal attention: padding must come at the end.
         """
         chex.assert_rank(tokens, 2)
         chex.assert_type(tokens, int)
@@ -205,6 +211,9 @@ class GPT(nn.Module):
         else:
             chex.assert_shape(positions, (batch, time))
         mask = jnp.tril(jnp.ones((time, time), dtype=bool))
+        if segments is not None:
+            chex.assert_shape(segments, (batch, time))
+            mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
         x = self._embed(tokens, positions)
         for block in self.blocks:
             x, _ = block(x, mask)

@@ -71,8 +71,9 @@ def training_problems(rng: jax.Array, count: int, config: PretrainConfig):
 
 def streams_batch(rng: jax.Array, config: PretrainConfig,
                   strategy: strategies.Strategy | None = None) -> tuple[jax.Array, jax.Array]:
-    """A batch of packed streams: tokens and target mask [batch_size, context_length]
-    (`strategy`: rendering's, default the default devices')."""
+    """A batch of packed streams: tokens, target mask and the episode of each position
+    (`layout.pack`), each [batch_size, context_length] (`strategy`: rendering's, default the
+    default devices')."""
     width = config.model_config.context_length
     shortest = config.text_task.shortest_episode_length()
     per_stream = math.ceil(width / shortest) + 1
@@ -87,12 +88,15 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
     return layout.pack(episodes, config.batch_size, width)
 
 
-def next_token_loss(params, model_config: ModelConfig, tokens, targets):
+def next_token_loss(params, model_config: ModelConfig, tokens, targets, episodes=None):
     """Mean cross-entropy of the target tokens given the ones before them.
 
-    tokens, targets [B, T]: `targets` marks the tokens to predict. Returns
-    (loss, token accuracy)."""
-    logits, _ = GPT(model_config).apply({"params": params}, tokens[:, :-1])
+    tokens, targets [B, T]: `targets` marks the tokens to predict; episodes [B, T] (optional,
+    `layout.episode_index`): each token attends only to the earlier tokens of its own episode.
+    Returns (loss, token accuracy)."""
+    logits, _ = GPT(model_config).apply(
+        {"params": params}, tokens[:, :-1],
+        segments=None if episodes is None else episodes[:, :-1])
     labels = tokens[:, 1:]
     weight = targets[:, 1:].astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -119,12 +123,14 @@ def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy 
 
     def step(state: TrainState):
         rng, data_rng = jax.random.split(state.rng)
-        tokens, targets = streams_batch(jax.random.fold_in(data_rng, state.step), config,
-                                       strategy)
+        tokens, targets, episodes = streams_batch(
+            jax.random.fold_in(data_rng, state.step), config, strategy)
         tokens = jax.lax.with_sharding_constraint(tokens, batch_sharding)
         targets = jax.lax.with_sharding_constraint(targets, batch_sharding)
+        episodes = (jax.lax.with_sharding_constraint(episodes, batch_sharding)
+                    if config.attention_scope == "episode" else None)
         (loss, accuracy), grads = jax.value_and_grad(next_token_loss, has_aux=True)(
-            state.params, model_config, tokens, targets
+            state.params, model_config, tokens, targets, episodes
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

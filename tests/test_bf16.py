@@ -126,7 +126,7 @@ def test_pretraining_loss_in_bfloat16(model):
     pre_config, params = model
     # Streams of problems up to 4 digits, one more than mini-n3 learned: a loss far from 0.
     config = dataclasses.replace(pre_config, max_digits=4, eval_extra_digits=0, batch_size=2)
-    tokens, targets = supervised.streams_batch(jax.random.key(3), config)
+    tokens, targets, _ = supervised.streams_batch(jax.random.key(3), config)
     results = {}
     for dtype in DTYPES:
         model_config = dataclasses.replace(pre_config.model_config, dtype=dtype)

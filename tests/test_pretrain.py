@@ -37,7 +37,7 @@ def run_steps(config, mesh, steps):
 
 
 def test_streams_cover_every_position_and_mask_prompts():
-    tokens, targets = supervised.streams_batch(jax.random.key(0), TINY)
+    tokens, targets, _ = supervised.streams_batch(jax.random.key(0), TINY)
     assert tokens.shape == targets.shape == (8, model_preset("tiny").context_length)
     assert (tokens != tokenizer.PAD_ID).all()  # packed to the end of the context
     text = tokenizer.decode(tokens[0])
@@ -80,7 +80,7 @@ def test_data_parallel_step_equals_single_device():
 @pytest.mark.slow  # 17 s; the default suite stays under 10 minutes on 2 cores
 def test_tiny_model_overfits_a_fixed_batch():
     config = model_preset("tiny")
-    tokens, targets = supervised.streams_batch(jax.random.key(1),
+    tokens, targets, _ = supervised.streams_batch(jax.random.key(1),
                                                dataclasses.replace(TINY, batch_size=2))
     params = init_params(jax.random.key(0), config)
     tx = optax.adam(3e-3)
@@ -346,3 +346,55 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **fields)
+
+
+def test_episode_index_against_a_loop():
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 30, size=(4, 9)).astype(np.int32)
+    width = 160
+    got = np.asarray(supervised.layout.episode_index(jax.numpy.asarray(lengths), width))
+    for row in range(4):
+        expected = []
+        for k, length in enumerate(lengths[row]):
+            expected += [k] * int(length)
+        expected = (expected + [len(lengths[row])] * width)[:width]
+        assert got[row].tolist() == expected
+
+
+@pytest.mark.parametrize("attention", ["critkl", "xla"])
+def test_episode_scope_equals_each_episode_alone(attention):
+    """Packed path-star streams with attention_scope="episode": every episode's logits equal
+    a forward of that episode alone at the same positions; the loss is the target-weighted
+    mean of the episodes' own losses. The mini context (512) runs critkl's blocked path."""
+    import jax.numpy as jnp
+    from critkl.model import GPT
+
+    config = PretrainConfig(task="path-star", model="mini", max_digits=3, eval_extra_digits=0,
+                            batch_size=2, attention=attention, attention_scope="episode")
+    model_config = config.model_config
+    tokens, targets, episodes = supervised.streams_batch(jax.random.key(5), config)
+    params = init_params(jax.random.key(6), model_config)
+    packed, _ = GPT(model_config).apply({"params": params}, tokens, segments=episodes)
+    unmasked, _ = GPT(model_config).apply({"params": params}, tokens)
+    losses, weights = [], []
+    for row in range(2):
+        ids = np.asarray(episodes[row])
+        for k in np.unique(ids)[:6]:
+            where = np.nonzero(ids == k)[0]
+            alone, _ = GPT(model_config).apply(
+                {"params": params}, tokens[row:row + 1, where],
+                positions=jnp.asarray(where[None, :], jnp.int32))
+            np.testing.assert_allclose(packed[row, where], alone[0], rtol=1e-4, atol=1e-4)
+            if k > 0:  # a later episode sees earlier ones without the scope
+                assert not np.allclose(unmasked[row, where], alone[0], atol=1e-3)
+    loss, _ = supervised.next_token_loss(params, model_config, tokens, targets, episodes)
+    labels = np.asarray(tokens[:, 1:])
+    logp = np.asarray(jax.nn.log_softmax(packed[:, :-1]))
+    picked = np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+    mask = np.asarray(targets[:, 1:])
+    np.testing.assert_allclose(loss, -(picked * mask).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_attention_scope_is_checked():
+    with pytest.raises(ValueError, match=r"attention_scope must be one of \('stream', 'episode'\)"):
+        dataclasses.replace(TINY, attention_scope="document")

@@ -78,9 +78,10 @@ def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.A
     on text does, so every position up to `width` is trained.
 
     episodes: a batch of streams * m episodes (m per row, in order). Returns tokens
-    [streams, width] int32 and target mask [streams, width] bool: True where the token
+    [streams, width] int32, target mask [streams, width] bool: True where the token
     is one the model must learn to write (not a prompt token, not past the last
-    episode). The last episode of a row is cut at `width`.
+    episode), and the episode each position holds [streams, width] int32
+    (`episode_index`). The last episode of a row is cut at `width`.
     """
     per_row = episodes.tokens.shape[0] // streams
     size = episodes.tokens.shape[1]
@@ -91,4 +92,12 @@ def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.A
     counts = episodes.length.reshape(streams, per_row)
     tokens, role, _, total = lay_out(slots, offsets, counts, width)
     inside = jnp.arange(width)[None, :] < total[:, None]
-    return tokens, inside & (role != 0)
+    return tokens, inside & (role != 0), episode_index(counts, width)
+
+
+def episode_index(lengths: jax.Array, width: int) -> jax.Array:
+    """Which of its row's episodes each position of a packed stream holds: lengths [S, K]
+    (the episodes laid end to end, in order) -> [S, width] int32 in 0..K (K past the last)."""
+    ends = jnp.cumsum(lengths, axis=1)
+    position = jnp.arange(width, dtype=jnp.int32)
+    return jnp.sum(position[None, None, :] >= ends[:, :, None], axis=1, dtype=jnp.int32)
