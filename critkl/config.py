@@ -30,8 +30,7 @@ DTYPES = ("float32", "bfloat16")
 ATTENTIONS = ("critkl", "xla", "cudnn")
 # What a pre-training token attends to in its packed stream: every earlier token ("stream",
 # the episodes before its own included) or only the earlier tokens of its own episode
-# ("episode": document masking; a task whose episodes reuse labels, as path-star's do,
-# otherwise reads earlier episodes' edges as its own).
+# ("episode": document masking, for tasks whose episodes reuse labels, as path-star's do).
 ATTENTION_SCOPES = ("stream", "episode")
 
 
