@@ -78,32 +78,35 @@ END_KEYS = (LEARNING, "eval/pass_at_1", *RETENTION_AXES, "retention/sampled_comf
 # Predictions from the causal map, before the runs
 
 
-def predicted_p_right(rows: list[dict], kl_coef: float, prioritized: bool) -> float:
+def predicted_p_right(rows: list[dict], kl_coef: float, beta: float, map_beta: float) -> float:
     """Mean over the map's causally critical decisions of p(right) at the KL-regularised
-    optimum at `kl_coef`, each decision's KL weighted by its prioritized weight or by 1."""
-    values = [causal.optimum_p_right(row, kl_coef, row["kl_weight"] if prioritized else 1.0)
+    optimum at `kl_coef`, each decision's KL weighted by its prioritized weight at `beta`
+    (`causal.kl_weight`; beta 0: weight 1, the standard KL). map_beta: the map's own beta."""
+    values = [causal.optimum_p_right(row, kl_coef,
+                                     causal.kl_weight(row, beta, map_beta) if beta else 1.0)
               for row in rows if row.get("critical")]
     return float(np.mean(values))
 
 
-def equivalent_standard_coef(rows: list[dict], kl_coef: float) -> float:
+def equivalent_standard_coef(rows: list[dict], kl_coef: float, beta: float,
+                             map_beta: float) -> float:
     """The standard KL's coefficient whose optimum mean p(right) at the critical decisions
-    equals the prioritized KL's at `kl_coef` (bisection in log coefficient)."""
-    target = predicted_p_right(rows, kl_coef, prioritized=True)
+    equals the prioritized KL's at `kl_coef` and `beta` (bisection in log coefficient)."""
+    target = predicted_p_right(rows, kl_coef, beta, map_beta)
     low, high = math.log(1e-6), math.log(kl_coef)
     for _ in range(60):
         middle = (low + high) / 2
-        if predicted_p_right(rows, math.exp(middle), prioritized=False) > target:
+        if predicted_p_right(rows, math.exp(middle), 0.0, map_beta) > target:
             low = middle
         else:
             high = middle
     return math.exp((low + high) / 2)
 
 
-def predictions(rows: list[dict], arm_list: tuple[Arm, ...]) -> str:
+def predictions(rows: list[dict], arm_list: tuple[Arm, ...], map_beta: float) -> str:
     """Markdown: per arm, the optimum's mean p(right) at the causal critical decisions and the
-    map's p(right) before RL; per prioritized arm, the standard coefficient that learns like
-    it, and where each hypothesis puts its end point."""
+    map's p(right) before RL; per prioritized arm (weights at its own beta), the standard
+    coefficient that learns like it, and where each hypothesis puts its end point."""
     before = float(np.mean([row["p_right"] for row in rows if row.get("critical")]))
     count = sum(1 for row in rows if row.get("critical"))
     lines = [f"Mean p(right) at the {count} causally critical decisions before RL: "
@@ -115,10 +118,11 @@ def predictions(rows: list[dict], arm_list: tuple[Arm, ...]) -> str:
             lines.append(f"| {arm.name} | 1.000 (no penalty: the better side at every "
                          "decision) | itself |")
             continue
-        p = predicted_p_right(rows, arm.kl_coef, arm.kind == "prioritized")
+        p = predicted_p_right(rows, arm.kl_coef, arm.beta, map_beta)
         like = "itself"
         if arm.kind == "prioritized":
-            like = f"the standard KL at {equivalent_standard_coef(rows, arm.kl_coef):.3g}"
+            coef = equivalent_standard_coef(rows, arm.kl_coef, arm.beta, map_beta)
+            like = f"the standard KL at {coef:.3g}"
         lines.append(f"| {arm.name} | {p:.3f} | {like} |")
     lines += ["", "Where each hypothesis puts a prioritized arm at coefficient c, whose critical "
               "decisions learn like the standard KL at c' < c (the table):", "",
@@ -263,9 +267,11 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
     settings = dataclasses.replace(RL_SETTINGS[scale], **plan["regime"])
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    rows = json.loads((output.folder / "critical.json").read_text())["rows"]
+    record = json.loads((output.folder / "critical.json").read_text())
+    rows = record["rows"]
     if any(row.get("critical") for row in rows):
-        output.markdown("prediction.md", predictions(rows, plan["arms"]))
+        output.markdown("prediction.md",
+                        predictions(rows, plan["arms"], record["settings"]["beta"]))
     config = dataclasses.replace(settings.config(n, 1), causal_keys=keys)
     runs = []
     for index, arm in enumerate(plan["arms"]):

@@ -68,11 +68,12 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
              f"{top + 1} digits")
     pre_config, params = pretrained_model(scale, top, work_dir, print_fn)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    rows = json.loads((output.folder / "critical.json").read_text())["rows"]
+    record = json.loads((output.folder / "critical.json").read_text())
     settings = RL_SETTINGS[scale]
     arms = rl_arms(settings.kl_coef, plan["betas"])
     if keys:
-        output.markdown("prediction.md", frontier.predictions(rows, arms))
+        output.markdown("prediction.md", frontier.predictions(record["rows"], arms,
+                                                              record["settings"]["beta"]))
 
     print_fn(f"\n== 2/4 RL on {top + 1} digits (Figures 6, 7): {len(arms)} arms of "
              f"{len(plan['seeds'])} seeds, then the paper's settings on "

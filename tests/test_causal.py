@@ -121,3 +121,42 @@ def test_critical_command_rejects_bad_settings(capsys, tmp_path, flag, value, fi
     assert status == cli.USAGE_ERROR
     assert field in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_kl_weight_at_any_beta_from_the_recorded_certainties():
+    """The map records each problem's certainty at each decision: its weight at the map's
+    beta and at another beta equal the mean of the paper's weight computed from the logits."""
+    from critkl.model import GPT
+    from critkl.runs.models import load_pretrained
+    from critkl.weighting import prioritized_kl_weights
+
+    pre_config, params = load_pretrained("mini-n3")
+    config = pre_config.model_config
+    settings = CausalMapConfig(problems=4, beta=150.0, certainty_temperature=2.0,
+                               forced_below=1e-6)  # no decision forced: the weights only
+    task = Addition(3)
+    rows = causal.causal_map(params, config, task, settings)
+    episodes = task.at_level(4).render(task.at_level(4).sample_level(
+        jax.random.split(jax.random.key(settings.seed))[0], settings.problems, 4))
+    logits, _ = GPT(config).apply({"params": params}, episodes.tokens)
+    by_key = defaultdict(list)
+    for b, found in enumerate(decisions.decision_keys(task.at_level(4), episodes)):
+        for t, key in found.items():
+            by_key[key].append((b, t))
+    for beta in (150.0, 500.0, 10.0):
+        weights = np.asarray(prioritized_kl_weights(logits, beta, 2.0))
+        for row in rows:
+            expected = np.mean([weights[b, t - 1] for b, t in by_key[tuple(row["key"])]])
+            assert causal.kl_weight(row, beta, 150.0) == pytest.approx(expected, rel=1e-4,
+                                                                       abs=1e-7)
+            if beta == 150.0:
+                assert row["kl_weight"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert len({round(causal.kl_weight(r, 10.0, 150.0), 3) for r in rows}) > 5
+
+
+def test_kl_weight_of_a_map_without_certainties():
+    """An older map holds the weight at its own beta only; another beta is refused, naming it."""
+    row = {"kl_weight": 0.25}
+    assert causal.kl_weight(row, 150.0, 150.0) == 0.25
+    with pytest.raises(ValueError, match="beta=150 only.*not at beta=500"):
+        causal.kl_weight(row, 500.0, 150.0)

@@ -26,15 +26,32 @@ def test_a_shared_weight_is_a_coefficient_times_that_weight():
     at c * w at those decisions; a non-critical row changes nothing."""
     rows = [_row(0.5, 0.1, 0.6, 0.1), _row(0.8, 0.1, 0.7, 0.3), _row(0.2, 0.9, 0.9, 0.0, False)]
     for coef in (0.5, 2.0, 5.0):
-        assert frontier.equivalent_standard_coef(rows, coef) == pytest.approx(coef * 0.1,
-                                                                               rel=1e-6)
-        assert frontier.predicted_p_right(rows, coef, True) == pytest.approx(
-            frontier.predicted_p_right(rows, coef * 0.1, False))
+        assert frontier.equivalent_standard_coef(rows, coef, 150.0, 150.0) == pytest.approx(
+            coef * 0.1, rel=1e-6)
+        assert frontier.predicted_p_right(rows, coef, 150.0, 150.0) == pytest.approx(
+            frontier.predicted_p_right(rows, coef * 0.1, 0.0, 150.0))
     # Directly: p * e^{dq/(c w)} / (p e^{dq/(c w)} + 1 - p), dq = 2 (right - wrong).
     expected = np.mean([0.5 * np.exp(1.0 / 0.1) / (0.5 * np.exp(1.0 / 0.1) + 0.5),
                         0.8 * np.exp(0.8 / 0.1) / (0.8 * np.exp(0.8 / 0.1) + 0.2)])
-    assert frontier.predicted_p_right(rows, 1.0, True) == pytest.approx(expected)
-    assert "prioritized-5" in frontier.predictions(rows, ARMS)
+    assert frontier.predicted_p_right(rows, 1.0, 150.0, 150.0) == pytest.approx(expected)
+    assert "prioritized-5" in frontier.predictions(rows, ARMS, 150.0)
+
+
+def test_each_prioritized_arm_is_predicted_at_its_own_beta():
+    """With per-problem certainties, beta 500 weights a decision by mean(c ** 500), so its
+    optimum moves further from the reference than beta 150's (weights are smaller)."""
+    rows = [dict(_row(0.5, None, 0.6, 0.1), certainties=[0.99, 0.995]),
+            dict(_row(0.7, None, 0.8, 0.2), certainties=[0.98, 0.999])]
+    at = {beta: frontier.predicted_p_right(rows, 5.0, beta, 150.0) for beta in (150.0, 500.0)}
+    weights = {beta: [np.mean(np.array(r["certainties"]) ** beta) for r in rows]
+               for beta in (150.0, 500.0)}
+    for beta in at:
+        tilt = [np.exp(2 * (r["success_right_sampled"] - r["success_wrong_sampled"]) / (5.0 * w))
+                for r, w in zip(rows, weights[beta])]
+        expected = np.mean([r["p_right"] * x / (r["p_right"] * x + 1 - r["p_right"])
+                            for r, x in zip(rows, tilt)])
+        assert at[beta] == pytest.approx(expected)
+    assert at[500.0] > at[150.0]
 
 
 def test_frontier_gap_against_a_straight_frontier():

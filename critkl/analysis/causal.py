@@ -7,7 +7,8 @@ measured:
 
 - p(right): the model's teacher-forced probability of the reference token, given the
   correct prefix;
-- w: the prioritized KL weight certainty(reference at the certainty temperature)^beta there;
+- w: the prioritized KL weight certainty(reference at the certainty temperature)^beta there
+  (each problem's certainty is recorded too, so `kl_weight` gives w at any other beta);
 - success after forcing the right token, and after forcing the model's likeliest wrong
   token, then letting the model continue from that prefix (greedy, and sampled at the RL
   temperature).
@@ -109,8 +110,7 @@ def causal_map(params, config: ModelConfig, task: TextTask,
     tokens = np.asarray(episodes.tokens)
     logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
-    weights = np.asarray(weighting.prioritized_kl_weights(
-        logits, settings.beta, settings.certainty_temperature))
+    certainties = np.asarray(weighting.certainty(logits, settings.certainty_temperature))
 
     rows, by_key = {}, defaultdict(list)
     for b, found in enumerate(decisions.decision_keys(task, episodes)):
@@ -123,8 +123,9 @@ def causal_map(params, config: ModelConfig, task: TextTask,
             "label": task.key_label(key, task.vocabulary.decode([int(tokens[items[0]])])),
             "first_position": min(t for _, t in items), "problems": len(items),
             "p_right": float(right.mean()), "p_right_min": float(right.min()),
-            "kl_weight": float(np.mean([weights[b, t - 1] for b, t in items])),
+            "certainties": [float(certainties[b, t - 1]) for b, t in items],
         }
+        rows[key]["kl_weight"] = kl_weight(rows[key], settings.beta, settings.beta)
 
     forced = [(key, b, t, wrong) for key, items in by_key.items()
               if rows[key]["p_right"] < settings.forced_below
@@ -167,6 +168,19 @@ def causal_map(params, config: ModelConfig, task: TextTask,
         row["critical"] = bool(right > 0 and right - wrong >= CRITICAL_COST * right
                                and row["p_right"] <= CRITICAL_P_RIGHT)
     return sorted(rows.values(), key=lambda row: row["first_position"])
+
+
+def kl_weight(row: dict, beta: float, map_beta: float) -> float:
+    """The decision's prioritized KL weight at `beta`: the mean over its problems of
+    certainty ** beta. A map made before the per-problem certainties were recorded holds the
+    weight at its own beta (`map_beta`) only."""
+    if "certainties" in row:
+        return float(np.mean(np.asarray(row["certainties"], np.float64) ** beta))
+    if beta == map_beta:
+        return row["kl_weight"]
+    raise ValueError(f"the causal map records the KL weight at beta={map_beta:g} only (made "
+                     f"before per-problem certainties were recorded), not at beta={beta:g}: "
+                     "make the map again (`critkl critical`)")
 
 
 def optimum_p_right(row: dict, kl_coef: float, weight: float) -> float | None:
