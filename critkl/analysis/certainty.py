@@ -29,6 +29,15 @@ from critkl.tasks import layout
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, TextTask, Vocabulary
 
 
+def _per_prediction(params, model_config: ModelConfig, tokens: jax.Array, measure) -> jax.Array:
+    """measure(logits [B, T-1, V] float32, next tokens [B, T-1]) -> [B, T-1] of the model's
+    prediction of each token from the tokens before it, padded to [B, T] with 1 at position 0
+    (no prediction)."""
+    logits, _ = GPT(model_config).apply({"params": params}, tokens)
+    values = measure(logits[:, :-1].astype(jnp.float32), tokens[:, 1:])
+    return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+
+
 @functools.partial(jax.jit, static_argnames="model_config")
 def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
                     temperature=1.0) -> jax.Array:
@@ -36,9 +45,8 @@ def token_certainty(params, model_config: ModelConfig, tokens: jax.Array,
 
     tokens [B, T] int32 -> [B, T] float32 in [0, 1]; position 0 (no prediction) holds 1.
     """
-    logits, _ = GPT(model_config).apply({"params": params}, tokens)
-    values = weighting.certainty(logits[:, :-1].astype(jnp.float32), temperature)
-    return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+    return _per_prediction(params, model_config, tokens,
+                           lambda logits, _: weighting.certainty(logits, temperature))
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -47,9 +55,8 @@ def token_p_right(params, model_config: ModelConfig, tokens: jax.Array) -> jax.A
 
     tokens [B, T] int32 -> [B, T] float32 in [0, 1]; position 0 (no prediction) holds 1.
     """
-    logits, _ = GPT(model_config).apply({"params": params}, tokens)
-    values = jnp.exp(token_logprobs(logits[:, :-1].astype(jnp.float32), tokens[:, 1:]))
-    return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
+    return _per_prediction(params, model_config, tokens,
+                           lambda logits, following: jnp.exp(token_logprobs(logits, following)))
 
 
 def p_right_by_role(params, model_config: ModelConfig, task: TextTask,
