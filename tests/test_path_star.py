@@ -64,8 +64,9 @@ def check_episodes(task: PathStar, problems, episodes) -> list[ref.Problem]:
         assert ref.parse_prompt(text_of(episodes.tokens[b], 0, prompt)) == problem
         # roles and path indices: k-th node of the path, then the terminator
         k = np.arange(length - prompt - 1)
-        want_role = np.where(k == 0, ROLE["start"], np.where(k == 1, ROLE["first_step"],
-                                                             ROLE["step"]))
+        last = int(level[b])
+        want_role = [ROLE["start"] if i == 0 else ROLE["first_step"] if i == 1
+                     else ROLE["goal"] if i == last else ROLE["step"] for i in k]
         assert (episodes.role[b, :prompt] == ROLE["prompt"]).all()
         assert (episodes.role[b, prompt:length - 1] == want_role).all()
         assert episodes.role[b, length - 1] == ROLE["format"]
@@ -252,7 +253,11 @@ def test_samplers():
         task.sample_level(key, 10, 7)
     with pytest.raises(ValueError, match="level=0"):
         task.sample_level(key, 10, 0)
-    for problems in (pre, jax.device_get(task.sample_rl(key, batch))):
+    shortest = jax.device_get(PathStar(n, extra, degree, min_level=3).sample_pretraining(key, batch))
+    for level in (3, 4):
+        assert within_binomial((shortest.level == level).sum(), batch, 1 / 2)
+    assert set(shortest.level.tolist()) == {3, 4}
+    for problems in (pre, shortest, jax.device_get(task.sample_rl(key, batch))):
         assert (np.sort(problems.edge_order, axis=1) == np.arange(degree * m)).all()
         assert (np.sort(problems.labels, axis=1)[:, 1:]
                 != np.sort(problems.labels, axis=1)[:, :-1]).all()
@@ -338,7 +343,10 @@ def test_bad_parameters_name_the_field():
                           (dict(n=20, extra=5, degree=3), "degree=3"),
                           (dict(n=3, degree="3"), "degree='3'"),
                           (dict(n=2, extra=1, degree=18), "degree=18"),
-                          (dict(n=3, extra=1, degree=13), "degree=13")]:
+                          (dict(n=3, extra=1, degree=13), "degree=13"),
+                          (dict(n=3, min_level=0), "min_level=0 .*allowed 1..n=3"),
+                          (dict(n=3, min_level=4), "min_level=4 .*allowed 1..n=3"),
+                          (dict(n=3, min_level=2.0), "min_level=2.0 must be an integer")]:
         with pytest.raises(ValueError, match=field):
             PathStar(**kwargs)
     assert PathStar(2, 1, degree=17).nodes == 52

@@ -6,7 +6,9 @@ problem or per token (apart from `problems_from_text`, the CLI's host-side parse
 A problem is a star graph: a centre and `degree` arms, each arm a path of `level` edges
 going out from the centre. Its nodes are distinct single letters drawn at random per
 problem from `LABELS` (a-z then A-Z). Levels are the arm length: pre-training draws levels
-1..n, RL exactly n + extra.
+min_level..n (default 1..n), RL exactly n + extra. Only arms of 3 edges or more hold an edge
+lookup (a node between the first step and the goal), so a larger min_level gives
+pre-training more of them per token.
 
 The format, one character per token. The prompt lists every edge as two labels, parent
 (nearer the centre) then child, in a random order, separated by commas, then a newline, the
@@ -57,7 +59,9 @@ ROLE_NAMES = (
     "format",      # the answer's terminating newline
     "start",       # the path's first node: the centre, copied from the prompt
     "first_step",  # the path's second node: the one decisive token
-    "step",        # the path's later nodes, each the only child of the one before
+    "step",        # the path's nodes between the first step and the goal, each the only
+                   # child of the one before (an edge lookup)
+    "goal",        # the path's last node after the first step: the goal, also in the prompt
 )
 ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
 
@@ -80,7 +84,8 @@ class StarGraphs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class PathStar(TextTask):
-    """Path-star graphs with `degree` arms: pre-training on arm lengths 1..n, RL on n + extra."""
+    """Path-star graphs with `degree` arms: pre-training on arm lengths min_level..n, RL on
+    n + extra."""
 
     name: ClassVar[str] = "path-star"
     vocabulary: ClassVar[Vocabulary] = _VOCABULARY
@@ -90,12 +95,19 @@ class PathStar(TextTask):
     level_unit: ClassVar[str] = "edges per arm"
 
     degree: int = 3
+    min_level: int = 1  # pre-training's shortest arm
 
     def __post_init__(self):
         super().__post_init__()  # n >= 1, extra >= 0, n + extra <= max_supported_level
-        me = f"PathStar(n={self.n}, extra={self.extra}, degree={self.degree})"
-        if not isinstance(self.degree, int) or isinstance(self.degree, bool):
-            raise ValueError(f"{me}: degree={self.degree!r} must be an integer")
+        me = (f"PathStar(n={self.n}, extra={self.extra}, degree={self.degree}, "
+              f"min_level={self.min_level})")
+        for name in ("degree", "min_level"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{me}: {name}={value!r} must be an integer")
+        if not 1 <= self.min_level <= self.n:
+            raise ValueError(f"{me}: min_level={self.min_level} is not supported: allowed "
+                             f"1..n={self.n}")
         most = (len(LABELS) - 1) // self.max_level
         if not MIN_DEGREE <= self.degree <= most:
             raise ValueError(
@@ -132,10 +144,10 @@ class PathStar(TextTask):
         return StarGraphs(labels[:, :self.nodes], level.astype(jnp.int32), edge_order, goal_arm)
 
     def sample_pretraining(self, rng: jax.Array, batch: int) -> StarGraphs:
-        """Arm lengths uniform in 1..n."""
+        """Arm lengths uniform in min_level..n."""
         level_rng, rng = jax.random.split(rng)
-        return self._sample(rng, jax.random.randint(level_rng, (batch,), 1, self.n + 1,
-                                                    jnp.int32))
+        return self._sample(rng, jax.random.randint(level_rng, (batch,), self.min_level,
+                                                    self.n + 1, jnp.int32))
 
     def sample_rl(self, rng: jax.Array, batch: int) -> StarGraphs:
         """Arm length exactly n + extra."""
@@ -244,12 +256,13 @@ class PathStar(TextTask):
         newline = jnp.full((batch, 1), _NEWLINE, jnp.int32)
         ends = jnp.concatenate([newline, ids[:, :1], jnp.full((batch, 1), _ARROW, jnp.int32),
                                 goal, newline], axis=1)
-        # The path: the centre, then arm goal_arm's nodes; roles start, first_step, step;
-        # list index k = the node's position along the path.
+        # The path: the centre, then arm goal_arm's nodes; roles start, first_step, step and
+        # goal (the last node, from 2 edges on); list index k = the node's position along it.
         k = np.arange(m + 1)
         path_nodes = jnp.where(k[None, :] == 0, 0, 1 + column(goal_arm) * m + k[None, :] - 1)
-        path_role = np.where(k == 0, ROLE["start"], np.where(k == 1, ROLE["first_step"],
-                                                             ROLE["step"]))
+        path_role = jnp.where((k[None, :] == column(level)) & (k[None, :] >= 2), ROLE["goal"],
+                              np.where(k == 0, ROLE["start"],
+                                       np.where(k == 1, ROLE["first_step"], ROLE["step"])))
         path = (jnp.take_along_axis(ids, path_nodes, axis=1)
                 + ROLE_SHIFT * path_role + INDEX_SHIFT * (k + 1))
         end = jnp.full((batch, 1), _NEWLINE + ROLE_SHIFT * ROLE["format"], jnp.int32)
