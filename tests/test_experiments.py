@@ -148,6 +148,26 @@ def test_shipped_causal_map_is_the_committed_result():
     assert shipped_causal_map("mini-n3") == json.loads(committed.read_text())
 
 
+def test_shipped_causal_map_of_mini_n7_is_the_paper_setting_result():
+    """mini-n7's map is results/paper-setting-mini's (the experiment's first stage), with the
+    command and commit that made it; its settings are the mini scale's, so the experiments use
+    it instead of measuring it again."""
+    from pathlib import Path
+
+    import dataclasses
+
+    from critkl.config import CausalMapConfig
+    from critkl.runs.models import shipped_causal_map
+    from experiments import kl_comparison
+
+    committed = json.loads((Path(__file__).parent.parent / "results" / "paper-setting-mini"
+                            / "critical.json").read_text())
+    shipped = shipped_causal_map("mini-n7")
+    assert {k: v for k, v in shipped.items() if k not in ("command", "commit", "model")} == committed
+    assert shipped["settings"] == dataclasses.asdict(
+        CausalMapConfig(problems=kl_comparison.CAUSAL_PROBLEMS["mini"]))
+
+
 @pytest.mark.slow
 def test_shipped_causal_map_is_what_its_command_measures():
     """The shipped map of mini-n3 re-measured with its own settings (6 minutes here)."""
