@@ -18,7 +18,8 @@ VOCAB = PathStar.vocabulary
 NEWLINE = VOCAB.token_id("\n")
 
 # (n, extra, degree): the default, the smallest, a wide one, the longest arms, every label used.
-CONFIGS = [(3, 1, 3), (1, 0, 2), (4, 2, 5), (25, 0, 2), (1, 2, 17)]
+CONFIGS = [(3, 1, 3, 0), (1, 0, 2, 0), (4, 2, 5, 0), (25, 0, 2, 0), (1, 2, 17, 0),
+           (5, 1, 2, 1), (3, 2, 4, 1)]
 
 
 @functools.cache
@@ -55,13 +56,14 @@ def check_episodes(task: PathStar, problems, episodes) -> list[ref.Problem]:
     assert episodes.tokens.shape == (len(reference), task.max_episode_length())
     for b, problem in enumerate(reference):
         ref.check_star(problem, task.degree, int(level[b]))
-        want = ref.episode_text(problem)
+        want = ref.episode_text(problem, task.child_first)
         length, prompt = int(episodes.length[b]), int(episodes.prompt_length[b])
         assert text_of(episodes.tokens[b]) == want
         assert length == len(want) and (episodes.tokens[b, length:] == PAD_ID).all()
-        assert prompt == len(ref.prompt_text(problem))
+        assert prompt == len(ref.prompt_text(problem, task.child_first))
         assert int(episodes.result_length[b]) == len(ref.answer_text(problem))
-        assert ref.parse_prompt(text_of(episodes.tokens[b], 0, prompt)) == problem
+        assert ref.parse_prompt(text_of(episodes.tokens[b], 0, prompt),
+                                task.child_first) == problem
         # roles and path indices: k-th node of the path, then the terminator
         k = np.arange(length - prompt - 1)
         last = int(level[b])
@@ -76,9 +78,9 @@ def check_episodes(task: PathStar, problems, episodes) -> list[ref.Problem]:
     return reference
 
 
-@pytest.mark.parametrize("n,extra,degree", CONFIGS)
-def test_renderer_matches_reference(n, extra, degree):
-    task = PathStar(n, extra, degree)
+@pytest.mark.parametrize("n,extra,degree,child_first", CONFIGS)
+def test_renderer_matches_reference(n, extra, degree, child_first):
+    task = PathStar(n, extra, degree, child_first=child_first)
     render, _ = programs(task)
     key = jax.random.key(n * 100 + degree)
     for problems in (task.sample_pretraining(key, 200), task.sample_rl(key, 200)):
@@ -109,8 +111,22 @@ def test_hand_example():
     assert list(task.critical_kinds(episodes)) == ["first_step"]
 
 
-def test_problems_from_text_round_trip_and_errors():
-    task = PathStar(3, 1, degree=4)
+def test_hand_example_child_first():
+    """The same graph with each edge written child then parent: the same answer."""
+    task = PathStar(2, 1, degree=3, child_first=1)
+    episodes = programs(task)[0](task.problems_from_text(["Bx,Mq,hc,xq,eM,cq q>h"]))
+    assert text_of(episodes.tokens[0]) == "Bx,Mq,hc,xq,eM,cq\nq>h\nqch\n"
+    parent_first = PathStar(2, 1, degree=3)
+    same = programs(parent_first)[0](parent_first.problems_from_text(["xB,qM,ch,qx,Me,qc q>h"]))
+    for field in ("prompt_length", "length", "role", "list_index", "result_length"):
+        assert (np.asarray(getattr(episodes, field)) == np.asarray(getattr(same, field))).all()
+    with pytest.raises(ValueError, match="child_first=2 is not supported: allowed 0"):
+        PathStar(2, 1, child_first=2)
+
+
+@pytest.mark.parametrize("child_first", [0, 1])
+def test_problems_from_text_round_trip_and_errors(child_first):
+    task = PathStar(3, 1, degree=4, child_first=child_first)
     render, _ = programs(task)
     episodes = jax.device_get(render(task.sample_pretraining(jax.random.key(1), 100)))
     rows = [text_of(episodes.tokens[b], 0, int(episodes.prompt_length[b])).replace("\n", " ")
@@ -132,6 +148,9 @@ def test_problems_from_text_round_trip_and_errors():
         "ab,ac,ad,aa a>b": "two different labels",
         "ab,ac,ad,ae,bf,cg,dh,ei,fj,gk,hl,im,jn,ko,lp,mq,nr,os,pt,qu a>r": "arm length 5",
     }
+    if child_first:  # the same graphs, each edge written the other way round
+        bad = {" ".join([",".join(e[::-1] for e in row.split(" ")[0].split(","))]
+                        + row.split(" ")[1:]): why for row, why in bad.items()}
     for row, why in bad.items():
         with pytest.raises(ValueError, match=f"problem '{row}' .*{why}"):
             task.problems_from_text([rows[0], row])

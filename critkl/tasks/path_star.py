@@ -11,7 +11,7 @@ lookup (a node between the first step and the goal), so a larger min_level gives
 pre-training more of them per token.
 
 The format, one character per token. The prompt lists every edge as two labels, parent
-(nearer the centre) then child, in a random order, separated by commas, then a newline, the
+(nearer the centre) then child (child then parent with `child_first=1`), in a random order, separated by commas, then a newline, the
 start (the centre) `>` the goal (the leaf of one arm, chosen at random), and a newline. The
 answer is the path from start to goal, node by node, then a newline (the terminator).
 Degree 3, level 2, centre `q`, arms q-x-B, q-c-h, q-M-e, goal `h`:
@@ -96,15 +96,22 @@ class PathStar(TextTask):
 
     degree: int = 3
     min_level: int = 1  # pre-training's shortest arm
+    # 1: each edge written child then parent. Following an edge from node x is then "the
+    # token before the x that ends an edge" (x matched by its own token), instead of "the
+    # token after the x that starts an edge" (x matched through the token before each one).
+    child_first: int = 0
 
     def __post_init__(self):
         super().__post_init__()  # n >= 1, extra >= 0, n + extra <= max_supported_level
         me = (f"PathStar(n={self.n}, extra={self.extra}, degree={self.degree}, "
-              f"min_level={self.min_level})")
-        for name in ("degree", "min_level"):
+              f"min_level={self.min_level}, child_first={self.child_first})")
+        for name in ("degree", "min_level", "child_first"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{me}: {name}={value!r} must be an integer")
+        if self.child_first not in (0, 1):
+            raise ValueError(f"{me}: child_first={self.child_first} is not supported: allowed "
+                             "0 (parent then child) or 1 (child then parent)")
         if not 1 <= self.min_level <= self.n:
             raise ValueError(f"{me}: min_level={self.min_level} is not supported: allowed "
                              f"1..n={self.n}")
@@ -163,7 +170,8 @@ class PathStar(TextTask):
     def problems_from_text(self, rows: list[str]) -> StarGraphs:
         """Rows "EDGES START>GOAL", the prompt's two lines joined by a space, e.g.
         "xB,qM,ch,qx,Me,qc q>h": a star of `degree` arms of equal length (1..max_level)
-        around START, edges written parent then child, GOAL the leaf of one arm.
+        around START, edges written parent then child (child then parent when child_first),
+        GOAL the leaf of one arm.
         Numpy arrays; ValueError naming the bad row."""
         problems = [self._problem_from_row(row) for row in rows]
         stack = lambda k: np.stack([p[k] for p in problems]).astype(np.int32)  # noqa: E731
@@ -191,6 +199,7 @@ class PathStar(TextTask):
                 raise bad(f"{label!r} is not a node label (allowed {LABELS})")
         children: dict[str, list[str]] = {}
         parent: dict[str, str] = {}
+        edges = [edge[::-1] if self.child_first else edge for edge in edges]  # parent, child
         for edge in edges:
             if len(edge) != 2 or edge[0] == edge[1]:
                 raise bad(f"edge {edge!r} is not two different labels")
@@ -245,12 +254,14 @@ class PathStar(TextTask):
         batch, m, degree = labels.shape[0], self.max_level, self.degree
         ids = _LABEL_0 + labels.astype(jnp.int32)
         column = lambda x: x.astype(jnp.int32)[:, None]  # noqa: E731  [B] -> [B, 1]
-        # Edge slots e = a * m + j: pool entries ",PC" (parent, child), all in the prompt role.
+        # Edge slots e = a * m + j: pool entries ",PC" (parent, child; ",CP" when child_first),
+        # all in the prompt role.
         depth = np.tile(np.arange(m), degree)                              # j of each edge slot
         child = np.arange(1, degree * m + 1)
         parent = np.where(depth == 0, 0, child - 1)
+        leading, trailing = (child, parent) if self.child_first else (parent, child)
         edge_slots = jnp.stack([jnp.full((batch, degree * m), _COMMA, jnp.int32),
-                                ids[:, parent], ids[:, child]], axis=-1).reshape(batch, -1)
+                                ids[:, leading], ids[:, trailing]], axis=-1).reshape(batch, -1)
         # The prompt's last line "\nS>G\n", prompt role.
         goal = jnp.take_along_axis(ids, column(1 + goal_arm * m + level - 1), axis=1)
         newline = jnp.full((batch, 1), _NEWLINE, jnp.int32)

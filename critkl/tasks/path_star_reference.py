@@ -13,7 +13,7 @@ start "q", goal "h":
     qch
 
 (the prompt is the first two lines with their newlines; the answer the third line and its
-newline).
+newline). With child_first, each edge is written child then parent: "Bx,Mq,hc,xq,eM,cq".
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ class Problem:
     goal: str
 
 
-def prompt_text(problem: Problem) -> str:
+def prompt_text(problem: Problem, child_first: bool = False) -> str:
     """The part the model is given: the edges, then `start>goal`, each line ended by a newline."""
-    edge_line = ",".join(parent + child for parent, child in problem.edges)
+    edge_line = ",".join(child + parent if child_first else parent + child
+                         for parent, child in problem.edges)
     return edge_line + "\n" + problem.start + ">" + problem.goal + "\n"
 
 
@@ -52,11 +53,11 @@ def answer_text(problem: Problem) -> str:
     return "".join(path(problem)) + "\n"
 
 
-def episode_text(problem: Problem) -> str:
-    return prompt_text(problem) + answer_text(problem)
+def episode_text(problem: Problem, child_first: bool = False) -> str:
+    return prompt_text(problem, child_first) + answer_text(problem)
 
 
-def parse_prompt(text: str) -> Problem:
+def parse_prompt(text: str, child_first: bool = False) -> Problem:
     """The problem of a prompt text (`prompt_text`'s inverse)."""
     lines = text.split("\n")
     if len(lines) != 3 or lines[2] != "":
@@ -68,7 +69,7 @@ def parse_prompt(text: str) -> Problem:
     for item in edge_line.split(","):
         if len(item) != 2:
             raise ValueError(f"an edge is two labels: {item!r}")
-        edges.append((item[0], item[1]))
+        edges.append((item[1], item[0]) if child_first else (item[0], item[1]))
     return Problem(tuple(edges), ends[0], ends[2])
 
 
