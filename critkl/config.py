@@ -29,9 +29,11 @@ DTYPES = ("float32", "bfloat16")
 # NVIDIA GPUs, bfloat16 only).
 ATTENTIONS = ("critkl", "xla", "cudnn")
 # What a pre-training token attends to in its packed stream: every earlier token ("stream",
-# the episodes before its own included) or only the earlier tokens of its own episode
-# ("episode": document masking, for tasks whose episodes reuse labels, as path-star's do).
-ATTENTION_SCOPES = ("stream", "episode")
+# the episodes before its own included), only the earlier tokens of its own episode
+# ("episode": document masking, for tasks whose episodes reuse labels, as path-star's do), or
+# that and positions counted from its episode's start ("alone": each episode trained exactly
+# as sampling runs it; positions past the longest pre-training episode stay untrained).
+ATTENTION_SCOPES = ("stream", "episode", "alone")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

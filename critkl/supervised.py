@@ -88,14 +88,16 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
     return layout.pack(episodes, config.batch_size, width)
 
 
-def next_token_loss(params, model_config: ModelConfig, tokens, targets, episodes=None):
+def next_token_loss(params, model_config: ModelConfig, tokens, targets, episodes=None,
+                    positions=None):
     """Mean cross-entropy of the target tokens given the ones before them.
 
     tokens, targets [B, T]: `targets` marks the tokens to predict; episodes [B, T] (optional,
-    `layout.episode_index`): each token attends only to the earlier tokens of its own episode.
-    Returns (loss, token accuracy)."""
+    `layout.episode_index`): each token attends only to the earlier tokens of its own episode;
+    positions [B, T] (optional, default the stream's). Returns (loss, token accuracy)."""
     logits, _ = GPT(model_config).apply(
         {"params": params}, tokens[:, :-1],
+        positions=None if positions is None else positions[:, :-1],
         segments=None if episodes is None else episodes[:, :-1])
     labels = tokens[:, 1:]
     weight = targets[:, 1:].astype(jnp.float32)
@@ -128,9 +130,11 @@ def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy 
         tokens = jax.lax.with_sharding_constraint(tokens, batch_sharding)
         targets = jax.lax.with_sharding_constraint(targets, batch_sharding)
         episodes = (jax.lax.with_sharding_constraint(episodes, batch_sharding)
-                    if config.attention_scope == "episode" else None)
+                    if config.attention_scope != "stream" else None)
+        positions = (layout.episode_positions(episodes) if config.attention_scope == "alone"
+                     else None)
         (loss, accuracy), grads = jax.value_and_grad(next_token_loss, has_aux=True)(
-            state.params, model_config, tokens, targets, episodes
+            state.params, model_config, tokens, targets, episodes, positions
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

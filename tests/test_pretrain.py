@@ -395,6 +395,51 @@ def test_episode_scope_equals_each_episode_alone(attention):
     np.testing.assert_allclose(loss, -(picked * mask).sum() / mask.sum(), rtol=1e-5)
 
 
+def test_episode_positions_against_a_loop():
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(1, 30, size=(4, 9)).astype(np.int32)
+    width = 160
+    episodes = supervised.layout.episode_index(jax.numpy.asarray(lengths), width)
+    got = np.asarray(supervised.layout.episode_positions(episodes))
+    for row in range(4):
+        expected = []
+        for length in lengths[row]:
+            expected += list(range(int(length)))
+        expected += list(range(width - len(expected)))  # past the last episode: one more
+        assert got[row].tolist() == expected[:width]
+
+
+def test_alone_scope_trains_each_episode_as_sampling_runs_it():
+    """attention_scope="alone": the training step's loss is the target-weighted mean of every
+    episode's own loss with the episode alone at positions from 0 (as sampling runs it)."""
+    import jax.numpy as jnp
+    from critkl.model import GPT
+
+    config = PretrainConfig(task="path-star", model="tiny", max_digits=3, eval_extra_digits=0,
+                            batch_size=2, attention_scope="alone")
+    model_config = config.model_config
+    tokens, targets, episodes = supervised.streams_batch(jax.random.key(5), config)
+    params = init_params(jax.random.key(6), model_config)
+    positions = supervised.layout.episode_positions(episodes)
+    loss, _ = supervised.next_token_loss(params, model_config, tokens, targets, episodes,
+                                         positions)
+    total, count = 0.0, 0
+    for row in range(2):
+        ids = np.asarray(episodes[row])
+        for k in np.unique(ids):
+            where = np.nonzero(ids == k)[0]
+            alone, _ = GPT(model_config).apply({"params": params}, tokens[row:row + 1, where])
+            logp = np.asarray(jax.nn.log_softmax(alone[0, :-1]))
+            labels = np.asarray(tokens[row, where[1:]])
+            mask = np.asarray(targets[row, where[1:]])
+            total -= (logp[np.arange(len(labels)), labels] * mask).sum()
+            count += mask.sum()
+    np.testing.assert_allclose(loss, total / count, rtol=1e-5)
+    stream_positions, _ = supervised.next_token_loss(params, model_config, tokens, targets,
+                                                     episodes)
+    assert not np.isclose(stream_positions, loss, rtol=1e-4)
+
+
 def test_attention_scope_is_checked():
-    with pytest.raises(ValueError, match=r"attention_scope must be one of \('stream', 'episode'\)"):
+    with pytest.raises(ValueError, match=r"attention_scope must be one of \('stream', 'episode', 'alone'\)"):
         dataclasses.replace(TINY, attention_scope="document")

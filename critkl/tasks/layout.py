@@ -95,6 +95,15 @@ def pack(episodes: Episodes, streams: int, width: int) -> tuple[jax.Array, jax.A
     return tokens, inside & (role != 0), episode_index(counts, width)
 
 
+def episode_positions(episodes: jax.Array) -> jax.Array:
+    """Each position's distance from the start of its episode: episodes [S, W] int32
+    (`episode_index`) -> [S, W] int32 (0 at each episode's first token)."""
+    position = jnp.arange(episodes.shape[1], dtype=jnp.int32)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(episodes[:, :1], dtype=bool),
+                              episodes[:, 1:] != episodes[:, :-1]], axis=1)
+    return position - jax.lax.cummax(jnp.where(starts, position, 0), axis=1)
+
+
 def episode_index(lengths: jax.Array, width: int) -> jax.Array:
     """Which of its row's episodes each position of a packed stream holds: lengths [S, K]
     (the episodes laid end to end, in order) -> [S, width] int32 in 0..K (K past the last)."""
