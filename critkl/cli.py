@@ -478,7 +478,17 @@ def _critical(args) -> None:
         settings = CausalMapConfig(**_given(args, _fields(CausalMapConfig())))
     except ValueError as error:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None
-    task = config.text_task.at_level(config.max_digits + 1)
+    n = config.max_digits
+    level = n + 1 if args.level is None else args.level
+    if level < n:
+        raise UsageError(f"--level {level}: allowed N={n} (the pre-trained level) or more")
+    try:
+        task = config.text_task.at_level(level)
+    except ValueError as error:
+        raise UsageError(f"--level {level}: {error}") from None
+    if task.max_episode_length() > config.model_config.context_length:
+        raise UsageError(f"--level {level}: episodes of {task.max_episode_length()} tokens do "
+                         f"not fit the model's {config.model_config.context_length} positions")
     try:  # the problems' logits and log-probabilities, float32 [problems, L, vocabulary]
         memory_budget.check_fits(
             settings.problems * task.max_episode_length() * config.model_config.vocab_size * 12,
@@ -492,13 +502,13 @@ def _critical(args) -> None:
         raise UsageError(f"cannot create the output folder {out}: {error.strerror}") from None
     progress = directory.Progress("forced continuations, sampler call",
                                   lambda line: print(line, flush=True))
-    n = config.max_digits
     print(f"critkl critical {args.model}: {settings.problems} {config.task} problems of level "
-          f"{n + 1}, decisions with p(right) < {settings.forced_below} forced right and wrong",
+          f"{level}, decisions with p(right) < {settings.forced_below} forced right and wrong",
           flush=True)
-    rows = causal.causal_map(params, config.model_config, config.text_task, settings, progress)
+    rows = causal.causal_map(params, config.model_config, config.text_task, settings, progress,
+                             level)
     record = {**provenance.record(), "model": args.model, "task": config.task, "n": n,
-              "settings": dataclasses.asdict(settings), "rows": rows}
+              "level": level, "settings": dataclasses.asdict(settings), "rows": rows}
     files.write_atomic(out / "critical.json", json.dumps(record, indent=1) + "\n")
     table = causal.markdown(rows, kl_coef=args.kl_coef)
     files.write_atomic(out / "critical.md", table)
@@ -604,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     critical.add_argument("--kl-coef", type=float, default=DEFAULT_KL_COEF,
                           help="KL coefficient of the predicted optimum in the table "
                                f"(default {DEFAULT_KL_COEF:g})")
+    critical.add_argument("--level", type=int,
+                          help="the level of the problems (default N+1, the paper's; N for a "
+                               "task whose RL runs at the pre-trained level)")
     critical.add_argument("--out", help="output folder (default runs/critical-MODEL)")
     critical.set_defaults(run=_critical)
 

@@ -113,7 +113,10 @@ def test_settings_name_the_bad_field():
 
 @pytest.mark.parametrize("flag, value, field", [("--temperature", "0", "--temperature"),
                                                 ("--forced-below", "2", "--forced-below"),
-                                                ("--problems", "0", "--problems")])
+                                                ("--problems", "0", "--problems"),
+                                                ("--level", "2", "--level 2: allowed N=3"),
+                                                ("--level", "9", "--level 9: episodes of"),
+                                                ("--level", "25", "--level 25: addition task: n=3, extra=22 must satisfy")])
 def test_critical_command_rejects_bad_settings(capsys, tmp_path, flag, value, field):
     from critkl import cli
 
@@ -152,6 +155,23 @@ def test_kl_weight_at_any_beta_from_the_recorded_certainties():
             if beta == 150.0:
                 assert row["kl_weight"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
     assert len({round(causal.kl_weight(r, 10.0, 150.0), 3) for r in rows}) > 5
+
+
+def test_map_at_the_pretrained_level():
+    """level=n maps problems at n: its decisions are those of n-digit episodes (fewer than at
+    n + 1, the default), each at the position the renderer puts it."""
+    from critkl.runs.models import load_pretrained
+
+    pre_config, params = load_pretrained("mini-n3")
+    settings = CausalMapConfig(problems=2, forced_below=1e-6)
+    at = {level: causal.causal_map(params, pre_config.model_config, Addition(3), settings,
+                                   level=level) for level in (3, None)}
+    keys = {level: {tuple(row["key"]) for row in rows} for level, rows in at.items()}
+    assert len(keys[3]) < len(keys[None])
+    episodes = Addition(3, 0).render(Addition(3, 0).sample_level(
+        jax.random.split(jax.random.key(settings.seed))[0], 2, 3))
+    found = decisions.decision_keys(Addition(3, 0), episodes)
+    assert keys[3] == {key for positions in found for key in positions.values()}
 
 
 def test_kl_weight_of_a_map_without_certainties():

@@ -96,13 +96,15 @@ def check_keys_occur(task: TextTask, keys, level: int, problems: int = 64) -> No
 
 
 def causal_map(params, config: ModelConfig, task: TextTask,
-               settings: CausalMapConfig = CausalMapConfig(), progress=None) -> list[dict]:
+               settings: CausalMapConfig = CausalMapConfig(), progress=None,
+               level: int | None = None) -> list[dict]:
     """The map's rows, one per decision key, in episode order (see module docstring), for a
-    model pre-trained on `task` up to level task.n, at level task.n + 1.
+    model pre-trained on `task` up to level task.n, at `level` (default task.n + 1, the
+    paper's N+1; a task whose RL runs at the pre-trained level maps task.n).
 
     progress(done, total): called after each sampler call, when given.
     """
-    level = task.n + 1
+    level = task.n + 1 if level is None else level
     task = task.at_level(level)
     rng = jax.random.key(settings.seed)
     problem_rng, sample_rng = jax.random.split(rng)
