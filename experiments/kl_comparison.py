@@ -18,7 +18,7 @@ from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
-from experiments.models import LEVEL, model_name, pretrained_model
+from experiments.models import LEVEL, RL_EXTRA, model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
 N = LEVEL["addition"]  # addition's N per scale, which the addition-only entries use
@@ -38,28 +38,34 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
         return causal.read_critical_keys(path, pre_config.text_task, require_critical=False)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     n = pre_config.max_digits
+    level = n + RL_EXTRA[pre_config.task]
     name = model_name(pre_config.task, scale, n)
     shipped = shipped_causal_map(name) if name in shipped_names() else None
-    if shipped is not None and shipped["settings"] == dataclasses.asdict(settings):
+    if (shipped is not None and shipped["settings"] == dataclasses.asdict(settings)
+            and shipped.get("level", n + 1) == level):
         print_fn(f"causal map: the one shipped with {name}, measured by `{shipped['command']}` "
                  f"at commit {shipped['commit'][:7]}")
         record = shipped
     else:
         record = measure_causal_map(params, pre_config.model_config, pre_config.text_task,
-                                    settings, print_fn)
+                                    settings, print_fn, level)
     write_causal_map(output, record, RL_SETTINGS[scale].kl_coef)
     return causal.critical_keys(record["rows"])
 
 
 def measure_causal_map(params, model_config, task, settings: CausalMapConfig,
-                       print_fn) -> dict:
-    """The map of a model pre-trained on `task` up to n = task.n, on problems at n+1, with
-    progress lines: the record critical.json holds (settings, n, rows)."""
+                       print_fn, level: int | None = None) -> dict:
+    """The map of a model pre-trained on `task` up to n = task.n, on problems at `level`
+    (default n+1), with progress lines: the record critical.json holds (settings, n, level,
+    rows)."""
     n = task.n
-    print_fn(f"causal map: {settings.problems} problems of {n + 1} {task.level_unit}")
+    level = n + 1 if level is None else level
+    print_fn(f"causal map: {settings.problems} problems of {level} {task.level_unit}")
     rows = causal.causal_map(params, model_config, task, settings,
-                             directory.Progress("forced continuations, sampler call", print_fn))
-    return {"settings": dataclasses.asdict(settings), "task": task.name, "n": n, "rows": rows}
+                             directory.Progress("forced continuations, sampler call", print_fn),
+                             level)
+    return {"settings": dataclasses.asdict(settings), "task": task.name, "n": n,
+            "level": level, "rows": rows}
 
 
 def write_causal_map(output: Output, record: dict, kl_coef: float) -> None:
@@ -75,7 +81,8 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn,
     n = LEVEL[task][scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     settings = RL_SETTINGS[scale]
-    config = dataclasses.replace(settings.config(n, 1, pre_config.task, pre_config.task_params),
+    config = dataclasses.replace(settings.config(n, RL_EXTRA[task], pre_config.task,
+                                                 pre_config.task_params),
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
     results = run_sweep(output.folder / "rl", pre_config, params, config,
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)

@@ -4,9 +4,9 @@
 2. its certainty at critical tokens against the rest (Table 1, Figure 5);
 3. its causal critical-token map (the decisions that decide the outcome; shipped with the
    mini model, measured otherwise);
-4. RL on N+1 digits with the standard and the prioritized KL over several seeds, one
-   vmapped program (Figures 4, 6, 7), and the verdict: prioritized minus standard sampled
-   success, paired by seed;
+4. RL on N+1 digits (path-star: N edges, `models.RL_EXTRA`) with the standard and the
+   prioritized KL over several seeds, one vmapped program (Figures 4, 6, 7), and the
+   verdict: prioritized minus standard sampled success, paired by seed;
 5. a summary table (main.md) and the plots.
 
 Run: `critkl experiment mini` (or `tiny`, `paper`).
@@ -26,7 +26,7 @@ from critkl.infra import host_memory
 from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, kl_comparison
-from experiments.models import LEVEL, pretrained_model
+from experiments.models import LEVEL, RL_EXTRA, pretrained_model
 
 SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, DEFAULT_BETA]),
             # 6 seeds per arm (seeds no other experiment uses): the fewest with which the exact
@@ -67,6 +67,7 @@ STAGE_MINUTES = {"mini": (1.1, 0.5, 0.0, 21.4)}
 
 def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addition") -> dict:
     plan, n = SETTINGS[scale], LEVEL[task][scale]
+    rl_level = n + RL_EXTRA[task]
     started = time.perf_counter()
     stage = 0
 
@@ -93,11 +94,11 @@ def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addit
     accuracy.plot(output, curves)
     step(f"certainty at critical tokens (episodes of {n + 1} {unit})")
     table1 = certainty.run(scale, output, work_dir, print_fn, levels=(n,), task=task)["tables"][0]
-    step(f"causal critical-token map (episodes of {n + 1} {unit})")
+    step(f"causal critical-token map (episodes of {rl_level} {unit})")
     kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
-    step(f"RL on {n + 1} {unit}: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
+    step(f"RL on {rl_level} {unit}: standard vs prioritized KL, {len(plan['seeds'])} seeds each")
     results = kl_comparison.sweep(scale, plan, output, work_dir, print_fn, task)
-    plots.plot_sweep(n + 1, results, output)
+    plots.plot_sweep(rl_level, results, output)
 
     minutes = (time.perf_counter() - started) / 60
     summary = "\n".join([
@@ -108,7 +109,7 @@ def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addit
         token_stats.certainty_markdown([table1]), "",
         "## Causal critical-token map (critical.md, critical.png)", "",
         (output.folder / "critical.md").read_text().strip(), "",
-        f"## RL on {n + 1} {unit}", "", finetuning.markdown_summary(results), "",
+        f"## RL on {rl_level} {unit}", "", finetuning.markdown_summary(results), "",
         finetuning.markdown_differences(results, STANDARD_KL), "",
         "## Verdict", "", verdict(results), "",
     ])

@@ -16,14 +16,21 @@ from critkl.config import PretrainConfig
 from critkl.runs.models import load_pretrained, shipped_names
 
 
+MAX_STAGES = 5  # the most pre-training stages a recipe has (path-star's mini model)
+
 # From this many digits up, a mini model is pre-trained as in the paper: no longer problems.
 PAPER_SETTING_DIGITS = 5
 
 # The level N each task's experiments pre-train up to at each scale (RL on N + 1): addition's
 # and multiplication's digits per operand, path-star's edges per arm.
 LEVEL = {"addition": {"tiny": 1, "mini": 3, "paper": 7},
-         "path-star": {"tiny": 1, "mini": 4, "paper": 6},
+         "path-star": {"tiny": 1, "mini": 5, "paper": 6},
          "multiplication": {"tiny": 1, "mini": 3, "paper": 5}}
+
+# The RL level's offset above N per task: the paper's N+1, except path-star, whose mini model
+# is trained with each episode alone (positions past N's episodes untrained) and whose one
+# decisive token, the first step away from the centre, is at chance at N already.
+RL_EXTRA = {"addition": 1, "path-star": 0, "multiplication": 1}
 
 
 def model_name(task: str, scale: str, n: int) -> str:
@@ -31,18 +38,45 @@ def model_name(task: str, scale: str, n: int) -> str:
     return f"{scale}-n{n}" if task == "addition" else f"{task}-{scale}-n{n}"
 
 
-def _other_task_recipe(scale: str, n: int, task: str) -> PretrainConfig:
-    """One stage on the task's levels 1..n, evaluated up to n + 3 (tiny: n + 1). Path-star at
-    mini: 6,000 steps (results/pathstar-mini-n4); multiplication: episodes of 3x3 digits are
-    275 tokens, 5x5 591, so the 896-position mini model."""
+def _other_task_recipe(scale: str, n: int, task: str, stage_dirs: list[Path]
+                       ) -> list[PretrainConfig]:
+    """One stage on the task's levels 1..n, evaluated up to n + 3 (tiny: n + 1);
+    multiplication: episodes of 3x3 digits are 275 tokens, 5x5 591, so the 896-position mini
+    model. Path-star at mini: `_path_star_mini_recipe`."""
     if scale == "tiny":
-        return PretrainConfig(task=task, model="tiny", max_digits=n, eval_extra_digits=1,
-                              batch_size=8, steps=12, warmup_steps=2, log_every=6,
-                              eval_every=12, eval_problems=8, checkpoint_every=12)
+        return [PretrainConfig(task=task, model="tiny", max_digits=n, eval_extra_digits=1,
+                               batch_size=8, steps=12, warmup_steps=2, log_every=6,
+                               eval_every=12, eval_problems=8, checkpoint_every=12)]
+    if scale == "mini" and task == "path-star":
+        return _path_star_mini_recipe(n, stage_dirs)
     model = {"mini": "mini-long" if task == "multiplication" else "mini", "paper": "paper"}
-    return PretrainConfig(task=task, model=model[scale], max_digits=n, eval_extra_digits=3,
-                          steps=6000, warmup_steps=100, eval_every=250, checkpoint_every=250,
-                          dtype="bfloat16" if scale == "paper" else "float32")
+    return [PretrainConfig(task=task, model=model[scale], max_digits=n, eval_extra_digits=3,
+                           steps=6000, warmup_steps=100, eval_every=250, checkpoint_every=250,
+                           dtype="bfloat16" if scale == "paper" else "float32")]
+
+
+def _path_star_mini_recipe(n: int, stage_dirs: list[Path]) -> list[PretrainConfig]:
+    """The five runs that made path-star-mini-n5, each warm-started from the one before
+    (results/pathstar-mini-n4, -d2, -d2-alone): degree 3, arms of 1-4 edges (6,000 steps,
+    then 3,000 with the episode attention scope); degree 2, arms of 3 to n edges (6,000
+    steps, episode scope: the edge lookup emerges inside packed streams); then each episode
+    trained alone, positions from 0 as sampling runs it (2,000 + 3,000 steps). About 2 hours
+    of a 2-core CPU."""
+    star3 = dict(task="path-star", model="mini", eval_extra_digits=3, checkpoint_every=250)
+    star2 = dict(star3, task_params="degree=2,min_level=3", max_digits=n, warmup_steps=50,
+                 final_learning_rate_ratio=0.1)
+    return [
+        PretrainConfig(**star3, max_digits=4, steps=6000, warmup_steps=100, eval_every=250),
+        PretrainConfig(**star3, max_digits=4, init_from=str(stage_dirs[0]),
+                       attention_scope="episode", steps=3000, learning_rate=1e-3,
+                       warmup_steps=50, final_learning_rate_ratio=0.1, eval_every=250),
+        PretrainConfig(**star2, init_from=str(stage_dirs[1]), attention_scope="episode",
+                       steps=6000, learning_rate=1e-3, eval_every=500),
+        PretrainConfig(**star2, init_from=str(stage_dirs[2]), attention_scope="alone",
+                       steps=2000, learning_rate=5e-4, eval_every=250),
+        PretrainConfig(**star2, init_from=str(stage_dirs[3]), attention_scope="alone",
+                       steps=3000, learning_rate=5e-4, eval_every=500),
+    ]
 
 
 def recipe(scale: str, n: int, stage_dirs: list[Path], task: str = "addition"
@@ -60,7 +94,7 @@ def recipe(scale: str, n: int, stage_dirs: list[Path], task: str = "addition"
     if scale not in LEVEL["addition"]:
         raise ValueError(f"unknown scale {scale!r} (allowed: tiny, mini, paper)")
     if task != "addition":
-        return [_other_task_recipe(scale, n, task)]
+        return _other_task_recipe(scale, n, task, stage_dirs)
     if scale == "tiny":
         return [PretrainConfig(model="tiny", max_digits=n, eval_extra_digits=1,
                                         batch_size=8, steps=12, warmup_steps=2, log_every=6,
@@ -92,7 +126,7 @@ def pretrained_source(scale: str, n: int, work_dir: str | Path, print_fn=print,
         print_fn(f"using the shipped model {name}")
         return name
     base = Path(work_dir) / "models" / name
-    dirs = [base / f"stage{i + 1}" for i in range(2)]
+    dirs = [base / f"stage{i + 1}" for i in range(MAX_STAGES)]
     stages = recipe(scale, n, dirs, task)
     for run_dir, config in zip(dirs, stages):
         train(run_dir, config, f"{name} ", print_fn)
