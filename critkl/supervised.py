@@ -5,7 +5,9 @@ Problems are sampled, rendered and packed into full-context streams inside the
 jitted step (no host data pipeline). Packing lays whole episodes end to end, so
 every position of the context is trained (a model evaluated at N+1..N+3 digits
 uses positions that N-digit episodes never reach), and no compute is spent on
-padding. The loss covers the tokens the model writes, not the prompts.
+padding (with `PretrainConfig.attention_scope` "alone", positions restart at each episode, so
+positions past the longest episode stay untrained). The loss covers the tokens the model
+writes, not the prompts.
 `critkl.runs.pretraining` runs these steps in a run directory.
 """
 

@@ -272,7 +272,8 @@ def test_samplers():
         task.sample_level(key, 10, 7)
     with pytest.raises(ValueError, match="level=0"):
         task.sample_level(key, 10, 0)
-    shortest = jax.device_get(PathStar(n, extra, degree, min_level=3).sample_pretraining(key, batch))
+    shortest = jax.device_get(
+        PathStar(n, extra, degree, min_level=3).sample_pretraining(key, batch))
     for level in (3, 4):
         assert within_binomial((shortest.level == level).sum(), batch, 1 / 2)
     assert set(shortest.level.tolist()) == {3, 4}

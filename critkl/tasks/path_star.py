@@ -11,9 +11,10 @@ lookup (a node between the first step and the goal), so a larger min_level gives
 pre-training more of them per token.
 
 The format, one character per token. The prompt lists every edge as two labels, parent
-(nearer the centre) then child (child then parent with `child_first=1`), in a random order, separated by commas, then a newline, the
-start (the centre) `>` the goal (the leaf of one arm, chosen at random), and a newline. The
-answer is the path from start to goal, node by node, then a newline (the terminator).
+(nearer the centre) then child (child then parent with `child_first=1`), in a random order,
+separated by commas, then a newline, the start (the centre) `>` the goal (the leaf of one
+arm, chosen at random), and a newline. The answer is the path from start to goal, node by
+node, then a newline (the terminator).
 Degree 3, level 2, centre `q`, arms q-x-B, q-c-h, q-M-e, goal `h`:
 
     xB,qM,ch,qx,Me,qc\\n      <- prompt: the edges
