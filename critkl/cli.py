@@ -479,7 +479,7 @@ def _critical(args) -> None:
     except ValueError as error:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None
     n = config.max_digits
-    level = n + 1 if args.level is None else args.level
+    level = config.text_task.rl_level if args.level is None else args.level
     if level < n:
         raise UsageError(f"--level {level}: allowed N={n} (the pre-trained level) or more")
     try:
@@ -615,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="KL coefficient of the predicted optimum in the table "
                                f"(default {DEFAULT_KL_COEF:g})")
     critical.add_argument("--level", type=int,
-                          help="the level of the problems (default N+1, the paper's; N for a "
-                               "task whose RL runs at the pre-trained level)")
+                          help="the level of the problems (default the task's RL level: N+1, "
+                               "the paper's; N for path-star)")
     critical.add_argument("--out", help="output folder (default runs/critical-MODEL)")
     critical.set_defaults(run=_critical)
 

@@ -1,11 +1,12 @@
 """Beyond the paper: which per-token signal finds the decisive tokens? Each signal of
 `critkl.weighting` scored against the causal critical-token map of the model pre-trained up
 to N (`critkl.analysis.detectors`): precision-recall curves and average precision on the
-correct-prefix action tokens of sampled N+1-digit episodes. No RL. Then the same for the
-constructed model of the mechanism test (one known fork; `experiments.mechanism`), whose
-fork stage is trained (or reused) and its map measured first (files *_constructed.*).
+correct-prefix action tokens of sampled episodes at the task's RL level (N+1; path-star: N).
+No RL. Then, for addition, the same for the constructed model of the mechanism test (one
+known fork; `experiments.mechanism`), whose fork stage is trained (or reused) and its map
+measured first (files *_constructed.*).
 
-Run: `critkl experiment detectors --scale tiny|mini|paper`.
+Run: `critkl experiment detectors --scale tiny|mini|paper [--task path-star|multiplication]`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from critkl.analysis import causal, detectors
 from critkl.runs.outputs import Output
 from critkl.tasks import registry
 from experiments import kl_comparison, mechanism
-from experiments.models import pretrained_model
+from experiments.models import LEVEL, pretrained_model
 
-# Problems (both operands N+1 digits), sampled episodes of each, at the RL temperature 1.
+# Problems at the RL level, sampled episodes of each, at the RL temperature 1.
 SETTINGS = {"tiny": dict(problems=4, samples=2), "mini": dict(problems=64, samples=4),
             "paper": dict(problems=256, samples=4)}
 
@@ -27,15 +28,16 @@ def score(params, model_config, task, keys, plan: dict, output: Output, suffix: 
           print_fn) -> list[dict]:
     """Score every signal on the model's sampled episodes; write detectors{suffix}.md,
     .json and .png."""
-    n = task.n
     print_fn(f"detectors: {plan['samples']} sampled episodes of each of {plan['problems']} "
-             f"problems of {n + 1}+{n + 1} digits, against {len(keys)} causally critical keys")
+             f"problems of {task.rl_level} {task.level_unit}, against {len(keys)} causally "
+             f"critical keys")
     ranked = detectors.score_tokens(params, model_config, task, keys, problems=plan["problems"],
                                     samples=plan["samples"], rng=jax.random.key(0))
     rows = detectors.table(ranked)
     text = detectors.markdown(rows, ranked)
     output.markdown(f"detectors{suffix}.md", text)
-    output.json(f"detectors{suffix}.json", {"n": n, "keys": [list(k) for k in keys], **plan,
+    output.json(f"detectors{suffix}.json", {"task": task.name, "n": task.n,
+                                            "level": task.rl_level, "keys": [list(k) for k in keys], **plan,
                                             "tokens": len(ranked.critical),
                                             "critical_tokens": int(ranked.critical.sum()),
                                             "rows": rows})
@@ -44,13 +46,13 @@ def score(params, model_config, task, keys, plan: dict, output: Output, suffix: 
     return rows
 
 
-def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
-    plan, n = SETTINGS[scale], kl_comparison.N[scale]
-    pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
+def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addition") -> dict:
+    plan, n = SETTINGS[scale], LEVEL[task][scale]
+    pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
     results = {"rows": score(params, pre_config.model_config, pre_config.text_task, keys, plan,
                              output, "", print_fn)}
-    if scale in mechanism.SETTINGS:
+    if task == "addition" and scale in mechanism.SETTINGS:
         print_fn("\nthe constructed model of the mechanism test (one known fork)")
         pre_config, params, n, record = mechanism.forked_model_and_map(scale, work_dir, print_fn)
         output.json("critical_constructed.json", record)

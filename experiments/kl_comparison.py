@@ -18,7 +18,7 @@ from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
-from experiments.models import LEVEL, RL_EXTRA, model_name, pretrained_model
+from experiments.models import LEVEL, model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS, run_sweep
 
 N = LEVEL["addition"]  # addition's N per scale, which the addition-only entries use
@@ -38,7 +38,7 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
         return causal.read_critical_keys(path, pre_config.text_task, require_critical=False)
     settings = CausalMapConfig(problems=CAUSAL_PROBLEMS[scale])
     n = pre_config.max_digits
-    level = n + RL_EXTRA[pre_config.task]
+    level = pre_config.text_task.rl_level
     name = model_name(pre_config.task, scale, n)
     shipped = shipped_causal_map(name) if name in shipped_names() else None
     if (shipped is not None and shipped["settings"] == dataclasses.asdict(settings)
@@ -56,10 +56,10 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
 def measure_causal_map(params, model_config, task, settings: CausalMapConfig,
                        print_fn, level: int | None = None) -> dict:
     """The map of a model pre-trained on `task` up to n = task.n, on problems at `level`
-    (default n+1), with progress lines: the record critical.json holds (settings, n, level,
+    (default `task.rl_level`), with progress lines: the record critical.json holds (settings, n, level,
     rows)."""
     n = task.n
-    level = n + 1 if level is None else level
+    level = task.rl_level if level is None else level
     print_fn(f"causal map: {settings.problems} problems of {level} {task.level_unit}")
     rows = causal.causal_map(params, model_config, task, settings,
                              directory.Progress("forced continuations, sampler call", print_fn),
@@ -81,7 +81,7 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn,
     n = LEVEL[task][scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     settings = RL_SETTINGS[scale]
-    config = dataclasses.replace(settings.config(n, RL_EXTRA[task], pre_config.task,
+    config = dataclasses.replace(settings.config(n, pre_config.text_task.rl_extra, pre_config.task,
                                                  pre_config.task_params),
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
     results = run_sweep(output.folder / "rl", pre_config, params, config,

@@ -4,7 +4,7 @@
 2. its certainty at critical tokens against the rest (Table 1, Figure 5);
 3. its causal critical-token map (the decisions that decide the outcome; shipped with the
    mini model, measured otherwise);
-4. RL on N+1 digits (path-star: N edges, `models.RL_EXTRA`) with the standard and the
+4. RL on N+1 digits (path-star: N edges, `TextTask.rl_level`) with the standard and the
    prioritized KL over several seeds, one vmapped program (Figures 4, 6, 7), and the
    verdict: prioritized minus standard sampled success, paired by seed;
 5. a summary table (main.md) and the plots.
@@ -25,8 +25,9 @@ from critkl.config import DEFAULT_BETA, STANDARD_KL
 from critkl.infra import host_memory
 from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
+from critkl.tasks import registry
 from experiments import accuracy, certainty, kl_comparison
-from experiments.models import LEVEL, RL_EXTRA, pretrained_model
+from experiments.models import LEVEL, pretrained_model
 
 SETTINGS = {"tiny": dict(problems=8, sampled_episodes=8, seeds=[0, 1], betas=[0.0, DEFAULT_BETA]),
             # 6 seeds per arm (seeds no other experiment uses): the fewest with which the exact
@@ -67,7 +68,7 @@ STAGE_MINUTES = {"mini": (1.1, 0.5, 0.0, 21.4)}
 
 def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addition") -> dict:
     plan, n = SETTINGS[scale], LEVEL[task][scale]
-    rl_level = n + RL_EXTRA[task]
+    rl_level = n + registry.task_class(task).rl_extra
     started = time.perf_counter()
     stage = 0
 

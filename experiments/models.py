@@ -27,11 +27,6 @@ LEVEL = {"addition": {"tiny": 1, "mini": 3, "paper": 7},
          "path-star": {"tiny": 1, "mini": 5, "paper": 6},
          "multiplication": {"tiny": 1, "mini": 3, "paper": 5}}
 
-# The RL level's offset above N per task: the paper's N+1, except path-star, whose mini model
-# is trained with each episode alone (positions past N's episodes untrained) and whose one
-# decisive token, the first step away from the centre, is at chance at N already.
-RL_EXTRA = {"addition": 1, "path-star": 0, "multiplication": 1}
-
 
 def model_name(task: str, scale: str, n: int) -> str:
     """The name a model ships by: addition's "mini-n3", another task's "path-star-mini-n4"."""

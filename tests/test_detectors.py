@@ -48,6 +48,18 @@ def test_scored_tokens_carry_the_oracle_labels():
     assert all(0 <= row["average_precision"] <= 1 for row in rows)
 
 
+def test_path_star_is_scored_at_its_rl_level():
+    """path-star's RL level is its pre-trained N = 5 edges, where path-star-mini-n5 follows the
+    edges after a right first step (lookups 0.86-0.97, results/pathstar-mini-n5); at 6 edges
+    it fails right after the first step (16 tokens on the correct path in 16 episodes)."""
+    pre, params = load_pretrained("path-star-mini-n5")
+    ranked = detectors.score_tokens(params, pre.model_config, pre.text_task, (("step", 0),),
+                                    problems=8, samples=2, rng=jax.random.key(2))
+    np.testing.assert_array_equal(ranked.confidence["oracle"] == 0, ranked.critical)
+    assert ranked.critical.sum() >= 14  # one first step in each of 16 episodes
+    assert len(ranked.critical) > 3 * ranked.critical.sum()  # paths go on past the first step
+
+
 def test_at_share_counts_ties_at_their_mean_label():
     confidence = np.array([0.0] * 4 + [1.0] * 16)
     critical = np.array([True] * 4 + [True] * 2 + [False] * 14)

@@ -200,7 +200,7 @@ def test_entry_tiny(work_dir, name):
     (["experiment", "beta", "--scale", "huge"], "--scale must be one of tiny, mini, paper"),
     (["experiment", "frontier", "--task", "path-star"],
      "experiment 'frontier' runs on task 'addition' only, not 'path-star' (entries that take "
-     "--task: main)"),
+     "--task: main, detectors)"),
 ])
 def test_experiment_bad_input(argv, message, capsys):
     assert cli.main(argv) == 2

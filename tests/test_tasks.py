@@ -110,6 +110,14 @@ def test_tasks_are_static_jit_arguments(name):
     assert small(name).at_level(5).max_level == 5
 
 
+def test_rl_level_is_the_papers_n_plus_1_except_path_star():
+    """The level RL, the causal map and the detectors take by default."""
+    assert [registry.make(name, 3).rl_level for name in ("addition", "multiplication",
+                                                         "path-star")] == [4, 4, 3]
+    # independent of the arrays' width: a pre-training task (extra 0) has the same RL level
+    assert registry.make("addition", 3, 0).rl_level == registry.make("addition", 3, 2).rl_level
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_bad_levels_name_the_field(name):
     top = registry.task_class(name).max_supported_level

@@ -99,12 +99,12 @@ def causal_map(params, config: ModelConfig, task: TextTask,
                settings: CausalMapConfig = CausalMapConfig(), progress=None,
                level: int | None = None) -> list[dict]:
     """The map's rows, one per decision key, in episode order (see module docstring), for a
-    model pre-trained on `task` up to level task.n, at `level` (default task.n + 1, the
+    model pre-trained on `task` up to level task.n, at `level` (default `task.rl_level`: the
     paper's N+1; a task whose RL runs at the pre-trained level maps task.n).
 
     progress(done, total): called after each sampler call, when given.
     """
-    level = task.n + 1 if level is None else level
+    level = task.rl_level if level is None else level
     task = task.at_level(level)
     rng = jax.random.key(settings.seed)
     problem_rng, sample_rng = jax.random.split(rng)

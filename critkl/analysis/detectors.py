@@ -1,8 +1,8 @@
 """Token detectors scored against ground truth: how well each weighting signal
 (`critkl.weighting`) finds the causally critical decisions of a model's causal map.
 
-On sampled episodes of N+1-digit problems (both operands N+1 digits, the map's layout), every
-action token whose prefix is still correct has ground truth: it is causally critical when its
+On sampled episodes at the task's RL level (`TextTask.rl_level`: addition's N+1 digits in
+both operands, path-star's N edges; the map's level), every action token whose prefix is still correct has ground truth: it is causally critical when its
 decision key is one of the map's critical keys (`critkl.analysis.causal`), else not. Tokens after a
 first error have none and are left out. Each signal ranks these tokens from least to most
 confident; precision and recall of its lowest-confidence tokens against the labels give a
@@ -37,10 +37,10 @@ class Ranked(NamedTuple):
 
 def score_tokens(params, model_config: ModelConfig, task: TextTask, keys, *, problems: int,
                  samples: int, rng, hyper: LossHyper = LossHyper()) -> Ranked:
-    """Sample `samples` episodes of each of `problems` problems of `task` at level task.n + 1
-    at the policy temperature; the signals and the labels of their correct-prefix action
-    tokens."""
-    level = task.n + 1
+    """Sample `samples` episodes of each of `problems` problems of `task` at its RL level
+    (`task.rl_level`) at the policy temperature; the signals and the labels of their
+    correct-prefix action tokens."""
+    level = task.rl_level
     task = task.at_level(level)
     problem_rng, sample_rng = jax.random.split(rng)
     drawn = task.sample_level(problem_rng, problems, level)

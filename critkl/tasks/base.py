@@ -100,6 +100,8 @@ class TextTask(abc.ABC):
     role_names: ClassVar[tuple[str, ...]]  # role_names[0] == "prompt"
     max_supported_level: ClassVar[int]
     level_unit: ClassVar[str] = "level"  # how reports name a level: f"{level} {level_unit}"
+    # RL's level above n by default: the paper's N+1 (`rl_level`).
+    rl_extra: ClassVar[int] = 1
 
     n: int
     extra: int = 1
@@ -119,6 +121,12 @@ class TextTask(abc.ABC):
     def max_level(self) -> int:
         """The widest level the task's arrays hold: n + extra."""
         return self.n + self.extra
+
+    @property
+    def rl_level(self) -> int:
+        """The level RL fine-tunes at, and the causal map and detectors look at, by default:
+        n + rl_extra."""
+        return self.n + self.rl_extra
 
     def at_level(self, level: int) -> "TextTask":
         """The same task with RL (and its arrays) at `level`: extra = level - n."""

@@ -94,6 +94,10 @@ class PathStar(TextTask):
     # The longest arm the label pool allows at the smallest degree: 1 + 2 * 25 <= 52 nodes.
     max_supported_level: ClassVar[int] = (len(LABELS) - 1) // MIN_DEGREE
     level_unit: ClassVar[str] = "edges per arm"
+    # RL at the pre-trained level: the first step away from the centre, the one decisive
+    # token, is at chance there already, and a model trained with each episode alone has
+    # positions past n's episodes untrained.
+    rl_extra: ClassVar[int] = 0
 
     degree: int = 3
     min_level: int = 1  # pre-training's shortest arm
