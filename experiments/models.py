@@ -56,7 +56,10 @@ def _path_star_mini_recipe(n: int, stage_dirs: list[Path]) -> list[PretrainConfi
     then 3,000 with the episode attention scope); degree 2, arms of 3 to n edges (6,000
     steps, episode scope: the edge lookup emerges inside packed streams); then each episode
     trained alone, positions from 0 as sampling runs it (2,000 + 3,000 steps). About 2 hours
-    of a 2-core CPU."""
+    of a 2-core CPU. It describes those runs, so n = 5 only (its first stages stop at 4)."""
+    if n != 5:
+        raise ValueError(f"path-star's mini recipe is the one that made path-star-mini-n5: "
+                         f"n=5 only, not n={n}")
     star3 = dict(task="path-star", model="mini", eval_extra_digits=3, checkpoint_every=250)
     star2 = dict(star3, task_params="degree=2,min_level=3", max_digits=n, warmup_steps=50,
                  final_learning_rate_ratio=0.1)

@@ -118,6 +118,19 @@ def test_main_job_tiny_on_another_task(work_dir, capsys, task):
     assert f"task {task}: summary" in capsys.readouterr().out
 
 
+def test_path_star_mini_recipe_chains_its_stages_and_is_for_n_5_only(tmp_path):
+    """Each stage warm-starts from the one before, the last three reach n = 5 edges; another n
+    has no recipe (its first stages are fixed at 4 edges) and is refused by name."""
+    from experiments import models
+    dirs = [tmp_path / f"stage{i + 1}" for i in range(models.MAX_STAGES)]
+    stages = models.recipe("mini", 5, dirs, "path-star")
+    assert [s.init_from for s in stages] == [""] + [str(d) for d in dirs[:4]]
+    assert [s.max_digits for s in stages] == [4, 4, 5, 5, 5]
+    assert [s.attention_scope for s in stages] == ["stream", "episode", "episode", "alone", "alone"]
+    with pytest.raises(ValueError, match="n=5 only, not n=4"):
+        models.recipe("mini", 4, dirs, "path-star")
+
+
 def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
     """mini-n3 ships its causal map; the experiments take it instead of re-measuring it
     (no parameters given here: measuring would fail)."""
