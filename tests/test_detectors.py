@@ -3,6 +3,7 @@ tokens against plain-Python labels on a tiny model."""
 
 import jax
 import numpy as np
+import pytest
 
 from critkl.analysis import detectors
 from critkl.runs.models import load_pretrained
@@ -48,6 +49,7 @@ def test_scored_tokens_carry_the_oracle_labels():
     assert all(0 <= row["average_precision"] <= 1 for row in rows)
 
 
+@pytest.mark.slow  # 18 s; the default suite checks rl_level (test_tasks.py) and the labels above
 def test_path_star_is_scored_at_its_rl_level():
     """path-star's RL level is its pre-trained N = 5 edges, where path-star-mini-n5 follows the
     edges after a right first step (lookups 0.86-0.97, results/pathstar-mini-n5); at 6 edges
