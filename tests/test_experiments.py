@@ -118,9 +118,10 @@ def test_main_job_tiny_on_another_task(work_dir, capsys, task):
     assert f"task {task}: summary" in capsys.readouterr().out
 
 
-def test_path_star_mini_recipe_chains_its_stages_and_is_for_n_5_only(tmp_path):
-    """Each stage warm-starts from the one before, the last three reach n = 5 edges; another n
-    has no recipe (its first stages are fixed at 4 edges) and is refused by name."""
+def test_other_tasks_mini_recipes_chain_their_stages(tmp_path):
+    """Path-star: each stage warm-starts from the one before, the last three reach n = 5
+    edges; another n has no recipe (its first stages are fixed at 4 edges) and is refused by
+    name. Multiplication: a second stage from the first, with N+1 problems."""
     from experiments import models
     dirs = [tmp_path / f"stage{i + 1}" for i in range(models.MAX_STAGES)]
     stages = models.recipe("mini", 5, dirs, "path-star")
@@ -129,6 +130,8 @@ def test_path_star_mini_recipe_chains_its_stages_and_is_for_n_5_only(tmp_path):
     assert [s.attention_scope for s in stages] == ["stream", "episode", "episode", "alone", "alone"]
     with pytest.raises(ValueError, match="n=5 only, not n=4"):
         models.recipe("mini", 4, dirs, "path-star")
+    first, second = models.recipe("mini", 3, dirs, "multiplication")  # stage 2 sees N+1
+    assert (second.init_from, first.longer_share, second.longer_share) == (str(dirs[0]), 0, 0.02)
 
 
 def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
