@@ -25,9 +25,11 @@ from tests.test_tracking import assert_same_scalars
 TWO_PERIODS = dataclasses.replace(QUICK, iterations=4, eval_every=2)
 
 
-def test_vmapped_sweep_equals_separate_runs():
-    """A sweep vmapped on one device, and split over 2 devices (each device maps over its own
-    runs, and the compiled sweep moves no run's data between devices) = each run alone."""
+@pytest.mark.parametrize("split", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_vmapped_sweep_equals_separate_runs(split):
+    """A sweep vmapped on one device, and (slow set: about 60 s more, a third compilation)
+    split over 2 devices (each device maps over its own runs, and the compiled sweep moves no
+    run's data between devices) = each run alone."""
     from critkl.infra import parallel
 
     params = init_params(jax.random.key(0), TINY)
@@ -37,16 +39,19 @@ def test_vmapped_sweep_equals_separate_runs():
     rngs = jnp.stack([jax.random.key(s) for s in seeds])
     one_device = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))(
         rngs, rl.stack_hypers(hypers), params)
-    mesh = parallel.data_mesh(jax.devices()[:2])
-    by_run = parallel.batch_sharding(mesh)
-    split_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
-    arguments = (parallel.put(rngs, by_run), parallel.put(rl.stack_hypers(hypers), by_run), params)
-    assert "all-gather" not in split_train.lower(*arguments).compile().as_text()
-    two_devices = split_train(*arguments)
+    sweeps = [one_device]
+    if split:
+        mesh = parallel.data_mesh(jax.devices()[:2])
+        by_run = parallel.batch_sharding(mesh)
+        split_train = jax.jit(parallel.over_runs(train, mesh, (0, 0, None)))
+        arguments = (parallel.put(rngs, by_run), parallel.put(rl.stack_hypers(hypers), by_run),
+                     params)
+        assert "all-gather" not in split_train.lower(*arguments).compile().as_text()
+        sweeps.append(split_train(*arguments))
     single = jax.jit(train)
     for index, (seed, hyper) in enumerate(zip(seeds, hypers)):
         state, _, metrics = single(jax.random.key(seed), jax.tree.map(jnp.float32, hyper), params)
-        for swept_state, _, swept_metrics in (one_device, two_devices):
+        for swept_state, _, swept_metrics in sweeps:
             chex.assert_trees_all_close(jax.tree.map(lambda x: x[index], swept_state.policy),
                                         state.policy, atol=1e-5, rtol=1e-4)
             np.testing.assert_allclose(swept_metrics[0]["train/success"][index],
