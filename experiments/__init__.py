@@ -47,7 +47,7 @@ EXPERIMENTS = {
                             "against the predicted optimum", mechanism.run),
     "detectors": Experiment("beyond the paper: each token signal scored against the causal "
                             "critical tokens (precision-recall)", detectors.run,
-                                 any_task=True),
+                            any_task=True),
     "weightings": Experiment("beyond the paper: standard KL, prioritized KL, 80/20, Archer and "
                              "KL-Cov side by side", weightings.run),
     "paper-setting": Experiment("Tables 1, 4, 5 across N and Figures 6, 7 at N+1 with models "

@@ -37,7 +37,8 @@ def score(params, model_config, task, keys, plan: dict, output: Output, suffix: 
     text = detectors.markdown(rows, ranked)
     output.markdown(f"detectors{suffix}.md", text)
     output.json(f"detectors{suffix}.json", {"task": task.name, "n": task.n,
-                                            "level": task.rl_level, "keys": [list(k) for k in keys], **plan,
+                                            "level": task.rl_level,
+                                            "keys": [list(k) for k in keys], **plan,
                                             "tokens": len(ranked.critical),
                                             "critical_tokens": int(ranked.critical.sum()),
                                             "rows": rows})

@@ -56,8 +56,8 @@ def causal_keys(scale: str, params, pre_config, output: Output, print_fn) -> tup
 def measure_causal_map(params, model_config, task, settings: CausalMapConfig,
                        print_fn, level: int | None = None) -> dict:
     """The map of a model pre-trained on `task` up to n = task.n, on problems at `level`
-    (default `task.rl_level`), with progress lines: the record critical.json holds (settings, n, level,
-    rows)."""
+    (default `task.rl_level`), with progress lines: the record critical.json holds
+    (settings, n, level, rows)."""
     n = task.n
     level = task.rl_level if level is None else level
     print_fn(f"causal map: {settings.problems} problems of {level} {task.level_unit}")
@@ -81,8 +81,8 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn,
     n = LEVEL[task][scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     settings = RL_SETTINGS[scale]
-    config = dataclasses.replace(settings.config(n, pre_config.text_task.rl_extra, pre_config.task,
-                                                 pre_config.task_params),
+    config = dataclasses.replace(settings.config(n, pre_config.text_task.rl_extra,
+                                                 pre_config.task, pre_config.task_params),
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
     results = run_sweep(output.folder / "rl", pre_config, params, config,
                         settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)

@@ -2,9 +2,10 @@
 (`critkl.weighting`) finds the causally critical decisions of a model's causal map.
 
 On sampled episodes at the task's RL level (`TextTask.rl_level`: addition's N+1 digits in
-both operands, path-star's N edges; the map's level), every action token whose prefix is still correct has ground truth: it is causally critical when its
-decision key is one of the map's critical keys (`critkl.analysis.causal`), else not. Tokens after a
-first error have none and are left out. Each signal ranks these tokens from least to most
+both operands, path-star's N edges; the map's level), every action token whose prefix is
+still correct has ground truth: it is causally critical when its decision key is one of the
+map's critical keys (`critkl.analysis.causal`), else not. Tokens after a first error have
+none and are left out. Each signal ranks these tokens from least to most
 confident; precision and recall of its lowest-confidence tokens against the labels give a
 precision-recall curve and its average precision. Before RL the policy is the reference, so
 the policy signals are the reference's at the policy temperature.
