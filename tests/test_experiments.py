@@ -102,6 +102,19 @@ def test_main_job_tiny(work_dir, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["path-star", "multiplication"])
+def test_detectors_tiny_on_another_task(work_dir, task):
+    """The detectors entry on another task: its model, its map and its RL level, no
+    constructed fork (addition's)."""
+    from critkl.tasks import registry
+    folder = experiments.run("detectors", "tiny", work_dir, print_fn=lambda line: None, task=task)
+    record = json.loads((folder / "detectors.json").read_text())
+    assert (record["task"], record["level"]) == (task, registry.make(task, 1).rl_level)
+    assert json.loads((folder / "critical.json").read_text())["level"] == record["level"]
+    assert not (folder / "detectors_constructed.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["path-star", "multiplication"])
 def test_main_job_tiny_on_another_task(work_dir, capsys, task):
     """The main job on another task: its own model (pre-trained by the task's recipe), folder
     and summary; RL runs on the model's task."""
