@@ -55,10 +55,16 @@ RL_SETTINGS = {
 
 def run_sweep(run_dir: Path, pre_config, params, config: RLConfig, base: RLHyper,
               seeds: list[int], grid: dict[str, list[float]], print_fn=print) -> dict:
-    """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off."""
-    resume = checkpoint.latest_checkpoint_step(run_dir) is not None
+    """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off, and
+    reuses a finished one from its results.json and config.json alone (no checkpoint needed:
+    an experiment's finished sweeps can be committed and copied back into a fresh checkout)."""
     runs = finetuning.grid_runs(seeds, grid, base)
     saved = {"rl": dataclasses.asdict(config), "seeds": seeds, "grid": grid,
              "base": dataclasses.asdict(base)}
+    finished = finetuning.finished_results(run_dir, saved, config.iterations)
+    if finished is not None:
+        print_fn(f"reusing the finished sweep in {run_dir} (its results.json)")
+        return finished
+    resume = checkpoint.latest_checkpoint_step(run_dir) is not None
     return finetuning.finetune(config, runs, params, pre_config.model_config, run_dir,
                              resume=resume, print_fn=print_fn, saved_config=saved)

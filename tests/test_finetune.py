@@ -292,3 +292,43 @@ def test_a_signal_to_the_sweep_command_saves_and_the_resumed_sweep_is_exact(
     assert [run["curve"] for run in cut_runs] == [run["curve"] for run in straight_runs]
     assert_same_scalars(cut / "tensorboard", straight / "tensorboard")
     assert digest(cut) == digest(straight)
+
+
+def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch):
+    """A finished sweep kept as results.json and config.json (its checkpoints gone, as in a
+    fresh checkout of committed results) is reused, not run again; a cut-off one is run; one
+    started with other settings is refused by name."""
+    import shutil
+    import types
+
+    from critkl.infra import checkpoint
+    from experiments.rl_settings import run_sweep
+
+    params = init_params(jax.random.key(0), TINY)
+    pre = types.SimpleNamespace(model_config=TINY)
+    grid = {"kl_coef": [0.5]}
+    straight = run_sweep(tmp_path / "straight", pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid,
+                         print_fn=lambda line: None)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("results.json", "config.json"):
+        shutil.copy(tmp_path / "straight" / name, kept / name)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the sweep ran again")
+
+    monkeypatch.setattr(finetuning, "finetune", must_not_run)
+    lines = []
+    reused = run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid, lines.append)
+    assert lines == [f"reusing the finished sweep in {kept} (its results.json)"]
+    assert [run["curve"] for run in reused["runs"]] == [run["curve"] for run in straight["runs"]]
+    assert json.dumps(reused["summary"]) == json.dumps(straight["summary"])
+
+    with pytest.raises(checkpoint.CheckpointError, match="kl_coef"):
+        run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], {"kl_coef": [0.25]})
+    results = json.loads((kept / "results.json").read_text())
+    for run in results["runs"]:  # cut off after the first evaluation period
+        run["curve"] = {key: values[:-1] for key, values in run["curve"].items()}
+    (kept / "results.json").write_text(json.dumps(results))
+    with pytest.raises(AssertionError, match="ran again"):
+        run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid)

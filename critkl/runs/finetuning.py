@@ -269,6 +269,28 @@ def programs_for(config: RLConfig, model_config: ModelConfig, mesh) -> Programs:
     return Programs(config, model_config, mesh)
 
 
+def _config_defaults() -> dict:
+    """Settings added to critkl after a run was made are its own at these values."""
+    return {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
+
+
+def finished_results(run_dir: str | Path, saved_config: dict, iterations: int) -> dict | None:
+    """The results of the finished run in `run_dir` (its results.json, with every run
+    evaluated at `iterations`), needing no checkpoint: a sweep kept as its results.json and
+    config.json (committed, say) is reused rather than run again. None when `run_dir` holds no
+    finished run; CheckpointError when its config.json differs from `saved_config`."""
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if UNFINISHED in results or not all(
+            run["curve"].get("iteration", [None])[-1] == iterations for run in results["runs"]):
+        return None
+    checkpoint.check_same_config(run_dir, saved_config, defaults=_config_defaults())
+    results["summary"] = summary(results)
+    return results
+
+
 def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelConfig,
              run_dir: str | Path, *, resume: bool = False, print_fn=print,
              saved_config: dict | None = None) -> dict:
@@ -288,10 +310,8 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     # The last two checkpoints: a sweep's state is large (10 runs of the mini model: ~100 MB),
     # results.json keeps every evaluation, a save is atomic (the previous one stays until the
     # new one is complete), and a damaged last one leaves the one before.
-    # Settings added to critkl after a run was made are its own at their defaults.
-    defaults = {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
-    checkpointer = directory.open_run(run_dir, saved_config, resume=resume, defaults=defaults,
-                                      keep=2)
+    checkpointer = directory.open_run(run_dir, saved_config, resume=resume,
+                                      defaults=_config_defaults(), keep=2)
     try:
         state = parallel.put(programs.init(rngs, hypers, pretrained), by_run)
         train = []  # the training metrics of the evaluation period so far, per iteration
