@@ -217,6 +217,18 @@ def _export(args) -> None:
           f"load it with critkl.runs.models.load_pretrained({args.name!r})")
 
 
+def _snapshot(args) -> None:
+    from critkl.infra import checkpoint
+    from critkl.runs import directory
+
+    try:
+        step = directory.snapshot(args.run_dir, args.dest)
+    except checkpoint.CheckpointError as error:
+        raise UsageError(str(error)) from None
+    print(f"kept step {step} of {args.run_dir} in {args.dest}; continue it with the run's own "
+          f"command, --run-dir pointing at {args.dest} (or a copy of it), and --resume")
+
+
 def _list_of(kind):
     """argparse type: a comma-separated list of `kind` values."""
     def parse(text: str) -> list:
@@ -555,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--replace", action="store_true",
                         help="overwrite a shipped model of that name (default: refuse)")
     export.set_defaults(run=_export)
+
+    snapshot = commands.add_parser(
+        "snapshot", help="keep a run's last checkpoint, config and logs in a new folder (to "
+        "commit a run that is cut off; it resumes from there)")
+    snapshot.add_argument("run_dir", help="a pre-training or RL run directory")
+    snapshot.add_argument("dest", help="the new folder")
+    snapshot.set_defaults(run=_snapshot)
 
     finetune = commands.add_parser("finetune", help="RL fine-tuning of a pre-trained model")
     _add_finetune_flags(finetune, lists=False)

@@ -208,6 +208,15 @@ def test_a_directory_named_like_a_shipped_model_is_not_taken_for_it(tmp_path, mo
     assert "shipped" not in capsys.readouterr().err
 
 
+def test_snapshot_refuses_a_run_without_checkpoint_and_an_existing_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli.main(["snapshot", str(tmp_path / "empty"), str(tmp_path / "kept")]),
+                          capsys, "holds no checkpoint to snapshot")
+    assert not (tmp_path / "kept").exists()
+    assert_one_line_error(cli.main(["snapshot", str(tmp_path / "empty"), str(tmp_path / "empty")]),
+                          capsys, "exists: a snapshot goes into a new folder")
+
+
 def test_written_files_are_readable_like_any_new_file(tmp_path):
     import os
 

@@ -130,10 +130,13 @@ def test_save_kill_resume_equals_uninterrupted(tmp_path):
 
 def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
     """A real SIGTERM during step 3 (delivered to this process): the step after it is saved
-    (step 3 is not a checkpoint step), the loop stops with Preempted, and the resumed run ends
-    bit-identical to an uninterrupted one, with the same TensorBoard points, one per step."""
+    (step 3 is not a checkpoint step), the loop stops with Preempted, and the run resumed from
+    its snapshot (`directory.snapshot`: the last checkpoint alone, no lock file, no machine
+    path) ends bit-identical to an uninterrupted one, with the same TensorBoard points, one
+    per step."""
     import signal
 
+    from critkl.runs import directory
     from critkl.runs.preemption import Preempted
 
     straight = pretraining.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
@@ -148,10 +151,15 @@ def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == handler  # the handler is put back
     assert (stopped.value.signal_name, stopped.value.step) == ("SIGTERM", 4)
     assert checkpoint.latest_checkpoint_step(tmp_path / "cut") == 4
-    resumed = pretraining.pretrain(TINY, tmp_path / "cut", resume=True, print_fn=lambda line: None)
+    assert directory.snapshot(tmp_path / "cut", tmp_path / "kept") == 4
+    kept = tmp_path / "kept"
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["4"]
+    assert sorted(p.name for p in (kept / "checksums").iterdir()) == ["4.sha256"]
+    assert not (kept / directory.LOCK_FILE).exists()
+    assert not [p for p in kept.rglob("*") if p.is_file() and str(tmp_path).encode() in p.read_bytes()]
+    resumed = pretraining.pretrain(TINY, kept, resume=True, print_fn=lambda line: None)
     chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
-    assert_same_scalars(tmp_path / "cut" / "tensorboard", tmp_path / "straight" / "tensorboard",
-                        skip=TIMING)
+    assert_same_scalars(kept / "tensorboard", tmp_path / "straight" / "tensorboard", skip=TIMING)
 
 
 @pytest.mark.slow  # ~16 s; TensorBoard after a resume stays in the default suite by

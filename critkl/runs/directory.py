@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -209,3 +210,35 @@ def config_markdown(config: dict) -> str:
     """A run's config.json as a TensorBoard text: the task first, then the JSON."""
     task = (config.get("rl") or config).get("task", "addition")
     return f"task: {task}\n\n```\n{json.dumps(config, indent=1, default=str)}\n```"
+
+
+# Orbax's marker that a checkpoint step is complete: only its existence is read, and the text
+# orbax writes in it may name the machine's path.
+COMMIT_MARKER = "commit_success.txt"
+
+
+def snapshot(run_dir: str | os.PathLike, dest: str | os.PathLike) -> int:
+    """Copy what resuming the run in `run_dir` needs into the new folder `dest`: config.json,
+    the last checkpoint and its digest, and everything else the run wrote (TensorBoard,
+    results.json), without older checkpoints, the lock file or the machine's path in orbax's
+    commit markers. For keeping a run that is cut off where its directory does not survive
+    (in a commit, say); `--resume` continues it in `dest` or in a copy. Returns the step."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    if dest.exists():
+        raise checkpoint.CheckpointError(f"{dest} exists: a snapshot goes into a new folder")
+    step = checkpoint.latest_checkpoint_step(run_dir)
+    if step is None:
+        raise checkpoint.CheckpointError(f"{run_dir} holds no checkpoint to snapshot")
+    kept = {checkpoint.CHECKPOINT_SUBDIR: str(step),
+            checkpoint.CHECKSUM_SUBDIR: f"{step}.sha256"}
+
+    def left_out(folder: str, names: list[str]) -> set[str]:
+        inside = Path(folder).relative_to(run_dir).as_posix()
+        if inside in kept:
+            return {name for name in names if name != kept[inside]}
+        return {LOCK_FILE} & set(names) if inside == "." else set()
+
+    shutil.copytree(run_dir, dest, ignore=left_out)
+    for marker in dest.rglob(COMMIT_MARKER):
+        marker.write_text("Checkpoint commit was successful.\n")
+    return step
