@@ -141,6 +141,9 @@ class PretrainConfig:
     log_every: int = 20
     eval_every: int = 250
     eval_problems: int = 200
+    # Also greedy pass@1 at the task's RL level (N+1: the length shift RL will face) at each
+    # evaluation, when it is above N and the context holds it (one more sampler to compile).
+    eval_rl_level: bool = False
     checkpoint_every: int = 250
 
     def __post_init__(self):

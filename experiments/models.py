@@ -50,6 +50,7 @@ def _other_task_recipe(scale: str, n: int, task: str, stage_dirs: list[Path]
     model = {"mini": "mini-long" if task == "multiplication" else "mini", "paper": "paper"}
     first = PretrainConfig(task=task, model=model[scale], max_digits=n, eval_extra_digits=3,
                            steps=6000, warmup_steps=100, eval_every=250, checkpoint_every=250,
+                           eval_rl_level=True,
                            dtype="bfloat16" if scale == "paper" else "float32")
     if scale == "mini" and task == "multiplication":
         return [first, dataclasses.replace(first, init_from=str(stage_dirs[0]), longer_share=0.02,
@@ -107,7 +108,7 @@ def recipe(scale: str, n: int, stage_dirs: list[Path], task: str = "addition"
                                         eval_every=12, eval_problems=8, checkpoint_every=12)]
     if scale == "mini" and n >= PAPER_SETTING_DIGITS:
         return [PretrainConfig(model="mini-long", max_digits=n, steps=12000, warmup_steps=200,
-                               eval_every=500, checkpoint_every=200)]
+                               eval_every=500, checkpoint_every=200, eval_rl_level=True)]
     if scale == "mini":
         return [PretrainConfig(max_digits=n),
                 PretrainConfig(max_digits=n, init_from=str(stage_dirs[0]),

@@ -268,12 +268,36 @@ def test_two_pretrainings_started_together_in_one_directory(tmp_path):
     assert not (run_dir / "run.lock").exists()
 
 
+def test_pass_at_1_is_measured_at_the_rl_level_only_when_asked_and_above_n():
+    from critkl.config import PretrainConfig
+
+    asked = dataclasses.replace(TINY, eval_rl_level=True)
+    assert pretraining.evaluated_levels(TINY) == {"eval/pass_at_1": 1}
+    assert pretraining.evaluated_levels(asked) == {"eval/pass_at_1": 1,
+                                                   "eval/pass_at_1_rl_level": 2}
+    assert pretraining.evaluated_levels(dataclasses.replace(asked, eval_extra_digits=0)) == {
+        "eval/pass_at_1": 1}
+    star = PretrainConfig(task="path-star", model="tiny", max_digits=3, eval_rl_level=True)
+    assert pretraining.evaluated_levels(star) == {"eval/pass_at_1": 3}  # RL at N itself
+
+
 def test_tensorboard_holds_the_logged_scalars(tmp_path):
+    """Every logged scalar, with greedy pass@1 at N and at the RL level (`eval_rl_level`:
+    the value a separate call measures on the final parameters, printed in the log line)."""
+    from critkl.supervised import greedy_pass_at_1
+
+    config = dataclasses.replace(TINY, eval_rl_level=True)
     lines = []
-    pretraining.pretrain(TINY, tmp_path, print_fn=lines.append)
+    state = pretraining.pretrain(config, tmp_path, print_fn=lines.append)
     scalars = read_scalars(tmp_path / "tensorboard")
     assert [step for step, _ in scalars["loss"]] == list(range(1, TINY.steps + 1))
     assert [step for step, _ in scalars["eval/pass_at_1"]] == [3, 6]
+    assert [step for step, _ in scalars["eval/pass_at_1_rl_level"]] == [3, 6]
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 1), 6), 2)
+    direct = greedy_pass_at_1(state.params, config.model_config, config.text_task, rng, 2,
+                              config.eval_problems)
+    assert scalars["eval/pass_at_1_rl_level"][-1][1] == pytest.approx(direct, abs=1e-6)
+    assert f"pass@1(2 digits) {direct:.3f}" in [line for line in lines if "step 6/" in line][0]
     last_step_line = [line for line in lines if line.startswith("step ")][-1]
     logged = float(last_step_line.split("loss ")[1].split()[0])
     assert lines[-1].startswith(f"trained steps 0..{TINY.steps} in ")

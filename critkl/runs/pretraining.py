@@ -18,7 +18,18 @@ from critkl.runs.preemption import Preempted, PreemptionRequests
 from critkl.supervised import TrainState, greedy_pass_at_1, init_state, make_train_step
 
 # Settings that only change what is logged: a resumed run may change them.
-LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "checkpoint_every")
+LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "eval_rl_level", "checkpoint_every")
+
+
+def evaluated_levels(config: PretrainConfig) -> dict[str, int]:
+    """The metric name of each level where pre-training measures greedy pass@1: N, and the
+    task's RL level when `eval_rl_level` and it is above N within the context."""
+    levels = {"eval/pass_at_1": config.max_digits}
+    rl_level = config.text_task.rl_level  # the context holds N + eval_extra_digits
+    if config.eval_rl_level and config.max_digits < rl_level <= (config.max_digits
+                                                                 + config.eval_extra_digits):
+        levels["eval/pass_at_1_rl_level"] = rl_level
+    return levels
 
 
 def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = False,
@@ -46,6 +57,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     train_step = make_train_step(config, mesh)
     model_config = config.model_config
     eval_rng = jax.random.key(config.seed + 1)
+    eval_levels = evaluated_levels(config)
     start_step = int(state.step)
     tracker = Tracker(run_dir / "tensorboard", enabled=jax.process_index() == 0,
                       keep_until=start_step if resume else -1)
@@ -84,11 +96,12 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 metrics["steps_per_second"] = steps_per_second
                 metrics["tokens_per_second"] = steps_per_second * tokens_per_step
                 if step % config.eval_every == 0 or step == config.steps:
-                    metrics["eval/pass_at_1"] = greedy_pass_at_1(
-                        state.params, model_config, config.text_task,
-                        jax.random.fold_in(eval_rng, step), config.max_digits,
-                        config.eval_problems,
-                    )
+                    for key, level in eval_levels.items():
+                        rng = jax.random.fold_in(eval_rng, step)
+                        metrics[key] = greedy_pass_at_1(
+                            state.params, model_config, config.text_task,
+                            rng if level == config.max_digits else jax.random.fold_in(rng, level),
+                            level, config.eval_problems)
                 if scheduled:
                     tracker.scalars(step, metrics)
                 line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
@@ -97,8 +110,10 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                         f"{metrics['tokens_per_second']:,.0f} tok/s  "
                         + directory.timing(now - started, step - start_step,
                                            config.steps - start_step))
-                if "eval/pass_at_1" in metrics:
-                    line += f"  pass@1({config.max_digits} {config.text_task.level_unit}) {metrics['eval/pass_at_1']:.3f}"
+                for key, level in eval_levels.items():
+                    if key in metrics:
+                        line += (f"  pass@1({level} {config.text_task.level_unit}) "
+                                 f"{metrics[key]:.3f}")
                 print_fn(line)
                 if step % config.checkpoint_every == 0 or step == config.steps or stopping:
                     # The loss above is the one before this step's update: check what is saved.
