@@ -68,3 +68,23 @@ def test_run_json(folder):
                     parser.parse_args(words[1:])
             except SystemExit:
                 pytest.fail(f"{where}: {command!r} no longer parses: {errors.getvalue()}")
+
+
+def test_the_commit_is_read_once_when_a_command_starts(monkeypatch):
+    """A long run records the commit whose code it imported, not a later one: after
+    `set_command`, git is not asked again."""
+    import subprocess
+
+    from critkl.infra import provenance
+
+    monkeypatch.setattr(provenance, "_command", None)  # put back after the test
+    provenance.commit.cache_clear()
+    provenance.set_command(["sweep", "mini-n3"])
+    first = provenance.commit()
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert provenance.record() == {"command": "critkl sweep mini-n3", "commit": first}
+    assert first != "unknown" and len(first.split("+")[0]) == 40
