@@ -14,8 +14,8 @@ process, since XLA's devices are fixed when JAX starts):
   score), for every run.
 
 `--tasks` adds rows per task (`critkl.tasks.registry`), each from a mini model of that task
-pre-trained in this process for `--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen
-so that the reference episodes are of comparable length (about 180-280 tokens). A short
+pre-trained once by the script (every row of the task measures the same model) for
+`--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen so that the reference episodes are of comparable length (about 180-280 tokens). A short
 pre-training teaches the format, so the model writes episodes of about their natural length;
 an untrained model does not (it samples an ending token, newline, PAD or EOS, within about 20
 tokens, so its rows would measure per-call overhead, not generation). The table gives the
@@ -34,8 +34,10 @@ import argparse
 import functools
 import json
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 import time
 
 from critkl.config import PretrainConfig, RLConfig, RLHyper
@@ -141,15 +143,19 @@ def main():
                              "briefly pre-trained mini model of each")
     parser.add_argument("--pretrain-steps", type=int, default=300,
                         help="pre-training steps of each --tasks model (default 300)")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # CORES RUNS [TASK]
+    # CORES RUNS [MODEL_FILE]: measure in this process, from the model pickled in MODEL_FILE
+    # (default: the shipped mini-n3).
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         cores, runs = int(args.child[0]), int(args.child[1])
-        task = args.child[2] if len(args.child) > 2 else "mini-n3"
         if cores == 1:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-        pretrained = (None if task == "mini-n3"
-                      else briefly_pretrained(task, args.pretrain_steps))
+        pretrained = None
+        if len(args.child) > 2:
+            with open(args.child[2], "rb") as f:
+                config, params = pickle.load(f)
+            pretrained = (PretrainConfig.from_dict(config), params)
         print(json.dumps(measure(runs, args.iterations, pretrained)))
         return
 
@@ -167,14 +173,22 @@ def main():
     print("| model | cores | runs | what | episodes/s | generated tokens/s "
           "| tokens per episode | seconds |")
     print("|---|---|---|---|---|---|---|---|")
+    folder = tempfile.mkdtemp()
     for model in ["mini-n3"] + tasks:
+        model_file = []
+        if model != "mini-n3":  # pre-trained once here; every row of the task measures it
+            import jax
+
+            config, params = briefly_pretrained(model, args.pretrain_steps)
+            model_file = [os.path.join(folder, f"{model}.pickle")]
+            with open(model_file[0], "wb") as f:
+                pickle.dump((config.to_dict(), jax.device_get(params)), f)
         for cores in (1, 2):
             if cores > available:
                 continue
             for runs in (1, args.runs):
                 command = [sys.executable, __file__, "--iterations", str(args.iterations),
-                           "--pretrain-steps", str(args.pretrain_steps),
-                           "--child", str(cores), str(runs), model]
+                           "--child", str(cores), str(runs), *model_file]
                 output = subprocess.run(command, env=child_environment(cores, runs), check=True,
                                         capture_output=True, text=True).stdout
                 name = model if model == "mini-n3" else f"{model} ({args.pretrain_steps} steps)"
