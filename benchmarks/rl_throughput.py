@@ -16,9 +16,10 @@ process, since XLA's devices are fixed when JAX starts):
 `--tasks` adds rows per task (`critkl.tasks.registry`), each from a mini model of that task
 pre-trained once by the script (every row of the task measures the same model) for
 `--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen so that the reference episodes
-are of comparable length (about 180-280 tokens). A short pre-training teaches the format, so the model writes episodes of about their natural length;
-an untrained model does not (it samples an ending token, newline, PAD or EOS, within about 20
-tokens, so its rows would measure per-call overhead, not generation). The table gives the
+are of comparable length (about 180-280 tokens). A short pre-training teaches the format, so
+the model writes episodes of about their natural length; an untrained model does not (it
+samples an ending token, newline, PAD or EOS, within about 20 tokens, so its rows would
+measure per-call overhead, not generation). The table gives the
 generated tokens per episode beside the rates, so that rows of equal work can be compared.
 Addition is among them as its own baseline.
 
