@@ -86,5 +86,21 @@ def test_the_commit_is_read_once_when_a_command_starts(monkeypatch):
         raise AssertionError("git was asked again")
 
     monkeypatch.setattr(subprocess, "run", no_git)
-    assert provenance.record() == {"command": "critkl sweep mini-n3", "commit": first}
+    assert provenance.record() == {"command": "critkl sweep mini-n3", "commit": first,
+                                   "machine": provenance.machine()}
     assert first != "unknown" and len(first.split("+")[0]) == 40
+
+
+def test_the_machine_is_recorded_beside_the_commit():
+    """Results name what computed them: the JAX versions, the backend and device kind this
+    process uses, and the host processor."""
+    import jax
+    import jaxlib
+
+    from critkl.infra import provenance
+
+    machine = provenance.machine()
+    assert machine["jax"] == jax.__version__ and machine["jaxlib"] == jaxlib.__version__
+    assert machine["backend"] == jax.default_backend()
+    assert machine["device"] == jax.devices()[0].device_kind
+    assert isinstance(machine["processor"], str) and machine["processor"]

@@ -1,8 +1,10 @@
-"""What made a result: the command line and the commit of the code, recorded beside it."""
+"""What made a result: the command line, the commit of the code and the machine, recorded
+beside it."""
 
 from __future__ import annotations
 
 import functools
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +37,33 @@ def set_command(argv: list[str]) -> None:
     commit()
 
 
-def record() -> dict[str, str]:
-    """{"command": the critkl command line being run, "commit": `commit()`}."""
+@functools.cache
+def machine() -> dict[str, str]:
+    """What ran the code: JAX and jaxlib versions, the backend, its device kind and the host's
+    processor. XLA compiles for the host's instruction set, so the same command and commit
+    give bit-identical results on one machine but can differ in the last bits on another
+    (and sampled episodes then part ways)."""
+    import jax
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "processor": _processor()}
+
+
+def _processor() -> str:
+    """The host CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record() -> dict:
+    """{"command": the critkl command line being run, "commit": `commit()`,
+    "machine": `machine()`}."""
     argv = sys.argv[1:] if _command is None else _command
-    return {"command": " ".join(["critkl", *argv]), "commit": commit()}
+    return {"command": " ".join(["critkl", *argv]), "commit": commit(), "machine": machine()}
