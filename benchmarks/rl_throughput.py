@@ -1,6 +1,7 @@
 """RL throughput at `mini` scale: one run and a vmapped sweep, on one core and on two.
 
     python benchmarks/rl_throughput.py [--runs 8] [--iterations 2] [--tasks addition,...]
+        [--model TASK=MODEL ...]
 
 One table, every row measured in this one invocation (each core setting in a fresh
 process, since XLA's devices are fixed when JAX starts):
@@ -16,7 +17,9 @@ process, since XLA's devices are fixed when JAX starts):
 `--tasks` adds rows per task (`critkl.tasks.registry`), each from a mini model of that task
 pre-trained once by the script (every row of the task measures the same model) for
 `--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen so that the reference episodes
-are of comparable length (about 180-280 tokens). A short pre-training teaches the format, so
+are of comparable length (about 180-280 tokens); `--model TASK=MODEL` measures TASK from a
+trained model instead (a shipped name or a pre-training run directory), whose episodes are
+written out in full. A short pre-training teaches the format, so
 the model writes episodes of about their natural length; an untrained model does not (it
 samples an ending token, newline, PAD or EOS, within about 20 tokens, so its rows would
 measure per-call overhead, not generation). The table gives the
@@ -60,6 +63,21 @@ def briefly_pretrained(task: str, steps: int):
     for _ in range(steps):
         state, _ = train_step(state)
     return config, state.params
+
+
+def trained_model(parser, task: str, model: str):
+    """(PretrainConfig, params) of `model` (a shipped name or a pre-training run directory),
+    which must be a model of `task`; a parser error otherwise."""
+    from critkl.infra.checkpoint import CheckpointError
+    from critkl.runs.models import load_pretrained
+
+    try:
+        config, params = load_pretrained(model)
+    except (CheckpointError, OSError, ValueError) as error:
+        parser.error(f"--model {task}={model}: {error}")
+    if config.task != task:
+        parser.error(f"--model {task}={model}: a model of {config.task}, not {task}")
+    return config, params
 
 
 def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
@@ -144,6 +162,9 @@ def main():
                              "briefly pre-trained mini model of each")
     parser.add_argument("--pretrain-steps", type=int, default=300,
                         help="pre-training steps of each --tasks model (default 300)")
+    parser.add_argument("--model", action="append", default=[], metavar="TASK=MODEL",
+                        help="measure TASK (one of --tasks) from MODEL, a shipped name or a "
+                             "pre-training run directory, instead of a briefly pre-trained one")
     # CORES RUNS [MODEL_FILE]: measure in this process, from the model pickled in MODEL_FILE
     # (default: the shipped mini-n3).
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -167,6 +188,14 @@ def main():
                      f"{', '.join(sorted(TASK_LEVELS))})")
     if args.pretrain_steps < 1:
         parser.error(f"--pretrain-steps: {args.pretrain_steps} (allowed: 1 or more)")
+    given = {}
+    for item in args.model:
+        task, _, model = item.partition("=")
+        if task not in tasks or not model:
+            parser.error(f"--model {item!r}: TASK=MODEL with TASK one of --tasks "
+                         f"({', '.join(tasks) or 'none given'})")
+        given[task] = model
+    loaded = {task: trained_model(parser, task, model) for task, model in given.items()}
     available = len(os.sched_getaffinity(0))
     print(f"mini model, RL from mini-n3 on 4 digits (and from a model of each of --tasks "
           f"after {args.pretrain_steps} pre-training steps), 50 episodes per collect, "
@@ -176,11 +205,16 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     folder = tempfile.mkdtemp()
     for model in ["mini-n3"] + tasks:
-        model_file = []
-        if model != "mini-n3":  # pre-trained once here; every row of the task measures it
+        model_file, name = [], model
+        if model != "mini-n3":  # loaded or pre-trained once here; every row of it measures it
             import jax
 
-            config, params = briefly_pretrained(model, args.pretrain_steps)
+            if model in loaded:
+                config, params = loaded[model]
+                name = f"{model} ({given[model]})"
+            else:
+                config, params = briefly_pretrained(model, args.pretrain_steps)
+                name = f"{model} ({args.pretrain_steps} steps)"
             model_file = [os.path.join(folder, f"{model}.pickle")]
             with open(model_file[0], "wb") as f:
                 pickle.dump((config.to_dict(), jax.device_get(params)), f)
@@ -192,7 +226,6 @@ def main():
                            "--child", str(cores), str(runs), *model_file]
                 output = subprocess.run(command, env=child_environment(cores, runs), check=True,
                                         capture_output=True, text=True).stdout
-                name = model if model == "mini-n3" else f"{model} ({args.pretrain_steps} steps)"
                 for what, row in json.loads(output.splitlines()[-1]).items():
                     print(f"| {name} | {cores} | {runs} | {what} | "
                           f"{row['episodes'] / row['seconds']:,.1f} | "
