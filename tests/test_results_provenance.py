@@ -104,3 +104,5 @@ def test_the_machine_is_recorded_beside_the_commit():
     assert machine["backend"] == jax.default_backend()
     assert machine["device"] == jax.devices()[0].device_kind
     assert isinstance(machine["processor"], str) and machine["processor"]
+    extensions = machine["vector_extensions"].split()
+    assert extensions == ["unknown"] or set(extensions) <= set(provenance.VECTOR_EXTENSIONS)

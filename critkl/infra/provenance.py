@@ -39,8 +39,8 @@ def set_command(argv: list[str]) -> None:
 
 @functools.cache
 def machine() -> dict[str, str]:
-    """What ran the code: JAX and jaxlib versions, the backend, its device kind and the host's
-    processor. XLA compiles for the host's instruction set, so the same command and commit
+    """What ran the code: JAX and jaxlib versions, the backend, its device kind, the host's
+    processor and its vector extensions. XLA compiles for the host's instruction set, so the same command and commit
     give bit-identical results on one machine but can differ in the last bits on another
     (and sampled episodes then part ways)."""
     import jax
@@ -48,18 +48,37 @@ def machine() -> dict[str, str]:
 
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-            "processor": _processor()}
+            "processor": _processor(), "vector_extensions": _vector_extensions()}
 
 
-def _processor() -> str:
-    """The host CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+# The host CPU's vector instruction sets that XLA:CPU compiles for (Linux's /proc/cpuinfo
+# flags): two machines that differ here can round differently.
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                     "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first value of `field` in Linux's /proc/cpuinfo (None elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _processor() -> str:
+    """The host CPU's model name, else what `platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _vector_extensions() -> str:
+    """The `VECTOR_EXTENSIONS` the host CPU has, space-separated ("unknown" off Linux)."""
+    flags = _cpuinfo("flags")
+    if flags is None:
+        return "unknown"
+    return " ".join(name for name in VECTOR_EXTENSIONS if name in flags.split())
 
 
 def record() -> dict:
