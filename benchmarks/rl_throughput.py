@@ -17,14 +17,14 @@ process, since XLA's devices are fixed when JAX starts):
 `--tasks` adds rows per task (`critkl.tasks.registry`), each from a mini model of that task
 pre-trained once by the script (every row of the task measures the same model) for
 `--pretrain-steps` steps at the level of `TASK_LEVELS`, chosen so that the reference episodes
-are of comparable length (about 180-280 tokens); `--model TASK=MODEL` measures TASK from a
-trained model instead (a shipped name or a pre-training run directory), whose episodes are
-written out in full. A short pre-training teaches the format, so
-the model writes episodes of about their natural length; an untrained model does not (it
-samples an ending token, newline, PAD or EOS, within about 20 tokens, so its rows would
-measure per-call overhead, not generation). The table gives the
-generated tokens per episode beside the rates, so that rows of equal work can be compared.
-Addition is among them as its own baseline.
+are of comparable length (about 180-280 tokens). An untrained model samples an ending token
+(newline, PAD or EOS) within about 20 tokens, so its rows would measure per-call overhead,
+not generation; a short pre-training teaches the format, though not always all of it
+(multiplication's 300-step model writes about 110 tokens of a 275-token episode,
+docs/throughput.md). `--model TASK=MODEL` measures TASK from a trained model instead (a
+shipped name or a pre-training run directory), whose episodes are written out in full. The
+table gives the generated tokens per episode beside the rates, so that rows of equal work
+can be compared. Addition is among them as its own baseline.
 
 One core: the process pinned to one core, one single-threaded device (as the peer
 anchors in `../shared/anchors` are measured). Two cores: as the training commands run

@@ -39,8 +39,9 @@ def _other_task_recipe(scale: str, n: int, task: str, stage_dirs: list[Path]
     """One stage on the task's levels 1..n, evaluated up to n + 3 (tiny: n + 1);
     multiplication: episodes of 3x3 digits are 275 tokens, 6x6 800, so the 896-position mini
     model, and at mini a second stage as addition's mini-n3 (results/multiplication-mini-n3:
-    after the first, 77.7% at 3 digits and 2.5% sampled success on 4): 2,000 steps with 2%
-    of (n+1)-digit RL problems. Path-star at mini: `_path_star_mini_recipe`."""
+    after the first run's first stage, 77.7% at 3 digits and 2.5% sampled success on 4):
+    2,000 steps with 2% of (n+1)-digit RL problems (the shipped multiplication-mini-n3).
+    Path-star at mini: `_path_star_mini_recipe`."""
     if scale == "tiny":
         return [PretrainConfig(task=task, model="tiny", max_digits=n, eval_extra_digits=1,
                                batch_size=8, steps=12, warmup_steps=2, log_every=6,

@@ -40,9 +40,9 @@ def set_command(argv: list[str]) -> None:
 @functools.cache
 def machine() -> dict[str, str]:
     """What ran the code: JAX and jaxlib versions, the backend, its device kind, the host's
-    processor and its vector extensions. XLA compiles for the host's instruction set, so the same command and commit
-    give bit-identical results on one machine but can differ in the last bits on another
-    (and sampled episodes then part ways)."""
+    processor and its vector extensions. XLA compiles for the host's instruction set, so the
+    same command and commit give bit-identical results on one machine but can differ in the
+    last bits on another (and sampled episodes then part ways)."""
     import jax
     import jaxlib
 
