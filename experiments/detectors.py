@@ -2,14 +2,19 @@
 `critkl.weighting` scored against the causal critical-token map of the model pre-trained up
 to N (`critkl.analysis.detectors`): precision-recall curves and average precision on the
 correct-prefix action tokens of sampled episodes at the task's RL level (N+1; path-star: N).
-No RL. Then, for addition, the same for the constructed model of the mechanism test (one
-known fork; `experiments.mechanism`), whose fork stage is trained (or reused) and its map
-measured first (files *_constructed.*).
+No RL. A map with no causally critical decision (multiplication-mini-n3's) leaves nothing to
+find: the signals are then scored against its costly decisions (`causal.costly_keys`:
+forcing wrong loses half the success, whatever p(right)), and the files say so. Then, for
+addition, the same for the constructed model of the mechanism test (one known fork;
+`experiments.mechanism`), whose fork stage is trained (or reused) and its map measured first
+(files *_constructed.*).
 
 Run: `critkl experiment detectors --scale tiny|mini|paper [--task path-star|multiplication]`.
 """
 
 from __future__ import annotations
+
+import json
 
 import jax
 
@@ -24,25 +29,34 @@ SETTINGS = {"tiny": dict(problems=4, samples=2), "mini": dict(problems=64, sampl
             "paper": dict(problems=256, samples=4)}
 
 
+COSTLY_NOTE = ("The map has no causally critical decision, so average precision against it "
+               "is undefined. The labels mark its costly decisions instead "
+               "(`critkl.analysis.causal.costly_keys`): forced by the map (p(right) below its "
+               "`forced_below`), and forcing wrong loses at least half the sampled success, "
+               "whatever p(right).")
+
+
 def score(params, model_config, task, keys, plan: dict, output: Output, suffix: str,
-          print_fn) -> list[dict]:
-    """Score every signal on the model's sampled episodes; write detectors{suffix}.md,
-    .json and .png."""
+          print_fn, target: str = "causally critical", note: str = "") -> list[dict]:
+    """Score every signal on the model's sampled episodes against the keys, which `target`
+    names (`note`, when given, opens the markdown); write detectors{suffix}.md, .json and
+    .png."""
     print_fn(f"detectors: {plan['samples']} sampled episodes of each of {plan['problems']} "
-             f"problems of {task.rl_level} {task.level_unit}, against {len(keys)} causally "
-             f"critical keys")
+             f"problems of {task.rl_level} {task.level_unit}, against {len(keys)} {target} "
+             f"keys")
     ranked = detectors.score_tokens(params, model_config, task, keys, problems=plan["problems"],
                                     samples=plan["samples"], rng=jax.random.key(0))
     rows = detectors.table(ranked)
-    text = detectors.markdown(rows, ranked)
+    text = (f"{note}\n\n" if note else "") + detectors.markdown(rows, ranked, target)
     output.markdown(f"detectors{suffix}.md", text)
     output.json(f"detectors{suffix}.json", {"task": task.name, "n": task.n,
                                             "level": task.rl_level,
+                                            "target": target,
                                             "keys": [list(k) for k in keys], **plan,
                                             "tokens": len(ranked.critical),
                                             "critical_tokens": int(ranked.critical.sum()),
                                             "rows": rows})
-    detectors.plot(ranked, output.folder / f"detectors{suffix}.png")
+    detectors.plot(ranked, output.folder / f"detectors{suffix}.png", target)
     print_fn(text)
     return rows
 
@@ -51,8 +65,12 @@ def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addit
     plan, n = SETTINGS[scale], LEVEL[task][scale]
     pre_config, params = pretrained_model(scale, n, work_dir, print_fn, task)
     keys = kl_comparison.causal_keys(scale, params, pre_config, output, print_fn)
+    fallback = {}
+    if not keys:
+        rows = json.loads((output.folder / "critical.json").read_text())["rows"]
+        keys, fallback = causal.costly_keys(rows), dict(target="costly", note=COSTLY_NOTE)
     results = {"rows": score(params, pre_config.model_config, pre_config.text_task, keys, plan,
-                             output, "", print_fn)}
+                             output, "", print_fn, **fallback)}
     if task == "addition" and scale in mechanism.SETTINGS:
         print_fn("\nthe constructed model of the mechanism test (one known fork)")
         pre_config, params, n, record = mechanism.forked_model_and_map(scale, work_dir, print_fn)

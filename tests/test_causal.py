@@ -180,3 +180,28 @@ def test_kl_weight_of_a_map_without_certainties():
     assert causal.kl_weight(row, 150.0, 150.0) == 0.25
     with pytest.raises(ValueError, match="beta=150 only.*not at beta=500"):
         causal.kl_weight(row, 500.0, 150.0)
+
+
+def test_costly_and_critical_keys_follow_the_rule_on_random_rows():
+    """costly: forced, and forcing wrong loses at least half the sampled success; critical:
+    costly and p(right) <= 0.9; counted by a plain reading of the rule on random rows."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for index in range(500):
+        row = {"key": [index], "p_right": float(rng.choice([0.5, 0.9, 0.95, 0.999]))}
+        if rng.random() < 0.8:  # forced
+            right = float(rng.choice([0.0, 0.25, 0.5, 1.0]))
+            row.update(success_right_sampled=right,
+                       success_wrong_sampled=float(rng.choice([0.0, 0.125, 0.25, 0.5, 1.0])))
+        rows.append(row)
+    for row in rows:
+        forced = "success_right_sampled" in row
+        right, wrong = row.get("success_right_sampled"), row.get("success_wrong_sampled")
+        row["critical"] = forced and right > 0 and wrong <= right / 2 and row["p_right"] <= 0.9
+    expected_costly = [(row["key"][0],) for row in rows if "success_right_sampled" in row
+                       and row["success_right_sampled"] > 0
+                       and row["success_wrong_sampled"] <= row["success_right_sampled"] / 2]
+    assert list(causal.costly_keys(rows)) == expected_costly
+    assert all(causal.costly(row) and row["p_right"] <= 0.9 for row in rows if row["critical"])
+    assert set(causal.critical_keys(rows)) < set(causal.costly_keys(rows))
+    assert 0 < len(causal.critical_keys(rows)) < len(expected_costly)

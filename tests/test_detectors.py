@@ -32,6 +32,18 @@ def test_precision_recall_matches_brute_force_with_ties():
     assert detectors.average_precision(np.where(critical, 0.0, 1.0), critical) == 1.0
 
 
+def test_average_precision_is_undefined_without_a_critical_token(tmp_path):
+    """No positive: None in the table, "undefined" in the markdown and the plot's legend."""
+    confidence = np.linspace(0, 1, 50)
+    ranked = detectors.Ranked({"certainty": confidence}, np.zeros(50, bool))
+    rows = detectors.table(ranked)
+    assert rows[0]["average_precision"] is None
+    assert "| certainty | undefined |" in detectors.markdown(rows, ranked, "costly")
+    assert "0 of them costly" in detectors.markdown(rows, ranked, "costly")
+    detectors.plot(ranked, tmp_path / "pr.png", "costly")
+    assert (tmp_path / "pr.png").stat().st_size > 0
+
+
 def test_scored_tokens_carry_the_oracle_labels():
     pre, params = load_pretrained("mini-n3")  # a model that follows the correct path
     keys = ((1, "operand", "a", 0), (1, "operand", "b", 2))

@@ -105,11 +105,18 @@ def test_main_job_tiny(work_dir, capsys):
 def test_detectors_tiny_on_another_task(work_dir, task):
     """The detectors entry on another task: its model, its map and its RL level, no
     constructed fork (addition's)."""
+    from critkl.analysis import causal
     from critkl.tasks import registry
     folder = experiments.run("detectors", "tiny", work_dir, print_fn=lambda line: None, task=task)
     record = json.loads((folder / "detectors.json").read_text())
     assert (record["task"], record["level"]) == (task, registry.make(task, 1).rl_level)
+    rows = json.loads((folder / "critical.json").read_text())["rows"]
     assert json.loads((folder / "critical.json").read_text())["level"] == record["level"]
+    # A map with no causally critical decision is scored against its costly ones, named so.
+    critical = [row["key"] for row in rows if row.get("critical")]
+    assert (record["target"], record["keys"]) == (
+        ("causally critical", critical) if critical else
+        ("costly", [row["key"] for row in rows if causal.costly(row)]))
     assert not (folder / "detectors_constructed.json").exists()
 
 

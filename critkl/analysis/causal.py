@@ -40,10 +40,24 @@ CRITICAL_COST = 0.5      # forcing wrong loses at least this share of the succes
 CRITICAL_P_RIGHT = 0.9   # ... where the model gives the right token at most this
 
 
+def costly(row: dict) -> bool:
+    """Whether forcing the decision wrong costs at least CRITICAL_COST of its sampled success
+    (False for a decision the map did not force): the causal rule without its certainty
+    bound."""
+    right, wrong = row.get("success_right_sampled", 0.0), row.get("success_wrong_sampled", 0.0)
+    return right > 0 and right - wrong >= CRITICAL_COST * right
+
+
 def critical_keys(rows: list[dict]) -> tuple[tuple, ...]:
     """The keys of a map's causally critical decisions (rows as `causal_map` returns them, or
     as read back from its JSON)."""
     return tuple(tuple(row["key"]) for row in rows if row.get("critical"))
+
+
+def costly_keys(rows: list[dict]) -> tuple[tuple, ...]:
+    """The keys of a map's costly decisions (`costly`): its causally critical ones and the
+    forced ones the model is surer of than CRITICAL_P_RIGHT."""
+    return tuple(tuple(row["key"]) for row in rows if costly(row))
 
 
 def read_critical_keys(path, task: TextTask, n: int | None = None,
@@ -166,9 +180,7 @@ def causal_map(params, config: ModelConfig, task: TextTask,
         for mode in ("greedy", "sampled"):
             row[f"success_right_{mode}"] = float(np.mean(results[(mode, False)]))
             row[f"success_wrong_{mode}"] = float(np.mean(results[(mode, True)]))
-        right, wrong = row["success_right_sampled"], row["success_wrong_sampled"]
-        row["critical"] = bool(right > 0 and right - wrong >= CRITICAL_COST * right
-                               and row["p_right"] <= CRITICAL_P_RIGHT)
+        row["critical"] = bool(costly(row) and row["p_right"] <= CRITICAL_P_RIGHT)
     return sorted(rows.values(), key=lambda row: row["first_position"])
 
 

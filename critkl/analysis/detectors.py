@@ -75,8 +75,11 @@ def precision_recall(confidence: np.ndarray, critical: np.ndarray):
     return selected / len(values), true / selected, true / max(labels.sum(), 1)
 
 
-def average_precision(confidence: np.ndarray, critical: np.ndarray) -> float:
-    """Sum over thresholds of precision times the recall gained there."""
+def average_precision(confidence: np.ndarray, critical: np.ndarray) -> float | None:
+    """Sum over thresholds of precision times the recall gained there; None (undefined) when
+    no token is critical."""
+    if not critical.any():
+        return None
     _, precision, recall = precision_recall(confidence, critical)
     return float(np.sum(precision * np.diff(np.r_[0.0, recall])))
 
@@ -102,21 +105,28 @@ def table(ranked: Ranked) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], ranked: Ranked) -> str:
+def _formatted(ap: float | None, digits: int) -> str:
+    return "undefined" if ap is None else f"{ap:.{digits}f}"
+
+
+def markdown(rows: list[dict], ranked: Ranked, target: str = "causally critical") -> str:
+    """The table of `table`'s rows; `target` names what the labels mark."""
     count, positives = len(ranked.critical), int(ranked.critical.sum())
     head = " | ".join(f"precision / recall, lowest {100 * s:g}%" for s in TOP_SHARES)
-    lines = [f"{count} correct-prefix action tokens, {positives} of them causally critical "
+    lines = [f"{count} correct-prefix action tokens, {positives} of them {target} "
              f"(base rate {positives / max(count, 1):.4f}).", "",
              f"| signal | average precision | {head} |", "|---|---|" + "---|" * len(TOP_SHARES)]
     for row in rows:
         cells = " | ".join(f"{row[f'top_{s:g}'][0]:.3f} / {row[f'top_{s:g}'][1]:.3f}"
                            for s in TOP_SHARES)
-        lines.append(f"| {row['signal']} | {row['average_precision']:.3f} | {cells} |")
+        lines.append(f"| {row['signal']} | {_formatted(row['average_precision'], 3)} | "
+                     f"{cells} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(ranked: Ranked, path) -> None:
-    """PNG: each signal's precision-recall curve, and the base rate."""
+def plot(ranked: Ranked, path, target: str = "causally critical") -> None:
+    """PNG: each signal's precision-recall curve against the `target` labels, and the base
+    rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,14 +136,14 @@ def plot(ranked: Ranked, path) -> None:
     styles = ("-", "--", ":", "-.")
     for index, (signal, confidence) in enumerate(ranked.confidence.items()):
         _, precision, recall = precision_recall(confidence, ranked.critical)
-        label = f"{signal} (AP {average_precision(confidence, ranked.critical):.2f})"
+        label = f"{signal} (AP {_formatted(average_precision(confidence, ranked.critical), 2)})"
         if len(recall) <= 3:  # a two-valued signal (the oracle): its points, not a curve
             ax.plot(recall, precision, "*", markersize=14, label=label)
         else:
             ax.plot(recall, precision, styles[index % len(styles)], lw=2, label=label,
                     drawstyle="steps-post")
     ax.axhline(ranked.critical.mean(), color="grey", ls=":", label="base rate")
-    ax.set_xlabel("recall of the causally critical tokens")
+    ax.set_xlabel(f"recall of the {target} tokens")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.01)
     ax.set_ylim(0, 1.02)
