@@ -14,9 +14,9 @@ measured:
   temperature).
 
 With the ternary reward, Q(s, a) = 2 P(success | a forced at s) - 1, so the two success
-rates are the decision's stakes. A decision is *causally critical* when forcing it wrong
-costs most of the success (at least half of the success after the right token, sampled)
-and the model is unsure of it (p(right) <= 0.9). Decisions the model is nearly sure of
+rates are the decision's stakes. A decision is *costly* when forcing it wrong costs most of
+the success (at least half of the success after the right token, sampled), and *causally
+critical* when it is costly and the model is unsure of it (p(right) <= 0.9). Decisions the model is nearly sure of
 (p(right) above `forced_below`) are listed with p(right) and w only, without forcing.
 """
 
