@@ -33,13 +33,14 @@ def measure(params, model_config, task, episodes: int, window: int, repeats: int
     problems = task.sample_rl(jax.random.key(0), episodes)
 
     @jax.jit
-    def collect(rng):
+    def collect(params, rng):  # params an argument, as the commands pass them
         attempt = evaluation.attempt(params, model_config, task, problems, rng,
                                      temperature=1.0, max_length=window)
         return attempt.generation.lengths - attempt.reference.prompt_length
 
-    generated = jax.device_get(collect(jax.random.key(1)))
-    seconds = best_seconds(lambda: jax.block_until_ready(collect(jax.random.key(1))), repeats)
+    rng = jax.random.key(1)
+    generated = jax.device_get(collect(params, rng))
+    seconds = best_seconds(lambda: jax.block_until_ready(collect(params, rng)), repeats)
     return {"seconds": seconds, "generated": int(generated.sum()),
             "slots": episodes * int(generated.max())}
 
