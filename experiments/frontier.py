@@ -27,13 +27,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl import statistics
 from critkl.analysis import causal
 from critkl.config import DEFAULT_BETA
 from critkl.runs.outputs import Curve, Output
 from experiments import kl_comparison
-from experiments.models import pretrained_model
-from experiments.rl_settings import RL_SETTINGS, run_sweep
+from experiments.models import pretrained_model, model_name
+from experiments.rl_settings import RL_SETTINGS
 
 
 class Arm(NamedTuple):
@@ -277,9 +278,10 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     for index, arm in enumerate(plan["arms"]):
         print_fn(f"\n== arm {index + 1}/{len(plan['arms'])}: {arm.name}, "
                  f"{len(plan['seeds'])} seeds")
-        result = run_sweep(output.folder / "rl" / arm.name, pre_config, params, config,
-                           settings.hyper(), plan["seeds"],
-                           {"kl_coef": [arm.kl_coef], "beta": [arm.beta]}, print_fn)
+        result = run_sweep(Sweep(model_name("addition", scale, n), config, settings.hyper(),
+                                 plan["seeds"], {"kl_coef": [arm.kl_coef], "beta": [arm.beta]}),
+                           output.folder / "rl" / arm.name, model=(pre_config, params),
+                           print_fn=print_fn)
         runs += [{**run, "setting": arm.name, "name": f"{arm.name},seed={run['seed']}"}
                  for run in result["runs"]]
     ends = {key: end_values(runs, plan["arms"], plan["seeds"], key)

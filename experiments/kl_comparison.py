@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl.analysis import causal
 from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
 from critkl.runs.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
 from experiments.models import LEVEL, model_name, pretrained_model
-from experiments.rl_settings import RL_SETTINGS, run_sweep
+from experiments.rl_settings import RL_SETTINGS
 
 N = LEVEL["addition"]  # addition's N per scale, which the addition-only entries use
 
@@ -84,8 +85,9 @@ def sweep(scale: str, plan: dict, output: Output, work_dir, print_fn,
     config = dataclasses.replace(settings.config(n, pre_config.text_task.rl_extra,
                                                  pre_config.task, pre_config.task_params),
                                  causal_keys=causal_keys(scale, params, pre_config, output, print_fn))
-    results = run_sweep(output.folder / "rl", pre_config, params, config,
-                        settings.hyper(), plan["seeds"], {"beta": plan["betas"]}, print_fn)
+    results = run_sweep(Sweep(model_name(task, scale, n), config, settings.hyper(), plan["seeds"],
+                              {"beta": plan["betas"]}),
+                        output.folder / "rl", model=(pre_config, params), print_fn=print_fn)
     output.markdown("summary.md", finetuning.markdown_summary(results))
     if 0.0 in plan["betas"]:  # each beta against the standard KL, paired by seed
         output.markdown("differences.md", finetuning.markdown_differences(results, STANDARD_KL))

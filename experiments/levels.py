@@ -8,10 +8,11 @@ Run: `critkl experiment levels --scale tiny|mini|paper`.
 
 from __future__ import annotations
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl.runs import plots
 from critkl.runs.outputs import Output
-from experiments.models import pretrained_model
-from experiments.rl_settings import RL_SETTINGS, run_sweep
+from experiments.models import pretrained_model, model_name
+from experiments.rl_settings import RL_SETTINGS
 
 # Pre-training levels N, RL on N + extra_digits (tiny's context holds 2-digit RL episodes
 # only), seeds per level; the standard KL at the paper's coefficient for this comparison.
@@ -29,8 +30,10 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     for n in plan["levels"]:
         pre_config, params = pretrained_model(scale, n, work_dir, print_fn)
         config = settings.config(n, plan["extra_digits"])
-        results = run_sweep(output.folder / f"rl_n{n}", pre_config, params, config, base,
-                            plan["seeds"], {"beta": [0.0]}, print_fn)
+        results = run_sweep(Sweep(model_name("addition", scale, n), config, base, plan["seeds"],
+                                  {"beta": [0.0]}),
+                            output.folder / f"rl_n{n}", model=(pre_config, params),
+                            print_fn=print_fn)
         summaries[n] = results["summary"]
         curves += plots.setting_curves(results, "eval/pass_at_1",
                                        label=lambda *_, n=n: f"pre-trained up to {n} digits")

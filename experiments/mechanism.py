@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl.analysis import causal
 from critkl.runs import finetuning, plots
 from critkl.config import (DEFAULT_BETA, DEFAULT_KL_COEF, STANDARD_KL, CausalMapConfig, LossHyper,
@@ -31,7 +32,7 @@ from critkl.runs.models import load_pretrained
 from critkl.tasks import registry
 from experiments.kl_comparison import measure_causal_map, write_causal_map
 from experiments.models import pretrained_source, train
-from experiments.rl_settings import run_sweep
+
 
 # F: digits of the fork; the fork stage (warm start from the model pre-trained up to F); the
 # causal map's problems; RL (standard KL against beta 150 at the paper's KL coefficient 5).
@@ -101,8 +102,8 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
 
     config = RLConfig(n=n, extra_digits=1, causal_keys=causal.critical_keys(rows), **plan["rl"])
     base = RLHyper(loss=LossHyper(kl_coef=KL_COEF))
-    results = run_sweep(output.folder / "rl", pre_config, params, config, base, plan["seeds"],
-                        {"beta": [0.0, BETA]}, print_fn)
+    results = run_sweep(Sweep("mechanism", config, base, plan["seeds"], {"beta": [0.0, BETA]}),
+                        output.folder / "rl", model=(pre_config, params), print_fn=print_fn)
     plots.plot_sweep(n + 1, results, output)
     table = finetuning.markdown_summary(results)
     differences = finetuning.markdown_differences(results, STANDARD_KL)

@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, LossConfig
 from critkl.runs import finetuning, plots
 from critkl.runs.outputs import Output
 from experiments import accuracy, certainty, frontier, kl_comparison
-from experiments.models import pretrained_model
-from experiments.rl_settings import RL_SETTINGS, RLSettings, run_sweep
+from experiments.models import pretrained_model, model_name
+from experiments.rl_settings import RL_SETTINGS, RLSettings
 
 # The paper's prioritized-KL experiment (METHOD.md, Table 3 and the authors' scripts): 8
 # collects of 50 episodes, A2C, learning rate 1e-6, KL coefficient 5 with beta 150, their
@@ -81,18 +82,20 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
     runs, summary = [], {}
     config = dataclasses.replace(settings.config(top, 1), causal_keys=keys)
     for arm in arms:
-        result = run_sweep(output.folder / "rl" / arm.name, pre_config, params, config,
-                           settings.hyper(), plan["seeds"],
-                           {"kl_coef": [arm.kl_coef], "beta": [arm.beta]}, print_fn)
+        result = run_sweep(Sweep(model_name("addition", scale, top), config, settings.hyper(),
+                                 plan["seeds"], {"kl_coef": [arm.kl_coef], "beta": [arm.beta]}),
+                           output.folder / "rl" / arm.name, model=(pre_config, params),
+                           print_fn=print_fn)
         runs += [{**r, "setting": arm.name} for r in result["runs"]]
         summary[arm.name] = next(iter(result["summary"].values()))
     results = {"runs": runs, "summary": summary}
     paper_config = dataclasses.replace(PAPER_RL.config(top, 1), causal_keys=keys,
                                        loss=LossConfig(algorithm="a2c"))
     paper_hyper = dataclasses.replace(PAPER_RL.hyper(), lam=PAPER_LAMBDA)
-    paper = run_sweep(output.folder / "rl" / "paper-settings", pre_config, params,
-                      paper_config, paper_hyper, plan["paper_seeds"], {"beta": [DEFAULT_BETA]},
-                      print_fn)
+    paper = run_sweep(Sweep(model_name("addition", scale, top), paper_config, paper_hyper,
+                            plan["paper_seeds"], {"beta": [DEFAULT_BETA]}),
+                      output.folder / "rl" / "paper-settings", model=(pre_config, params),
+                      print_fn=print_fn)
     paper = {"runs": [{**r, "setting": "paper-settings"} for r in paper["runs"]],
              "summary": {"paper-settings": next(iter(paper["summary"].values()))}}
 

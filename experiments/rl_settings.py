@@ -1,12 +1,10 @@
-"""The RL settings every experiment shares at each scale, and running (or resuming) a sweep."""
+"""The RL settings every experiment shares at each scale (a sweep runs through
+`critkl.runs.spec.run_sweep`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from critkl.infra import checkpoint
-from critkl.runs import finetuning
 from critkl.config import LossHyper, RLConfig, RLHyper
 
 
@@ -52,19 +50,3 @@ RL_SETTINGS = {
                         ppo_epochs=2, minibatches=5, learning_rate=1e-5, dtype="bfloat16"),
 }
 
-
-def run_sweep(run_dir: Path, pre_config, params, config: RLConfig, base: RLHyper,
-              seeds: list[int], grid: dict[str, list[float]], print_fn=print) -> dict:
-    """Seeds x grid as one vmapped program in run_dir; resumes a sweep that was cut off, and
-    reuses a finished one from its results.json and config.json alone (no checkpoint needed:
-    an experiment's finished sweeps can be committed and copied back into a fresh checkout)."""
-    runs = finetuning.grid_runs(seeds, grid, base)
-    saved = {"rl": dataclasses.asdict(config), "seeds": seeds, "grid": grid,
-             "base": dataclasses.asdict(base)}
-    finished = finetuning.finished_results(run_dir, saved, config.iterations)
-    if finished is not None:
-        print_fn(f"reusing the finished sweep in {run_dir} (its results.json)")
-        return finished
-    resume = checkpoint.latest_checkpoint_step(run_dir) is not None
-    return finetuning.finetune(config, runs, params, pre_config.model_config, run_dir,
-                             resume=resume, print_fn=print_fn, saved_config=saved)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from critkl.runs.spec import Sweep, run_sweep
 from critkl.runs import finetuning, plots
 from critkl.config import LossConfig, weighting_preset, with_values
 from critkl.runs.outputs import Output
 from experiments import kl_comparison
-from experiments.models import pretrained_model
-from experiments.rl_settings import RL_SETTINGS, run_sweep
+from experiments.models import pretrained_model, model_name
+from experiments.rl_settings import RL_SETTINGS
 
 ARMS = ("standard", "prioritized", "80-20", "archer", "kl-cov")
 SETTINGS = {"tiny": dict(arms=ARMS, seeds=[0, 1]),
@@ -42,8 +43,9 @@ def run(scale: str, output: Output, work_dir, print_fn=print) -> dict:
         config = dataclasses.replace(settings.config(n, 1), causal_keys=keys,
                                      loss=LossConfig(**fields))
         base = with_values(settings.hyper(), values)
-        result = run_sweep(output.folder / "rl" / arm, pre_config, params, config, base,
-                           plan["seeds"], {}, print_fn)
+        result = run_sweep(Sweep(model_name("addition", scale, n), config, base, plan["seeds"]),
+                           output.folder / "rl" / arm, model=(pre_config, params),
+                           print_fn=print_fn)
         runs += [{**run, "setting": arm, "name": f"{arm},seed={run['seed']}"}
                  for run in result["runs"]]
     results = {"runs": runs}

@@ -70,7 +70,7 @@ def test_pretrain_then_sweep_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--kl-kind", "k9"], "kl_kind"), (["--episodes", "7", "--minibatches", "5"], "episodes"),
+    [(["--kl-kind", "k9"], "choose from 'k1', 'k2'"), (["--episodes", "7", "--minibatches", "5"], "episodes"),
      (["--seeds", "0,1"], "sweep"), (["--gamma", "1.5"], "gamma=1.5 is outside"),
      (["--learning-rate", "nan"], "learning_rate=nan")],
 )
@@ -83,8 +83,9 @@ def test_bad_finetune_flags_give_a_clear_error(flags, message):
 
 def test_loss_flags_parse_lists_and_strict_booleans():
     import argparse
+    from critkl.commands import finetuning
     parser = argparse.ArgumentParser()
-    cli._add_finetune_flags(parser, lists=False)
+    finetuning.add_flags(parser, lists=False)
     args = parser.parse_args(["m", "--run-dir", "x", "--value-hidden-sizes", "64,32",
                               "--prioritized", "No", "--center-advantages", "1"])
     assert args.value_hidden_sizes == (64, 32)

@@ -302,13 +302,18 @@ def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch
     import types
 
     from critkl.infra import checkpoint
-    from experiments.rl_settings import run_sweep
+    from critkl.runs.spec import Sweep, run_sweep
 
     params = init_params(jax.random.key(0), TINY)
-    pre = types.SimpleNamespace(model_config=TINY)
+    pre = types.SimpleNamespace(model_config=TINY, max_digits=TWO_PERIODS.n,
+                                task=TWO_PERIODS.task, task_params=TWO_PERIODS.task_params)
     grid = {"kl_coef": [0.5]}
-    straight = run_sweep(tmp_path / "straight", pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid,
-                         print_fn=lambda line: None)
+
+    def sweep(run_dir, grid, print_fn=lambda line: None):
+        return run_sweep(Sweep("tiny", TWO_PERIODS, RLHyper(), [0, 1], grid), run_dir,
+                         model=(pre, params), print_fn=print_fn)
+
+    straight = sweep(tmp_path / "straight", grid)
     kept = tmp_path / "kept"
     kept.mkdir()
     for name in ("results.json", "config.json"):
@@ -319,16 +324,16 @@ def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch
 
     monkeypatch.setattr(finetuning, "finetune", must_not_run)
     lines = []
-    reused = run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid, lines.append)
+    reused = sweep(kept, grid, lines.append)
     assert lines == [f"reusing the finished sweep in {kept} (its results.json)"]
     assert [run["curve"] for run in reused["runs"]] == [run["curve"] for run in straight["runs"]]
     assert json.dumps(reused["summary"]) == json.dumps(straight["summary"])
 
     with pytest.raises(checkpoint.CheckpointError, match="kl_coef"):
-        run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], {"kl_coef": [0.25]})
+        sweep(kept, {"kl_coef": [0.25]})
     results = json.loads((kept / "results.json").read_text())
     for run in results["runs"]:  # cut off after the first evaluation period
         run["curve"] = {key: values[:-1] for key, values in run["curve"].items()}
     (kept / "results.json").write_text(json.dumps(results))
     with pytest.raises(AssertionError, match="ran again"):
-        run_sweep(kept, pre, params, TWO_PERIODS, RLHyper(), [0, 1], grid)
+        sweep(kept, grid)

@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from critkl import cli
+from critkl.commands import finetuning
 from critkl.config import (HYPER_NAMES, HYPER_RANGES, CausalMapConfig, LossConfig,
                            PretrainConfig, RLConfig)
 
@@ -65,7 +66,7 @@ CASES = (
      for name, value in _field_cases(PretrainConfig)]
     + [("pretrain", PRETRAIN + ["--batch-size", "3"], "batch_size")]  # 8 devices in tests
     + [("finetune", FINETUNE + [_flag(name), value], name)
-       for name, value in _field_cases(RLConfig, skip=cli._RL_FIELDS_WITHOUT_FLAGS)]
+       for name, value in _field_cases(RLConfig, skip=finetuning.RL_FIELDS_WITHOUT_FLAGS)]
     + [("finetune", FINETUNE + [_flag(name), value], name)
        for name, value in _field_cases(LossConfig)]
     + [("sweep", FINETUNE + [_flag(name), value], name)

@@ -269,9 +269,11 @@ def programs_for(config: RLConfig, model_config: ModelConfig, mesh) -> Programs:
     return Programs(config, model_config, mesh)
 
 
-def _config_defaults() -> dict:
-    """Settings added to critkl after a run was made are its own at these values."""
-    return {"rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
+def _config_defaults(saved_config: dict | None) -> dict:
+    """Settings added to critkl after a run was made are its own at these values (a run made
+    before config.json named its pre-trained model is taken as the one named now)."""
+    return {"pretrained": (saved_config or {}).get("pretrained"),
+            "rl": dataclasses.asdict(RLConfig()), "base": dataclasses.asdict(RLHyper())}
 
 
 def finished_results(run_dir: str | Path, saved_config: dict, iterations: int) -> dict | None:
@@ -286,7 +288,7 @@ def finished_results(run_dir: str | Path, saved_config: dict, iterations: int) -
     if UNFINISHED in results or not all(
             run["curve"].get("iteration", [None])[-1] == iterations for run in results["runs"]):
         return None
-    checkpoint.check_same_config(run_dir, saved_config, defaults=_config_defaults())
+    checkpoint.check_same_config(run_dir, saved_config, defaults=_config_defaults(saved_config))
     results["summary"] = summary(results)
     return results
 
@@ -311,7 +313,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     # results.json keeps every evaluation, a save is atomic (the previous one stays until the
     # new one is complete), and a damaged last one leaves the one before.
     checkpointer = directory.open_run(run_dir, saved_config, resume=resume,
-                                      defaults=_config_defaults(), keep=2)
+                                      defaults=_config_defaults(saved_config), keep=2)
     try:
         state = parallel.put(programs.init(rngs, hypers, pretrained), by_run)
         train = []  # the training metrics of the evaluation period so far, per iteration
