@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any, Mapping
 
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX import summary
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.record_writer import RecordWriter
+
+FLUSH_SECS = 120  # at most this long between a point and its reaching the disk
 
 
 class Tracker:
@@ -19,7 +24,12 @@ class Tracker:
     start. What earlier attempts logged after that step (and recompute now) is
     then hidden, by TensorBoard and by :func:`read_scalars`; the point at the
     step itself stays. Points reach the disk at :meth:`flush` (callers flush
-    before each checkpoint) and :meth:`close`, and every 120 s.
+    before each checkpoint) and :meth:`close`, and every ``FLUSH_SECS``.
+
+    Events are written by the calling thread, not by tensorboardX's writer thread: that
+    thread dies on a full disk and leaves its caller blocked on a full queue. A write
+    that fails (a full disk, a vanished directory) raises OSError naming ``log_dir``
+    and the OS error, once; the tracker then writes nothing more.
     """
 
     def __init__(
@@ -29,42 +39,80 @@ class Tracker:
         keep_until: int | None = None,
     ):
         self.log_dir = os.fspath(log_dir)
-        self._writer = None
+        self._file = None
+        self._next_flush = time.monotonic() + FLUSH_SECS
         if enabled:
-            # tensorboardX names files by the second: without a finer suffix a
-            # restart within the same second would overwrite the earlier file.
-            self._writer = SummaryWriter(
-                self.log_dir,
-                purge_step=None if keep_until is None else int(keep_until) + 1,
-                filename_suffix=f".{time.time_ns()}",
-            )
+            self._guarded(self._open, None if keep_until is None else int(keep_until) + 1)
+
+    def _open(self, purge_step: int | None) -> None:
+        """A new event file (named as tensorboardX names them; the nanoseconds keep a
+        restart within the same second from overwriting the earlier file); a
+        `purge_step` hides the earlier files' points from that step on."""
+        os.makedirs(self.log_dir, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+                f".{time.time_ns()}")
+        self._file = RecordWriter(os.path.join(self.log_dir, name))
+        self._write(Event(file_version="brain.Event:2"))
+        if purge_step is not None:
+            self._write(Event(step=purge_step, file_version="brain.Event:2"),
+                        Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def _write(self, *events: Event) -> None:
+        for event in events:
+            event.wall_time = time.time()
+            self._file.write(event.SerializeToString())
+        if time.monotonic() >= self._next_flush:
+            self._flush_file()
+
+    def _flush_file(self) -> None:
+        self._file.flush()  # and fsync
+        self._next_flush = time.monotonic() + FLUSH_SECS
+
+    def _close_file(self) -> None:
+        self._flush_file()
+        self._file.close()
+        self._file = None
+
+    def _guarded(self, action, *args) -> None:
+        """`action(*args)`; an OSError closes the event file and is raised again as one
+        naming ``log_dir``."""
+        try:
+            action(*args)
+        except OSError as error:
+            if self._file is not None:
+                try:
+                    self._file.close()  # closed even when writing what it holds fails
+                except OSError:
+                    pass  # the failure raised below
+                self._file = None
+            raise OSError(error.errno, f"{error.strerror or error} while writing TensorBoard's "
+                          "log", self.log_dir) from error
+
+    def _add(self, step: int, summaries: list) -> None:
+        self._guarded(self._write, *(Event(summary=s, step=int(step)) for s in summaries))
 
     def scalars(self, step: int, values: Mapping[str, Any]) -> None:
         """Log python, numpy or jax scalars under their names."""
-        if self._writer is None:
-            return
-        for name, value in values.items():
-            self._writer.add_scalar(name, float(value), global_step=int(step))
+        if self._file is not None:
+            self._add(step, [summary.scalar(name, float(value)) for name, value in values.items()])
 
     def text(self, step: int, name: str, markdown: str) -> None:
         """Log a markdown string (shown in TensorBoard's text tab)."""
-        if self._writer is not None:
-            self._writer.add_text(name, markdown, global_step=int(step))
+        if self._file is not None:
+            self._add(step, [summary.text(name, markdown)])
 
     def image(self, step: int, name: str, image: Any) -> None:
         """Log an HxWxC uint8 image (C = 1, 3 or 4)."""
-        if self._writer is not None:
-            self._writer.add_image(
-                name, np.asarray(image), global_step=int(step), dataformats="HWC"
-            )
+        if self._file is not None:
+            self._add(step, [summary.image(name, np.asarray(image), dataformats="HWC")])
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        if self._file is not None:
+            self._guarded(self._flush_file)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._file is not None:
+            self._guarded(self._close_file)
 
     def __enter__(self) -> Tracker:
         return self

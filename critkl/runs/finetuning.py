@@ -143,10 +143,19 @@ SUMMARY_KEYS = ("eval/sampled_success", "eval/pass_at_1", "eval/comfort_pass_at_
                 "causal/p_right", "critical/p_right_comma")
 
 
-def check_results(results: Any) -> None:
+# Curves that are rates (success rates, pass@1): inside [0, 1].
+RATE_MARKS = ("success", "pass_at_1", "sampled_")
+# Curves over tokens that an evaluation may lack: NaN then (`rl.mean_where`), JSON's NaN.
+MAY_BE_ABSENT = ("critical/", "causal/")
+
+
+def check_results(results: Any, eval_every: int | None = None) -> None:
     """ValueError naming the first field of a results.json (read back, e.g. by `critkl plot`)
     that is not as sweeps write it: runs, each with a setting, a seed and curves of numbers,
-    the curves of one setting's runs equally long."""
+    the curves of one setting's runs equally long. In each run: "iteration" 0, `eval_every`
+    (default: its second point), 2 `eval_every`, ... without a hole; every evaluation curve
+    as long, every `CURVE_TRAIN_KEYS` curve one shorter (none before training); values
+    finite but NaN in `MAY_BE_ABSENT` curves; rates (`RATE_MARKS`) inside [0, 1]."""
     runs = results.get("runs") if isinstance(results, dict) else None
     if not isinstance(runs, list) or not runs:
         raise ValueError("'runs' is missing or empty, expected a list of runs")
@@ -166,6 +175,39 @@ def check_results(results: Any) -> None:
         if shape != first:
             raise ValueError(f"{where}.curve has other metrics or lengths than the first run of "
                              f"setting {run['setting']!r}")
+        name = run.get("name", f"seed={run['seed']}")
+        _check_curve(f"{where} (run {name!r})", run["curve"], eval_every)
+
+
+def _check_curve(where: str, curve: dict[str, list], eval_every: int | None) -> None:
+    """`check_results` of one run's curves."""
+    steps = curve.get("iteration")
+    if not steps or not all(type(step) is int for step in steps):
+        raise ValueError(f"{where}: curve['iteration'] is missing, empty or not whole numbers")
+    if steps[0] != 0:
+        raise ValueError(f"{where}: curve['iteration'] starts at {steps[0]}, not at 0 (the "
+                         "evaluation before training)")
+    every = eval_every or (steps[1] if len(steps) > 1 else 1)
+    for earlier, step in zip(steps, steps[1:]):
+        if step <= earlier:
+            raise ValueError(f"{where}: curve['iteration'] is not ascending ({earlier} is "
+                             f"followed by {step})")
+        if step != earlier + every:
+            raise ValueError(f"{where}: curve['iteration'] has no evaluation at "
+                             f"{earlier + every} ({earlier} is followed by {step}; one every "
+                             f"{every} iterations)")
+    for key, values in curve.items():
+        expected = len(steps) - 1 if key in CURVE_TRAIN_KEYS else len(steps)
+        if len(values) != expected:
+            raise ValueError(f"{where}: curve[{key!r}] has {len(values)} points for "
+                             f"{len(steps)} evaluations, expected {expected}")
+        for point, value in enumerate(values):
+            if not (np.isfinite(value) or np.isnan(value) and key.startswith(MAY_BE_ABSENT)):
+                raise ValueError(f"{where}: curve[{key!r}][{point}] is {value}, expected a "
+                                 "finite number")
+            if any(mark in key for mark in RATE_MARKS) and not 0 <= value <= 1:
+                raise ValueError(f"{where}: curve[{key!r}][{point}] is {value}, a rate outside "
+                                 "[0, 1]")
 
 
 def summary(results: dict) -> dict[str, dict[str, Any]]:
@@ -200,9 +242,16 @@ def _results_up_to(run_dir: Path, iteration: int,
             # Evaluations have a point at every iteration listed, training metrics one fewer.
             run["curve"] = {key: values[:kept - (total - len(values))]
                             for key, values in curve.items()}
+        check_results(results, eval_every)
+        last = iteration - iteration % eval_every  # the last evaluation the checkpoint has
+        for index, run in enumerate(results["runs"]):
+            if run["curve"]["iteration"][-1] != last:
+                name = run.get("name", f"seed={run['seed']}")
+                raise ValueError(f"runs[{index}] (run {name!r}) has no evaluation at {last}, "
+                                 f"which the checkpoint of iteration {iteration} holds")
         unfinished = [record for record in results.pop(UNFINISHED, [])
                       if record["iteration"] <= iteration]
-        wanted = list(range(iteration - iteration % eval_every + 1, iteration + 1))
+        wanted = list(range(last + 1, iteration + 1))
         if [record["iteration"] for record in unfinished] != wanted:
             raise ValueError(f"{UNFINISHED} holds iterations "
                              f"{[record['iteration'] for record in unfinished]}, not {wanted}")
@@ -284,11 +333,18 @@ def finished_results(run_dir: str | Path, saved_config: dict, iterations: int) -
     path = Path(run_dir) / "results.json"
     if not path.exists():
         return None
-    results = json.loads(path.read_text())
-    if UNFINISHED in results or not all(
-            run["curve"].get("iteration", [None])[-1] == iterations for run in results["runs"]):
-        return None
-    checkpoint.check_same_config(run_dir, saved_config, defaults=_config_defaults(saved_config))
+    try:
+        results = json.loads(path.read_text())
+        if UNFINISHED in results or not all(
+                run["curve"]["iteration"][-1] == iterations for run in results["runs"]):
+            return None
+        checkpoint.check_same_config(run_dir, saved_config,
+                                     defaults=_config_defaults(saved_config))
+        check_results(results, saved_config["rl"]["eval_every"])
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise checkpoint.CheckpointError(
+            f"{path} cannot be read back ({type(error).__name__}: {error}); it is damaged. "
+            "Restore it from a copy, or run the sweep again in another directory.") from None
     results["summary"] = summary(results)
     return results
 
