@@ -242,7 +242,7 @@ BASELINES = ("value", "grpo", "dr_grpo", "rloo")
 # Token weighting (`critkl.weighting`: what each name means).
 WEIGHT_SIGNALS = ("certainty", "reference_entropy", "policy_entropy", "policy_max_prob",
                   "covariance", "oracle")
-WEIGHT_RULES = ("power", "quantile", "episode_quantile", "top_k")
+WEIGHT_RULES = ("power", "quantile", "episode_quantile", "top_k", "shuffled_power")
 WEIGHT_TARGETS = ("kl", "kl_only", "pg", "pg_detach", "clip")
 _EXCLUSIVE_TARGETS = (("kl", "kl_only"), ("pg", "pg_detach"))
 
@@ -329,8 +329,8 @@ class LossConfig:
             if set(pair) <= set(targets):
                 raise ValueError(f"LossConfig.weight_targets: {pair[0]!r} and {pair[1]!r} "
                                  f"contradict each other (choose one), got {targets!r}")
-        if self.weight_rule == "power" and self.weight_signal == "covariance":
-            raise ValueError("LossConfig.weight_rule='power' needs a signal in [0, 1]; "
+        if self.weight_rule in ("power", "shuffled_power") and self.weight_signal == "covariance":
+            raise ValueError(f"LossConfig.weight_rule={self.weight_rule!r} needs a signal in [0, 1]; "
                              "weight_signal='covariance' is not: use 'quantile', "
                              "'episode_quantile' or 'top_k'")
         if self.kl_placement == "reward" and self.baseline != "value":
@@ -349,6 +349,9 @@ WEIGHTINGS: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
     "standard": ({"prioritized": False}, {}),
     "prioritized": ({"weight_signal": "certainty", "weight_rule": "power",
                      "weight_targets": ("kl",)}, {"beta": DEFAULT_BETA}),
+    # The control of "where": the prioritized KL's weights permuted within each episode.
+    "prioritized-shuffled": ({"weight_signal": "certainty", "weight_rule": "shuffled_power",
+                              "weight_targets": ("kl",)}, {"beta": DEFAULT_BETA}),
     # Wang et al. 2025: the policy gradient from the 20% highest-entropy tokens only.
     "80-20": ({"weight_signal": "policy_entropy", "weight_rule": "quantile",
                "weight_targets": ("pg",)}, {"focus_share": 0.2}),

@@ -18,6 +18,9 @@ decisive tokens differently from the routine rest. Here each is three independen
   - "quantile": w = 0 on the focus_share of the batch's action tokens with the lowest s;
   - "episode_quantile": the same within each episode (Archer's per-response percentile);
   - "top_k": w = 0 on the focus_tokens action tokens of the batch with the lowest s;
+  - "shuffled_power": the power rule's weights permuted among each episode's action tokens
+    (`shuffle_within_episodes`): the same weights, so the same amount of KL, at unrelated
+    tokens; the control that separates *where* the prioritized KL is removed from *how much*;
 - the **targets**, what w changes:
   - "kl": the KL term is weighted by w (the paper; Archer: no KL on decisive tokens);
   - "kl_only": by 1 - w (the KL only on decisive tokens: KL-Cov);
@@ -134,6 +137,24 @@ def lowest(confidence_values: jax.Array, mask: jax.Array, count, axis=None) -> j
     return chosen.reshape(confidence_values.shape)
 
 
+SHUFFLE_KEY = 20250207  # the shuffled rule's permutations: fixed, independent of the tokens
+
+
+def shuffle_within_episodes(weights: jax.Array, mask: jax.Array) -> jax.Array:
+    """`weights` [B, T] with the values at each row's masked positions permuted among those
+    positions by a fixed pseudo-random order (`SHUFFLE_KEY`), the others untouched. Each
+    episode keeps its multiset of weights; which token gets which depends on nothing the
+    model computes."""
+    scores = jax.random.uniform(jax.random.key(SHUFFLE_KEY), weights.shape)
+    positions = jnp.broadcast_to(jnp.arange(weights.shape[1], dtype=jnp.float32), weights.shape)
+    by_position = jnp.argsort(jnp.where(mask, positions, jnp.inf), axis=1)
+    by_score = jnp.argsort(jnp.where(mask, scores, jnp.inf), axis=1)
+    rows = jnp.arange(weights.shape[0])[:, None]
+    # The i-th masked position (in order) gets the weight of the i-th in random order; past
+    # the masked ones both orders list the unmasked positions alike, so those keep theirs.
+    return weights.at[rows, by_position].set(jnp.take_along_axis(weights, by_score, axis=1))
+
+
 def routine_weight(rule: str, confidence_values: jax.Array, mask: jax.Array,
                    hyper: LossHyper) -> jax.Array:
     """The weight w of `rule` (static): 1 on routine tokens, towards 0 on decisive ones:
@@ -148,6 +169,9 @@ def routine_weight(rule: str, confidence_values: jax.Array, mask: jax.Array,
         return 1.0 - lowest(confidence_values, mask, count, axis=1).astype(jnp.float32)
     if rule == "top_k":
         return 1.0 - lowest(confidence_values, mask, hyper.focus_tokens).astype(jnp.float32)
+    if rule == "shuffled_power":
+        return shuffle_within_episodes(
+            power_rule(confidence_values, hyper.beta, hyper.intercept), mask)
     raise ValueError(f"unknown weight rule {rule!r}")
 
 

@@ -63,10 +63,25 @@ def np_confidence(signal, inputs, hyper):
     raise AssertionError(signal)
 
 
+def np_shuffled(w, mask):
+    """Plain Python: each row's masked weights moved from the positions in the order of the
+    fixed random scores to the positions in order."""
+    scores = np.asarray(jax.random.uniform(jax.random.key(weighting.SHUFFLE_KEY), w.shape))
+    out = np.array(w, dtype=np.float64)
+    for b in range(w.shape[0]):
+        positions = [t for t in range(w.shape[1]) if mask[b, t]]
+        in_random_order = sorted(positions, key=lambda t: scores[b, t])
+        for target, source in zip(positions, in_random_order):
+            out[b, target] = w[b, source]
+    return out
+
+
 def np_weight(rule, s, mask, hyper):
     """w of each rule: the lowest-confidence tokens (by a plain ranking) get 0."""
     if rule == "power":
         return (1 - hyper.intercept) * s ** hyper.beta + hyper.intercept
+    if rule == "shuffled_power":
+        return np_shuffled(np_weight("power", s, mask, hyper), mask)
     w = np.ones_like(s)
     groups = ([np.ones_like(mask)] if rule != "episode_quantile"
               else [np.arange(B)[:, None] == b for b in range(B)])
@@ -106,10 +121,11 @@ def test_each_preset_matches_a_direct_formula(name):
 
 @pytest.mark.parametrize("signal", ["certainty", "reference_entropy", "policy_entropy",
                                     "policy_max_prob", "covariance", "oracle"])
-@pytest.mark.parametrize("rule", ["power", "quantile", "episode_quantile", "top_k"])
+@pytest.mark.parametrize("rule", ["power", "quantile", "episode_quantile", "top_k",
+                                  "shuffled_power"])
 def test_every_signal_and_rule_matches_numpy(signal, rule):
-    if signal == "covariance" and rule == "power":
-        with pytest.raises(ValueError, match="weight_rule='power'"):
+    if signal == "covariance" and rule in ("power", "shuffled_power"):
+        with pytest.raises(ValueError, match=f"weight_rule='{rule}'"):
             LossConfig(weight_signal=signal, weight_rule=rule)
         return
     config = LossConfig(weight_signal=signal, weight_rule=rule)
@@ -118,6 +134,23 @@ def test_every_signal_and_rule_matches_numpy(signal, rule):
     got = np.asarray(weighting.token_weights(config, inputs, HYPER))
     expected = np_weight(rule, np_confidence(signal, inputs, HYPER), mask, HYPER)
     np.testing.assert_allclose(got[mask], expected[mask], rtol=1e-5, atol=1e-6)
+
+
+def test_shuffled_weights_keep_each_episodes_weights_and_move_them():
+    """The control of *where*: per episode the same weights (so the same mean KL weight), at
+    other tokens; the positions outside the action mask keep theirs."""
+    inputs = random_inputs(seed=2)
+    mask = np.asarray(inputs.mask)
+    config, hyper = preset("prioritized")
+    hyper = hyper.replace(beta=1.0, intercept=0.0)  # distinct weights: a move is seen
+    straight = np.asarray(weighting.token_weights(config, inputs, hyper))
+    shuffled = np.asarray(weighting.token_weights(
+        LossConfig(weight_rule="shuffled_power"), inputs, hyper))
+    for b in range(B):
+        np.testing.assert_allclose(np.sort(shuffled[b][mask[b]]), np.sort(straight[b][mask[b]]),
+                                   rtol=1e-6)
+        assert (shuffled[b][mask[b]] != straight[b][mask[b]]).mean() > 0.5
+    np.testing.assert_array_equal(shuffled[~mask], straight[~mask])
 
 
 def test_paper_case_is_the_prioritized_kl_weight():
