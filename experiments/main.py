@@ -42,12 +42,13 @@ SIGNIFICANCE = 0.05
 
 def verdict(results: dict) -> str:
     """Per prioritized setting, one sentence: its sampled success minus the standard KL's at
-    the end, paired by seed, with a bootstrap interval over seeds, how many seeds favour it,
+    the end, paired by seed, with a bootstrap and a t interval over seeds, how many favour it,
     the exact sign-flip test, and whether that shows a difference at SIGNIFICANCE."""
     lines = []
     for setting, differences in finetuning.per_seed_differences(
             results, STANDARD_KL, "eval/sampled_success").items():
         mean, low, high = statistics.mean_interval(differences)
+        _, t_low, t_high = statistics.t_interval(differences)
         p = statistics.paired_test(differences)
         shown = (f"{'above' if mean > 0 else 'below'} the standard KL (p < {SIGNIFICANCE:g})"
                  if p < SIGNIFICANCE else
@@ -55,7 +56,8 @@ def verdict(results: dict) -> str:
                  "is the comparison that decides it")
         lines.append(
             f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
-            f"{100 * high:+.1f}] against the standard KL, paired over {len(differences)} seeds "
+            f"{100 * high:+.1f}] (t interval [{100 * t_low:+.1f}, {100 * t_high:+.1f}]) "
+            f"against the standard KL, paired over {len(differences)} seeds "
             f"({int(np.sum(differences > 0))} favour it, {int(np.sum(differences < 0))} the "
             f"standard KL); sign-flip p = {p:.3f}: {shown}.")
     return "\n".join(lines)

@@ -41,3 +41,33 @@ def test_holm_against_its_definition():
     # sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09, 0.20
     assert statistics.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.20])
     assert statistics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("df, probability, expected", [
+    (1, 0.975, 12.7062), (2, 0.975, 4.3027), (5, 0.975, 2.5706), (7, 0.975, 2.3646),
+    (30, 0.975, 2.0423), (8, 0.8, 0.8889), (120, 0.995, 2.6174)])
+def test_t_quantiles_match_the_printed_table(df, probability, expected):
+    assert statistics.student_t_quantile(probability, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_t_interval_is_the_textbook_one_and_wider_than_the_bootstrap():
+    values = np.array([0.12, 0.05, 0.20, -0.02, 0.09, 0.15])
+    mean, low, high = statistics.t_interval(values)
+    half = 2.5706 * values.std(ddof=1) / np.sqrt(len(values))
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half), abs=1e-4)
+    _, boot_low, boot_high = statistics.mean_interval(values)
+    assert low < boot_low and high > boot_high
+
+
+def test_seeds_for_power_solves_the_t_approximation():
+    """With n seeds the t-based detection formula holds, with n - 1 it does not."""
+    for sd, effect in [(0.043, 0.02), (1.0, 1.0), (0.05, 0.05)]:
+        n = statistics.seeds_for_power(sd, effect)
+
+        def enough(k):
+            return k >= ((statistics.student_t_quantile(0.975, k - 1)
+                          + statistics.student_t_quantile(0.8, k - 1)) * sd / effect) ** 2
+        assert enough(n) and not enough(n - 1)
+    assert statistics.seeds_for_power(0.043, 0.02) == 39  # the frontier's paired SD, 2 points
+    with pytest.raises(ValueError):
+        statistics.seeds_for_power(0.0, 0.02)

@@ -28,7 +28,7 @@ from critkl.config import (check_seed, check_value, HYPER_NAMES, HYPER_RANGES, M
                            RLConfig, RLHyper, setting_name, with_values)
 from critkl.runs.divergence import TrainingDiverged, finite_per_run
 from critkl.runs.preemption import Preempted, PreemptionRequests
-from critkl.statistics import mean_interval
+from critkl.statistics import mean_interval, paired_test, t_interval
 from critkl.infra.tracking import Tracker
 
 
@@ -478,14 +478,27 @@ def paired_differences(results: dict, baseline: str) -> dict[str, dict[str, tupl
 
 
 def markdown_differences(results: dict, baseline: str) -> str:
-    """`paired_differences` as Markdown, in percentage points."""
-    table = paired_differences(results, baseline)
-    keys = [key for key in SUMMARY_KEYS if key in next(iter(table.values()), {})]
-    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for setting, row in table.items():
-        lines.append(f"| {setting} | " + " | ".join(
-            f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]"
-            for k in keys) + " |")
+    """(setting - baseline) at the end, paired by seed, in percentage points: the mean, its
+    percentile-bootstrap interval, its Student-t interval (wider, and honest with 5-9 seeds)
+    and the exact sign-flip p; bold where that test gives p < 0.05."""
+    keys = [key for key in SUMMARY_KEYS
+            if per_seed_differences(results, baseline, key)]
+    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+             ]
+    by_key = {key: per_seed_differences(results, baseline, key) for key in keys}
+    for setting in next(iter(by_key.values()), {}):
+        cells = []
+        for key in keys:
+            values = by_key[key][setting]
+            mean, low, high = mean_interval(values)
+            _, t_low, t_high = t_interval(values)
+            p = paired_test(values)
+            text = (f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+                    f"t [{100 * t_low:+.1f}, {100 * t_high:+.1f}] p {p:.3f}")
+            cells.append(f"**{text}**" if p < 0.05 else text)
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean [95% bootstrap interval] t [95% Student-t interval] p (exact sign-flip "
+              "test over seeds); bold: p < 0.05."]
     return "\n".join(lines)
 
 
