@@ -8,6 +8,7 @@ Any problem with the file is one ValueError line naming the file.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import gguf
@@ -37,13 +38,24 @@ _LAYER_NAMES = {
 
 
 def open_gguf(path) -> gguf.GGUFReader:
-    """The file's reader (memory-mapped); ValueError in one line if it is not a whole GGUF."""
+    """The file's reader (memory-mapped); ValueError in one line if it is not a whole GGUF.
+
+    The last few readers are kept (a reader parses every metadata string: 3.5 s for
+    SmolLM2's vocabulary), keyed by the file's path, size and modification time.
+    """
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
+    stat = os.stat(path)
     try:
-        return gguf.GGUFReader(path)
+        return _reader(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     except Exception as error:  # the reader fails in numpy on a truncated or foreign file
         raise ValueError(f"{path}: not a complete GGUF file ({_one_line(error)})") from None
+
+
+@functools.lru_cache(maxsize=2)
+def _reader(path: str, size: int, modified: int) -> gguf.GGUFReader:
+    del size, modified  # the cache key
+    return gguf.GGUFReader(path)
 
 
 def metadata(reader: gguf.GGUFReader, key: str, path, default=None):
