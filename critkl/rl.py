@@ -270,12 +270,26 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     batch = losses.RolloutBatch(tokens, action_mask, attempt.generation.logprobs,
                                 advantages, returns, ref_logprobs, weights)
     generated = action_mask.sum(axis=1)
+    certainty = weighting.certainty(shift_right(ref_logprobs), hyper.loss.certainty_temperature)
     metrics = {
         "train/success": outcome.success.mean(),
         "train/episode_tokens": generated.mean(),
         "train/generated_tokens": generated.sum(),
+        # Over the action tokens: counts per bin of [0, 1] (TensorBoard's histograms).
+        "hist/certainty": unit_histogram(certainty, action_mask),
+        "hist/kl_weight": unit_histogram(weights, action_mask),
     }
     return batch, metrics
+
+
+HISTOGRAM_BINS = 20  # equal bins of [0, 1] of the `unit_histogram` metrics
+
+
+def unit_histogram(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Counts of the masked `values` in HISTOGRAM_BINS equal bins of [0, 1] (values outside
+    it in the end bins): [B, T] -> [HISTOGRAM_BINS] float32."""
+    bins = jnp.clip((values * HISTOGRAM_BINS).astype(jnp.int32), 0, HISTOGRAM_BINS - 1)
+    return jnp.zeros(HISTOGRAM_BINS, jnp.float32).at[bins.ravel()].add(mask.ravel())
 
 
 def update(plan: Plan, state: RunState, hyper: RLHyper, batch: losses.RolloutBatch, rng):

@@ -25,7 +25,7 @@ TINY = PretrainConfig(
     learning_rate=3e-3, log_every=1, eval_every=3, eval_problems=16, checkpoint_every=2,
 )
 # Scalars that measure the machine, not the run.
-TIMING = ("steps_per_second", "tokens_per_second")
+TIMING = ("speed/steps_per_second", "speed/tokens_per_second")
 
 
 def run_steps(config, mesh, steps):
@@ -199,7 +199,7 @@ def test_tensorboard_survives_sigkill_after_a_checkpoint(tmp_path):
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     saved = read_scalars(run_dir / "tensorboard")
-    assert [step for step, _ in saved["loss"]][:2] == [1, 2]
+    assert [step for step, _ in saved["train/loss"]][:2] == [1, 2]
     pretraining.pretrain(TINY, run_dir, resume=True, print_fn=lambda line: None)
     pretraining.pretrain(TINY, tmp_path / "straight", print_fn=lambda line: None)
     assert_same_scalars(run_dir / "tensorboard", tmp_path / "straight" / "tensorboard",
@@ -290,7 +290,7 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     lines = []
     state = pretraining.pretrain(config, tmp_path, print_fn=lines.append)
     scalars = read_scalars(tmp_path / "tensorboard")
-    assert [step for step, _ in scalars["loss"]] == list(range(1, TINY.steps + 1))
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, TINY.steps + 1))
     assert [step for step, _ in scalars["eval/pass_at_1"]] == [3, 6]
     assert [step for step, _ in scalars["eval/pass_at_1_rl_level"]] == [3, 6]
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 1), 6), 2)
@@ -301,8 +301,9 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     last_step_line = [line for line in lines if line.startswith("step ")][-1]
     logged = float(last_step_line.split("loss ")[1].split()[0])
     assert lines[-1].startswith(f"trained steps 0..{TINY.steps} in ")
-    assert scalars["loss"][-1][1] == pytest.approx(logged, abs=1e-4)
-    assert all(name in scalars for name in ("learning_rate", "tokens_per_second", "token_accuracy"))
+    assert scalars["train/loss"][-1][1] == pytest.approx(logged, abs=1e-4)
+    assert all(name in scalars for name in ("train/learning_rate", "speed/tokens_per_second",
+                                          "train/token_accuracy"))
     from tensorboard.backend.event_processing import event_accumulator
 
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))

@@ -287,3 +287,17 @@ def test_toy_run_improves_reward(tmp_path):
     success = np.asarray(metrics[0]["train/success"]).reshape(seeds, -1)  # [seeds, iterations]
     # 2,560 episodes before, 5,120 after: the difference's standard error is ~0.9 points.
     assert success[:, -10:].mean() > success[:, :5].mean() + 0.02, success.mean(axis=0)
+
+
+def test_unit_histogram_counts_the_masked_values_like_numpy():
+    import numpy as np
+
+    from critkl import rl
+
+    rng = np.random.default_rng(0)
+    values = rng.random((6, 40)) * 1.2 - 0.1  # some outside [0, 1]: counted in the end bins
+    mask = rng.random((6, 40)) < 0.7
+    got = np.asarray(rl.unit_histogram(jnp.asarray(values, jnp.float32), jnp.asarray(mask)))
+    expected, _ = np.histogram(np.clip(values[mask], 0, 1 - 1e-9), bins=rl.HISTOGRAM_BINS,
+                               range=(0, 1))
+    np.testing.assert_array_equal(got, expected)

@@ -152,9 +152,31 @@ def test_a_saved_config_given_back_reproduces_the_run_and_resume_reads_it(tmp_pa
     assert [run["curve"] for run in runs[0]] == [run["curve"] for run in runs[1]]
     assert json.loads((again / "config.json").read_text()) == json.loads(
         (first / "config.json").read_text())
+    _assert_hparams_and_histograms(first / "tensorboard")
     capsys.readouterr()
     assert cli.main(["sweep", "--run-dir", str(first), "--resume"]) == 0
     assert cli.main(["sweep", "--run-dir", str(first), "--resume", "rl.eval_episodes=8"]) == 2
     error = capsys.readouterr().err
     assert "rl.eval_episodes: 4 in the run, 8 now" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def _assert_hparams_and_histograms(log_dir):
+    """Every run declares its hyperparameters; the histograms of certainty and KL weights
+    count every action token of each iteration (the `train/generated_tokens` scalar)."""
+    from critkl.infra.tracking import read_hparams, read_histograms, read_scalars
+
+    for beta in (0, 150):
+        for seed in (0, 1):
+            run = log_dir / f"beta={beta},seed={seed}"
+            declared = read_hparams(run)
+            assert declared["beta"] == beta and declared["seed"] == seed
+            assert declared["kl_coef"] == RLHyper().loss.kl_coef and declared["task"] == "addition"
+            tokens = dict(read_scalars(run)["train/generated_tokens"])
+            histograms = read_histograms(run)
+            for name in ("hist/certainty", "hist/kl_weight"):
+                assert [step for step, _ in histograms[name]] == [1, 2]
+                for step, counts in histograms[name]:
+                    assert sum(counts) == pytest.approx(tokens[step])
+            if beta == 0:  # the standard KL: every weight 1, in the last bin
+                assert all(counts[-1] == sum(counts) for _, counts in histograms["hist/kl_weight"])

@@ -16,7 +16,8 @@ FLUSH_SECS = 120  # at most this long between a point and its reaching the disk
 
 
 class Tracker:
-    """Writes scalars, text and images to TensorBoard event files in ``log_dir``.
+    """Writes scalars, text, images, histograms and HParams to TensorBoard event files in
+    ``log_dir``.
 
     With ``enabled=False`` (every process but 0 on multi-host) nothing is
     created or written and every method is a no-op. A training run passes
@@ -106,6 +107,26 @@ class Tracker:
         if self._file is not None:
             self._add(step, [summary.image(name, np.asarray(image), dataformats="HWC")])
 
+    def histogram(self, step: int, name: str, counts: Any, low: float = 0.0,
+                  high: float = 1.0) -> None:
+        """Log counts [bins] of equal bins of [low, high] as a histogram."""
+        if self._file is None:
+            return
+        counts = np.asarray(counts, np.float64)
+        edges = np.linspace(low, high, len(counts) + 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+        total = float(counts.sum())
+        self._add(step, [summary.histogram_raw(
+            name, min=low, max=high, num=total, sum=float((counts * centres).sum()),
+            sum_squares=float((counts * centres ** 2).sum()),
+            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist())])
+
+    def hparams(self, values: Mapping[str, Any], metrics: list[str]) -> None:
+        """Declare this run's hyperparameters (numbers or text) and the metrics that
+        TensorBoard's HParams tab shows against them (scalars logged under those names)."""
+        if self._file is not None:
+            self._add(0, list(summary.hparams(dict(values), {name: 0.0 for name in metrics})))
+
     def flush(self) -> None:
         if self._file is not None:
             self._guarded(self._flush_file)
@@ -119,6 +140,33 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_histograms(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, list[float]]]]:
+    """All histograms in ``log_dir``'s event files: ``{name: [(step, bucket counts), ...]}``
+    (TensorBoard's reader)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(
+        os.fspath(log_dir), size_guidance={event_accumulator.HISTOGRAMS: 0})
+    acc.Reload()
+    return {tag: [(e.step, list(e.histogram_value.bucket)) for e in acc.Histograms(tag)]
+            for tag in acc.Tags()["histograms"]}
+
+
+def read_hparams(log_dir: str | os.PathLike) -> dict[str, Any]:
+    """The hyperparameters a run declared (`Tracker.hparams`), read back from its event
+    files with TensorBoard's HParams plugin data."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = event_accumulator.EventAccumulator(os.fspath(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    return {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+            for name, value in start.hparams.items()}
 
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:

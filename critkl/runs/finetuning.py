@@ -79,6 +79,9 @@ def settings_in_order(settings) -> list[str]:
     return list(dict.fromkeys(settings))
 
 
+HISTOGRAM_PREFIX = "hist/"  # training metrics that are histograms (`rl.unit_histogram`)
+
+
 class _Log:
     """Per-run and per-setting (mean, 95% interval) TensorBoard curves and results.json.
     `keep_until`: the iteration resumed from (-1: a fresh start), see `Tracker`."""
@@ -92,10 +95,28 @@ class _Log:
         self.aggregate = {s: Tracker(run_dir / "tensorboard" / f"mean[{s or 'all'}]", enabled=main,
                                      keep_until=keep_until) for s in self.settings}
 
+    def hparams(self, config: RLConfig) -> None:
+        """Each run's hyperparameters in TensorBoard's HParams tab: the swept ones, the seed,
+        the weighting and the task, against the summary metrics."""
+        values = swept_values([{"hyper": jax.tree.map(float, dataclasses.asdict(r.hyper))}
+                               for r in self.runs])
+        weighting = ("standard" if not config.loss.prioritized else
+                     f"{config.loss.weight_signal}/{config.loss.weight_rule}/"
+                     f"{'+'.join(config.loss.weight_targets)}")
+        for tracker, run, swept in zip(self.trackers, self.runs, values):
+            tracker.hparams({**swept, "seed": run.seed, "weighting": weighting,
+                             "task": config.task, "kl_coef": run.hyper.loss.kl_coef,
+                             "beta": run.hyper.loss.beta}, list(SUMMARY_KEYS))
+
     def train(self, iteration: int, metrics: dict[str, np.ndarray]) -> None:
-        """An iteration's training metrics (name -> [runs]) in TensorBoard."""
+        """An iteration's training metrics (name -> [runs], "hist/" ones [runs, bins]) in
+        TensorBoard."""
         for index, tracker in enumerate(self.trackers):
-            tracker.scalars(iteration, {k: v[index] for k, v in metrics.items()})
+            tracker.scalars(iteration, {k: v[index] for k, v in metrics.items()
+                                        if not k.startswith(HISTOGRAM_PREFIX)})
+            for k, v in metrics.items():
+                if k.startswith(HISTOGRAM_PREFIX):
+                    tracker.histogram(iteration, k, v[index])
 
     def unfinished(self, iterations: list[int], train: list[dict[str, np.ndarray]]) -> None:
         """Save the training metrics of the evaluation period so far (a stop within it)."""
@@ -388,6 +409,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     first = saved = int(state.iteration[0])
     log = _Log(run_dir, runs, results, keep_until=first if resume else -1)
     if not resume:  # TensorBoard names the task and the settings of every run
+        log.hparams(config)
         for tracker in log.trackers + list(log.aggregate.values()):
             tracker.text(0, "config", directory.config_markdown(
                 saved_config or {"rl": dataclasses.asdict(config)}))

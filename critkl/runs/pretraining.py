@@ -32,6 +32,19 @@ def evaluated_levels(config: PretrainConfig) -> dict[str, int]:
     return levels
 
 
+# TensorBoard's tag of each training metric: grouped as RL's are ("train/", "speed/"; the
+# evaluations are "eval/" already).
+TAGS = {"loss": "train/loss", "token_accuracy": "train/token_accuracy",
+        "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
+        "steps_per_second": "speed/steps_per_second",
+        "tokens_per_second": "speed/tokens_per_second"}
+
+
+def tensorboard_tags(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` under their TensorBoard tags (`TAGS`; others as named)."""
+    return {TAGS.get(name, name): value for name, value in metrics.items()}
+
+
 def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = False,
              print_fn=print) -> TrainState:
     """Run (or resume) pre-training, writing config, checkpoints and TensorBoard logs
@@ -103,7 +116,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                             rng if level == config.max_digits else jax.random.fold_in(rng, level),
                             level, config.eval_problems)
                 if scheduled:
-                    tracker.scalars(step, metrics)
+                    tracker.scalars(step, tensorboard_tags(metrics))
                 line = (f"step {step}/{config.steps}  loss {metrics['loss']:.4f}  "
                         f"token acc {metrics['token_accuracy']:.4f}  "
                         f"lr {metrics['learning_rate']:.2e}  {steps_per_second:.2f} steps/s  "
