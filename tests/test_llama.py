@@ -158,7 +158,10 @@ def random_hf_tensors(config, seed=0):
     rng = np.random.default_rng(seed)
     d, f, q = config.d_model, config.d_ff, config.num_heads * config.head_dim
     kv = config.num_kv_heads * config.head_dim
-    normal = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)  # noqa: E731
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+
     norm = lambda: (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)  # noqa: E731
     tensors = {"model.embed_tokens.weight": normal(config.vocab_size, d) * 4,
                "model.norm.weight": norm()}
@@ -469,7 +472,8 @@ def test_gguf_with_a_missing_tensor_is_refused(tmp_path):
 
 def test_hf_folder_with_a_missing_tensor_is_refused(tmp_path):
     tensors = random_hf_tensors(TINY)
-    del tensors["model.layers.0.self_attn.k_proj.weight"], tensors["model.layers.1.mlp.up_proj.weight"]
+    del tensors["model.layers.0.self_attn.k_proj.weight"]
+    del tensors["model.layers.1.mlp.up_proj.weight"]
     folder = write_hf(tmp_path / "m", TINY, tensors)
     one_line_error(lambda: hf_loader.load_hf(folder), folder / "model.safetensors",
                    "missing tensor model.layers.0.self_attn.k_proj.weight (and 1 more)")

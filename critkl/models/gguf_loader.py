@@ -97,11 +97,11 @@ def read_config(reader: gguf.GGUFReader, path, dtype: str = "float32") -> LlamaC
     if scaling != "none":
         raise ValueError(f"{path}: rope scaling {scaling!r} is not supported")
     key = lambda name, default=None: metadata(reader, f"llama.{name}", path, default)  # noqa: E731
-    d_model, heads = int(key("embedding_length")), int(key("attention.head_count"))
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embedding is None:
         raise ValueError(f"{path}: missing tensor token_embd.weight")
     try:
+        d_model, heads = int(key("embedding_length")), int(key("attention.head_count"))
         return LlamaConfig(
             vocab_size=int(key("vocab_size", int(embedding.shape[-1]))),
             num_layers=int(key("block_count")),
@@ -116,8 +116,8 @@ def read_config(reader: gguf.GGUFReader, path, dtype: str = "float32") -> LlamaC
             tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
             dtype=dtype,
         )
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+    except (TypeError, ValueError) as error:  # a metadata value of another type, or a bad size
+        raise ValueError(f"{path}: {_one_line(error)}") from None
 
 
 def load_gguf(path, dtype: str = "float32"):
@@ -138,10 +138,10 @@ def load_gguf(path, dtype: str = "float32"):
         except (NotImplementedError, ValueError) as error:
             raise ValueError(f"{path}: cannot dequantize {tensor.name} "
                              f"({tensor.tensor_type.name}: {_one_line(error)})") from None
-        projection = name.split(".")[-2]
-        if projection in heads and array.ndim == 2 and array.shape[0] % (2 * heads[projection]) == 0:
-            array = unpermute(array, heads[projection])
-        return array
+        count = heads.get(name.split(".")[-2])
+        if count and array.ndim == 2 and array.shape[0] % (2 * count) == 0:
+            array = unpermute(array, count)
+        return array  # a shape that does not fit is reported by weights.to_params
 
     return config, weights.to_params(config, tensors, source, path)
 

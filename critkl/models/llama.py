@@ -70,7 +70,8 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
                              f"num_kv_heads ({self.num_kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig.head_dim must be even (rotary pairs), got {self.head_dim}")
+            raise ValueError(
+                f"LlamaConfig.head_dim must be even (rotary pairs), got {self.head_dim}")
         if not self.rope_theta > 0 or not self.norm_eps > 0:
             raise ValueError(f"LlamaConfig.rope_theta and norm_eps must be positive, got "
                              f"{self.rope_theta!r} and {self.norm_eps!r}")
