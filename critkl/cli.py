@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser(
         "experiment", help="run one of the paper's experiments (or the main job: mini, tiny, paper)")
     experiment.add_argument("name", help="main, paper-setting, certainty, accuracy, levels, "
-                            "critical, beta, mechanism, detectors, weightings, frontier; or a "
+                            "critical, beta, mechanism, detectors, weightings, frontier, iso-learning; or a "
                             "scale (mini, tiny, paper) for the main job at that scale")
     experiment.add_argument("--scale", default="mini", help="tiny (tests), mini (CPU) or paper (GPU/TPU) (default mini)")
     experiment.add_argument("--task", default=registry.DEFAULT, choices=sorted(registry.TASKS),

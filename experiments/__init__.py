@@ -21,8 +21,8 @@ from typing import Callable, NamedTuple
 from critkl.infra import provenance
 from critkl.tasks import registry
 from critkl.runs.outputs import Output
-from experiments import (accuracy, beta, certainty, critical, detectors, frontier, levels, main,
-                         mechanism, paper_setting, weightings)
+from experiments import (accuracy, beta, certainty, critical, detectors, frontier, iso_learning,
+                         levels, main, mechanism, paper_setting, weightings)
 
 SCALES = ("tiny", "mini", "paper")
 
@@ -31,6 +31,7 @@ class Experiment(NamedTuple):
     result: str  # what of the paper it reproduces
     run: Callable  # (scale, output, work_dir, print_fn[, task]) -> results
     any_task: bool = False  # run takes task=: any registered task, else addition only
+    scales: tuple[str, ...] = ("tiny", "mini", "paper")  # the scales it has settings for
 
 
 EXPERIMENTS = {
@@ -55,6 +56,10 @@ EXPERIMENTS = {
                                 paper_setting.run),
     "frontier": Experiment("beyond the paper: learning on N+1 against retention, no KL, the "
                            "standard KL's frontier and the prioritized KL", frontier.run),
+    "iso-learning": Experiment("beyond the paper: at equal learning, does the prioritized KL "
+                               "retain more than a uniform KL, and is it where or how much "
+                               "(uniform and shuffled controls)", iso_learning.run,
+                               scales=tuple(iso_learning.SETTINGS)),
 }
 
 
@@ -65,6 +70,9 @@ def check(name: str, scale: str, task: str) -> None:
         raise ValueError(f"unknown experiment {name!r} (allowed: {', '.join(EXPERIMENTS)})")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (allowed: {', '.join(SCALES)})")
+    if scale not in EXPERIMENTS[name].scales:
+        raise ValueError(f"experiment {name!r} has settings at scale "
+                         f"{', '.join(EXPERIMENTS[name].scales)} only, not {scale!r}")
     registry.task_class(task)
     if task != registry.DEFAULT and not EXPERIMENTS[name].any_task:
         runs_any = ", ".join(n for n, e in EXPERIMENTS.items() if e.any_task)

@@ -6,6 +6,8 @@ commands end to end in test_cli.py)."""
 
 import json
 
+import numpy as np
+
 import pytest
 
 import experiments
@@ -33,6 +35,8 @@ EXPECTED_FILES = {
     "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
     "frontier": {"frontier.md", "frontier.json", "frontier.png", "frontier_likelihood.png",
                  "critical.json"},
+    "iso-learning": {"iso_learning.md", "iso_learning.json", "iso_learning.png",
+                     "iso_razor.png"},
     "paper-setting": {"accuracy.png", "accuracy_n1.md", "table1.md", "certainty.json",
                       "critical.json", "rl.md", "rl.json", "sampled_success.png",
                       "pass_at_1.png", "comfort_zone.png"},
@@ -221,7 +225,8 @@ def test_shipped_causal_map_is_what_its_command_measures():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["certainty", "accuracy", "levels", "critical", "beta",
-                                  "mechanism", "detectors", "weightings", "paper-setting"])
+                                  "mechanism", "detectors", "weightings", "paper-setting",
+                                  "iso-learning"])
 def test_entry_tiny(work_dir, name):
     folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
     _check_outputs(folder, name)
@@ -259,3 +264,34 @@ def test_analyze_command(tmp_path, capsys):
 def test_analyze_bad_input(capsys):
     assert cli.main(["analyze", "no-such-model"]) == 2
     assert "neither a shipped model" in capsys.readouterr().err
+
+
+def test_iso_learning_tests_pair_each_arm_with_its_match_and_controls():
+    """The primary test and the controls against differences computed by hand."""
+    from experiments import iso_learning
+
+    arm_list = iso_learning.arms((0.5,), {1.0: 0.4})
+    assert [(a.name, a.kind, a.kl_coef, a.beta) for a in arm_list] == [
+        ("no-kl", "no KL", 0.0, 0.0), ("standard-0.5", "standard", 0.5, 0.0),
+        ("prioritized-1", "prioritized", 1.0, 150.0), ("uniform-0.4", "uniform", 0.4, 0.0),
+        ("shuffled-1", "shuffled", 1.0, 150.0)]
+    retention = np.array([[.5, .6, .7, .6, .5], [.9, .9, .8, .9, .9], [.95, .92, .85, .97, .93],
+                          [.9, .9, .9, .9, .9], [.8, .85, .8, .9, .8]])
+    learning = np.linspace(0.3, 0.7, 25).reshape(5, 5)
+    tests = iso_learning.paired_tests(
+        {iso_learning.RETENTION: retention, iso_learning.LEARNING: learning}, arm_list,
+        {"prioritized-1": "standard-0.5"})
+    primary = tests[0]
+    assert (primary["family"], primary["arm"], primary["against"]) == (
+        "primary", "prioritized-1", "standard-0.5")
+    assert primary["mean"] == pytest.approx(np.mean(retention[2] - retention[1]))
+    assert primary["p"] == pytest.approx(2 / 32)  # 5 of 5 seeds favour it: the exact minimum
+    against = {(row["against"], row["metric"]): row for row in tests[1:]}
+    assert against[("shuffled-1", iso_learning.RETENTION)]["mean"] == pytest.approx(
+        np.mean(retention[2] - retention[4]))
+    assert against[("uniform-0.4", iso_learning.LEARNING)]["mean"] == pytest.approx(
+        np.mean(learning[2] - learning[3]))
+    table = iso_learning.markdown({iso_learning.RETENTION: retention,
+                                   iso_learning.LEARNING: learning}, arm_list, [1, 2, 3, 4, 5],
+                                  tests)
+    assert "| primary | prioritized-1 | standard-0.5 |" in table
