@@ -1,7 +1,7 @@
 """Teacher-forced greedy accuracy at each answer position of path-star episodes (start, the
 path's nodes, the terminator) for levels 2-4, 400 problems each (degree 3).
 
-Run: python results/pathstar-mini-n4/teacher_forced.py RUN_DIR [RUN_DIR ...]
+Run: python benchmarks/probes/path_star_teacher_forced.py RUN_DIR [RUN_DIR ...]
 """
 
 import sys

@@ -3,7 +3,7 @@
 For the first 4 episodes of one packed pre-training stream, prints each answer token right
 (1) or wrong (0) under greedy teacher forcing: in the stream (episode attention scope), the
 episode alone at its stream positions, and the episode alone at positions from 0 (as
-sampling runs it). Run from the repository root: python results/pathstar-mini-d2/offset_probe.py
+sampling runs it). Run from the repository root: python benchmarks/probes/path_star_offsets.py
 """
 import jax, jax.numpy as jnp, numpy as np
 from critkl.runs.models import load_pretrained

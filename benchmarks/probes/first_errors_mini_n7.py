@@ -1,7 +1,7 @@
 """Where mini-n7's greedy episodes first go wrong on 8+8-digit problems (identical lengths):
 the scratch line, the list and the list index of the first wrong token, and a few examples.
 
-Run from the repository root: python results/eval-mini-n7/first_errors.py > results/eval-mini-n7/first_errors.txt
+Run from the repository root: python benchmarks/probes/first_errors_mini_n7.py > results/eval-mini-n7/first_errors.txt
 """
 
 import collections
