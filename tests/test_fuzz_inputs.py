@@ -85,6 +85,22 @@ CASES = (
     + [("finetune", FINETUNE + ["--episodes", "1000000000"], "episodes"),
        ("sweep", FINETUNE + ["--seeds", ",".join(map(str, range(10_000)))], "seeds"),
        ("critical", ["mini-n3", "--out", "{tmp}/map", "--problems", "1000000000"], "problems")]
+    # Beyond int32 indices, or memory no machine has, flag by flag (memory_budget).
+    + [("pretrain", PRETRAIN + [flag, value], field) for flag, value, field in (
+        ("--batch-size", "1000000000", "batch_size"), ("--batch-size", "2000000", "batch_size"),
+        ("--eval-problems", "100000000", "eval_problems"),
+        ("--eval-problems", "8000000", "eval_problems"))]
+    + [("finetune", FINETUNE + [flag, value], field) for flag, value, field in (
+        ("--eval-episodes", "1000000000", "eval_episodes"),
+        ("--eval-episodes", "4000000", "eval_episodes"),
+        ("--value-hidden-sizes", "100000000", "value_hidden_sizes"))]
+    + [("critical", ["mini-n3", "--out", "{tmp}/map", "--batch", value], "batch")
+       for value in ("1000000000", "3000000")]
+    + [("eval", ["mini-n3", "--out", "{tmp}/eval.json", *flags], field) for flags, field in (
+        (["--problems", "100000000", "--batch", "100000000"], "batch"),
+        (["--problems", "3000000", "--batch", "3000000"], "batch"),
+        (["--problems", "3000000000"], "problems"), (["--batch", "3000000000"], "batch"),
+        (["--rl-episodes", "5000000000"], "rl-episodes"))]
     # More optimizer steps than a run can count.
     + [("pretrain", PRETRAIN + ["--steps", "10000000000000000000"], "steps"),
        ("finetune", FINETUNE + ["--iterations", "2147483648"], "iterations")]

@@ -76,6 +76,8 @@ def analyze(args) -> None:
 
 
 def critical(args) -> None:
+    import jax
+
     from critkl.analysis import causal
     from critkl.infra import files, memory_budget, provenance
     from critkl.runs import directory
@@ -97,10 +99,20 @@ def critical(args) -> None:
     if task.max_episode_length() > config.model_config.context_length:
         raise UsageError(f"--level {level}: episodes of {task.max_episode_length()} tokens do "
                          f"not fit the model's {config.model_config.context_length} positions")
+    length, vocabulary = task.max_episode_length(), config.model_config.vocab_size
     try:  # the problems' logits and log-probabilities, float32 [problems, L, vocabulary]
+        memory_budget.check_index(settings.problems * length * vocabulary,
+                                  f"--problems {settings.problems:,}", "lower --problems")
+        memory_budget.check_fits(settings.problems * length * vocabulary * 12,
+                                 f"--problems {settings.problems:,}", "lower --problems",
+                                 jax.devices()[0])
+        memory_budget.check_index(settings.batch * task.episode_limit(),
+                                  f"--batch {settings.batch:,}", "lower --batch")
         memory_budget.check_fits(
-            settings.problems * task.max_episode_length() * config.model_config.vocab_size * 12,
-            f"--problems {settings.problems}", "lower --problems")
+            memory_budget.sampler_bytes(settings.batch, task.episode_limit(),
+                                        config.model_config),
+            f"--batch {settings.batch:,} (continuations per sampler call)", "lower --batch",
+            jax.devices()[0])
     except ValueError as error:
         raise UsageError(str(error)) from None
     out = Path(args.out) if args.out else Path("runs") / f"critical-{Path(args.model).name}"

@@ -166,6 +166,21 @@ def at_least(low: int):
     return parse
 
 
+def int32_at_least(low: int):
+    """argparse type: an integer in low..2**31 - 1 (counts and indices are int32)."""
+    from critkl.infra.memory_budget import INT32_MAX
+
+    parse_low = at_least(low)
+
+    def parse(text: str) -> int:
+        value = parse_low(text)
+        if value > INT32_MAX:
+            raise argparse.ArgumentTypeError(f"{value} must be <= {INT32_MAX} (int32)")
+        return value
+    parse.__name__ = f"integer in {low}..{INT32_MAX}"
+    return parse
+
+
 def directory_name(value: str) -> str:
     """argparse type of --run-dir: a non-empty name (an empty one would be the current
     directory)."""

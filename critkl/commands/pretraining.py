@@ -36,11 +36,11 @@ def add_parsers(commands, add_common) -> None:
 
     evaluate_ = commands.add_parser("eval", help="accuracy tables of a pre-trained model")
     evaluate_.add_argument("run_dir", help="a pre-training run directory or a shipped model name")
-    evaluate_.add_argument("--problems", type=flags.at_least(1), default=1000,
+    evaluate_.add_argument("--problems", type=flags.int32_at_least(1), default=1000,
                            help="problems per cell (default 1000)")
-    evaluate_.add_argument("--batch", type=flags.at_least(1), default=500,
+    evaluate_.add_argument("--batch", type=flags.int32_at_least(1), default=500,
                            help="problems solved per sampler call (default 500)")
-    evaluate_.add_argument("--rl-episodes", type=flags.at_least(1), default=200,
+    evaluate_.add_argument("--rl-episodes", type=flags.int32_at_least(1), default=200,
                            help="sampled episodes per temperature (default 200)")
     evaluate_.add_argument("--seed", type=flags.seed, default=0,
                            help="seed of the problems and the sampling (default 0)")
@@ -143,6 +143,10 @@ def pretrain(args) -> None:
     else:
         config = _config_from(args)
     cli.start_jax(args, config.batch_size)
+    try:
+        pretraining.check_sizes(config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     pretraining.pretrain(config, args.run_dir, resume=args.resume,
                          print_fn=lambda line: print(line, flush=True))
     print(f"done: checkpoints and TensorBoard logs in {args.run_dir} "
@@ -160,6 +164,7 @@ def evaluate(args) -> None:
 
     check_pretrained(args.run_dir)
     config, params = load_pretrained(args.run_dir)
+    check_evaluation_sizes(args, config)
     report = evaluation.accuracy_table(
         params, config.model_config, config.text_task, jax.random.key(args.seed),
         problems=args.problems, batch=args.batch, extra_digits=config.eval_extra_digits,
@@ -178,6 +183,26 @@ def evaluate(args) -> None:
             tracker.scalars(0, {f"eval/{key}": cell["pass_at_1"]
                                 for key, cell in report["cells"].items()})
     print(f"saved {out}")
+
+
+def check_evaluation_sizes(args, config: PretrainConfig) -> None:
+    """UsageError naming --batch when `eval`'s sampler calls (--batch problems, fewer when
+    --problems and --rl-episodes are fewer) go beyond int32 indices or the device's memory."""
+    import jax
+
+    from critkl.infra import memory_budget
+
+    task = config.text_task
+    longest = task.at_level(task.n + config.eval_extra_digits).episode_limit()
+    try:
+        rows = min(args.batch, max(args.problems, args.rl_episodes))
+        memory_budget.check_index(rows * longest, f"--batch {args.batch:,}", "lower --batch")
+        memory_budget.check_fits(
+            memory_budget.sampler_bytes(rows, longest, config.model_config),
+            f"--batch {args.batch:,} (problems per sampler call, of up to {longest} tokens)",
+            "lower --batch", jax.devices()[0])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def export(args) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 
 from critkl.config import PretrainConfig
-from critkl.infra import parallel
+from critkl.infra import memory_budget, parallel
 from critkl.infra.tracking import Tracker
 from critkl.runs import directory, models
 from critkl.runs.divergence import TrainingDiverged, all_finite
@@ -45,6 +45,46 @@ def tensorboard_tags(metrics: dict[str, float]) -> dict[str, float]:
     return {TAGS.get(name, name): value for name, value in metrics.items()}
 
 
+def check_sizes(config: PretrainConfig) -> None:
+    """ValueError naming the setting when a training step (`batch_size`) or an evaluation
+    (`eval_problems`) makes arrays beyond int32 indices or needs more memory than the devices
+    have; before anything is allocated."""
+    from critkl.model import init_params
+
+    model_config, task = config.model_config, config.text_task
+    width = model_config.context_length
+    # supervised.streams_batch renders enough episodes to fill every stream.
+    drawn = config.batch_size * (math.ceil(width / task.shortest_episode_length()) + 1)
+    memory_budget.check_index(
+        drawn * task.max_episode_length(),
+        f"PretrainConfig.batch_size={config.batch_size:,} ({drawn:,} episodes of up to "
+        f"{task.max_episode_length()} tokens rendered per step)", "lower batch_size")
+    evaluated = max(task.at_level(level).episode_limit()
+                    for level in evaluated_levels(config).values())
+    memory_budget.check_index(
+        config.eval_problems * evaluated,
+        f"PretrainConfig.eval_problems={config.eval_problems:,} (episodes of up to "
+        f"{evaluated} tokens)", "lower eval_problems")
+    shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), model_config))
+    parameters = sum(x.size for x in jax.tree.leaves(shapes))
+    value_bytes = 2 if model_config.dtype == "bfloat16" else 4
+    # At least: each layer's input, attention output and MLP hidden kept for the backward
+    # pass, and the logits with their gradient, per token.
+    per_token = (model_config.num_layers * (2 * model_config.d_model + model_config.d_ff)
+                 * value_bytes + 2 * 4 * model_config.vocab_size)
+    devices = jax.devices()
+    memory_budget.check_fits(
+        4 * 4 * parameters
+        + memory_budget.rows_per_memory(config.batch_size, devices) * width * per_token,
+        f"a training step of PretrainConfig.batch_size={config.batch_size:,} streams of "
+        f"{width} tokens", "lower batch_size", devices[0])
+    memory_budget.check_fits(
+        4 * parameters
+        + memory_budget.sampler_bytes(config.eval_problems, evaluated, model_config),
+        f"an evaluation of PretrainConfig.eval_problems={config.eval_problems:,} episodes of "
+        f"up to {evaluated} tokens", "lower eval_problems", devices[0])
+
+
 def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = False,
              print_fn=print) -> TrainState:
     """Run (or resume) pre-training, writing config, checkpoints and TensorBoard logs
@@ -53,6 +93,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     parallel.check_divisible("PretrainConfig.batch_size", config.batch_size, mesh)
+    check_sizes(config)
     start = models.warm_start(config) if config.init_from and not resume else None
     # Settings added to critkl after a run was made are its own at their defaults.
     checkpointer = directory.open_run(run_dir, config.to_dict(), resume=resume,

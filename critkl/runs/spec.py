@@ -171,22 +171,48 @@ def model_spec(spec: Sweep, pre_config) -> Sweep:
 
 def prepare(spec: Sweep, pre_config) -> Sweep:
     """`spec` as it runs on the pre-trained model of `pre_config` (`model_spec`), checked
-    before anything is allocated: the model fits the RL episodes, and an iteration of every
-    run fits the memory. ValueError naming the field otherwise."""
+    before anything is allocated: the model fits the RL episodes, and an iteration and an
+    evaluation of every run fit the int32 indices and the memory (`check_sizes`). ValueError
+    naming the field otherwise."""
+    spec = model_spec(spec, pre_config)
+    spec.rl.check_model(pre_config.model_config)
+    check_sizes(spec.rl, len(spec.runs()), spec.rl.run_model(pre_config.model_config))
+    return spec
+
+
+def check_sizes(config: RLConfig, runs: int, model_config) -> None:
+    """ValueError naming the setting when `runs` runs of `config` on `model_config` make
+    arrays beyond int32 indices, or need more memory than the devices have: the collect's and
+    the evaluation's episodes, the value head, the number of runs."""
     from critkl import rl
     from critkl.infra import memory_budget
 
     import jax
 
-    spec = model_spec(spec, pre_config)
-    config, runs = spec.rl, spec.runs()
-    config.check_model(pre_config.model_config)
+    for name, episodes in (("rl.episodes", config.episodes),
+                           ("rl.eval_episodes", config.eval_episodes)):
+        memory_budget.check_index(
+            runs * episodes * config.max_length,
+            f"{name}={episodes:,} episodes of up to {config.max_length} tokens in each of "
+            f"{runs:,} run(s)", f"lower {name} or the number of runs (seeds x grid)")
+    device = jax.devices()[0]
+    held = memory_budget.rows_per_memory(runs, jax.devices())
+    sizes = (model_config.d_model, *config.value_hidden_sizes, 1)
+    value_parameters = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    value_head = 3 * 4 * value_parameters + (config.episodes * config.max_length
+                                             * max(config.value_hidden_sizes) * 4)
     memory_budget.check_fits(
-        len(runs) * rl.run_bytes(config, config.run_model(pre_config.model_config)),
-        f"an iteration of {len(runs)} run(s) (seeds x grid) of rl.episodes={config.episodes} "
+        held * (rl.run_bytes(config, model_config) + value_head),
+        f"an iteration of {runs:,} run(s) (seeds x grid) of rl.episodes={config.episodes:,} "
+        f"episodes of up to {config.max_length} tokens and "
+        f"rl.value_hidden_sizes={','.join(map(str, config.value_hidden_sizes))}",
+        "lower rl.episodes, rl.value_hidden_sizes or the number of runs", device)
+    memory_budget.check_fits(
+        memory_budget.sampler_bytes(held * config.eval_episodes, config.max_length,
+                                    model_config),
+        f"an evaluation of {runs:,} run(s) of rl.eval_episodes={config.eval_episodes:,} "
         f"episodes of up to {config.max_length} tokens",
-        "lower rl.episodes or the number of runs", jax.devices()[0])
-    return spec
+        "lower rl.eval_episodes or the number of runs", device)
 
 
 def run_sweep(spec: Sweep, run_dir: str | Path, *, model=None, resume: bool | None = None,
