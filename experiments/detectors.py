@@ -2,7 +2,10 @@
 `critkl.weighting` scored against the causal critical-token map of the model pre-trained up
 to N (`critkl.analysis.detectors`): precision-recall curves and average precision on the
 correct-prefix action tokens of sampled episodes at the task's RL level (N+1; path-star: N).
-No RL. A map with no causally critical decision (multiplication-mini-n3's) leaves nothing to
+No RL. The causally critical decisions are selected by the reference's own uncertainty
+(p(right) <= 0.9), so the signals are also scored against the costly decisions alone
+(files *_costly.*), a selection that does not use it; every token's scores are kept
+(detectors*_tokens.npz) so that the average precisions can be recomputed. A map with no causally critical decision (multiplication-mini-n3's) leaves nothing to
 find: the signals are then scored against its costly decisions (`causal.costly_keys`:
 forcing wrong loses half the success, whatever p(right)), and the files say so. Then, for
 addition, the same for the constructed model of the mechanism test (one known fork;
@@ -36,6 +39,14 @@ COSTLY_NOTE = ("The map has no causally critical decision, so average precision 
                "whatever p(right).")
 
 
+UNCERTAINTY_FREE_NOTE = (
+    "The causally critical decisions are those forcing makes costly *and* the model is unsure "
+    "of (p(right) <= 0.9, `causal.CRITICAL_P_RIGHT`): a selection that uses the reference's "
+    "own uncertainty, which favours the uncertainty signals. Here the labels are the costly "
+    "decisions alone (`causal.costly_keys`: forcing wrong loses at least half the sampled "
+    "success, whatever p(right)), a selection that does not use it.")
+
+
 def score(params, model_config, task, keys, plan: dict, output: Output, suffix: str,
           print_fn, target: str = "causally critical", note: str = "") -> list[dict]:
     """Score every signal on the model's sampled episodes against the keys, which `target`
@@ -46,6 +57,8 @@ def score(params, model_config, task, keys, plan: dict, output: Output, suffix: 
              f"keys")
     ranked = detectors.score_tokens(params, model_config, task, keys, problems=plan["problems"],
                                     samples=plan["samples"], rng=jax.random.key(0))
+    output.arrays(f"detectors{suffix}_tokens.npz", critical=ranked.critical,
+                  **{f"confidence_{name}": values for name, values in ranked.confidence.items()})
     rows = detectors.table(ranked)
     text = (f"{note}\n\n" if note else "") + detectors.markdown(rows, ranked, target)
     output.markdown(f"detectors{suffix}.md", text)
@@ -71,6 +84,11 @@ def run(scale: str, output: Output, work_dir, print_fn=print, task: str = "addit
         keys, fallback = causal.costly_keys(rows), dict(target="costly", note=COSTLY_NOTE)
     results = {"rows": score(params, pre_config.model_config, pre_config.text_task, keys, plan,
                              output, "", print_fn, **fallback)}
+    if not fallback:  # the causally critical keys are chosen by the model's own uncertainty
+        rows = json.loads((output.folder / "critical.json").read_text())["rows"]
+        results["costly"] = score(params, pre_config.model_config, pre_config.text_task,
+                                  causal.costly_keys(rows), plan, output, "_costly", print_fn,
+                                  target="costly", note=UNCERTAINTY_FREE_NOTE)
     if task == "addition" and scale in mechanism.SETTINGS:
         print_fn("\nthe constructed model of the mechanism test (one known fork)")
         pre_config, params, n, record = mechanism.forked_model_and_map(scale, work_dir, print_fn)

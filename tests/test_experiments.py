@@ -31,7 +31,8 @@ EXPECTED_FILES = {
     "beta": {"summary.md", "summary.json", "pass_at_1.png", "critical_commas.png",
              "critical_digits.png", *RL_FILES},
     "detectors": {"detectors.md", "detectors.json", "detectors.png", "critical.json",
-                  "detectors_constructed.md", "critical_constructed.json"},
+                  "detectors_tokens.npz", "detectors_constructed.md",
+                  "critical_constructed.json"},
     "weightings": {"summary.md", "differences.md", "summary.json", "pass_at_1.png", *RL_FILES},
     "frontier": {"frontier.md", "frontier.json", "frontier.png", "frontier_likelihood.png",
                  "critical.json"},
@@ -230,6 +231,16 @@ def test_shipped_causal_map_is_what_its_command_measures():
 def test_entry_tiny(work_dir, name):
     folder = experiments.run(name, "tiny", work_dir, print_fn=lambda line: None)
     _check_outputs(folder, name)
+    if name == "detectors":  # the committed per-token scores give the table's precisions back
+        import numpy as np
+
+        from critkl.analysis import detectors
+
+        saved = np.load(folder / "detectors_tokens.npz")
+        ranked = detectors.Ranked({k[len("confidence_"):]: saved[k] for k in saved.files
+                                   if k.startswith("confidence_")}, saved["critical"])
+        rows = json.loads((folder / "detectors.json").read_text())["rows"]
+        assert json.loads(json.dumps(detectors.table(ranked))) == rows
     if name == "paper-setting":  # every arm ran on the same seeds, the paper's settings too
         rl = json.loads((folder / "rl.json").read_text())
         assert list(rl["summary"]) == ["no-kl", "standard", "prioritized-beta150"]

@@ -52,6 +52,16 @@ class Output:
     def json(self, name: str, data) -> Path:
         return self._write(name, (json.dumps(data, indent=1) + "\n").encode())
 
+    def arrays(self, name: str, **arrays) -> Path:
+        """Named numpy arrays as one compressed .npz file (per-token or per-run data)."""
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return self._write(name, buffer.getvalue())
+
     def markdown(self, name: str, text: str) -> Path:
         self.tracker.text(0, Path(name).stem, text)
         return self._write(name, (text + "\n").encode())
