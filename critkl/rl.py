@@ -26,7 +26,8 @@ from jax import lax
 
 from critkl import evaluation, losses, strategy as strategies, vmap_rules, weighting
 from critkl.config import ModelConfig, RLConfig, RLHyper
-from critkl.model import GPT, ValueHead, init_params
+from critkl.model import ValueHead
+from critkl.models import init_params, logits_from_hidden, module_for
 from critkl.tasks import decisions, layout
 from critkl.tasks.base import Episodes, TextTask, terminal_reward
 
@@ -39,7 +40,7 @@ def stack_hypers(hypers: list[RLHyper]) -> RLHyper:
 @flax.struct.dataclass
 class RunState:
     iteration: jax.Array
-    policy: Any        # GPT params
+    policy: Any        # the decoder's params (`critkl.models.module_for`)
     value: Any         # ValueHead params
     opt_state: Any
     rng: jax.Array
@@ -152,7 +153,7 @@ class Plan(NamedTuple):
 
     config: RLConfig
     model_config: ModelConfig
-    model: GPT
+    model: flax.linen.Module  # `critkl.models.module_for(model_config)`
     value_head: ValueHead
     widths: tuple[int, ...]   # `update_widths`
     chunk_rows: int           # episodes per update chunk
@@ -170,7 +171,8 @@ def make_train(config: RLConfig, model_config: ModelConfig,
     attention (`RLConfig.run_model`)."""
     model_config = config.run_model(model_config)
     config.check_model(model_config)
-    plan = Plan(config, model_config, GPT(model_config), ValueHead(config.value_hidden_sizes),
+    plan = Plan(config, model_config, module_for(model_config),
+                ValueHead(config.value_hidden_sizes),
                 update_widths(config), config.minibatch_size // config.chunks,
                 strategies.resolve(strategy))
 
@@ -240,8 +242,8 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     signal = config.loss.weight_signal
     policy_logits = None
     if config.loss.prioritized and signal in ("policy_entropy", "policy_max_prob"):
-        embedding = state.policy["token_embedding"]["embedding"]
-        policy_logits = shift_right(hidden @ embedding.T)  # the acting policy's logits
+        # the acting policy's logits
+        policy_logits = shift_right(logits_from_hidden(state.policy, plan.model_config, hidden))
     critical = (decisions.causal_critical_mask(config.text_task, tokens, attempt.reference,
                                                 config.causal_keys)
                 if config.loss.prioritized and signal == "oracle" else None)
@@ -402,7 +404,7 @@ def retention(policy, reference, model_config: ModelConfig, task: TextTask, prob
     (`losses.kl_by_weight_bucket`: kl_w_*, tokens_w_*), and the mean log-likelihood of a
     whole correct answer under the policy ("retention/logp_correct", nats per episode)."""
     episodes = task.render(problems, strategy)
-    model = GPT(model_config)
+    model = module_for(model_config)
 
     def logits_of(tokens):  # [L] -> policy's and reference's next-token logits [L - 1, V]
         policy_logits, _ = model.apply({"params": policy}, tokens[None, :-1])
@@ -431,7 +433,7 @@ def _right_token_probabilities(params, model_config: ModelConfig, episodes: Epis
     (position t: token t; position 0 is 0). The forward runs EVAL_FORWARD_ROWS episodes at a
     time, so its activations stay small."""
     def one(tokens):  # [L] -> [L - 1]
-        logits, _ = GPT(model_config).apply({"params": params}, tokens[None])
+        logits, _ = module_for(model_config).apply({"params": params}, tokens[None])
         return jnp.exp(losses.token_logprobs(logits[0, :-1], tokens[1:]))
 
     right = jax.lax.map(one, episodes.tokens, batch_size=EVAL_FORWARD_ROWS)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from critkl import losses, strategy as strategies, vmap_rules
-from critkl.config import ModelConfig
-from critkl.model import GPT, KVCache, init_cache
+from critkl.model import KVCache
+from critkl.models import cache_for, module_for
 from critkl.tasks.base import EOS_ID, PAD_ID
 
 StopFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -48,7 +48,7 @@ class Generation(NamedTuple):
     lengths  [B] int32: prompt + generated tokens, through the last generated token.
     done     [B] bool: ended by stop_fn (False: cut at max_length).
     hidden   [B,M,D] float32 with keep_hidden, else None: the model's final hidden state at
-             each position (as `GPT.__call__` returns it on `tokens`) through the last
+             each position (as the model's `__call__` returns it on `tokens`) through the last
              generated token, so that a value head needs no second forward pass; 0 at
              positions the loop never reached.
     """
@@ -113,14 +113,13 @@ def _extend_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)))
 
 
-def decode_rows(strategy: strategies.Strategy, params, config: ModelConfig,
-                max_length: int) -> int | None:
+def decode_rows(strategy: strategies.Strategy, params, config, max_length: int) -> int | None:
     """Sequences `strategy` decodes at a time (`strategies.Strategy.decode_rows`), for these
     weights and a key/value cache of max_length positions per sequence."""
     def nbytes(tree) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
-    cache = nbytes(jax.eval_shape(lambda: init_cache(config, 1, max_length)))
+    cache = nbytes(jax.eval_shape(lambda: cache_for(config, 1, max_length)))
     return strategy.decode_rows(nbytes(params), cache)
 
 
@@ -135,7 +134,7 @@ def decode_groups(batch: int, rows_at_a_time: int) -> tuple[int, int]:
                                              "rows_at_a_time", "strategy"))
 def generate(
     params,
-    config: ModelConfig,
+    config,
     prompts: jax.Array,
     prompt_lengths: jax.Array,
     rng: jax.Array,
@@ -149,7 +148,8 @@ def generate(
 ) -> Generation:
     """Continues each prompt until stop_fn ends it or max_length tokens are reached.
 
-    params: the model's "params" pytree. prompts [B,P] int32, right-padded with PAD_ID;
+    params: the model's "params" pytree; config: its ModelConfig or LlamaConfig
+    (`critkl.models.module_for`). prompts [B,P] int32, right-padded with PAD_ID;
     prompt_lengths [B] int32 in [1, P]. max_length (static): total length M, P <= M <=
     context_length. temperature: scalar, traced (<= 0 means greedy). stop_fn(stop_state [B]
     int32, token [B] int32) -> (stop_state, ended [B] bool), initial state zeros; it sees the
@@ -201,16 +201,16 @@ def _decode_in_groups(params, prompts, prompt_lengths, keys, temperature, *,
     return jax.tree.map(lambda x: x.reshape((groups * rows,) + x.shape[2:])[:batch], out)
 
 
-def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: ModelConfig,
+def _decode(params, prompts, prompt_lengths, keys, temperature, *, config,
             max_length: int, stop_fn: StopFn, keep_hidden: bool) -> Generation:
     """The decode loop of `generate` (arguments checked there)."""
     batch, prompt_width = prompts.shape
-    model = GPT(config)
+    model = module_for(config)
     variables = {"params": params}
 
     windows = cache_windows(prompt_width, max_length)
     logits, prompt_hidden, cache = model.apply(
-        variables, prompts, init_cache(config, batch, windows[0]), method=GPT.prefill
+        variables, prompts, cache_for(config, batch, windows[0]), method=type(model).prefill
     )
     # First position where some sequence samples (under vmap: of any instance; the others
     # replay their prompts until their own start).
@@ -238,7 +238,7 @@ def _decode(params, prompts, prompt_lengths, keys, temperature, *, config: Model
         stop_state, stops = stop_fn(state.stop_state, token)
         logprob = jnp.where(active, logprob, 0.0)
         logits, hidden, cache = model.apply(variables, token, t, state.cache,
-                                            method=GPT.decode_step)
+                                            method=type(model).decode_step)
         if keep_hidden:
             hidden = vmap_rules.update_slice(state.hidden, hidden[:, None], (zero, t, zero))
         return _LoopState(

@@ -24,9 +24,9 @@ import optax
 from critkl import env, evaluation, strategy as strategies
 from critkl.infra import parallel
 from critkl.tasks import layout
-from critkl.tasks.base import TextTask
+from critkl.tasks.base import MAX_VOCAB_SIZE, TextTask
 from critkl.config import ModelConfig, PretrainConfig
-from critkl.model import GPT, init_params
+from critkl.models import init_params, module_for
 
 
 @flax.struct.dataclass
@@ -75,7 +75,11 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
                   strategy: strategies.Strategy | None = None) -> tuple[jax.Array, jax.Array]:
     """A batch of packed streams: tokens, target mask and the episode of each position
     (`layout.pack`), each [batch_size, context_length] (`strategy`: rendering's, default the
-    default devices')."""
+    default devices'). ValueError for a task whose token ids do not pack (a pre-trained
+    LM's vocabulary: ids of at most MAX_VOCAB_SIZE)."""
+    if config.text_task.vocabulary.size > MAX_VOCAB_SIZE:
+        raise ValueError(f"task {config.task!r} has {config.text_task.vocabulary.size} token "
+                         f"ids: pre-training packs ids below {MAX_VOCAB_SIZE} only")
     width = config.model_config.context_length
     shortest = config.text_task.shortest_episode_length()
     per_stream = math.ceil(width / shortest) + 1
@@ -97,7 +101,7 @@ def next_token_loss(params, model_config: ModelConfig, tokens, targets, episodes
     tokens, targets [B, T]: `targets` marks the tokens to predict; episodes [B, T] (optional,
     `layout.episode_index`): each token attends only to the earlier tokens of its own episode;
     positions [B, T] (optional, default the stream's). Returns (loss, token accuracy)."""
-    logits, _ = GPT(model_config).apply(
+    logits, _ = module_for(model_config).apply(
         {"params": params}, tokens[:, :-1],
         positions=None if positions is None else positions[:, :-1],
         segments=None if episodes is None else episodes[:, :-1])

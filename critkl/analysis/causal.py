@@ -32,7 +32,7 @@ import numpy as np
 
 from critkl import sampling, weighting
 from critkl.config import CausalMapConfig, ModelConfig
-from critkl.model import GPT
+from critkl.models import module_for
 from critkl.tasks import decisions
 from critkl.tasks.base import TextTask
 
@@ -124,7 +124,8 @@ def causal_map(params, config: ModelConfig, task: TextTask,
     problem_rng, sample_rng = jax.random.split(rng)
     episodes = task.render(task.sample_level(problem_rng, settings.problems, level))
     tokens = np.asarray(episodes.tokens)
-    logits, _ = jax.jit(lambda p, x: GPT(config).apply({"params": p}, x))(params, episodes.tokens)
+    logits, _ = jax.jit(lambda p, x: module_for(config).apply({"params": p}, x))(
+        params, episodes.tokens)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # [B, L, V]: predicts t + 1
     certainties = np.asarray(weighting.certainty(logits, settings.certainty_temperature))
 

@@ -24,7 +24,7 @@ import numpy as np
 from critkl import evaluation, statistics, weighting
 from critkl.config import ModelConfig
 from critkl.losses import token_logprobs
-from critkl.model import GPT
+from critkl.models import module_for
 from critkl.tasks import layout
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, TextTask, Vocabulary
 
@@ -33,7 +33,7 @@ def _per_prediction(params, model_config: ModelConfig, tokens: jax.Array, measur
     """measure(logits [B, T-1, V] float32, next tokens [B, T-1]) -> [B, T-1] of the model's
     prediction of each token from the tokens before it, padded to [B, T] with 1 at position 0
     (no prediction)."""
-    logits, _ = GPT(model_config).apply({"params": params}, tokens)
+    logits, _ = module_for(model_config).apply({"params": params}, tokens)
     values = measure(logits[:, :-1].astype(jnp.float32), tokens[:, 1:])
     return jnp.pad(values, ((0, 0), (1, 0)), constant_values=1.0)
 

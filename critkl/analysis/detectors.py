@@ -21,7 +21,7 @@ import numpy as np
 
 from critkl import evaluation, rl, weighting
 from critkl.config import LossHyper, ModelConfig
-from critkl.model import GPT
+from critkl.models import module_for
 from critkl.tasks import decisions, layout
 from critkl.tasks.base import TextTask, terminal_reward
 
@@ -51,7 +51,8 @@ def score_tokens(params, model_config: ModelConfig, task: TextTask, keys, *, pro
                                  temperature=hyper.policy_temperature, max_length=max_length)
     tokens, outcome = attempt.generation.tokens, attempt.outcome
     mask = layout.span_mask(attempt.reference.prompt_length, outcome.last + 1, max_length)
-    logits = jax.jit(lambda p, x: GPT(model_config).apply({"params": p}, x)[0])(params, tokens)
+    logits = jax.jit(lambda p, x: module_for(model_config).apply({"params": p}, x)[0])(
+        params, tokens)
     before_token = rl.shift_right(logits)  # outputs for the state before each token
     reward = terminal_reward(outcome)
     advantages = jnp.where(mask, (reward - reward.mean())[:, None], 0.0)  # Monte Carlo, lambda 1

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from critkl import vmap_rules
-from critkl.config import DTYPES
-from critkl.model import KVCache
+from critkl.config import check_compute
+from critkl.model import KVCache, attention
 
 INIT_STD = 0.02
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -58,6 +58,7 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # logits from the token embedding (no separate head)
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay float32)
+    attention: str = "critkl"  # one of critkl.config.ATTENTIONS (`Attention`)
     remat: bool = False  # recompute each layer's activations in the backward pass
 
     def __post_init__(self):
@@ -75,8 +76,7 @@ class LlamaConfig:
         if not self.rope_theta > 0 or not self.norm_eps > 0:
             raise ValueError(f"LlamaConfig.rope_theta and norm_eps must be positive, got "
                              f"{self.rope_theta!r} and {self.norm_eps!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"LlamaConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_compute("LlamaConfig", self.dtype, self.attention)
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -142,7 +142,9 @@ def _rms_norm(config: LlamaConfig, dtype, name: str) -> nn.RMSNorm:
 
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary positions and a fused QKV projection
-    (kernel [D, (H + 2K) Dh]: the query heads, then the key heads, then the value heads)."""
+    (kernel [D, (H + 2K) Dh]: the query heads, then the key heads, then the value heads);
+    `grouped_attention`, or jax.nn.dot_product_attention when `LlamaConfig.attention` is
+    "xla" or "cudnn" (as `critkl.model.attention`)."""
 
     config: LlamaConfig
 
@@ -168,7 +170,10 @@ class Attention(nn.Module):
             k = vmap_rules.update_slice(kv[0], k.astype(kv[0].dtype), at)
             v = vmap_rules.update_slice(kv[1], v.astype(kv[1].dtype), at)
             kv = (k, v)
-        y = grouped_attention(q, k, v, mask, cfg.compute_dtype)
+        if cfg.attention == "critkl":
+            y = grouped_attention(q, k, v, mask, cfg.compute_dtype)
+        else:  # jax.nn.dot_product_attention, which reads kv head h // G itself
+            y = attention(q, k, v, mask, cfg, causal=kv is None)
         y = y.transpose(0, 2, 1, 3).reshape(batch, time, heads * head_dim)
         return _dense(cfg.d_model, cfg, "out")(y), kv
 
@@ -271,12 +276,16 @@ class Llama(nn.Module):
     def _head(self, x, batch, time):
         """Residual stream [B,T,D] -> (logits [B,T,V], hidden [B,T,D]), both float32."""
         hidden = self.final_norm(x.astype(jnp.float32))
-        if self.config.tie_embeddings:
-            logits = hidden @ self.token_embedding.embedding.T
-        else:
-            logits = self.head(hidden)
+        logits = self.logits_from_hidden(hidden)
         chex.assert_shape(logits, (batch, time, self.config.vocab_size))
         return logits, hidden
+
+    def logits_from_hidden(self, hidden):
+        """Final hidden states [..., D] float32 -> logits [..., V] float32: the tied
+        embedding or the separate head."""
+        if self.config.tie_embeddings:
+            return hidden @ self.token_embedding.embedding.T
+        return self.head(hidden)
 
     def _check_length(self, length: int):
         if length > self.config.context_length:
