@@ -8,6 +8,7 @@ own dependencies compile llama-cpp-python) and never import it (it needs the `ll
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import pathlib
 
@@ -36,3 +37,9 @@ def load(dtype: str = "float32"):
     path = gguf_path()
     config, params = gguf_loader.load_gguf(path, dtype)
     return config, params, tokenizer.from_gguf(path)
+
+
+@functools.cache
+def load_tokenizer() -> tokenizer.Tokenizer:
+    """SmolLM2-135M-Instruct's tokenizer, read from its file once per process."""
+    return tokenizer.from_gguf(gguf_path())

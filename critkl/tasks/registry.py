@@ -8,9 +8,10 @@ from critkl.tasks.addition import Addition
 from critkl.tasks.base import TextTask
 from critkl.tasks.multiplication import Multiplication
 from critkl.tasks.path_star import PathStar
+from critkl.tasks.short_addition import ShortAddition
 
 TASKS: dict[str, type[TextTask]] = {task.name: task
-                                    for task in (Addition, Multiplication, PathStar)}
+                                    for task in (Addition, Multiplication, PathStar, ShortAddition)}
 DEFAULT = Addition.name
 
 
