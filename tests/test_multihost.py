@@ -267,3 +267,35 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step(tmp_path):
     assert len(steps) == 1, stopped
     assert any("a signal to another process" in line for line in stopped), stopped
     assert checkpoint.latest_checkpoint_step(run_dir) == int(steps.pop())
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """SIGTERM to process 1 alone of a 2-process pre-training: both processes save the same
+    step and exit 75; the same command with --resume then ends bit-identical (every leaf equal,
+    not just close) to the run never interrupted on the same 2 processes."""
+    steps = ["--steps", "60", "--log-every", "1", "--eval-every", "30",
+             "--checkpoint-every", "20"]
+    cut, straight = tmp_path / "cut", tmp_path / "straight"
+    command = launched(2, 1, "pretrain", "--run-dir", str(cut), *TINY_PRETRAIN, *steps)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    started = next(line for line in launcher.stderr if "process 1 pid" in line)
+    while "step 5/" not in launcher.stdout.readline():
+        assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+    os.kill(int(started.split("process 1 pid ")[1].split()[0]), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 75, err[-3000:]
+    stopped = {line.split("after saving step ")[1].split(";")[0]
+               for line in err.splitlines() if "stopped by" in line}
+    assert len(stopped) == 1, err[-3000:]
+    saved = checkpoint.latest_checkpoint_step(cut)
+    assert saved == int(stopped.pop()) and 5 <= saved < 60
+
+    assert f"resumed {cut} at step {saved}" in run(command + ["--resume"]).stdout
+    run(launched(2, 1, "pretrain", "--run-dir", str(straight), *TINY_PRETRAIN, *steps))
+    (step_cut, resumed), (step_straight, uninterrupted) = (final_checkpoint(cut),
+                                                            final_checkpoint(straight))
+    assert step_cut == step_straight == 60 and resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=str(key))

@@ -403,21 +403,23 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 {"name": r.name, "seed": r.seed, "setting": r.setting,
                  "hyper": jax.tree.map(float, dataclasses.asdict(r.hyper)), "curve": {}}
                 for r in runs]}
+        first = saved = int(state.iteration[0])
+        log = _Log(run_dir, runs, results, keep_until=first if resume else -1)
     except BaseException:
         checkpointer.close()
         raise
-    first = saved = int(state.iteration[0])
-    log = _Log(run_dir, runs, results, keep_until=first if resume else -1)
-    if not resume:  # TensorBoard names the task and the settings of every run
-        log.hparams(config)
-        for tracker in log.trackers + list(log.aggregate.values()):
-            tracker.text(0, "config", directory.config_markdown(
-                saved_config or {"rl": dataclasses.asdict(config)}))
-    try:
-        print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} iterations "
-                 f"of {config.episodes} episodes each; compiling, then one line per "
-                 f"{config.eval_every} iterations")
-        with PreemptionRequests() as preemption:
+    # The handlers stay until the checkpointer is closed, its last write finished: a signal
+    # then is a request like any other, and a second one stops at once.
+    with PreemptionRequests() as preemption:
+        try:
+            if not resume:  # TensorBoard names the task and the settings of every run
+                log.hparams(config)
+                for tracker in log.trackers + list(log.aggregate.values()):
+                    tracker.text(0, "config", directory.config_markdown(
+                        saved_config or {"rl": dataclasses.asdict(config)}))
+            print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} "
+                     f"iterations of {config.episodes} episodes each; compiling, then one line "
+                     f"per {config.eval_every} iterations")
             if first == 0:
                 before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
                 log.record(0, before)
@@ -463,11 +465,13 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                     + directory.timing(elapsed, iteration - first, config.iterations - first)
                     + f"  (mean of {len(runs)} runs)"
                 )
-        results["summary"] = summary(results)
-        log.save()
-    finally:
-        log.close()
-        checkpointer.close()
+            results["summary"] = summary(results)
+            log.save()
+        finally:
+            try:
+                log.close()
+            finally:  # a write failing (OSError) still waits for the checkpoint, frees the lock
+                checkpointer.close()
     return results
 
 

@@ -2,7 +2,13 @@
 loop to save at its next step boundary and stop; a second signal stops at once. In a
 multi-process run the processes agree at every step boundary, so that a signal to any of them
 (or to each at a different moment) stops all of them after the same step, whose checkpoint
-they write together."""
+they write together.
+
+The loops keep the handlers until their checkpointer is closed (its last write finished): a
+first signal while a checkpoint is written (on a pod, a host's own SIGTERM after the hosts
+agreed to stop) is a request like any other. A second signal to the same process stops it at
+once, also during that write: the checkpoint it cuts is left incomplete, never used, and
+--resume continues from the last complete one as if never interrupted."""
 
 from __future__ import annotations
 

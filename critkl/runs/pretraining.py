@@ -104,6 +104,9 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
         if resume:
             state = checkpointer.restore(target=state)
             print_fn(f"resumed {run_dir} at step {int(state.step)}")
+        start_step = int(state.step)
+        tracker = Tracker(run_dir / "tensorboard", enabled=jax.process_index() == 0,
+                          keep_until=start_step if resume else -1)
     except BaseException:
         checkpointer.close()
         raise
@@ -112,18 +115,17 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     model_config = config.model_config
     eval_rng = jax.random.key(config.seed + 1)
     eval_levels = evaluated_levels(config)
-    start_step = int(state.step)
-    tracker = Tracker(run_dir / "tensorboard", enabled=jax.process_index() == 0,
-                      keep_until=start_step if resume else -1)
-    if not resume:
-        tracker.text(0, "config", directory.config_markdown(config.to_dict()))
     clock, clock_step = time.perf_counter(), start_step
     tokens_per_step = config.batch_size * model_config.context_length
     last_saved = start_step
     started = time.perf_counter()
     in_flight = None
-    try:
-        with PreemptionRequests() as preemption:
+    # The handlers stay until the checkpointer is closed, its last write finished: a signal
+    # then is a request like any other, and a second one stops at once.
+    with PreemptionRequests() as preemption:
+        try:
+            if not resume:
+                tracker.text(0, "config", directory.config_markdown(config.to_dict()))
             for step in range(start_step + 1, config.steps + 1):  # counted here, not on the device
                 state, metrics = train_step(state)
                 # At most two steps in flight: with more CPU devices than cores, a deeper queue
@@ -182,9 +184,11 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                     last_saved = step
                 if stopping:
                     raise Preempted(stop_signal, step)
-    finally:
-        tracker.close()
-        checkpointer.close()
+        finally:
+            try:
+                tracker.close()
+            finally:  # a write failing (OSError) still waits for the checkpoint, frees the lock
+                checkpointer.close()
     print_fn(f"trained steps {start_step}..{config.steps} in "
              f"{directory.format_seconds(time.perf_counter() - started)}")
     return state
