@@ -164,14 +164,9 @@ def plot_sweep(args) -> None:
     from critkl.runs import finetuning, plots
     from critkl.runs.outputs import Output
 
-    path = Path(args.run_dir) / "results.json"
+    paths = [Path(d) / "results.json" for d in [args.run_dir, *(args.add or [])]]
     try:
-        results = json.loads(path.read_text())
-        if args.add:
-            results = finetuning.merge(
-                [results] + [json.loads((Path(d) / "results.json").read_text()) for d in args.add])
-        finetuning.check_results(results)
-        results["summary"] = finetuning.summary(results)
+        texts = [path.read_text() for path in paths]
         rl_config = json.loads((Path(args.run_dir) / "config.json").read_text())["rl"]
         if not type(rl_config["n"]) is type(rl_config["extra_digits"]) is int:
             raise ValueError("config.json's rl.n and rl.extra_digits must be integers")
@@ -179,6 +174,15 @@ def plot_sweep(args) -> None:
     except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise UsageError(f"{args.run_dir} is not a sweep's run directory with results.json "
                          f"and config.json: {error}") from None
+    loaded = []
+    for path, text in zip(paths, texts):
+        try:  # each file refused by its own name, before they are merged
+            loaded.append(json.loads(text))
+            finetuning.check_results(loaded[-1])
+        except ValueError as error:
+            raise UsageError(f"{path}: {error}") from None
+    results = finetuning.merge(loaded) if args.add else loaded[0]
+    results["summary"] = finetuning.summary(results)
     output = Output(Path(args.out) if args.out else Path(args.run_dir))
     baseline = args.baseline or STANDARD_KL
     try:
