@@ -100,8 +100,9 @@ def rows_per_memory(rows: int, devices) -> int:
 
 def sampler_bytes(rows: int, length: int, model_config) -> int:
     """At least the bytes of a sampler call of `rows` episodes of up to `length` tokens: its
-    key-value cache (two d_model vectors per layer and position) and a few int32 and float32
-    arrays per position."""
+    key-value cache (a key and a value per layer, key-value head and position) and a few int32
+    and float32 arrays per position."""
     value_bytes = 2 if model_config.dtype == "bfloat16" else 4
-    per_position = 2 * model_config.num_layers * model_config.d_model * value_bytes + 16
+    heads = getattr(model_config, "num_kv_heads", model_config.num_heads)  # a LLaMA's, or all
+    per_position = 2 * model_config.num_layers * heads * model_config.head_dim * value_bytes + 16
     return rows * length * per_position

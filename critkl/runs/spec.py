@@ -200,7 +200,7 @@ def check_sizes(config: RLConfig, runs: int, model_config) -> None:
     sizes = (model_config.d_model, *config.value_hidden_sizes, 1)
     value_parameters = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
     value_head = 3 * 4 * value_parameters + (config.episodes * config.max_length
-                                             * max(config.value_hidden_sizes) * 4)
+                                             * max(config.value_hidden_sizes, default=0) * 4)
     memory_budget.check_fits(
         held * (rl.run_bytes(config, model_config) + value_head),
         f"an iteration of {runs:,} run(s) (seeds x grid) of rl.episodes={config.episodes:,} "
