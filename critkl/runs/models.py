@@ -1,7 +1,9 @@
 """Pre-trained models shipped inside the package, loading any pre-trained run, and warm starts.
 
 A shipped model is a folder under critkl/pretrained_models/NAME with config.json
-(the PretrainConfig that made it) and params.msgpack (flax serialization).
+(the PretrainConfig that made it) and params.msgpack (flax serialization). A pre-trained LM
+(`critkl.models.pretrained`: "smollm2-135m", or a Hugging Face LLaMA folder) loads by the same
+calls, with a `PretrainedLM` in place of the PretrainConfig.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax
 
 from critkl.infra import checkpoint
 from critkl.config import PretrainConfig
+from critkl.models import pretrained as pretrained_lms
 from critkl.model import init_params
 from critkl.supervised import init_state
 
@@ -40,10 +43,12 @@ def shipped_causal_map(name: str) -> dict | None:
 def is_shipped(name_or_run_dir: str) -> bool:
     """Whether `name_or_run_dir` names a shipped model rather than a run directory: a bare
     name of `shipped_names()` (a path such as "./mini-n3" is always a directory). Raises
-    CheckpointError when a bare name is both a shipped model and a directory here."""
+    CheckpointError when a bare name is both a shipped model and a directory here. A
+    pre-trained LM's name (`critkl.models.pretrained.NAMES`) counts as shipped."""
     if os.sep in name_or_run_dir or name_or_run_dir.startswith("."):
         return False
-    if not (SHIPPED_DIR / name_or_run_dir / "params.msgpack").exists():
+    if (name_or_run_dir not in pretrained_lms.NAMES
+            and not (SHIPPED_DIR / name_or_run_dir / "params.msgpack").exists()):
         return False
     if Path(name_or_run_dir).is_dir():
         raise checkpoint.CheckpointError(
@@ -53,10 +58,19 @@ def is_shipped(name_or_run_dir: str) -> bool:
     return True
 
 
-def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
+def load_pretrained(name_or_run_dir: str
+                    ) -> tuple[PretrainConfig | pretrained_lms.PretrainedLM, dict]:
     """A shipped model by name (e.g. "mini-n3", `is_shipped`) or the latest checkpoint of a
-    pre-training run directory -> (its PretrainConfig, its params)."""
+    pre-training run directory -> (its PretrainConfig, its params); a pre-trained LM by name
+    ("smollm2-135m") or Hugging Face folder -> (its PretrainedLM, its params). CheckpointError
+    (one line) for a folder that cannot be loaded."""
     folder = SHIPPED_DIR / name_or_run_dir
+    named_lm = name_or_run_dir in pretrained_lms.NAMES and is_shipped(name_or_run_dir)
+    if named_lm or pretrained_lms.is_hf_folder(name_or_run_dir):
+        try:
+            return pretrained_lms.load(name_or_run_dir)
+        except ValueError as error:
+            raise checkpoint.CheckpointError(str(error)) from None
     if is_shipped(name_or_run_dir):
         config = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
         target = jax.eval_shape(lambda: init_params(jax.random.key(0), config.model_config))
@@ -65,8 +79,9 @@ def load_pretrained(name_or_run_dir: str) -> tuple[PretrainConfig, dict]:
     if Path(name_or_run_dir).is_dir():
         return load_run(name_or_run_dir)
     raise checkpoint.CheckpointError(
-        f"{name_or_run_dir!r} is neither a shipped model (available: {shipped_names() or 'none'}) "
-        "nor a pre-training run directory."
+        f"{name_or_run_dir!r} is neither a shipped model (available: "
+        f"{', '.join(shipped_names() + list(pretrained_lms.NAMES))}), a pre-training run "
+        "directory nor a Hugging Face LLaMA folder."
     )
 
 

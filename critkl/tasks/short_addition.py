@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from critkl.models.tokenizer import Tokenizer
 
 QUESTION = "What is {a} + {b}? Answer with the number only."
+# Worked exchanges before the question with `ShortAddition.shots` > 0 (a few-shot prompt).
+EXAMPLES = ((3, 5), (14, 27), (205, 96))
 END_OF_TURN = "<|im_end|>"
 ROLE_NAMES = ("prompt", "answer", "end")
 ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
@@ -61,11 +63,14 @@ class ChatPieces:
         return len(self.prefix) + len(self.between) + len(self.suffix)
 
 
-def chat_pieces(tokenizer: Tokenizer) -> ChatPieces:
-    """The pieces of `QUESTION` in `tokenizer`'s ChatML format. ValueError when the tokenizer
-    does not write every digit as its own token, END_OF_TURN as one, or uses PAD_ID (critkl's
-    padding) for a token of the task."""
-    chat = tokenizer.render_chat([{"role": "user", "content": QUESTION}])
+def chat_pieces(tokenizer: Tokenizer, shots: int = 0) -> ChatPieces:
+    """The pieces of `QUESTION` in `tokenizer`'s ChatML format, after the first `shots`
+    EXAMPLES answered. ValueError when the tokenizer does not write every digit as its own
+    token, END_OF_TURN as one, or uses PAD_ID (critkl's padding) for a token of the task."""
+    examples = [message for a, b in EXAMPLES[:shots] for message in (
+        {"role": "user", "content": QUESTION.format(a=a, b=b)},
+        {"role": "assistant", "content": str(a + b)})]
+    chat = tokenizer.render_chat(examples + [{"role": "user", "content": QUESTION}])
     before, rest = chat.split("{a}")
     between, suffix = rest.split("{b}")
     digits = [tokenizer.encode(str(d)) for d in range(10)]
@@ -126,19 +131,28 @@ def _vocabulary(task_class) -> TokenVocabulary:
 
 
 @functools.cache
-def _pieces(task_class) -> ChatPieces:
-    return chat_pieces(task_class.tokenizer())
+def _pieces(task_class, shots: int) -> ChatPieces:
+    return chat_pieces(task_class.tokenizer(), shots)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShortAddition(TextTask):
-    """Short-answer addition up to n digits per operand, RL on n + extra, in SmolLM2's ids."""
+    """Short-answer addition up to n digits per operand, RL on n + extra, in SmolLM2's ids;
+    `shots` worked exchanges (EXAMPLES) before the question."""
 
     name: ClassVar[str] = "short-addition"
     vocabulary = _FromTokenizer()  # not annotated: dataclasses would read it at class creation
     role_names: ClassVar[tuple[str, ...]] = ROLE_NAMES
     max_supported_level: ClassVar[int] = MAX_LEVEL
     level_unit: ClassVar[str] = "digits"
+
+    shots: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if type(self.shots) is not int or not 0 <= self.shots <= len(EXAMPLES):
+            raise ValueError(f"{self.name} task: shots={self.shots!r} must be an integer in "
+                             f"0..{len(EXAMPLES)}")
 
     @classmethod
     def tokenizer(cls) -> Tokenizer:
@@ -149,7 +163,7 @@ class ShortAddition(TextTask):
 
     @property
     def pieces(self) -> ChatPieces:
-        return _pieces(type(self))
+        return _pieces(type(self), self.shots)
 
     # ------------------------------------------------------------ problems
     def sample_pretraining(self, rng: jax.Array, batch: int) -> env.Operands:
