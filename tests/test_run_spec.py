@@ -180,3 +180,27 @@ def _assert_hparams_and_histograms(log_dir):
                     assert sum(counts) == pytest.approx(tokens[step])
             if beta == 0:  # the standard KL: every weight 1, in the last bin
                 assert all(counts[-1] == sum(counts) for _, counts in histograms["hist/kl_weight"])
+
+
+def test_overrides_may_follow_the_flags_and_other_extras_are_refused(capsys):
+    from critkl import cli
+
+    parser = cli.build_parser()
+    args, extra = parser.parse_known_args(["sweep", "mini-n3", "--run-dir", "x", "rl.episodes=64"])
+    assert extra == ["rl.episodes=64"]
+    with pytest.raises(SystemExit):  # an unknown flag is still an error, exit status 2
+        cli.main(["sweep", "mini-n3", "--run-dir", "x", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "mini-n3", "rl.episodes=64"])
+    assert "unrecognized arguments: rl.episodes=64" in capsys.readouterr().err
+
+
+def test_a_sweep_made_before_a_hyperparameter_existed_still_plots(tmp_path):
+    """Old results.json lack newer hyperparameters (focus_share, ...): their defaults."""
+    from critkl.runs import finetuning
+
+    old = {"learning_rate": 3e-5, "loss": {"kl_coef": 0.5, "beta": 0.0}}
+    new = {"learning_rate": 3e-5, "loss": {"kl_coef": 0.5, "beta": 150.0, "focus_share": 0.2}}
+    assert finetuning.swept_values([{"hyper": old}, {"hyper": new}]) == [{"beta": 0.0},
+                                                                        {"beta": 150.0}]

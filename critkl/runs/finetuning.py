@@ -530,9 +530,12 @@ def markdown_differences(results: dict, baseline: str) -> str:
 
 def swept_values(runs: list[dict]) -> list[dict[str, float]]:
     """Per run record of results.json: the hyperparameters whose values differ across `runs`,
-    read from each run's "hyper" (in `HYPER_NAMES` order), e.g. {"kl_coef": 5.0, "beta": 0.0}."""
-    flat = [{**{k: v for k, v in run["hyper"].items() if k != "loss"}, **run["hyper"]["loss"]}
-            for run in runs]
+    read from each run's "hyper" (in `HYPER_NAMES` order), e.g. {"kl_coef": 5.0, "beta": 0.0};
+    a hyperparameter added to critkl after a run was made is its default there."""
+    defaults = jax.tree.map(float, dataclasses.asdict(RLHyper()))
+    defaults = {**{k: v for k, v in defaults.items() if k != "loss"}, **defaults["loss"]}
+    flat = [{**defaults, **{k: v for k, v in run["hyper"].items() if k != "loss"},
+             **run["hyper"]["loss"]} for run in runs]
     differ = [name for name in HYPER_NAMES if len({f[name] for f in flat}) > 1]
     return [{name: f[name] for name in differ} for f in flat]
 
