@@ -296,11 +296,12 @@ def test_an_hf_folder_loads_as_a_pretrained_lm_and_another_tokenizer_is_refused(
             "eos_token": "<|im_end|>", "chat_template": written.chat_template}))
         if written is tok:
             lm, params = models.load_pretrained(str(folder))
-            assert (lm.task, lm.max_digits, lm.model_config) == ("short-addition", 2, config)
+            assert (lm.task, lm.max_digits, lm.model_config) == ("short-addition", 1, config)
             np.testing.assert_array_equal(params["token_embedding"]["embedding"],
                                           tensors["model.embed_tokens.weight"])
-            assert lm.text_task == ShortAddition(2, 0)
-            RLConfig(task=lm.task, n=lm.max_digits).check_model(lm.model_config)
+            assert lm.text_task == ShortAddition(1, 0, shots=1)
+            RLConfig(task=lm.task, task_params=lm.task_params, n=lm.max_digits).check_model(
+                lm.model_config)
         else:
             with pytest.raises(checkpoint.CheckpointError, match="other token ids"):
                 models.load_pretrained(str(folder))
