@@ -79,6 +79,7 @@ def settings_in_order(settings) -> list[str]:
     return list(dict.fromkeys(settings))
 
 
+PROGRESS_SECONDS = 60  # within an evaluation period, a progress line at most this often
 HISTOGRAM_PREFIX = "hist/"  # training metrics that are histograms (`rl.unit_histogram`)
 
 
@@ -421,13 +422,15 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                      f"iterations of {config.episodes} episodes each; compiling, then one line "
                      f"per {config.eval_every} iterations")
             if first == 0:
+                print_fn(f"evaluating the pre-trained model: {config.eval_episodes} problems per "
+                         f"metric and run (compiling first)")
                 before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
                 log.record(0, before)
                 print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
                          f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
                          f"comfort {before['eval/comfort_pass_at_1'].mean():.3f}  "
                          "(pre-trained model)")
-            clock = time.perf_counter()
+            clock = shown = time.perf_counter()
             for iteration in range(first + 1, config.iterations + 1):
                 state, metrics = programs("iteration", state, hypers, pretrained)
                 train.append(parallel.fetch(metrics))
@@ -436,6 +439,13 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 stop_signal = preemption.agreed()
                 stopping = stop_signal is not None
                 if not (period_ends or stopping):
+                    if time.perf_counter() - shown >= PROGRESS_SECONDS:  # a long period
+                        shown = time.perf_counter()
+                        print_fn(f"iteration {iteration}/{config.iterations}  train success "
+                                 f"{train[-1]['train/success'].mean():.3f}  kl "
+                                 f"{train[-1]['loss/kl'].mean():.4f}  " + directory.timing(
+                                     shown - clock, iteration - first,
+                                     config.iterations - first))
                     continue
                 _check_finite(state, runs, iteration, saved)
                 if period_ends:
@@ -465,6 +475,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                     + directory.timing(elapsed, iteration - first, config.iterations - first)
                     + f"  (mean of {len(runs)} runs)"
                 )
+                shown = time.perf_counter()
             results["summary"] = summary(results)
             log.save()
         finally:
