@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from critkl import sampling, statistics, strategy as strategies, vmap_rules
-from critkl.config import ModelConfig
+from critkl.models import DecoderConfig
 from critkl.tasks import layout
 from critkl.tasks.base import PAD_ID, Episodes, Outcome, TextTask
 
@@ -31,7 +31,7 @@ def prompts_of(episodes: Episodes, width: int) -> jax.Array:
 
 @functools.partial(jax.jit,
                    static_argnames=("config", "task", "max_length", "keep_hidden", "strategy"))
-def attempt(params, config: ModelConfig, task: TextTask, problems, rng: jax.Array, *,
+def attempt(params, config: DecoderConfig, task: TextTask, problems, rng: jax.Array, *,
             temperature, max_length: int, keep_hidden: bool = False,
             strategy: strategies.Strategy | None = None) -> Attempt:
     """Let the model write episodes for `problems` of `task` (greedy when temperature <= 0);
@@ -66,7 +66,7 @@ def first_error(attempt: Attempt) -> tuple[jax.Array, jax.Array]:
     return jnp.where(any_error, jnp.argmax(differs, axis=1), -1).astype(jnp.int32), any_error
 
 
-def solve_in_batches(params, config: ModelConfig, task: TextTask, sample, problems: int,
+def solve_in_batches(params, config: DecoderConfig, task: TextTask, sample, problems: int,
                      batch: int, rng, *, temperature, max_length: int):
     """Yield `Attempt`s (on the host) for `problems` problems of `task` drawn by
     sample(rng, batch) -> problems, `batch` at a time. A last, partial batch solves only
@@ -85,7 +85,7 @@ def rate(successes: int, total: int) -> dict:
             "successes": successes, "problems": total}
 
 
-def accuracy_table(params, config: ModelConfig, task: TextTask, rng, *, problems: int = 1000,
+def accuracy_table(params, config: DecoderConfig, task: TextTask, rng, *, problems: int = 1000,
                    batch: int = 500, extra_digits: int = 3, temperatures=(1.0, 1.5, 2.0),
                    rl_episodes: int = 200, progress=None) -> dict:
     """Greedy pass@1 at levels N..N+extra_digits (N = task.n; addition: digits), identical

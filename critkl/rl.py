@@ -25,9 +25,9 @@ import optax
 from jax import lax
 
 from critkl import evaluation, losses, strategy as strategies, vmap_rules, weighting
-from critkl.config import ModelConfig, RLConfig, RLHyper
+from critkl.config import RLConfig, RLHyper
 from critkl.model import ValueHead
-from critkl.models import init_params, logits_from_hidden, module_for
+from critkl.models import DecoderConfig, init_params, logits_from_hidden, module_for
 from critkl.tasks import decisions, layout
 from critkl.tasks.base import Episodes, TextTask, terminal_reward
 
@@ -70,7 +70,7 @@ def shift_right(x: jax.Array) -> jax.Array:
     return jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2))
 
 
-def run_bytes(config: RLConfig, model_config: ModelConfig) -> int:
+def run_bytes(config: RLConfig, model_config: DecoderConfig) -> int:
     """At least the bytes one run holds during an iteration: its policy and the optimizer's
     two moments (three copies of the parameters, float32), and one collect's
     [episodes, max_length] arrays, of which the largest are the sampler's hidden states
@@ -152,7 +152,7 @@ class Plan(NamedTuple):
     """What the stages of a run share: its settings, its modules and their layout."""
 
     config: RLConfig
-    model_config: ModelConfig
+    model_config: DecoderConfig
     model: flax.linen.Module  # `critkl.models.module_for(model_config)`
     value_head: ValueHead
     widths: tuple[int, ...]   # `update_widths`
@@ -164,7 +164,7 @@ class Plan(NamedTuple):
         return self.strategy.runs_in_turn
 
 
-def make_train(config: RLConfig, model_config: ModelConfig,
+def make_train(config: RLConfig, model_config: DecoderConfig,
                strategy: strategies.Strategy | None = None) -> TrainFunctions:
     """Build the pure functions of a fine-tuning run (see module docstring), laid out for
     `strategy` (default: the default devices'). The model computes in the run's dtype and
@@ -395,7 +395,7 @@ def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper, pretrained):
     return metrics
 
 
-def retention(policy, reference, model_config: ModelConfig, task: TextTask, problems,
+def retention(policy, reference, model_config: DecoderConfig, task: TextTask, problems,
               certainty_temperature, strategy: strategies.Strategy | None = None
               ) -> dict[str, jax.Array]:
     """What the policy keeps of the `reference` on the correct episodes of `problems`,
@@ -428,7 +428,7 @@ def retention(policy, reference, model_config: ModelConfig, task: TextTask, prob
 EVAL_FORWARD_ROWS = 20  # episodes per teacher-forced forward of an evaluation
 
 
-def _right_token_probabilities(params, model_config: ModelConfig, episodes: Episodes):
+def _right_token_probabilities(params, model_config: DecoderConfig, episodes: Episodes):
     """Teacher-forced probability of each reference token given its correct prefix: [B, L]
     (position t: token t; position 0 is 0). The forward runs EVAL_FORWARD_ROWS episodes at a
     time, so its activations stay small."""
@@ -440,7 +440,7 @@ def _right_token_probabilities(params, model_config: ModelConfig, episodes: Epis
     return jnp.pad(right, ((0, 0), (1, 0)))
 
 
-def critical_token_probabilities(params, model_config: ModelConfig, task: TextTask, problems,
+def critical_token_probabilities(params, model_config: DecoderConfig, task: TextTask, problems,
                                  strategy: strategies.Strategy | None = None
                                  ) -> dict[str, jax.Array]:
     """Probability the model gives the right token, given the correct prefix, at the task's
@@ -463,7 +463,7 @@ def mean_where(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask.any(), losses.masked_mean(values, mask), jnp.nan)
 
 
-def causal_token_probability(params, model_config: ModelConfig, task: TextTask, problems,
+def causal_token_probability(params, model_config: DecoderConfig, task: TextTask, problems,
                              keys, strategy: strategies.Strategy | None = None) -> jax.Array:
     """Mean probability of the right token, given the correct prefix, at the positions of
     the decision `keys` (`critkl.analysis.causal`) in the episodes of `problems` (NaN where

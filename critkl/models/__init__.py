@@ -20,6 +20,8 @@ from critkl import model as gpt
 from critkl.config import ModelConfig
 from critkl.models import llama
 
+DecoderConfig = ModelConfig | llama.LlamaConfig  # what `module_for` takes
+
 
 def is_llama(config) -> bool:
     """Whether `config` is a LLaMA's (else critkl's GPT's); TypeError for anything else."""

@@ -46,9 +46,6 @@ class PretrainedLM:
         return registry.make(self.task, self.max_digits, 0,
                              **registry.parameters(self.task, self.task_params))
 
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "model_config": dataclasses.asdict(self.model_config)}
-
 
 def is_hf_folder(path: str) -> bool:
     """Whether `path` is a Hugging Face model folder: a directory with config.json and a
