@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import json
 import random
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ import pytest
 import tokenizers
 from tokenizers import decoders, pre_tokenizers
 
-from critkl import cli, model as gpt, rl
+from critkl import model as gpt, rl
 from critkl.config import LossConfig, RLConfig, RLHyper, model_preset
 from critkl.infra import checkpoint
 from critkl.models import cache_for, init_params, llama, logits_from_hidden, module_for
@@ -320,9 +322,11 @@ def test_a_named_lm_beside_a_folder_of_its_name_is_refused(tmp_path, monkeypatch
 def test_finetune_smollm2_end_to_end(tmp_path, kl):
     smollm2_tokenizer_or_skip()
     run_dir = tmp_path / "run"
-    cli.main(["finetune", "smollm2-135m", "--run-dir", str(run_dir), "--episodes", "8",
-              "--iterations", "1", "--eval-every", "1", "--eval-episodes", "8",
-              "--minibatches", "2", *kl])
+    # A process per run: each holds about 8 GB at its peak, freed only when it exits.
+    subprocess.run([sys.executable, "-m", "critkl.cli", "finetune", "smollm2-135m",
+                    "--run-dir", str(run_dir), "--episodes", "8", "--iterations", "1",
+                    "--eval-every", "1", "--eval-episodes", "8", "--minibatches", "2", *kl],
+                   check=True)
     results = json.loads((run_dir / "results.json").read_text())
     curve = results["runs"][0]["curve"]
     assert curve["iteration"] == [0, 1]
