@@ -40,7 +40,8 @@ def golden_run(run_dir) -> dict:
     hyper = jax.tree.map(jnp.float32, RLHyper(learning_rate=1e-3))
     final, before, metrics = jax.jit(rl.make_train(RL, PRETRAIN.model_config).train)(
         jax.random.key(1), hyper, params)
-    scalars = {k: float(np.asarray(v).ravel()[-1]) for part in metrics for k, v in part.items()}
+    scalars = {k: float(np.asarray(v).ravel()[-1]) for part in metrics for k, v in part.items()
+               if not k.startswith("hist/")}  # histograms: counts of values recorded here
     return {"pretrained": _fingerprint(params), "policy": _fingerprint(final.policy),
             "value": _fingerprint(final.value),
             "before": {k: float(v) for k, v in before.items()}, "metrics": scalars}
