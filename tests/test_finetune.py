@@ -313,7 +313,15 @@ def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch
         return run_sweep(Sweep("tiny", TWO_PERIODS, RLHyper(), [0, 1], grid), run_dir,
                          model=(pre, params), print_fn=print_fn)
 
-    straight = sweep(tmp_path / "straight", grid)
+    # Within an evaluation period a progress line at most every PROGRESS_SECONDS (0: every
+    # iteration); the evaluation before training is announced before it compiles.
+    monkeypatch.setattr(finetuning, "PROGRESS_SECONDS", 0)
+    shown = []
+    straight = sweep(tmp_path / "straight", grid, shown.append)
+    assert shown[1].startswith("evaluating the pre-trained model")
+    progress = [line for line in shown if line.startswith("iteration ")]
+    assert [line.split()[1] for line in progress] == ["0", "1/4", "2/4", "3/4", "4/4"]
+    assert "ETA" in progress[1] and "sampled" not in progress[1]
     kept = tmp_path / "kept"
     kept.mkdir()
     for name in ("results.json", "config.json"):
@@ -338,17 +346,3 @@ def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="ran again"):
         sweep(kept, grid)
 
-
-def test_a_long_evaluation_period_shows_progress_between_its_evaluations(tmp_path, monkeypatch):
-    """Within an evaluation period, a line at most every PROGRESS_SECONDS (0 here: every
-    iteration), and the evaluation before training announced before it compiles."""
-    monkeypatch.setattr(finetuning, "PROGRESS_SECONDS", 0)
-    params = init_params(jax.random.key(0), TINY)
-    lines = []
-    config = dataclasses.replace(QUICK, iterations=3, eval_every=3)
-    finetuning.finetune(config, finetuning.grid_runs([0], {}, RLHyper()), params, TINY,
-                        tmp_path, print_fn=lines.append)
-    assert lines[1].startswith("evaluating the pre-trained model")
-    progress = [line for line in lines if line.startswith("iteration ")]
-    assert [line.split()[1] for line in progress] == ["0", "1/3", "2/3", "3/3"]
-    assert "ETA" in progress[1] and "sampled" not in progress[1]

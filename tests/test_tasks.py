@@ -15,7 +15,10 @@ from critkl.tasks import decisions, registry
 from critkl.tasks.addition import Addition
 from critkl.tasks.base import EOS_ID, PAD_ID, MAX_VOCAB_SIZE
 
-TASKS = sorted(registry.TASKS)
+# The character-level tasks (critkl's own vocabularies, packed in pre-training). The
+# token-level short-addition, whose vocabulary is a pre-trained model's tokenizer, keeps its
+# own contract in tests/test_real_lm.py.
+TASKS = sorted(name for name in registry.TASKS if name != "short-addition")
 
 
 def small(name: str):
