@@ -89,9 +89,9 @@ def spec_from(args) -> Sweep:
         if args.config:
             values = config_files.merge(values, config_files.read(args.config))
         values = config_files.merge(values, _flag_values(args))
+        defaults = Sweep().to_dict()
         for text in overrides:
-            values = config_files.merge(
-                values, config_files.parse_override(text, Sweep().to_dict()))
+            values = config_files.merge(values, config_files.parse_override(text, defaults))
         spec = Sweep.from_dict(values)
     except ValueError as error:
         raise UsageError(str(error)) from None

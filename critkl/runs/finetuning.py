@@ -518,11 +518,10 @@ def markdown_differences(results: dict, baseline: str) -> str:
     """(setting - baseline) at the end, paired by seed, in percentage points: the mean, its
     percentile-bootstrap interval, its Student-t interval (wider, and honest with 5-9 seeds)
     and the exact sign-flip p; bold where that test gives p < 0.05."""
-    keys = [key for key in SUMMARY_KEYS
-            if per_seed_differences(results, baseline, key)]
-    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
-             ]
-    by_key = {key: per_seed_differences(results, baseline, key) for key in keys}
+    by_key = {key: per_seed_differences(results, baseline, key) for key in SUMMARY_KEYS}
+    by_key = {key: table for key, table in by_key.items() if table}
+    keys = list(by_key)
+    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for setting in next(iter(by_key.values()), {}):
         cells = []
         for key in keys:

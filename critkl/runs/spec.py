@@ -106,7 +106,7 @@ def build(cls, values: Any, where: str):
         raise ValueError(f"{where}: {error}") from None
 
 
-_NESTED = {RLConfig: RLConfig, LossConfig: LossConfig, RLHyper: RLHyper, LossHyper: LossHyper}
+_NESTED = (RLConfig, LossConfig, RLHyper, LossHyper)  # built field by field from a table
 
 
 def _convert(hint, value: Any, where: str):
