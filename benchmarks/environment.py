@@ -25,9 +25,9 @@ def main():
 
     import jax
 
-    from critkl import env, tokenizer
     from critkl.infra import parallel
-    from critkl.env import oracle
+    from critkl.tasks import addition
+    from critkl.tasks.addition import oracle, tokenizer
 
     def python_path(pairs):
         episodes = [tokenizer.encode(oracle.episode_text(a, b)) for a, b in pairs]
@@ -36,11 +36,11 @@ def main():
 
     @jax.jit
     def jax_path(operands):
-        episodes = env.render(operands)
-        return env.score(episodes.tokens, episodes).success
+        episodes = addition.render(operands)
+        return addition.score(episodes.tokens, episodes).success
 
-    operands = env.sample_identical(jax.random.key(0), args.batch, args.digits, args.digits)
-    pairs = env.operands_to_ints(operands)
+    operands = addition.sample_identical(jax.random.key(0), args.batch, args.digits, args.digits)
+    pairs = addition.operands_to_ints(operands)
     assert all(python_path(pairs[:100]))
     meshes = {"critkl jitted jnp, 1 core": parallel.data_mesh(jax.devices()[:1])}
     if jax.device_count() > 1:

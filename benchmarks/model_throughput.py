@@ -30,7 +30,7 @@ from critkl import sampling, supervised
 from critkl.infra import parallel
 from critkl.config import model_preset, ModelConfig, PretrainConfig
 from critkl.model import QUERY_BLOCK, init_params
-from critkl.tokenizer import VOCAB_SIZE
+from critkl.tasks.addition.tokenizer import VOCAB_SIZE
 
 
 PROMPT_WIDTH = 25  # the sampling rows' prompt, as an RL episode's

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from critkl.tasks import registry
 from critkl.tasks.base import TextTask
-from critkl.tokenizer import VOCAB_SIZE
+from critkl.tasks.addition.tokenizer import VOCAB_SIZE
 
 # ----------------------------------------------------------------------------- model
 
@@ -123,7 +123,7 @@ class PretrainConfig:
     max_digits: int = 3             # N: levels 1..N (addition: operands of 1..N digits)
     longer_share: float = 0.0       # share of problems from the RL distribution at N+1
     # Share of the episodes with an N-digit operand whose list of it closes one digit early
-    # (`env.render_closed_early`): a constructed causal fork, for experiments/mechanism.py.
+    # (`addition.render_closed_early`): a constructed causal fork, for experiments/mechanism.py.
     early_close_share: float = 0.0
     init_from: str = ""             # warm start: a shipped model name or a pre-training run dir
     eval_extra_digits: int = 3      # the context must hold episodes of N + this many digits

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import env, evaluation, strategy as strategies
-from critkl.infra import parallel
-from critkl.tasks import layout
-from critkl.tasks.base import MAX_VOCAB_SIZE, TextTask
+from critkl import evaluation, strategy as strategies
 from critkl.config import ModelConfig, PretrainConfig
+from critkl.infra import parallel
 from critkl.models import init_params, module_for
+from critkl.tasks import addition, layout
+from critkl.tasks.base import MAX_VOCAB_SIZE, TextTask
 
 
 @flax.struct.dataclass
@@ -88,7 +88,7 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
     if config.early_close_share > 0:  # addition only (PretrainConfig checks)
         close = jax.random.bernoulli(jax.random.fold_in(rng, 1), config.early_close_share,
                                      (count,))
-        episodes = env.render_closed_early(problems, close, config.max_digits)
+        episodes = addition.render_closed_early(problems, close, config.max_digits)
     else:
         episodes = config.text_task.render(problems, strategy)
     return layout.pack(episodes, config.batch_size, width)

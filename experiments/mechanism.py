@@ -3,7 +3,7 @@ fork, and whether each KL lets RL resolve it as the KL-regularised optimum predi
 
 1. The model pre-trained up to F digits (the shipped mini-n3 at mini scale, F = 3) is trained
    on for a short stage in which half of the episodes with an F-digit operand close that
-   operand's list one digit early (`env.render_closed_early`) and then fail: p(right) at
+   operand's list one digit early (`addition.render_closed_early`) and then fail: p(right) at
    that comma falls to about 0.5, every other decision stays as it was.
 2. Its causal map on F+F-digit problems (`critkl.analysis.causal`) should find that one fork, success
    about 1 if forced right and 0 if forced wrong; from it the optimum p(right) at the fork

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from critkl import env, evaluation, sampling, strategy
+from critkl import evaluation, sampling, strategy
 from critkl.config import model_preset
 from critkl.model import init_params
+from critkl.tasks import addition
 from critkl.tasks.addition import Addition
 
 TINY = model_preset("tiny")
@@ -40,8 +41,8 @@ def generate_on(device, layout: strategy.Strategy, params, temperature: float,
     with jax.default_matmul_precision("highest"):
         out = sampling.generate(params, TINY, prompts, lengths, jax.random.key(2),
                                 max_length=TASK.episode_limit(),
-                                temperature=temperature, stop_fn=env.stop_rule, strategy=layout,
-                                rows_at_a_time=rows_at_a_time)
+                                temperature=temperature, stop_fn=addition.stop_rule,
+                                strategy=layout, rows_at_a_time=rows_at_a_time)
     return jax.device_get(out)
 
 

@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, statistics, tokenizer
-from critkl.tasks.addition import Addition
+from critkl import statistics
 from critkl.analysis import certainty as token_stats
 from critkl.config import model_preset
 from critkl.model import init_params
+from critkl.tasks import addition
+from critkl.tasks.addition import Addition, tokenizer
 
 TINY = model_preset("tiny")
 
@@ -43,7 +44,7 @@ def test_summarize_ignores_missing_values():
 
 def test_token_certainty_is_aligned_with_the_predicted_token():
     params = init_params(jax.random.key(0), TINY)
-    tokens = env.render(env.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
+    tokens = addition.render(addition.operands_from_ints([(12, 345), (7, 89)], 3)).tokens
     values = np.asarray(token_stats.token_certainty(params, TINY, tokens, temperature=2.0))
     from critkl.model import GPT
 
@@ -58,7 +59,7 @@ def test_token_certainty_is_aligned_with_the_predicted_token():
 
 
 def test_decision_mask_covers_the_target():
-    episodes = env.render(env.operands_from_ints([(128, 367)], 3))
+    episodes = addition.render(addition.operands_from_ints([(128, 367)], 3))
     mask = np.asarray(token_stats.decision_mask(episodes))[0]
     text = tokenizer.decode(np.asarray(episodes.tokens[0])[mask])
     assert text.startswith("\n<scratch>") and text.endswith("4 9 5\n")

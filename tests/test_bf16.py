@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, losses, supervised, weighting
+from critkl import losses, supervised, weighting
 from critkl.config import LossConfig, LossHyper, RLConfig
 from critkl.model import GPT
 from critkl.rl import shift_right
 from critkl.runs.models import load_pretrained
-from critkl.tasks import layout
+from critkl.tasks import addition, layout
 
 DTYPES = ("float32", "bfloat16")
 LOSS_RTOL = 0.02  # averages over the batch's tokens (see the module docstring)
@@ -58,7 +58,7 @@ def model():
 @pytest.fixture(scope="module")
 def episodes():
     """16 correct 4-digit episodes (the RL distribution of mini-n3), teacher-forced."""
-    return env.render(env.sample_rl(jax.random.key(0), 16, 3, 1, 4))
+    return addition.render(addition.sample_rl(jax.random.key(0), 16, 3, 1, 4))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -7,19 +7,18 @@ import jax
 import numpy as np
 import pytest
 
-from critkl import env
 from critkl.analysis import causal
 from critkl.config import CausalMapConfig
-from critkl.tasks import decisions
+from critkl.tasks import addition, decisions
 from critkl.tasks.addition import Addition
-from critkl.tokenizer import decode, token_id
+from critkl.tasks.addition.tokenizer import decode, token_id
 
 TASK = Addition(7, 0)  # decision keys are the same for every addition task
 
 
 def _plain_keys(tokens, roles, prompt_length, length):
     """{position: key} of one episode, by reading it token by token (the reference)."""
-    scratch = {env.ROLE[name] for name in env.SCRATCH_ROLES}
+    scratch = {addition.ROLE[name] for name in addition.SCRATCH_ROLES}
     found, counts, line, brackets, started = {}, defaultdict(int), 0, 0, False
     for t in range(prompt_length, length):
         role = int(roles[t])
@@ -28,7 +27,7 @@ def _plain_keys(tokens, roles, prompt_length, length):
         if role in scratch:
             if not started:
                 started, line = True, 1
-            name = env.ROLE_NAMES[role]
+            name = addition.ROLE_NAMES[role]
             part = "abA"[min(brackets, 3) - 1] if name in ("operand", "partial_result") else ""
             group = (line, name, part)
             found[t] = group + (counts[group],)
@@ -40,35 +39,35 @@ def _plain_keys(tokens, roles, prompt_length, length):
 
 def test_decision_codes_match_a_plain_reading_on_random_problems():
     """The jnp keys equal a token-by-token Python reading, on 2,000 problems of 1-7 digits."""
-    operands = env.sample_pretraining(jax.random.key(3), 2000, 7, 7)
-    episodes = env.render(operands)
+    operands = addition.sample_pretraining(jax.random.key(3), 2000, 7, 7)
+    episodes = addition.render(operands)
     keys = decisions.decision_keys(TASK, episodes)
     tokens, roles = np.asarray(episodes.tokens), np.asarray(episodes.role)
     for b in range(len(keys)):
         expected = _plain_keys(tokens[b], roles[b], int(episodes.prompt_length[b]),
                                int(episodes.length[b]))
         assert keys[b] == expected, b
-    codes = np.asarray(env.decision_codes(episodes))
+    codes = np.asarray(addition.decision_codes(episodes))
     for b in (0, 1, 2):
         for t, key in keys[b].items():
-            assert codes[b, t] == env.key_code(key)
+            assert codes[b, t] == addition.key_code(key)
 
 
 def test_at_keys_marks_exactly_the_positions_of_the_keys():
-    episodes = env.render(env.sample_identical(jax.random.key(0), 50, 4, 4))
+    episodes = addition.render(addition.sample_identical(jax.random.key(0), 50, 4, 4))
     chosen = ((2, "operand", "b", 6), (1, "operand", "a", 5))
-    mask = np.asarray(decisions.at_keys(TASK, env.decision_codes(episodes), chosen))
+    mask = np.asarray(decisions.at_keys(TASK, addition.decision_codes(episodes), chosen))
     for b, found in enumerate(decisions.decision_keys(TASK, episodes)):
         assert set(np.nonzero(mask[b])[0]) == {t for t, key in found.items() if key in chosen}
-    assert not np.asarray(decisions.at_keys(TASK, env.decision_codes(episodes), ())).any()
+    assert not np.asarray(decisions.at_keys(TASK, addition.decision_codes(episodes), ())).any()
     with pytest.raises(ValueError, match="not a decision key"):
-        env.key_code((1, "prompt", "", 0))
+        addition.key_code((1, "prompt", "", 0))
 
 
 def test_decision_keys_name_the_rendered_tokens():
     """Every key names the token a plain reading of the scratchpad text puts there."""
-    operands = env.operands_from_ints([(1284, 3671), (9999, 1)], 4)
-    episodes = env.render(operands)
+    operands = addition.operands_from_ints([(1284, 3671), (9999, 1)], 4)
+    episodes = addition.render(operands)
     for b, found in enumerate(decisions.decision_keys(TASK, episodes)):
         text = decode(np.asarray(episodes.tokens[b, :int(episodes.length[b])]).tolist())
         lines = text.split("<scratch>\n")[1].split("\n")

@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from critkl import cli
-from critkl.env import oracle
+from critkl.tasks.addition import oracle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The jnp environment against the plain-Python reference (critkl.env.oracle)."""
+"""The jnp environment against the plain-Python reference (critkl.tasks.addition.oracle)."""
 
 import random
 
@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, strategy, tokenizer
-from critkl.env import oracle
-from critkl.tasks.addition import Addition
+from critkl import strategy
+from critkl.tasks import addition
+from critkl.tasks.addition import Addition, oracle, tokenizer
 from critkl.tasks.base import terminal_reward
 
-D = env.MAX_SUPPORTED_DIGITS
-render = jax.jit(env.render)
-score = jax.jit(env.score)
+D = addition.MAX_SUPPORTED_DIGITS
+render = jax.jit(addition.render)
+score = jax.jit(addition.score)
 
 
 def random_problems(count: int, seed: int) -> list[tuple[int, int]]:
@@ -42,7 +42,7 @@ def test_renderer_matches_reference_on_10000_problems():
     mismatches = 0
     for start in range(0, len(pairs), 2_000):
         chunk = pairs[start:start + 2_000]
-        episodes = jax.device_get(render(env.operands_from_ints(chunk, D)))
+        episodes = jax.device_get(render(addition.operands_from_ints(chunk, D)))
         for row, ((a, b), want) in enumerate(zip(chunk, expected_tokens(chunk))):
             length = int(episodes.length[row])
             ok = (
@@ -62,9 +62,9 @@ def test_renderer_matches_reference_on_10000_problems():
 def test_render_with_fewer_digits_and_length_bound(digits):
     worst = 10**digits - 1
     pairs = [(worst, worst), (1, 0), (10 ** (digits - 1), worst)]
-    episodes = render(env.operands_from_ints(pairs, digits))
-    assert episodes.tokens.shape == (3, env.max_episode_length(digits))
-    assert env.max_episode_length(digits) == len(oracle.episode_text(worst, worst))
+    episodes = render(addition.operands_from_ints(pairs, digits))
+    assert episodes.tokens.shape == (3, addition.max_episode_length(digits))
+    assert addition.max_episode_length(digits) == len(oracle.episode_text(worst, worst))
     for row, (a, b) in enumerate(pairs):
         assert tokenizer.decode(episodes.tokens[row]) == oracle.episode_text(a, b)
 
@@ -72,31 +72,32 @@ def test_render_with_fewer_digits_and_length_bound(digits):
 def test_chunked_rows_equal_one_pass():
     """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
     pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
-    operands = env.sample_pretraining(jax.random.key(5), 1024, D, D)
+    operands = addition.sample_pretraining(jax.random.key(5), 1024, D, D)
     chunked = strategy.CPU
-    episodes = env.render(operands, chunked)
-    chunked_scans = str(jax.make_jaxpr(lambda o: env.render(o, chunked))(operands)).count("scan[")
+    episodes = addition.render(operands, chunked)
+    chunked_scans = str(jax.make_jaxpr(
+        lambda o: addition.render(o, chunked))(operands)).count("scan[")
     garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, tokenizer.VOCAB_SIZE)
     keep = jax.random.bernoulli(jax.random.key(7), 0.5, (1024, 1))
     tokens = jnp.where(keep, episodes.tokens, garbage)
-    outcome = env.score(tokens, episodes, chunked)
+    outcome = addition.score(tokens, episodes, chunked)
     assert 0 < int(outcome.success.sum()) < 1024
 
     one_pass = strategy.ACCELERATOR  # no row chunks
-    assert str(jax.make_jaxpr(lambda o: env.render(o, one_pass))(operands)).count("scan[") \
+    assert str(jax.make_jaxpr(lambda o: addition.render(o, one_pass))(operands)).count("scan[") \
         < chunked_scans  # the first pass did chunk
-    chex.assert_trees_all_equal(env.render(operands, one_pass), episodes)
-    chex.assert_trees_all_equal(env.score(tokens, episodes, one_pass), outcome)
+    chex.assert_trees_all_equal(addition.render(operands, one_pass), episodes)
+    chex.assert_trees_all_equal(addition.score(tokens, episodes, one_pass), outcome)
 
 
 class TestJitAgreement(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_render_and_score(self):
-        operands = env.sample_rl(jax.random.key(3), 16, 3, 2, 6)
+        operands = addition.sample_rl(jax.random.key(3), 16, 3, 2, 6)
 
         def run(ops):
-            episodes = env.render(ops)
-            return episodes, env.score(episodes.tokens, episodes)
+            episodes = addition.render(ops)
+            return episodes, addition.score(episodes.tokens, episodes)
 
         episodes, outcome = self.variant(run)(operands)
         want_episodes, want_outcome = jax.jit(run)(operands)
@@ -111,7 +112,7 @@ def within_binomial(count, total, p, sigmas=5.0):
 
 def test_pretraining_lengths_and_digits_are_uniform():
     batch, n = 40_000, 5
-    ops = jax.device_get(env.sample_pretraining(jax.random.key(0), batch, n, 8))
+    ops = jax.device_get(addition.sample_pretraining(jax.random.key(0), batch, n, 8))
     for lengths, digits in ((ops.a_len, ops.a), (ops.b_len, ops.b)):
         for length in range(1, n + 1):
             assert within_binomial((lengths == length).sum(), batch, 1 / n)
@@ -128,7 +129,7 @@ def test_pretraining_lengths_and_digits_are_uniform():
 
 def test_rl_lengths_follow_the_difficult_operand_rule():
     batch, n, k = 40_000, 3, 2
-    ops = jax.device_get(env.sample_rl(jax.random.key(1), batch, n, k, 8))
+    ops = jax.device_get(addition.sample_rl(jax.random.key(1), batch, n, k, 8))
     longest = np.maximum(ops.a_len, ops.b_len)
     assert (longest == n + k).all()
     a_difficult = ops.a_len == n + k
@@ -142,7 +143,7 @@ def test_rl_lengths_follow_the_difficult_operand_rule():
 
 
 def test_identical_lengths():
-    ops = env.sample_identical(jax.random.key(2), 1000, 7, 9)
+    ops = addition.sample_identical(jax.random.key(2), 1000, 7, 9)
     assert (ops.a_len == 7).all() and (ops.b_len == 7).all()
 
 
@@ -155,9 +156,9 @@ def test_sampler_errors_name_the_problem():
         Addition("3", 1)
     assert Addition(3, 2).max_level == 5
     with pytest.raises(ValueError, match="max_digits=21"):
-        env.sample_identical(jax.random.key(0), 2, 3, 21)
+        addition.sample_identical(jax.random.key(0), 2, 3, 21)
     with pytest.raises(ValueError, match="operand -1"):
-        env.operands_from_ints([(-1, 2)], 4)
+        addition.operands_from_ints([(-1, 2)], 4)
 
 
 def python_judge(tokens, a, b) -> bool:
@@ -168,7 +169,7 @@ def python_judge(tokens, a, b) -> bool:
 def test_score_matches_reference_judge_on_mutated_episodes():
     rng = np.random.default_rng(0)
     pairs = random_problems(600, seed=1)[:600]
-    operands = env.operands_from_ints(pairs, D)
+    operands = addition.operands_from_ints(pairs, D)
     episodes = render(operands)
     tokens, lengths, prompt, roles = (
         np.array(x) for x in (episodes.tokens, episodes.length, episodes.prompt_length, episodes.role)
@@ -188,7 +189,7 @@ def test_score_matches_reference_judge_on_mutated_episodes():
         elif kind == 4:  # uniform garbage after the prompt
             tokens[row, prompt[row]:] = rng.integers(0, tokenizer.VOCAB_SIZE, tokens.shape[1] - prompt[row])
         elif kind == 5:  # a mistake in the scratchpad only: the result line decides
-            scratch = gen[roles[row, gen] == env.ROLE["sum"]]
+            scratch = gen[roles[row, gen] == addition.ROLE["sum"]]
             tokens[row, rng.choice(scratch)] = tokenizer.token_id("7")
     outcome = jax.device_get(score(jnp.asarray(tokens), episodes))
     want = [python_judge(tokens[r], a, b) for r, (a, b) in enumerate(pairs)]
@@ -202,7 +203,7 @@ def test_score_matches_reference_judge_on_mutated_episodes():
 
 def test_score_never_fails_on_garbage():
     rng = np.random.default_rng(1)
-    operands = env.sample_pretraining(jax.random.key(5), 256, 4, 4)
+    operands = addition.sample_pretraining(jax.random.key(5), 256, 4, 4)
     episodes = render(operands)
     for width in (episodes.tokens.shape[1], episodes.tokens.shape[1] + 100, 40):
         garbage = jnp.asarray(rng.integers(-5, 100, (256, width)), jnp.int32)
@@ -214,7 +215,7 @@ def test_score_never_fails_on_garbage():
 
 
 def test_terminal_reward_is_ternary_on_correct_and_wrong():
-    operands = env.operands_from_ints([(12, 34), (12, 34)], 2)
+    operands = addition.operands_from_ints([(12, 34), (12, 34)], 2)
     episodes = render(operands)
     tokens = episodes.tokens.at[1, episodes.length[1] - 2].set(tokenizer.token_id("9"))
     reward = terminal_reward(score(tokens, episodes))
@@ -223,7 +224,7 @@ def test_terminal_reward_is_ternary_on_correct_and_wrong():
 
 def test_stop_rule_ends_where_score_ends():
     rng = np.random.default_rng(2)
-    operands = env.sample_pretraining(jax.random.key(6), 300, 3, 3)
+    operands = addition.sample_pretraining(jax.random.key(6), 300, 3, 3)
     episodes = render(operands)
     tokens = np.array(episodes.tokens)
     for row in range(0, 300, 3):  # some rows: garbage after the prompt
@@ -233,7 +234,7 @@ def test_stop_rule_ends_where_score_ends():
     state = jnp.zeros(300, jnp.int32)
     ended_at = np.full(300, -1)
     for t in range(tokens.shape[1]):
-        state, ended = env.stop_rule(state, jnp.asarray(tokens[:, t]))
+        state, ended = addition.stop_rule(state, jnp.asarray(tokens[:, t]))
         newly = np.asarray(ended) & (ended_at < 0) & (t >= np.asarray(episodes.prompt_length))
         ended_at[newly] = t
     terminated = np.asarray(outcome.terminated)
@@ -242,8 +243,8 @@ def test_stop_rule_ends_where_score_ends():
 
 
 def test_critical_positions_hand_example():
-    episodes = render(env.operands_from_ints([(12345, 67)], 5))
-    critical = env.critical_positions(episodes, 3)[0]
+    episodes = render(addition.operands_from_ints([(12345, 67)], 5))
+    critical = addition.critical_positions(episodes, 3)[0]
     text = tokenizer.decode(episodes.tokens[0])
     marked = "".join(c if m or c == "\n" else "." for c, m in zip(text, np.asarray(critical)))
     lines = marked.split("\n")
@@ -255,8 +256,8 @@ def test_critical_positions_hand_example():
 
 def test_critical_positions_count():
     n = 3
-    ops = env.sample_pretraining(jax.random.key(7), 500, 6, 6)
-    critical = np.asarray(env.critical_positions(render(ops), n)).sum(axis=1)
+    ops = addition.sample_pretraining(jax.random.key(7), 500, 6, 6)
+    critical = np.asarray(addition.critical_positions(render(ops), n)).sum(axis=1)
     a_len, b_len = np.asarray(ops.a_len), np.asarray(ops.b_len)
     want = [
         sum(2 * max(0, la - i - n) + 2 * max(0, lb - i - n) for i in range(max(la, lb)))

@@ -1,4 +1,4 @@
-"""The constructed fork (`env.render_closed_early`) against plain Python: the problem's prompt,
+"""The constructed fork (`addition.render_closed_early`) against plain Python: the problem's prompt,
 then the scratchpad of the problem with its `length`-digit operand cut by its lowest digit."""
 
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, tokenizer
-from critkl.env import oracle
+from critkl.tasks import addition
+from critkl.tasks.addition import oracle, tokenizer
 
 
 def _expected(a: int, b: int, close: bool, length: int) -> str:
@@ -20,10 +20,10 @@ def _expected(a: int, b: int, close: bool, length: int) -> str:
 
 def test_closed_early_matches_plain_python_on_2000_problems():
     length, digits = 3, 4
-    operands = env.sample_pretraining(jax.random.key(0), 2000, digits, digits)
+    operands = addition.sample_pretraining(jax.random.key(0), 2000, digits, digits)
     close = jax.random.bernoulli(jax.random.key(1), 0.5, (2000,))
-    episodes = jax.jit(env.render_closed_early, static_argnums=2)(operands, close, length)
-    pairs = env.operands_to_ints(operands)
+    episodes = jax.jit(addition.render_closed_early, static_argnums=2)(operands, close, length)
+    pairs = addition.operands_to_ints(operands)
     tokens = np.asarray(episodes.tokens)
     cut = 0
     for row, (a, b) in enumerate(pairs):
@@ -36,9 +36,9 @@ def test_closed_early_matches_plain_python_on_2000_problems():
 
 
 def test_roles_follow_the_cut_scratchpad():
-    operands = env.operands_from_ints([(128, 367), (12, 367)], 3)
-    episodes = env.render_closed_early(operands, jnp.array([True, False]), 3)
-    plain = env.render(operands)
+    operands = addition.operands_from_ints([(128, 367), (12, 367)], 3)
+    episodes = addition.render_closed_early(operands, jnp.array([True, False]), 3)
+    plain = addition.render(operands)
     start = int(plain.prompt_length[0])
     # row 0 after its prompt is row 1's episode (12+367) after its own, one token shorter
     np.testing.assert_array_equal(episodes.role[0, start:start + 200],
@@ -49,4 +49,4 @@ def test_roles_follow_the_cut_scratchpad():
 
 def test_a_one_digit_list_cannot_close_earlier():
     with pytest.raises(ValueError, match="length=1"):
-        env.render_closed_early(env.operands_from_ints([(1, 2)], 1), jnp.array([True]), 1)
+        addition.render_closed_early(addition.operands_from_ints([(1, 2)], 1), jnp.array([True]), 1)

@@ -14,7 +14,7 @@ from critkl.losses import (RolloutBatch, center_advantages, exact_kl, fused_loss
                            kl_estimate, kl_per_token, per_token_kl_penalty)
 from critkl.weighting import certainty, prioritized_kl_weights
 from critkl.model import GPT, ValueHead, init_params
-from critkl.tokenizer import PAD_ID, VOCAB_SIZE
+from critkl.tasks.addition.tokenizer import PAD_ID, VOCAB_SIZE
 
 CONFIG = model_preset("tiny")
 BATCH, TIME = 3, 14

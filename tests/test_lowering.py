@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from critkl import env, evaluation, rl, sampling, supervised
+from critkl import evaluation, rl, sampling, supervised
 from critkl.config import PretrainConfig, RLConfig, RLHyper, model_preset
 from critkl.infra import parallel
 from critkl.model import GPT, init_params
 from critkl.strategy import ACCELERATOR
+from critkl.tasks import addition
 
 PLATFORMS = ("cuda", "tpu")
 TINY = model_preset("tiny")
@@ -95,7 +96,7 @@ def test_sampler_and_attempt(params):
 
     def generate(params, prompts, lengths, rng):
         return sampling.generate(params, TINY, prompts, lengths, rng, max_length=QUICK.max_length,
-                                 temperature=1.0, stop_fn=env.stop_rule, strategy=ACCELERATOR)
+                                 temperature=1.0, stop_fn=addition.stop_rule, strategy=ACCELERATOR)
 
     def attempt(params, operands, rng):
         return evaluation.attempt(params, TINY, task, operands, rng, temperature=1.0,
@@ -108,7 +109,7 @@ def test_sampler_and_attempt(params):
 
 
 def test_causal_map_forward(params):
-    episodes = env.render(env.sample_identical(jax.random.key(0), 8, 2, 2))
+    episodes = addition.render(addition.sample_identical(jax.random.key(0), 8, 2, 2))
     forward = jax.jit(lambda p, x: GPT(TINY).apply({"params": p}, x)[0])
     lowered(forward, shapes_of(params), shapes_of(episodes.tokens))
 

@@ -15,7 +15,7 @@ import pytest
 from critkl import strategy
 from critkl.tasks import multiplication_reference as ref
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes
-from critkl.env.problems import Operands, operands_from_ints, operands_to_ints
+from critkl.tasks.addition.problems import Operands, operands_from_ints, operands_to_ints
 from critkl.tasks.multiplication import Multiplication
 
 VOCAB = Multiplication.vocabulary

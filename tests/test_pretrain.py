@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from critkl import supervised, tokenizer
+from critkl import supervised
+from critkl.tasks.addition import tokenizer
 from critkl.infra import checkpoint, parallel
 from critkl.runs import divergence, models, pretraining
 from critkl.config import model_preset, PretrainConfig

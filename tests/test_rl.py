@@ -114,18 +114,17 @@ def test_rl_config_errors(fields, message):
 
 def test_causal_token_probability_is_the_mean_at_the_keys():
     """p(right) at decision keys against a plain loop over the positions the keys name."""
-    from critkl import env
     from critkl.model import GPT
-    from critkl.tasks import decisions
+    from critkl.tasks import addition, decisions
     from critkl.tasks.addition import Addition
 
     params = init_params(jax.random.key(1), TINY)
     problems = 2 * rl.EVAL_FORWARD_ROWS + 5  # two whole forward chunks and a remainder
     task = Addition(2, 0)
-    operands = env.sample_identical(jax.random.key(2), problems, 2, 2)
+    operands = addition.sample_identical(jax.random.key(2), problems, 2, 2)
     keys = ((1, "operand", "a", 2), (2, "operand", "b", 0))
     got = rl.causal_token_probability(params, TINY, task, operands, keys)
-    episodes = env.render(operands)
+    episodes = addition.render(operands)
     logits = np.asarray(GPT(TINY).apply({"params": params}, episodes.tokens)[0], np.float64)
     tokens, values = np.asarray(episodes.tokens), []
     for b, found in enumerate(decisions.decision_keys(task, episodes)):
@@ -158,7 +157,8 @@ def test_evaluation_reports_sampled_success_and_causal_tokens():
 def test_evaluation_successes_equal_separate_attempts():
     """The five samplings that evaluate runs in one loop, against one attempt each, on the
     shipped mini-n3, whose first three success rates differ (so a swap would show)."""
-    from critkl import env, evaluation
+    from critkl import evaluation
+    from critkl.tasks import addition
     from critkl.runs.models import load_pretrained
 
     pre, params = load_pretrained("mini-n3")
@@ -168,10 +168,10 @@ def test_evaluation_successes_equal_separate_attempts():
     metrics = rl.make_train(config, pre.model_config).evaluate(params, jax.random.key(4), hyper,
                                                              params)
     train_rng, comfort_rng, solve_rng, _ = jax.random.split(jax.random.key(4), 4)
-    train_ops = env.sample_rl(train_rng, size, 3, 1, 4)
-    comfort_ops = env.sample_pretraining(comfort_rng, size, 3, 4)
-    n_digit_ops = env.sample_identical(jax.random.fold_in(comfort_rng, 1), size, 3, 4)
-    assert set(np.asarray(env.operands_to_ints(n_digit_ops)).ravel() // 100 > 0) == {True}
+    train_ops = addition.sample_rl(train_rng, size, 3, 1, 4)
+    comfort_ops = addition.sample_pretraining(comfort_rng, size, 3, 4)
+    n_digit_ops = addition.sample_identical(jax.random.fold_in(comfort_rng, 1), size, 3, 4)
+    assert set(np.asarray(addition.operands_to_ints(n_digit_ops)).ravel() // 100 > 0) == {True}
     sampled = hyper.loss.policy_temperature
     direct = {}
     for name, operands, temperature in (
@@ -191,20 +191,21 @@ def test_retention_against_a_per_episode_reference():
     """retention's KL, buckets and log-likelihood against numpy on each episode's full
     forward: a policy moved away from the reference (a KL > 0 that a swap of the two would
     change), and the reference against itself (KL 0)."""
-    from critkl import env, losses, weighting
+    from critkl import losses, weighting
+    from critkl.tasks import addition
     from critkl.model import GPT
 
     reference = init_params(jax.random.key(0), TINY)
     policy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape),
                           reference)
     task = QUICK.text_task
-    operands = env.sample_pretraining(jax.random.key(2), 6, task.n, task.max_level)
+    operands = addition.sample_pretraining(jax.random.key(2), 6, task.n, task.max_level)
     temperature = 0.7
     got = rl.retention(policy, reference, TINY, task, operands, temperature)
     same = rl.retention(reference, reference, TINY, task, operands, temperature)
     swapped = rl.retention(reference, policy, TINY, task, operands, temperature)
 
-    episodes = env.render(operands)
+    episodes = addition.render(operands)
     kls, logps, weights = [], [], []
     for b in range(6):
         tokens = episodes.tokens[b, :int(episodes.length[b])][None]

@@ -11,7 +11,7 @@ import pytest
 from critkl.config import model_preset
 from critkl.model import GPT, init_params
 from critkl.sampling import cache_windows, choose_tokens, decode_groups, default_stop, generate
-from critkl.tokenizer import EOS_ID, PAD_ID
+from critkl.tasks.addition.tokenizer import EOS_ID, PAD_ID
 
 CONFIG = model_preset("tiny")
 MAX_LENGTH = 16

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env
 from critkl.config import PretrainConfig, RLConfig, model_preset
-from critkl.tasks import decisions, registry
+from critkl.tasks import addition, decisions, registry
 from critkl.tasks.addition import Addition
 from critkl.tasks.base import EOS_ID, PAD_ID, MAX_VOCAB_SIZE
 
@@ -132,13 +131,13 @@ def test_bad_levels_name_the_field(name):
         small(name).problems_from_text(["not a problem at all"])
 
 
-@pytest.mark.slow  # 12 s: Addition routes every method to critkl.env by construction
+@pytest.mark.slow  # 12 s: Addition routes every method to critkl.tasks.addition by construction
 def test_addition_through_the_interface_is_the_environment():
     task = Addition(3, 2)
     rng = jax.random.key(7)
-    pairs = ((task.sample_pretraining(rng, 50), env.sample_pretraining(rng, 50, 3, 5)),
-             (task.sample_rl(rng, 50), env.sample_rl(rng, 50, 3, 2, 5)),
-             (task.sample_level(rng, 50, 4), env.sample_identical(rng, 50, 4, 5)))
+    pairs = ((task.sample_pretraining(rng, 50), addition.sample_pretraining(rng, 50, 3, 5)),
+             (task.sample_rl(rng, 50), addition.sample_rl(rng, 50, 3, 2, 5)),
+             (task.sample_level(rng, 50, 4), addition.sample_identical(rng, 50, 4, 5)))
     for mine, theirs in pairs:
         for x, y in zip(mine, theirs):
             np.testing.assert_array_equal(x, y)
@@ -150,7 +149,7 @@ def test_addition_through_the_interface_is_the_environment():
                                   task.critical_positions(episodes))
     assert not (kinds["comma"] & kinds["digit"]).any()
     rows = task.problems_from_text(["128+367", "5 60"])
-    assert env.operands_to_ints(rows) == [(128, 367), (5, 60)]
+    assert addition.operands_to_ints(rows) == [(128, 367), (5, 60)]
     for bad, message in (("012+3", "leading zero"), ("1+2+3", "two operands"),
                          ("123456+1", "at most 5")):
         with pytest.raises(ValueError, match=message):

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from critkl import tokenizer
-from critkl.env import oracle
+from critkl.tasks.addition import oracle, tokenizer
 
 
 def test_round_trip_of_an_episode():

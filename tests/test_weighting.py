@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import env, losses, rl, weighting
+from critkl import losses, rl, weighting
 from critkl.config import WEIGHTINGS, LossConfig, LossHyper, RLConfig, RLHyper, model_preset
 from critkl.model import init_params
-from critkl.tasks import decisions
+from critkl.tasks import addition, decisions
 from critkl.tasks.addition import Addition
 
 B, T, V = 4, 23, 42
@@ -231,8 +231,8 @@ def test_rule_parameters_vmap():
 
 
 def test_causal_critical_mask_matches_plain_python():
-    operands = env.sample_identical(jax.random.key(0), 6, 2, 2)
-    reference = env.render(operands)
+    operands = addition.sample_identical(jax.random.key(0), 6, 2, 2)
+    reference = addition.render(operands)
     keys = ((1, "operand", "a", 2), (2, "operand", "b", 0), (1, "sum", "", 0))
     width = reference.tokens.shape[1] + 5
     tokens = np.pad(np.asarray(reference.tokens), ((0, 0), (0, 5)))

@@ -17,9 +17,9 @@ import jax
 import numpy as np
 
 from benchmarks.probes.common import load_model
-from critkl import env, losses, weighting
+from critkl import losses, weighting
 from critkl.model import GPT
-from critkl.tasks import layout
+from critkl.tasks import addition, layout
 
 
 def main(argv=None):
@@ -29,13 +29,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model_config, params, n = load_model(args.model)
     # Integer ops only: jitted, the same episodes as run op by op, in a fraction of the time.
-    sample = jax.jit(lambda rng: env.render(env.sample_rl(rng, args.problems, n, 1, n + 1)))
+    sample = jax.jit(lambda rng: addition.render(
+        addition.sample_rl(rng, args.problems, n, 1, n + 1)))
     episodes = sample(jax.random.key(0))
     logits, _ = GPT(model_config).apply({"params": params}, episodes.tokens)
     logits, targets = logits[:, :-1], episodes.tokens[:, 1:]
     right = np.exp(np.asarray(losses.token_logprobs(logits, targets)))
-    critical = np.asarray(env.critical_positions(episodes, n)[:, 1:])
-    comma = np.asarray(targets == env.COMMA_ID)
+    critical = np.asarray(addition.critical_positions(episodes, n)[:, 1:])
+    comma = np.asarray(targets == addition.COMMA_ID)
     print("| critical tokens | count | mean p(right) | share > 0.99 | share > 0.9 | share < 0.5 |")
     print("|---|---|---|---|---|---|")
     for name, mask in (("commas", critical & comma), ("digits", critical & ~comma)):

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks.probes.common import load_model
-from critkl import env, evaluation, losses, rl, weighting
+from critkl import evaluation, losses, rl, weighting
 from critkl.config import LossConfig, LossHyper
 from critkl.model import GPT, ValueHead
-from critkl.tasks import layout
+from critkl.tasks import addition, layout
 from critkl.tasks.addition import Addition
 from critkl.tasks.base import terminal_reward
 
@@ -37,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--adam-steps", type=int, default=10)
     args = parser.parse_args(argv)
     model_config, reference, n = load_model(args.model)
-    limit = env.episode_limit(n + 1)
+    limit = addition.episode_limit(n + 1)
     task = Addition(n, 1)
     operands = task.sample_rl(jax.random.key(1), args.episodes)
     attempt = evaluation.attempt(reference, model_config, task, operands, jax.random.key(2),

@@ -58,8 +58,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import env, strategy as strategies, tokenizer
-from critkl.env.problems import Operands, is_int, operands_from_ints, sample_operands
+from critkl import strategy as strategies
+from critkl.tasks.addition import scoring, tokenizer
+from critkl.tasks.addition.problems import Operands, is_int, operands_from_ints, sample_operands
 from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
 from critkl.tasks.chunks import in_chunks
 from critkl.tasks.layout import lay_out, prefix_sum, round_up
@@ -359,14 +360,14 @@ class Multiplication(TextTask):
     def score(self, tokens: jax.Array, reference: Episodes,
               strategy: strategies.Strategy | None = None) -> Outcome:
         """Judge tokens [B, T] (prompt then generation, any ids, any width) against the
-        problems' correct episodes exactly as addition's `critkl.env.score` does (the same
-        end of an episode and result-line comparison; the characters it reads have
-        addition's ids, the vocabulary extending addition's)."""
-        return env.score(tokens, reference, strategy)
+        problems' correct episodes exactly as addition's `scoring.score` does (the same end of
+        an episode and result-line comparison; the characters it reads have addition's ids,
+        the vocabulary extending addition's)."""
+        return scoring.score(tokens, reference, strategy)
 
     def stop_rule(self, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Streaming form of `score`'s end: addition's (`critkl.env.stop_rule`)."""
-        return env.stop_rule(state, token)
+        """Streaming form of `score`'s end: addition's (`scoring.stop_rule`)."""
+        return scoring.stop_rule(state, token)
 
     # ------------------------------------------------------------ critical tokens
     def critical_positions(self, episodes: Episodes) -> jax.Array:

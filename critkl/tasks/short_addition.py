@@ -1,6 +1,6 @@
 """Short-answer addition for a pre-trained chat model: the question in the model's ChatML
 chat format, the answer the sum's digits then the end of the turn, in the model's own token
-ids. Levels are digits per operand (problems and their distributions: `critkl.env`'s).
+ids. Levels are digits per operand (problems and their distributions: addition's).
 
     <|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\nWhat is 47 + 85? Answer with the
     number only.<|im_end|>\\n<|im_start|>assistant\\n  ->  132<|im_end|>
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import env, strategy as strategies
+from critkl import strategy as strategies
+from critkl.tasks import addition
 from critkl.tasks.base import PAD_ID, Episodes, Outcome, TextTask
 
 if TYPE_CHECKING:
@@ -166,16 +167,16 @@ class ShortAddition(TextTask):
         return _pieces(type(self), self.shots)
 
     # ------------------------------------------------------------ problems
-    def sample_pretraining(self, rng: jax.Array, batch: int) -> env.Operands:
-        return env.sample_pretraining(rng, batch, self.n, self.max_level)
+    def sample_pretraining(self, rng: jax.Array, batch: int) -> addition.Operands:
+        return addition.sample_pretraining(rng, batch, self.n, self.max_level)
 
-    def sample_rl(self, rng: jax.Array, batch: int) -> env.Operands:
-        return env.sample_rl(rng, batch, self.n, self.extra, self.max_level)
+    def sample_rl(self, rng: jax.Array, batch: int) -> addition.Operands:
+        return addition.sample_rl(rng, batch, self.n, self.extra, self.max_level)
 
-    def sample_level(self, rng: jax.Array, batch: int, level: int) -> env.Operands:
-        return env.sample_identical(rng, batch, level, self.max_level)
+    def sample_level(self, rng: jax.Array, batch: int, level: int) -> addition.Operands:
+        return addition.sample_identical(rng, batch, level, self.max_level)
 
-    def problems_from_text(self, rows: list[str]) -> env.Operands:
+    def problems_from_text(self, rows: list[str]) -> addition.Operands:
         """Rows "A+B" or "A B" of non-negative decimals of at most `max_level` digits;
         ValueError naming the bad row."""
         pairs = []
@@ -186,10 +187,10 @@ class ShortAddition(TextTask):
                 raise ValueError(f"problem {row!r} must be two non-negative integers of 1.."
                                  f"{self.max_level} digits without leading zeros, A B or A+B")
             pairs.append((int(words[0]), int(words[1])))
-        return env.operands_from_ints(pairs, self.max_level)
+        return addition.operands_from_ints(pairs, self.max_level)
 
     # ------------------------------------------------------------ episodes
-    def render(self, problems: env.Operands,
+    def render(self, problems: addition.Operands,
                strategy: strategies.Strategy | None = None) -> Episodes:
         """Episodes [B, L] of the problems' digit arrays [B, D] (D = max_level)."""
         del strategy  # a few hundred positions: no chunking needed

@@ -16,9 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from critkl import env, evaluation, statistics
+from critkl import evaluation, statistics
 from critkl.infra import provenance
 from critkl.runs.models import load_pretrained
+from critkl.tasks import addition
 
 LEVELS = (1, 2, 3)
 TEMPERATURES = (0.0, 1.0)
@@ -37,7 +38,7 @@ def main() -> None:
     rows = []
     for level in LEVELS:
         problems = task.sample_level(jax.random.key(args.seed + level), args.problems, level)
-        pairs = env.operands_to_ints(problems)
+        pairs = addition.operands_to_ints(problems)
         for temperature in TEMPERATURES:
             began = time.time()
             attempt = jax.device_get(evaluation.attempt(

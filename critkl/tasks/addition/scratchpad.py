@@ -11,13 +11,13 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import strategy as strategies, tokenizer
-from critkl.env.problems import Operands, check_digits
+from critkl import strategy as strategies
+from critkl.tasks.addition.problems import Operands, check_digits
+from critkl.tasks.addition.tokenizer import DIGIT_0, encode, token_id
 from critkl.tasks.base import Episodes
 from critkl.tasks.chunks import in_chunks
 from critkl.tasks.layout import lay_out
 from critkl.tasks.pool import PoolFormat, digit_list, most_significant_first
-from critkl.tokenizer import DIGIT_0
 
 RL_LENGTH_MARGIN = 100  # METHOD.md: an episode is cut at the longest scratchpad + 100
 
@@ -34,8 +34,8 @@ ROLE_NAMES = (
 )
 ROLE = {name: i for i, name in enumerate(ROLE_NAMES)}
 
-_SPACE = tokenizer.token_id(" ")
-COMMA_ID = tokenizer.token_id(",")
+_SPACE = token_id(" ")
+COMMA_ID = token_id(",")
 _PROMPT_EXTRA = len("Input:\n+\nTarget:")  # prompt length = this + digits of a and b
 
 
@@ -91,7 +91,7 @@ _CONSTANTS = {
 }
 
 
-_FORMAT = PoolFormat(tokenizer.encode, DIGIT_0, ROLE, _CONSTANTS)
+_FORMAT = PoolFormat(encode, DIGIT_0, ROLE, _CONSTANTS)
 
 
 def _template(parts, lines: int) -> jax.Array:

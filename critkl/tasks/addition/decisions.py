@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl.env.scratchpad import ROLE, ROLE_NAMES
+from critkl.tasks.addition.scratchpad import ROLE, ROLE_NAMES
+from critkl.tasks.addition.tokenizer import token_id
 from critkl.tasks.base import Episodes
-from critkl.tokenizer import token_id
 
 SCRATCH_ROLES = ("operand", "partial_result", "carry", "sum", "digit")
 _OPEN = token_id("[")

@@ -1,6 +1,6 @@
 """The paper's task: multi-digit addition written as a scratchpad (METHOD.md section 1), as
-an implementation of the task interface. Its array programs live in `critkl.env`; this class
-holds the task's parameters and routes the interface to them.
+an implementation of the task interface. Its array programs live in this package's modules;
+this class holds the task's parameters and routes the interface to them.
 
 Levels are digits per operand: pre-training "up to N digits" (each operand 1..n digits), RL
 on N+extra (one operand exactly n+extra digits). Example episode (12 + 9):
@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import jax
 
-from critkl import env, strategy as strategies, tokenizer
-from critkl.env import oracle
+from critkl import strategy as strategies
+from critkl.tasks.addition import decisions, oracle, problems, scoring, scratchpad, tokenizer
 from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
 
 
@@ -26,20 +26,20 @@ class Addition(TextTask):
 
     name: ClassVar[str] = "addition"
     vocabulary: ClassVar[Vocabulary] = Vocabulary(tokenizer.CHARACTERS)
-    role_names: ClassVar[tuple[str, ...]] = env.ROLE_NAMES
-    max_supported_level: ClassVar[int] = env.MAX_SUPPORTED_DIGITS
+    role_names: ClassVar[tuple[str, ...]] = scratchpad.ROLE_NAMES
+    max_supported_level: ClassVar[int] = problems.MAX_SUPPORTED_DIGITS
     level_unit: ClassVar[str] = "digits"
 
-    def sample_pretraining(self, rng: jax.Array, batch: int) -> env.Operands:
-        return env.sample_pretraining(rng, batch, self.n, self.max_level)
+    def sample_pretraining(self, rng: jax.Array, batch: int) -> problems.Operands:
+        return problems.sample_pretraining(rng, batch, self.n, self.max_level)
 
-    def sample_rl(self, rng: jax.Array, batch: int) -> env.Operands:
-        return env.sample_rl(rng, batch, self.n, self.extra, self.max_level)
+    def sample_rl(self, rng: jax.Array, batch: int) -> problems.Operands:
+        return problems.sample_rl(rng, batch, self.n, self.extra, self.max_level)
 
-    def sample_level(self, rng: jax.Array, batch: int, level: int) -> env.Operands:
-        return env.sample_identical(rng, batch, level, self.max_level)
+    def sample_level(self, rng: jax.Array, batch: int, level: int) -> problems.Operands:
+        return problems.sample_identical(rng, batch, level, self.max_level)
 
-    def problems_from_text(self, rows: list[str]) -> env.Operands:
+    def problems_from_text(self, rows: list[str]) -> problems.Operands:
         """Rows "A+B" or "A B" of non-negative decimals without leading zeros, of at most
         `max_level` digits; ValueError naming the bad operand."""
         pairs = []
@@ -48,7 +48,7 @@ class Addition(TextTask):
             if len(words) != 2:
                 raise ValueError(f"problem {row!r} must be two operands, A B or A+B")
             pairs.append(tuple(self._operand(word) for word in words))
-        return env.operands_from_ints(pairs, self.max_level)
+        return problems.operands_from_ints(pairs, self.max_level)
 
     def _operand(self, text: str) -> int:
         if not text.isascii() or not text.isdigit():
@@ -62,43 +62,43 @@ class Addition(TextTask):
                              f"{self.max_level} are supported")
         return int(text)
 
-    def render(self, problems: env.Operands,
+    def render(self, problems: problems.Operands,
                strategy: strategies.Strategy | None = None) -> Episodes:
-        return env.render(problems, strategy)
+        return scratchpad.render(problems, strategy)
 
     def max_episode_length(self) -> int:
-        return env.max_episode_length(self.max_level)
+        return scratchpad.max_episode_length(self.max_level)
 
     def shortest_episode_length(self) -> int:
         return len(oracle.episode_text(0, 0))
 
     def prompt_width(self) -> int:
-        return env.prompt_width(self.max_level)
+        return scratchpad.prompt_width(self.max_level)
 
     def score(self, tokens: jax.Array, reference: Episodes,
               strategy: strategies.Strategy | None = None) -> Outcome:
-        return env.score(tokens, reference, strategy)
+        return scoring.score(tokens, reference, strategy)
 
     def stop_rule(self, state: jax.Array, token: jax.Array):
-        return env.stop_rule(state, token)
+        return scoring.stop_rule(state, token)
 
     def critical_positions(self, episodes: Episodes) -> jax.Array:
-        return env.critical_positions(episodes, self.n)
+        return scratchpad.critical_positions(episodes, self.n)
 
     def critical_kinds(self, episodes: Episodes) -> dict[str, jax.Array]:
         """The commas and the digits of operand lists beyond n."""
         critical = self.critical_positions(episodes)
-        is_comma = episodes.tokens == env.COMMA_ID
+        is_comma = episodes.tokens == scratchpad.COMMA_ID
         return {"comma": critical & is_comma, "digit": critical & ~is_comma}
 
     def decision_codes(self, episodes: Episodes) -> jax.Array:
-        return env.decision_codes(episodes)
+        return decisions.decision_codes(episodes)
 
     def key_code(self, key: tuple) -> int:
-        return env.key_code(key)
+        return decisions.key_code(key)
 
     def key_of_code(self, code: int) -> tuple:
-        return env.key_of_code(code)
+        return decisions.key_of_code(code)
 
     def key_label(self, key: tuple, token: str) -> str:
-        return env.key_label(key, token)
+        return decisions.key_label(key, token)

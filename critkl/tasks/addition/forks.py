@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from critkl.env.problems import Operands
-from critkl.env.scratchpad import render
+from critkl.tasks.addition.problems import Operands
+from critkl.tasks.addition.scratchpad import render
 from critkl.tasks.base import Episodes
 
 

@@ -7,14 +7,14 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import strategy as strategies, tokenizer
-from critkl.env.problems import MAX_SUPPORTED_DIGITS
+from critkl import strategy as strategies
+from critkl.tasks.addition.problems import MAX_SUPPORTED_DIGITS
+from critkl.tasks.addition.tokenizer import EOS_ID, PAD_ID, token_id
 from critkl.tasks.base import Episodes, Outcome
 from critkl.tasks.chunks import in_chunks
-from critkl.tokenizer import EOS_ID, PAD_ID
 
-_NEWLINE = tokenizer.token_id("\n")
-_SLASH = tokenizer.token_id("/")
+_NEWLINE = token_id("\n")
+_SLASH = token_id("/")
 
 
 def _two_smallest(x, y):

@@ -1,6 +1,6 @@
 """Plain-Python reference of the scratchpad format and its reward.
 
-Independent of the jnp environment in `critkl.env` (no shared code), so the
+Independent of the jnp array programs of `critkl.tasks.addition` (no shared code), so the
 tests can compare the two byte for byte; the benchmarks use it as the baseline.
 """
 
