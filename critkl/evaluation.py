@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl import sampling, statistics, strategy as strategies, vmap_rules
+from critkl import chunks, sampling, statistics, strategy as strategies, vmap_rules
 from critkl.models import DecoderConfig
 from critkl.tasks import layout
 from critkl.tasks.base import PAD_ID, Episodes, Outcome, TextTask
@@ -41,13 +41,14 @@ def attempt(params, config: DecoderConfig, task: TextTask, problems, rng: jax.Ar
     strategy = strategies.resolve(strategy)
 
     def solve(params, problems, rng, temperature):
-        reference = task.render(problems, strategy)
+        reference = chunks.render(task, problems, strategy)
         generation = sampling.generate(
             params, config, prompts_of(reference, task.prompt_width()), reference.prompt_length,
             rng, max_length=max_length, temperature=temperature, stop_fn=task.stop_rule,
             keep_hidden=keep_hidden, strategy=strategy,
         )
-        return Attempt(generation, reference, task.score(generation.tokens, reference, strategy))
+        outcome = chunks.score(task, generation.tokens, reference, strategy)
+        return Attempt(generation, reference, outcome)
 
     return vmap_rules.one_at_a_time(solve, strategy.runs_in_turn)(
         params, problems, rng, jnp.asarray(temperature, jnp.float32))

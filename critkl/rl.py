@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from critkl import evaluation, losses, strategy as strategies, vmap_rules, weighting
+from critkl import chunks, evaluation, losses, strategy as strategies, vmap_rules, weighting
 from critkl.config import RLConfig, RLHyper
 from critkl.model import ValueHead
 from critkl.models import DecoderConfig, init_params, logits_from_hidden, module_for
@@ -403,7 +403,7 @@ def retention(policy, reference, model_config: DecoderConfig, task: TextTask, pr
     per token ("retention/kl") and by bucket of the prioritized weight
     (`losses.kl_by_weight_bucket`: kl_w_*, tokens_w_*), and the mean log-likelihood of a
     whole correct answer under the policy ("retention/logp_correct", nats per episode)."""
-    episodes = task.render(problems, strategy)
+    episodes = chunks.render(task, problems, strategy)
     model = module_for(model_config)
 
     def logits_of(tokens):  # [L] -> policy's and reference's next-token logits [L - 1, V]
@@ -446,7 +446,7 @@ def critical_token_probabilities(params, model_config: DecoderConfig, task: Text
     """Probability the model gives the right token, given the correct prefix, at the task's
     structural critical tokens by kind (addition: commas and digits of operand lists beyond n
     digits), averaged over the episodes of `problems`; and the lowest such probability."""
-    reference = task.render(problems, strategy)
+    reference = chunks.render(task, problems, strategy)
     right = _right_token_probabilities(params, model_config, reference)
     kinds = task.critical_kinds(reference)
     critical = functools.reduce(jnp.logical_or, kinds.values())
@@ -468,6 +468,6 @@ def causal_token_probability(params, model_config: DecoderConfig, task: TextTask
     """Mean probability of the right token, given the correct prefix, at the positions of
     the decision `keys` (`critkl.analysis.causal`) in the episodes of `problems` (NaN where
     no episode has one of them)."""
-    reference = task.render(problems, strategy)
+    reference = chunks.render(task, problems, strategy)
     right = _right_token_probabilities(params, model_config, reference)
     return mean_where(right, decisions.at_keys(task, task.decision_codes(reference), keys))

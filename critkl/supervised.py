@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from critkl import evaluation, strategy as strategies
+from critkl import chunks, evaluation, strategy as strategies
 from critkl.config import ModelConfig, PretrainConfig
 from critkl.infra import parallel
 from critkl.models import init_params, module_for
@@ -90,7 +90,7 @@ def streams_batch(rng: jax.Array, config: PretrainConfig,
                                      (count,))
         episodes = addition.render_closed_early(problems, close, config.max_digits)
     else:
-        episodes = config.text_task.render(problems, strategy)
+        episodes = chunks.render(config.text_task, problems, strategy)
     return layout.pack(episodes, config.batch_size, width)
 
 

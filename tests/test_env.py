@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import strategy
+from critkl import chunks, strategy
 from critkl.tasks import addition
 from critkl.tasks.addition import Addition, oracle, tokenizer
 from critkl.tasks.base import terminal_reward
 
 D = addition.MAX_SUPPORTED_DIGITS
-render = jax.jit(addition.render)
-score = jax.jit(addition.score)
+WIDEST = Addition(D, 0)  # problems of up to D digits
+render = jax.jit(lambda operands: chunks.render(WIDEST, operands))
+score = jax.jit(lambda tokens, reference: chunks.score(WIDEST, tokens, reference))
 
 
 def random_problems(count: int, seed: int) -> list[tuple[int, int]]:
@@ -70,24 +71,25 @@ def test_render_with_fewer_digits_and_length_bound(digits):
 
 
 def test_chunked_rows_equal_one_pass():
-    """Large batches are rendered and scored in chunks of rows (`_in_chunks`); a chunked
+    """Large batches are rendered and scored in chunks of rows (`critkl.chunks`); a chunked
     pass gives the same arrays as one whole-batch pass, on right and garbage episodes."""
     operands = addition.sample_pretraining(jax.random.key(5), 1024, D, D)
     chunked = strategy.CPU
-    episodes = addition.render(operands, chunked)
+    episodes = chunks.render(WIDEST, operands, chunked)
     chunked_scans = str(jax.make_jaxpr(
-        lambda o: addition.render(o, chunked))(operands)).count("scan[")
+        lambda o: chunks.render(WIDEST, o, chunked))(operands)).count("scan[")
     garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, tokenizer.VOCAB_SIZE)
     keep = jax.random.bernoulli(jax.random.key(7), 0.5, (1024, 1))
     tokens = jnp.where(keep, episodes.tokens, garbage)
-    outcome = addition.score(tokens, episodes, chunked)
+    outcome = chunks.score(WIDEST, tokens, episodes, chunked)
     assert 0 < int(outcome.success.sum()) < 1024
 
     one_pass = strategy.ACCELERATOR  # no row chunks
-    assert str(jax.make_jaxpr(lambda o: addition.render(o, one_pass))(operands)).count("scan[") \
+    assert str(jax.make_jaxpr(
+        lambda o: chunks.render(WIDEST, o, one_pass))(operands)).count("scan[") \
         < chunked_scans  # the first pass did chunk
-    chex.assert_trees_all_equal(addition.render(operands, one_pass), episodes)
-    chex.assert_trees_all_equal(addition.score(tokens, episodes, one_pass), outcome)
+    chex.assert_trees_all_equal(chunks.render(WIDEST, operands, one_pass), episodes)
+    chex.assert_trees_all_equal(chunks.score(WIDEST, tokens, episodes, one_pass), outcome)
 
 
 class TestJitAgreement(chex.TestCase):

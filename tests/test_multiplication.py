@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import strategy
+from critkl import chunks, strategy
 from critkl.tasks import multiplication_reference as ref
-from critkl.tasks.base import EOS_ID, PAD_ID, Episodes
 from critkl.tasks.addition.problems import Operands, operands_from_ints, operands_to_ints
+from critkl.tasks.base import EOS_ID, PAD_ID, Episodes
 from critkl.tasks.multiplication import Multiplication
 
 VOCAB = Multiplication.vocabulary
@@ -411,14 +411,16 @@ def test_chunked_rows_equal_one_pass():
     task = TASK
     factors = task.sample_pretraining(jax.random.key(5), BLOCK)
     chunked = dataclasses.replace(strategy.CPU, row_chunk_elements=64 * task.max_episode_length())
-    jaxpr = lambda s: str(jax.make_jaxpr(lambda o: task.render(o, s))(factors))  # noqa: E731
+    jaxpr = lambda s: str(  # noqa: E731
+        jax.make_jaxpr(lambda o: chunks.render(task, o, s))(factors))
     assert jaxpr(chunked).count("scan[") > jaxpr(strategy.ACCELERATOR).count("scan[")
-    episodes = jax.device_get(jax.jit(task.render, static_argnums=1)(factors, chunked))
+    episodes = jax.device_get(jax.jit(chunks.render, static_argnums=(0, 2))(task, factors, chunked))
     chex.assert_trees_all_equal(render(task, factors), episodes)  # one pass
     garbage = jax.random.randint(jax.random.key(6), episodes.tokens.shape, 0, VOCAB.size)
     keep = jax.random.bernoulli(jax.random.key(7), 0.5, (BLOCK, 1))
     tokens = np.asarray(jnp.where(keep, episodes.tokens, garbage))
-    outcome = jax.device_get(jax.jit(task.score, static_argnums=2)(tokens, episodes, chunked))
+    outcome = jax.device_get(
+        jax.jit(chunks.score, static_argnums=(0, 3))(task, tokens, episodes, chunked))
     assert 0 < outcome.success.sum() < BLOCK
     chex.assert_trees_all_equal(score(task, tokens, episodes), outcome)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from critkl import strategy
+from critkl import chunks, strategy
 from critkl.tasks import path_star_reference as ref
 from critkl.tasks.base import EOS_ID, PAD_ID
 from critkl.tasks.path_star import ROLE, PathStar
@@ -324,13 +324,13 @@ def test_chunked_rows_equal_one_pass():
     problems = task.sample_pretraining(jax.random.key(11), 200)
     size = task.max_episode_length()
     chunked = strategy.Strategy("test", None, row_chunk_elements=8 * size, runs_in_turn=True)
-    assert "scan" in str(jax.make_jaxpr(lambda p: task.render(p, chunked))(problems))
-    episodes = jax.jit(task.render, static_argnums=1)(problems, chunked)
+    assert "scan" in str(jax.make_jaxpr(lambda p: chunks.render(task, p, chunked))(problems))
+    episodes = jax.jit(chunks.render, static_argnums=(0, 2))(task, problems, chunked)
     one_pass = programs(task)[0](problems)  # the default devices' plan: one pass here
     chex.assert_trees_all_equal(episodes, one_pass)
     _, tokens = corrupted(task, problems, episodes, size, 4)
-    score = jax.jit(task.score, static_argnums=2)
-    chex.assert_trees_all_equal(score(tokens, episodes, chunked),
+    score = jax.jit(chunks.score, static_argnums=(0, 3))
+    chex.assert_trees_all_equal(score(task, tokens, episodes, chunked),
                                 programs(task)[1](tokens, episodes))
 
 

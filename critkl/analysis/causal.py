@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import sampling, weighting
+from critkl import chunks, sampling, weighting
 from critkl.config import CausalMapConfig, ModelConfig
 from critkl.models import module_for
 from critkl.tasks import decisions
@@ -98,7 +98,7 @@ def check_keys_occur(task: TextTask, keys, level: int, problems: int = 64) -> No
     """ValueError naming the first of `keys` that no episode of `problems` random problems of
     `task` at `level` has (a map made for other episodes, or a hand-edited key)."""
     task = task.at_level(level)
-    episodes = task.render(task.sample_level(jax.random.key(0), problems, level))
+    episodes = chunks.render(task, task.sample_level(jax.random.key(0), problems, level))
     found = set().union(*(set(keys_at.values())
                           for keys_at in decisions.decision_keys(task, episodes)))
     where = (f"{level}+{level} digits" if task.name == "addition"
@@ -122,7 +122,7 @@ def causal_map(params, config: ModelConfig, task: TextTask,
     task = task.at_level(level)
     rng = jax.random.key(settings.seed)
     problem_rng, sample_rng = jax.random.split(rng)
-    episodes = task.render(task.sample_level(problem_rng, settings.problems, level))
+    episodes = chunks.render(task, task.sample_level(problem_rng, settings.problems, level))
     tokens = np.asarray(episodes.tokens)
     logits, _ = jax.jit(lambda p, x: module_for(config).apply({"params": p}, x))(
         params, episodes.tokens)
@@ -170,7 +170,7 @@ def causal_map(params, config: ModelConfig, task: TextTask,
                 params, config, jnp.asarray(prompts), jnp.asarray(lengths),
                 jax.random.fold_in(sample_rng, call), max_length=max_length,
                 temperature=temperature, stop_fn=task.stop_rule).tokens
-            success = np.asarray(task.score(generated, reference).success)
+            success = np.asarray(chunks.score(task, generated, reference).success)
             for i, (key, _, _, wrong) in enumerate(chunk):
                 successes[key][(mode, wrong)].append(bool(success[i]))
         if progress:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import evaluation, statistics, weighting
+from critkl import chunks, evaluation, statistics, weighting
 from critkl.config import ModelConfig
 from critkl.losses import token_logprobs
 from critkl.models import module_for
@@ -131,7 +131,7 @@ def certainty_table(params, model_config: ModelConfig, task: TextTask, rng: jax.
     n = task.n
     task = task.at_level(n + 1)
     problems = task.sample_rl(rng, episodes)
-    reference = task.render(problems)
+    reference = chunks.render(task, problems)
     certainty = token_certainty(params, model_config, reference.tokens, temperature)
     decisions = decision_mask(reference)
     structural = episode_stats(certainty, decisions, task.critical_positions(reference))
@@ -142,7 +142,7 @@ def certainty_table(params, model_config: ModelConfig, task: TextTask, rng: jax.
     failed = erred & ~greedy.outcome.success
     first_wrong = (jnp.arange(reference.tokens.shape[1])[None, :] == position[:, None]) & failed[:, None]
     empirical = episode_stats(certainty, decisions, first_wrong)
-    at_n = task.render(task.sample_level(jax.random.fold_in(rng, 1), episodes, n))
+    at_n = chunks.render(task, task.sample_level(jax.random.fold_in(rng, 1), episodes, n))
     return {
         "n": n, "episodes": episodes, "temperature": temperature,
         "greedy_failures": int(failed.sum()),

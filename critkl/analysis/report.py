@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from critkl import chunks
 from critkl.analysis import certainty as token_stats
 from critkl.runs.outputs import Curve, Output
 
@@ -30,7 +31,7 @@ def analyze_model(params, model_config, task, output: Output, *, episodes: int, 
              f"{s['non_critical']['mean']:+.4f} (mean over {s['critical']['count']} episodes)")
 
     task = task.at_level(n + 1)
-    rendered = task.render(task.sample_rl(jax.random.fold_in(rng, 1), shown))
+    rendered = chunks.render(task, task.sample_rl(jax.random.fold_in(rng, 1), shown))
     certainty = np.asarray(token_stats.token_certainty(params, model_config, rendered.tokens))
     critical = np.asarray(task.critical_positions(rendered))
     curves = []

@@ -20,8 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import strategy as strategies
-
 PAD_ID = 0  # every task's padding id
 EOS_ID = 1  # every task's end-of-sequence id
 MAX_VOCAB_SIZE = 64  # token ids share an int32 slot with a role and an index when rendering
@@ -151,8 +149,9 @@ class TextTask(abc.ABC):
 
     # ------------------------------------------------------------ episodes
     @abc.abstractmethod
-    def render(self, problems, strategy: strategies.Strategy | None = None) -> Episodes:
-        """Prompt and full correct target of every problem: Episodes [B, L]."""
+    def render(self, problems) -> Episodes:
+        """Prompt and full correct target of every problem: Episodes [B, L], the whole batch
+        in one pass (callers that chunk rows for a device: `critkl.chunks.render`)."""
 
     @abc.abstractmethod
     def max_episode_length(self) -> int:
@@ -172,10 +171,10 @@ class TextTask(abc.ABC):
 
     # ------------------------------------------------------------ judging
     @abc.abstractmethod
-    def score(self, tokens: jax.Array, reference: Episodes,
-              strategy: strategies.Strategy | None = None) -> Outcome:
+    def score(self, tokens: jax.Array, reference: Episodes) -> Outcome:
         """Judge generated tokens [B, T] (prompt then generation, any ids) against the
-        problems' correct episodes. Never raises, never NaN."""
+        problems' correct episodes. Never raises, never NaN; reads neither the reference's
+        roles nor its list indices (`critkl.chunks.score` leaves them out of its chunks)."""
 
     @abc.abstractmethod
     def stop_rule(self, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:

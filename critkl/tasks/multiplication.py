@@ -58,11 +58,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import strategy as strategies
 from critkl.tasks.addition import scoring, tokenizer
 from critkl.tasks.addition.problems import Operands, is_int, operands_from_ints, sample_operands
 from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
-from critkl.tasks.chunks import in_chunks
 from critkl.tasks.layout import lay_out, prefix_sum, round_up
 from critkl.tasks.pool import PoolFormat, digit_list, most_significant_first
 
@@ -337,16 +335,12 @@ class Multiplication(TextTask):
         return operands_from_ints(pairs, self.max_level)
 
     # ------------------------------------------------------------ episodes
-    def render(self, problems: Operands,
-               strategy: strategies.Strategy | None = None) -> Episodes:
-        """Prompt and full correct target of every problem: Episodes [B, L]. On a CPU
-        (`strategy`, default: the default devices') large batches go in chunks of rows."""
+    def render(self, problems: Operands) -> Episodes:
+        """Prompt and full correct target of every problem: Episodes [B, L]."""
         d = self.max_level
         chex.assert_shape([problems.a, problems.b], (None, d))
         problems = Operands(*(jnp.asarray(x, jnp.int32) for x in problems))
-        size = self.max_episode_length()
-        return in_chunks(lambda rows: self._render_rows(rows, size), problems, size,
-                         strategies.resolve(strategy).row_chunk_elements)
+        return self._render_rows(problems, self.max_episode_length())
 
     @staticmethod
     def _render_rows(problems: Operands, size: int) -> Episodes:
@@ -357,13 +351,12 @@ class Multiplication(TextTask):
                         role, index, result_length.astype(jnp.int32))
 
     # ------------------------------------------------------------ judging
-    def score(self, tokens: jax.Array, reference: Episodes,
-              strategy: strategies.Strategy | None = None) -> Outcome:
+    def score(self, tokens: jax.Array, reference: Episodes) -> Outcome:
         """Judge tokens [B, T] (prompt then generation, any ids, any width) against the
         problems' correct episodes exactly as addition's `scoring.score` does (the same end of
         an episode and result-line comparison; the characters it reads have addition's ids,
         the vocabulary extending addition's)."""
-        return scoring.score(tokens, reference, strategy)
+        return scoring.score(tokens, reference)
 
     def stop_rule(self, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Streaming form of `score`'s end: addition's (`scoring.stop_rule`)."""

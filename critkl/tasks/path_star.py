@@ -41,9 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import strategy as strategies
 from critkl.tasks.base import EOS_ID, PAD_ID, Episodes, Outcome, TextTask, Vocabulary
-from critkl.tasks.chunks import in_chunks
 from critkl.tasks.layout import INDEX_SHIFT, ROLE_SHIFT, lay_out
 
 LABELS = string.ascii_lowercase + string.ascii_uppercase  # node labels: label i is id 2 + i
@@ -244,15 +242,11 @@ class PathStar(TextTask):
         return labels, level, np.array(order), goal_arm[0]
 
     # ------------------------------------------------------------ episodes
-    def render(self, problems: StarGraphs,
-               strategy: strategies.Strategy | None = None) -> Episodes:
-        """Prompt and answer of every problem: Episodes [B, L]. On a CPU (`strategy`,
-        default: the default devices') large batches go in chunks of rows."""
+    def render(self, problems: StarGraphs) -> Episodes:
+        """Prompt and answer of every problem: Episodes [B, L]."""
         chex.assert_shape([problems.labels], (None, self.nodes))
         chex.assert_shape([problems.edge_order], (None, self.degree * self.max_level))
-        size = self.max_episode_length()
-        return in_chunks(self._render_rows, problems, size,
-                         strategies.resolve(strategy).row_chunk_elements)
+        return self._render_rows(problems)
 
     def _render_rows(self, problems: StarGraphs) -> Episodes:
         labels, level, edge_order, goal_arm = problems
@@ -301,17 +295,14 @@ class PathStar(TextTask):
                         index, (level + 2).astype(jnp.int32))
 
     # ------------------------------------------------------------ judging
-    def score(self, tokens: jax.Array, reference: Episodes,
-              strategy: strategies.Strategy | None = None) -> Outcome:
+    def score(self, tokens: jax.Array, reference: Episodes) -> Outcome:
         """Judge tokens [B, T] (prompt then generation, any ids, any width T) against the
         problems' correct episodes. The generation (from `reference.prompt_length` on) ends at
         its first newline, PAD or EOS (terminated), else at the last position T - 1; it
         succeeds iff it ended at a newline and, that newline included, equals the reference
-        answer. Never raises, never NaN. `strategy`: in chunks of rows on a CPU."""
+        answer. Never raises, never NaN. Reads neither roles nor list indices."""
         chex.assert_rank(tokens, 2)
-        needed = reference._replace(role=None, list_index=None)  # not read here
-        return in_chunks(lambda rows: self._score_rows(*rows), (tokens, needed),
-                         tokens.shape[1], strategies.resolve(strategy).row_chunk_elements)
+        return self._score_rows(tokens, reference)
 
     def _score_rows(self, tokens: jax.Array, reference: Episodes) -> Outcome:
         size = tokens.shape[1]

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from critkl import strategy as strategies
 from critkl.tasks import addition
 from critkl.tasks.base import PAD_ID, Episodes, Outcome, TextTask
 
@@ -190,10 +189,8 @@ class ShortAddition(TextTask):
         return addition.operands_from_ints(pairs, self.max_level)
 
     # ------------------------------------------------------------ episodes
-    def render(self, problems: addition.Operands,
-               strategy: strategies.Strategy | None = None) -> Episodes:
+    def render(self, problems: addition.Operands) -> Episodes:
         """Episodes [B, L] of the problems' digit arrays [B, D] (D = max_level)."""
-        del strategy  # a few hundred positions: no chunking needed
         p = self.pieces
         a, b, a_len, b_len = problems
         width = a.shape[1]
@@ -248,12 +245,10 @@ class ShortAddition(TextTask):
         return self.max_episode_length() + ANSWER_MARGIN
 
     # ------------------------------------------------------------ judging
-    def score(self, tokens: jax.Array, reference: Episodes,
-              strategy: strategies.Strategy | None = None) -> Outcome:
+    def score(self, tokens: jax.Array, reference: Episodes) -> Outcome:
         """An episode ends at its first generated end of turn or PAD_ID (else is cut at the
         last position); it succeeds when its generation is exactly the sum's digits, then
         the end of turn."""
-        del strategy
         size = tokens.shape[1]
         position = jnp.arange(size)[None, :]
         generated = position >= reference.prompt_length[:, None]

@@ -7,11 +7,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from critkl import strategy as strategies
 from critkl.tasks.addition.problems import MAX_SUPPORTED_DIGITS
 from critkl.tasks.addition.tokenizer import EOS_ID, PAD_ID, token_id
 from critkl.tasks.base import Episodes, Outcome
-from critkl.tasks.chunks import in_chunks
 
 _NEWLINE = token_id("\n")
 _SLASH = token_id("/")
@@ -22,24 +20,18 @@ def _two_smallest(x, y):
     return jnp.minimum(x[0], y[0]), jnp.minimum(jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1]))
 
 
-def score(tokens: jax.Array, reference: Episodes,
-          strategy: strategies.Strategy | None = None) -> Outcome:
+def score(tokens: jax.Array, reference: Episodes) -> Outcome:
     """Judge generated episodes: tokens [B, T] (prompt then generation, any ids)
     against the rendered `reference` episodes of the same problems.
 
     An episode ends at the second newline after the first `/` of the generation
     (the newline of `</scratch>`, then the result line's), or at the first PAD/EOS,
     or at the last position. It succeeds if it ended the first way and its result
-    line is exactly the reference's. Never raises and never produces NaN. `strategy`
-    (default: the default devices'): in chunks of rows on a CPU.
+    line is exactly the reference's. Never raises and never produces NaN. Reads neither the
+    reference's roles nor its list indices. The whole batch in one pass (in chunks of rows:
+    `critkl.chunks.score`).
     """
     chex.assert_rank(tokens, 2)
-    needed = reference._replace(role=None, list_index=None)  # scoring does not read these
-    return in_chunks(lambda rows: _score_rows(*rows), (tokens, needed), tokens.shape[1],
-                     strategies.resolve(strategy).row_chunk_elements)
-
-
-def _score_rows(tokens: jax.Array, reference: Episodes) -> Outcome:
     size = tokens.shape[1]
     # Positions in int16 where they fit, and each scan over [B, T] one (variadic) reduction
     # that finds several first positions at once: on XLA:CPU these scans are memory-bound,

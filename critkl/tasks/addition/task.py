@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import jax
 
-from critkl import strategy as strategies
 from critkl.tasks.addition import decisions, oracle, problems, scoring, scratchpad, tokenizer
+from critkl.tasks.addition.problems import Operands
 from critkl.tasks.base import Episodes, Outcome, TextTask, Vocabulary
 
 
@@ -30,16 +30,16 @@ class Addition(TextTask):
     max_supported_level: ClassVar[int] = problems.MAX_SUPPORTED_DIGITS
     level_unit: ClassVar[str] = "digits"
 
-    def sample_pretraining(self, rng: jax.Array, batch: int) -> problems.Operands:
+    def sample_pretraining(self, rng: jax.Array, batch: int) -> Operands:
         return problems.sample_pretraining(rng, batch, self.n, self.max_level)
 
-    def sample_rl(self, rng: jax.Array, batch: int) -> problems.Operands:
+    def sample_rl(self, rng: jax.Array, batch: int) -> Operands:
         return problems.sample_rl(rng, batch, self.n, self.extra, self.max_level)
 
-    def sample_level(self, rng: jax.Array, batch: int, level: int) -> problems.Operands:
+    def sample_level(self, rng: jax.Array, batch: int, level: int) -> Operands:
         return problems.sample_identical(rng, batch, level, self.max_level)
 
-    def problems_from_text(self, rows: list[str]) -> problems.Operands:
+    def problems_from_text(self, rows: list[str]) -> Operands:
         """Rows "A+B" or "A B" of non-negative decimals without leading zeros, of at most
         `max_level` digits; ValueError naming the bad operand."""
         pairs = []
@@ -62,9 +62,8 @@ class Addition(TextTask):
                              f"{self.max_level} are supported")
         return int(text)
 
-    def render(self, problems: problems.Operands,
-               strategy: strategies.Strategy | None = None) -> Episodes:
-        return scratchpad.render(problems, strategy)
+    def render(self, problems: Operands) -> Episodes:
+        return scratchpad.render(problems)
 
     def max_episode_length(self) -> int:
         return scratchpad.max_episode_length(self.max_level)
@@ -75,9 +74,8 @@ class Addition(TextTask):
     def prompt_width(self) -> int:
         return scratchpad.prompt_width(self.max_level)
 
-    def score(self, tokens: jax.Array, reference: Episodes,
-              strategy: strategies.Strategy | None = None) -> Outcome:
-        return scoring.score(tokens, reference, strategy)
+    def score(self, tokens: jax.Array, reference: Episodes) -> Outcome:
+        return scoring.score(tokens, reference)
 
     def stop_rule(self, state: jax.Array, token: jax.Array):
         return scoring.stop_rule(state, token)

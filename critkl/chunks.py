@@ -1,10 +1,31 @@
-"""Row chunking of whole-batch array programs (rendering and scoring on a CPU:
-`strategy.Strategy.row_chunk_elements`)."""
+"""Rendering and scoring in chunks of rows where the device strategy asks for it
+(`strategy.Strategy.row_chunk_elements`: on a CPU, so that a chunk's intermediates stay in
+the caches). The tasks render and score whole batches; their callers, which know the
+strategy, go through `render` and `score` here."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from critkl import strategy as strategies
+from critkl.tasks.base import Episodes, Outcome, TextTask
+
+
+def render(task: TextTask, problems, strategy: strategies.Strategy | None = None) -> Episodes:
+    """`task.render(problems)`, in chunks of rows as `strategy` (default: the default
+    devices') says."""
+    return in_chunks(task.render, problems, task.max_episode_length(),
+                     strategies.resolve(strategy).row_chunk_elements)
+
+
+def score(task: TextTask, tokens: jax.Array, reference: Episodes,
+          strategy: strategies.Strategy | None = None) -> Outcome:
+    """`task.score(tokens, reference)`, in chunks of rows as `strategy` (default: the default
+    devices') says."""
+    needed = reference._replace(role=None, list_index=None)  # no task's score reads these
+    return in_chunks(lambda rows: task.score(*rows), (tokens, needed), tokens.shape[1],
+                     strategies.resolve(strategy).row_chunk_elements)
 
 
 def in_chunks(fn, arrays, width: int, chunk_elements: int | None):
