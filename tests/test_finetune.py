@@ -61,6 +61,28 @@ def test_vmapped_sweep_equals_separate_runs(split):
     assert max(jax.tree.leaves(moved)) > 0  # the runs did update the policy
 
 
+@pytest.mark.slow  # two sweeps compiled; padding is in the default suite's preemption test
+def test_a_sweep_padded_to_the_devices_equals_its_runs_on_one_device(tmp_path, monkeypatch):
+    """3 runs on 8 devices (5 copies of the last run fill them, dropped) = the 3 runs mapped
+    on one device: every evaluation and training metric of results.json."""
+    from critkl.infra import parallel
+
+    params = init_params(jax.random.key(0), TINY)
+    runs = finetuning.grid_runs(range(3), {"learning_rate": [3e-4, 1e-3]}, RLHyper())[:3]
+    lines = []
+    padded = finetuning.finetune(QUICK, runs, params, TINY, tmp_path / "padded",
+                                 print_fn=lines.append)
+    assert any(line.startswith("warning: 3 runs do not split evenly") for line in lines)
+    every_device = parallel.data_mesh
+    monkeypatch.setattr(parallel, "data_mesh", lambda: every_device(jax.devices()[:1]))
+    alone = finetuning.finetune(QUICK, runs, params, TINY, tmp_path / "alone",
+                                print_fn=lambda line: None)
+    for a, b in zip(padded["runs"], alone["runs"], strict=True):
+        for key, values in a["curve"].items():
+            np.testing.assert_allclose(values, b["curve"][key], rtol=1e-4, atol=1e-5,
+                                       err_msg=key)
+
+
 @pytest.mark.slow  # 30-60 s; the default suite stays under 10 minutes on 2 cores
 def test_a_diverging_sweep_stops_before_saving(tmp_path):
     from critkl.infra import checkpoint
@@ -213,7 +235,8 @@ def test_sigterm_within_a_period_saves_that_iteration_and_resumes_exactly(tmp_pa
     from critkl.runs.preemption import Preempted
 
     params = init_params(jax.random.key(0), TINY)
-    runs = finetuning.grid_runs(range(8), {"learning_rate": [3e-4]}, RLHyper())
+    # 6 runs on 8 devices: padded with 2 copies of the last run, which the checkpoints leave out
+    runs = finetuning.grid_runs(range(6), {"learning_rate": [3e-4]}, RLHyper())
     straight = finetuning.finetune(TWO_PERIODS, runs, params, TINY, tmp_path / "straight",
                                    print_fn=lambda line: None)
 
@@ -318,7 +341,8 @@ def test_a_finished_sweep_is_reused_from_its_results_alone(tmp_path, monkeypatch
     monkeypatch.setattr(finetuning, "PROGRESS_SECONDS", 0)
     shown = []
     straight = sweep(tmp_path / "straight", grid, shown.append)
-    assert shown[1].startswith("evaluating the pre-trained model")
+    assert shown[1].startswith("warning: 2 runs do not split evenly over 8 devices: 6 copies")
+    assert shown[2].startswith("evaluating the pre-trained model")
     progress = [line for line in shown if line.startswith("iteration ")]
     assert [line.split()[1] for line in progress] == ["0", "1/4", "2/4", "3/4", "4/4"]
     assert "ETA" in progress[1] and "sampled" not in progress[1]

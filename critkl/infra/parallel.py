@@ -43,7 +43,8 @@ def over_runs(fn, mesh: Mesh | None, in_axes: tuple):
 
     in_axes: 0 (a leading run axis, split) or None (the same for every run, replicated) per
     argument; every output has the run axis. The number of runs must split evenly over the
-    devices (`check_divisible`); with one device, or mesh None, this is jax.vmap itself.
+    devices (a sweep pads its runs to a multiple: `runs.finetuning.finetune`); with one
+    device, or mesh None, this is jax.vmap itself.
     """
     vmapped = jax.vmap(fn, in_axes=in_axes)
     if mesh is None or mesh.devices.size == 1:

@@ -298,6 +298,16 @@ def _check_finite(state: rl.RunState, runs: list[Run], iteration: int, saved: in
             "of those runs.")
 
 
+def _first_runs(tree, count: int):
+    """`tree` (leading axis: runs) cut to its first `count` runs."""
+    return jax.tree.map(lambda x: x[:count], tree)
+
+
+def _padded(tree, extra: int):
+    """`tree` (leading axis: runs) with its last run repeated `extra` times."""
+    return jax.tree.map(lambda x: jnp.concatenate([x] + [x[-1:]] * extra), tree) if extra else tree
+
+
 class Programs:
     """The jitted init, iteration and evaluation of a sweep's structure, vmapped over runs
     (split over `mesh`'s devices; None: all on each device). One per structure
@@ -379,12 +389,14 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     TensorBoard, and raises `Preempted` (a second signal stops at once)."""
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
-    # Runs are independent: split them over the devices when they divide evenly.
-    split = len(runs) % mesh.devices.size == 0
-    by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
-    programs = programs_for(config, model_config, mesh if split else None)
-    hypers = parallel.put(rl.stack_hypers([r.hyper for r in runs]), by_run)
-    rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in runs]))
+    # Runs are independent: split over the devices, padded to a multiple of them.
+    extra = -len(runs) % mesh.devices.size
+    placed = runs + [runs[-1]] * extra
+    by_run = parallel.batch_sharding(mesh)
+    programs = programs_for(config, model_config, mesh)
+    hypers = parallel.put(rl.stack_hypers([r.hyper for r in placed]), by_run)
+    rngs = jax.vmap(jax.random.key)(jnp.array([r.seed for r in placed]))
+    real = functools.partial(_first_runs, count=len(runs))
     pretrained = parallel.put(pretrained, parallel.replicated(mesh))
 
     # The last two checkpoints: a sweep's state is large (10 runs of the mini model: ~100 MB),
@@ -395,8 +407,9 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
     try:
         state = parallel.put(programs.init(rngs, hypers, pretrained), by_run)
         train = []  # the training metrics of the evaluation period so far, per iteration
-        if resume:
-            state = checkpointer.restore(target=state)
+        if resume:  # a checkpoint holds the real runs alone: it resumes on any device count
+            state = parallel.put(_padded(checkpointer.restore(target=real(state)), extra),
+                                 by_run)
             results, train = _results_up_to(run_dir, int(state.iteration[0]), config.eval_every)
             print_fn(f"resumed {run_dir} at iteration {int(state.iteration[0])}")
         else:
@@ -421,10 +434,15 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
             print_fn(f"{len(runs)} runs on {mesh.devices.size} device(s), {config.iterations} "
                      f"iterations of {config.episodes} episodes each; compiling, then one line "
                      f"per {config.eval_every} iterations")
+            if extra:
+                print_fn(f"warning: {len(runs)} runs do not split evenly over "
+                         f"{mesh.devices.size} devices: {extra} copies of the last run fill "
+                         f"them, computed and dropped ({extra / len(placed):.0%} of the work); "
+                         f"a multiple of {mesh.devices.size} runs wastes none")
             if first == 0:
                 print_fn(f"evaluating the pre-trained model: {config.eval_episodes} problems per "
                          f"metric and run (compiling first)")
-                before = parallel.fetch(programs("evaluate", state, hypers, pretrained))
+                before = real(parallel.fetch(programs("evaluate", state, hypers, pretrained)))
                 log.record(0, before)
                 print_fn(f"iteration 0  sampled {before['eval/sampled_success'].mean():.3f}  "
                          f"pass@1 {before['eval/pass_at_1'].mean():.3f}  "
@@ -433,7 +451,7 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
             clock = shown = time.perf_counter()
             for iteration in range(first + 1, config.iterations + 1):
                 state, metrics = programs("iteration", state, hypers, pretrained)
-                train.append(parallel.fetch(metrics))
+                train.append(real(parallel.fetch(metrics)))
                 log.train(iteration, train[-1])
                 period_ends = iteration % config.eval_every == 0
                 stop_signal = preemption.agreed()
@@ -450,13 +468,13 @@ def finetune(config: RLConfig, runs: list[Run], pretrained, model_config: ModelC
                 _check_finite(state, runs, iteration, saved)
                 if period_ends:
                     period = {k: np.stack([m[k] for m in train], axis=1) for k in train[0]}
-                    evaluation = parallel.fetch(programs("evaluate", state, hypers, pretrained))
+                    evaluation = real(parallel.fetch(programs("evaluate", state, hypers, pretrained)))
                     log.record(iteration, evaluation, period)
                     train = []
                 else:
                     log.unfinished(list(range(iteration - len(train) + 1, iteration + 1)), train)
                 log.flush()  # TensorBoard and results.json hold everything up to the checkpoint
-                checkpointer.save(iteration, state)
+                checkpointer.save(iteration, real(state) if extra else state)
                 saved = iteration
                 if stopping:
                     raise Preempted(stop_signal, iteration, "iteration")

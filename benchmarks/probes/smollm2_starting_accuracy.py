@@ -1,8 +1,9 @@
 """SmolLM2-135M-Instruct's starting accuracy on short-answer addition (critkl's
 short-addition task): problems whose operands both have 1, 2 and 3 digits, greedy and sampled
-at temperature 1, with what the failures wrote. Writes starting_accuracy.json beside itself.
+at temperature 1, with what the failures wrote. Writes
+results/smollm2-short-addition/starting_accuracy_shots{K}.json.
 
-    taskset -c 0 python results/smollm2-short-addition/starting_accuracy.py [--problems 100]
+    taskset -c 0 python benchmarks/probes/smollm2_starting_accuracy.py [--problems 100]
         [--shots 0]
 """
 
@@ -65,7 +66,8 @@ def main() -> None:
             })
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "examples"}),
                   flush=True)
-    out = Path(__file__).with_name(f"starting_accuracy_shots{args.shots}.json")
+    out = (Path(__file__).parents[2] / "results" / "smollm2-short-addition"
+           / f"starting_accuracy_shots{args.shots}.json")
     command = f"taskset -c 0 python {Path(__file__).relative_to(Path.cwd())} " \
         f"--problems {args.problems} --seed {args.seed} --shots {args.shots}"
     out.write_text(json.dumps({"command": command, "commit": provenance.commit(),
