@@ -14,24 +14,11 @@ import sys
 
 from critkl.commands import analysis, finetuning, pretraining
 from critkl.commands.flags import UsageError
+from critkl.commands.startup import start_jax
 from critkl.tasks import registry
 
 USAGE_ERROR = 2  # exit status for bad input
-__all__ = ["UsageError", "USAGE_ERROR", "build_parser", "main", "start_jax"]
-
-
-def start_jax(args, parallel_items: int) -> None:
-    """Before a training command computes: one CPU device per core (`use_cpu_cores`,
-    for this process's share of `parallel_items`), then join the other processes of
-    a multi-process run (critkl.infra.distributed)."""
-    from critkl.infra import distributed, parallel
-
-    processes = max(args.num_processes or 1, 1)
-    parallel.use_cpu_cores(parallel_items // processes if parallel_items % processes == 0 else 1)
-    try:
-        distributed.initialize(args)
-    except distributed.DistributedError as error:
-        raise UsageError(str(error)) from None
+__all__ = ["UsageError", "USAGE_ERROR", "build_parser", "main"]
 
 
 def _experiment(args) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from critkl.commands import flags
+from critkl.commands import flags, startup
 from critkl.commands.flags import UsageError
 from critkl.config import (HYPER_NAMES, STANDARD_KL, WEIGHTINGS, LossConfig, RLConfig, RLHyper,
                            weighting_preset)
@@ -138,13 +138,12 @@ def _with_causal_map(spec: Sweep, path: str, pre_config) -> Sweep:
 
 
 def finetune(args) -> None:
-    from critkl import cli
     from critkl.commands import pretraining
     from critkl.runs import finetuning, models
     from critkl.runs.spec import prepare, run_sweep
 
     spec = spec_from(args)
-    cli.start_jax(args, len(spec.runs()))  # before loading the model, which may compute
+    startup.start_jax(args, len(spec.runs()))  # before loading the model, which may compute
     pretraining.check_pretrained(spec.pretrained)
     model = models.load_pretrained(spec.pretrained)
     if args.causal_map:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from critkl.commands import flags
+from critkl.commands import flags, startup
 from critkl.commands.flags import UsageError
 from critkl.config import PretrainConfig
 from critkl.tasks import registry
@@ -134,7 +134,6 @@ def check_pretrained(name_or_run_dir: str) -> None:
 
 
 def pretrain(args) -> None:
-    from critkl import cli
     from critkl.runs import pretraining
 
     if args.resume:
@@ -142,7 +141,7 @@ def pretrain(args) -> None:
             args.run_dir, flags.given(args, [f.name for f in dataclasses.fields(PretrainConfig)]))
     else:
         config = _config_from(args)
-    cli.start_jax(args, config.batch_size)
+    startup.start_jax(args, config.batch_size)
     try:
         pretraining.check_sizes(config)
     except ValueError as error:
