@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from critkl.infra import provenance
 from critkl.tasks import registry
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments import (accuracy, beta, certainty, critical, detectors, frontier, iso_learning,
                          levels, main, mechanism, paper_setting, weightings)
 

@@ -12,7 +12,7 @@ import jax
 
 from critkl import evaluation
 from critkl.runs import directory
-from critkl.runs.outputs import Curve, Output
+from critkl.infra.outputs import Curve, Output
 from experiments.models import pretrained_model
 
 # Pre-training levels N, problems per table cell, episodes sampled at the RL temperatures.

@@ -7,7 +7,7 @@ Run: `critkl experiment beta --scale tiny|mini|paper`. RL settings of each scale
 
 from __future__ import annotations
 
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments import kl_comparison
 
 SETTINGS = {"tiny": dict(betas=[0.0, 20.0, 150.0], seeds=[0, 1]),

@@ -10,7 +10,7 @@ Run: `critkl experiment certainty --scale tiny|mini|paper`.
 from __future__ import annotations
 
 from critkl.analysis.report import analyze_model, write
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments.models import pretrained_model
 
 # Pre-training levels N and the correct (N+1)-digit episodes of their statistics.

@@ -22,7 +22,7 @@ import json
 import jax
 
 from critkl.analysis import causal, detectors
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from critkl.tasks import registry
 from experiments import kl_comparison, mechanism
 from experiments.models import LEVEL, pretrained_model

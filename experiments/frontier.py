@@ -31,7 +31,7 @@ from critkl.runs.spec import Sweep, run_sweep
 from critkl import statistics
 from critkl.analysis import causal
 from critkl.config import DEFAULT_BETA
-from critkl.runs.outputs import Curve, Output
+from critkl.infra.outputs import Curve, Output
 from experiments import kl_comparison
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS

@@ -28,7 +28,7 @@ import numpy as np
 
 from critkl import statistics
 from critkl.config import DEFAULT_BETA, LossConfig, weighting_preset
-from critkl.runs.outputs import Curve, Output
+from critkl.infra.outputs import Curve, Output
 from critkl.runs.spec import Sweep, run_sweep
 from experiments.models import model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS

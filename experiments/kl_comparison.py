@@ -17,7 +17,7 @@ from critkl.runs.spec import Sweep, run_sweep
 from critkl.analysis import causal
 from critkl.runs import directory, finetuning, plots
 from critkl.config import CausalMapConfig, STANDARD_KL
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from critkl.runs.models import shipped_causal_map, shipped_names
 from experiments.models import LEVEL, model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from critkl.runs.spec import Sweep, run_sweep
 from critkl.runs import plots
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS
 

@@ -24,7 +24,7 @@ from critkl.analysis import certainty as token_stats
 from critkl.config import DEFAULT_BETA, STANDARD_KL
 from critkl.infra import host_memory
 from critkl.runs import finetuning, plots
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from critkl.tasks import registry
 from experiments import accuracy, certainty, kl_comparison
 from experiments.models import LEVEL, pretrained_model

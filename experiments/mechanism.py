@@ -27,7 +27,7 @@ from critkl.analysis import causal
 from critkl.runs import finetuning, plots
 from critkl.config import (DEFAULT_BETA, DEFAULT_KL_COEF, STANDARD_KL, CausalMapConfig, LossHyper,
                            PretrainConfig, RLConfig, RLHyper)
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from critkl.runs.models import load_pretrained
 from critkl.tasks import registry
 from experiments.kl_comparison import measure_causal_map, write_causal_map

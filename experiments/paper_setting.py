@@ -24,7 +24,7 @@ import json
 from critkl.runs.spec import Sweep, run_sweep
 from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, LossConfig
 from critkl.runs import finetuning, plots
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments import accuracy, certainty, frontier, kl_comparison
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS, RLSettings

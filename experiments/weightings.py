@@ -19,7 +19,7 @@ import dataclasses
 from critkl.runs.spec import Sweep, run_sweep
 from critkl.runs import finetuning, plots
 from critkl.config import LossConfig, weighting_preset, with_values
-from critkl.runs.outputs import Output
+from critkl.infra.outputs import Output
 from experiments import kl_comparison
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS

@@ -164,7 +164,7 @@ def test_mini_scale_reuses_the_map_shipped_with_its_model(tmp_path, capsys):
     """mini-n3 ships its causal map; the experiments take it instead of re-measuring it
     (no parameters given here: measuring would fail)."""
     from critkl.analysis import causal
-    from critkl.runs.outputs import Output
+    from critkl.infra.outputs import Output
     from critkl.runs.models import load_pretrained, shipped_causal_map
     from experiments import kl_comparison
 

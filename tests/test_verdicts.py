@@ -121,7 +121,7 @@ def test_main_verdict_is_decisive_only_when_the_exact_test_is():
 
 
 def test_frontier_tables_and_plots_for_both_retention_axes(tmp_path):
-    from critkl.runs.outputs import Output
+    from critkl.infra.outputs import Output
 
     rng = np.random.default_rng(5)
     ends = {key: rng.random((len(ARMS), 8)) for key in frontier.END_KEYS}

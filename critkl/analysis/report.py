@@ -11,7 +11,7 @@ import numpy as np
 
 from critkl import chunks
 from critkl.analysis import certainty as token_stats
-from critkl.runs.outputs import Curve, Output
+from critkl.infra.outputs import Curve, Output
 
 SHOWN_EPISODES = 4
 

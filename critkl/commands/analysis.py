@@ -54,7 +54,7 @@ def add_parsers(commands, add_common) -> None:
 
 def analyze(args) -> None:
     from critkl.analysis import certainty, report
-    from critkl.runs.outputs import Output
+    from critkl.infra.outputs import Output
     from critkl.runs.models import load_pretrained
 
     config, params = load_pretrained(args.model)

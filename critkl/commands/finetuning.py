@@ -161,7 +161,7 @@ def finetune(args) -> None:
 
 def plot_sweep(args) -> None:
     from critkl.runs import finetuning, plots
-    from critkl.runs.outputs import Output
+    from critkl.infra.outputs import Output
 
     paths = [Path(d) / "results.json" for d in [args.run_dir, *(args.add or [])]]
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from critkl.runs import finetuning
-from critkl.runs.outputs import Curve, Output
+from critkl.infra.outputs import Curve, Output
 from critkl.statistics import mean_interval
 
 SWEEP_PLOTS = (  # file, metric, what it shows
