@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from critkl.config import DEFAULT_BETA, KL_KINDS, LossConfig, LossHyper, SAMPLE_KL_KINDS
+from critkl.loss_config import DEFAULT_BETA, KL_KINDS, SAMPLE_KL_KINDS, LossConfig, LossHyper
 from critkl.weighting import certainty, target_weights
 
 # Buckets of the KL weight for reporting (name, low, high): w < 0.1 (critical-like tokens),
@@ -131,7 +131,7 @@ def center_advantages(advantages: jax.Array, mask: jax.Array) -> jax.Array:
 def group_advantages(rewards: jax.Array, group_size: int, baseline: str) -> jax.Array:
     """Each episode's advantage from its group: rewards [B] -> [B], B = problems * group_size
     with a problem's episodes adjacent (static group_size and baseline, see
-    `critkl.config.LossConfig`). GRPO divides by the group's standard deviation with Bessel's
+    `critkl.loss_config.LossConfig`). GRPO divides by the group's standard deviation with Bessel's
     correction (as TRL does) plus 1e-4."""
     groups = rewards.reshape(-1, group_size).astype(jnp.float32)
     mean = groups.mean(axis=1, keepdims=True)

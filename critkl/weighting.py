@@ -2,7 +2,7 @@
 
 The paper's prioritized KL is one member of a family of rules that treat a few uncertain,
 decisive tokens differently from the routine rest. Here each is three independent choices
-(`critkl.config.LossConfig`: weight_signal, weight_rule, weight_targets):
+(`critkl.loss_config.LossConfig`: weight_signal, weight_rule, weight_targets):
 
 - the **signal**, a per-token *confidence* s: high on routine tokens, low on decisive ones;
   - "certainty": the reference's 1 + log max p / log|V| at the certainty temperature (paper);
@@ -45,7 +45,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from critkl.config import LossConfig, LossHyper
+from critkl.loss_config import LossConfig, LossHyper
 
 
 def certainty(ref_logits: jax.Array, temperature) -> jax.Array:

@@ -7,8 +7,8 @@ Run: `critkl experiment critical --scale tiny|mini|paper`. RL settings of each s
 
 from __future__ import annotations
 
-from critkl.config import DEFAULT_BETA
 from critkl.infra.outputs import Output
+from critkl.loss_config import DEFAULT_BETA
 from experiments import kl_comparison
 
 SETTINGS = {"tiny": dict(betas=[0.0, DEFAULT_BETA], seeds=[0, 1]),

@@ -30,8 +30,8 @@ import numpy as np
 from critkl.runs.spec import Sweep, run_sweep
 from critkl import statistics
 from critkl.analysis import causal
-from critkl.config import DEFAULT_BETA
 from critkl.infra.outputs import Curve, Output
+from critkl.loss_config import DEFAULT_BETA
 from experiments import kl_comparison
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS

@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from critkl import statistics
-from critkl.config import DEFAULT_BETA, LossConfig, weighting_preset
 from critkl.infra.outputs import Curve, Output
+from critkl.loss_config import DEFAULT_BETA, LossConfig, weighting_preset
 from critkl.runs.spec import Sweep, run_sweep
 from experiments.models import model_name, pretrained_model
 from experiments.rl_settings import RL_SETTINGS
@@ -39,7 +39,7 @@ class Arm(NamedTuple):
     kind: str          # "no KL", "standard", "prioritized", "uniform" or "shuffled"
     kl_coef: float
     beta: float        # 0: every weight 1
-    weighting: str     # a preset of config.WEIGHTINGS
+    weighting: str     # a preset of loss_config.WEIGHTINGS
     control_of: str = ""  # the prioritized arm a control belongs to
 
 

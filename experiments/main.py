@@ -21,8 +21,9 @@ import numpy as np
 
 from critkl import evaluation, statistics
 from critkl.analysis import certainty as token_stats
-from critkl.config import DEFAULT_BETA, STANDARD_KL
+from critkl.config import STANDARD_KL
 from critkl.infra import host_memory
+from critkl.loss_config import DEFAULT_BETA
 from critkl.runs import finetuning, plots
 from critkl.infra.outputs import Output
 from critkl.tasks import registry

@@ -25,9 +25,9 @@ import numpy as np
 from critkl.runs.spec import Sweep, run_sweep
 from critkl.analysis import causal
 from critkl.runs import finetuning, plots
-from critkl.config import (DEFAULT_BETA, DEFAULT_KL_COEF, STANDARD_KL, CausalMapConfig, LossHyper,
-                           PretrainConfig, RLConfig, RLHyper)
+from critkl.config import STANDARD_KL, CausalMapConfig, PretrainConfig, RLConfig, RLHyper
 from critkl.infra.outputs import Output
+from critkl.loss_config import DEFAULT_BETA, DEFAULT_KL_COEF, LossHyper
 from critkl.runs.models import load_pretrained
 from critkl.tasks import registry
 from experiments.kl_comparison import measure_causal_map, write_causal_map

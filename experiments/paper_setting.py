@@ -22,7 +22,7 @@ import dataclasses
 import json
 
 from critkl.runs.spec import Sweep, run_sweep
-from critkl.config import DEFAULT_BETA, PAPER_TEMPERATURES, LossConfig
+from critkl.loss_config import DEFAULT_BETA, PAPER_TEMPERATURES, LossConfig
 from critkl.runs import finetuning, plots
 from critkl.infra.outputs import Output
 from experiments import accuracy, certainty, frontier, kl_comparison

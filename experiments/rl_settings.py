@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from critkl.config import LossHyper, RLConfig, RLHyper
+from critkl.config import RLConfig, RLHyper
+from critkl.loss_config import LossHyper
 
 
 @dataclasses.dataclass(frozen=True)

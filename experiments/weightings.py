@@ -18,8 +18,9 @@ import dataclasses
 
 from critkl.runs.spec import Sweep, run_sweep
 from critkl.runs import finetuning, plots
-from critkl.config import LossConfig, weighting_preset, with_values
+from critkl.config import with_values
 from critkl.infra.outputs import Output
+from critkl.loss_config import LossConfig, weighting_preset
 from experiments import kl_comparison
 from experiments.models import pretrained_model, model_name
 from experiments.rl_settings import RL_SETTINGS

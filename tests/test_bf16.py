@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 from critkl import losses, supervised, weighting
-from critkl.config import LossConfig, LossHyper, RLConfig
+from critkl.config import RLConfig
+from critkl.loss_config import LossConfig, LossHyper
 from critkl.model import GPT
 from critkl.rl import shift_right
 from critkl.runs.models import load_pretrained

@@ -13,8 +13,8 @@ import pytest
 
 from critkl import cli
 from critkl.commands import finetuning
-from critkl.config import (HYPER_NAMES, HYPER_RANGES, CausalMapConfig, LossConfig,
-                           PretrainConfig, RLConfig)
+from critkl.config import HYPER_NAMES, HYPER_RANGES, CausalMapConfig, PretrainConfig, RLConfig
+from critkl.loss_config import LossConfig
 
 # Invalid whatever the field: not a number of the field's type.
 BAD_BY_TYPE = {int: ["abc", "1.5", "-1"], float: ["abc", "nan", "inf", "1e39"], bool: ["maybe"],

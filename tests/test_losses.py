@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from critkl import losses
-from critkl.config import PAPER_TEMPERATURES, LossConfig, LossHyper, model_preset
+from critkl.config import model_preset
+from critkl.loss_config import PAPER_TEMPERATURES, LossConfig, LossHyper
 from critkl.losses import (RolloutBatch, center_advantages, exact_kl, fused_loss, gae,
                            kl_estimate, kl_per_token, per_token_kl_penalty)
 from critkl.weighting import certainty, prioritized_kl_weights

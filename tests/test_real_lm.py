@@ -23,8 +23,9 @@ import tokenizers
 from tokenizers import decoders, pre_tokenizers
 
 from critkl import model as gpt, rl
-from critkl.config import LossConfig, RLConfig, RLHyper, model_preset
+from critkl.config import RLConfig, RLHyper, model_preset
 from critkl.infra import checkpoint
+from critkl.loss_config import LossConfig
 from critkl.models import cache_for, init_params, llama, logits_from_hidden, module_for
 from critkl.models import smollm2, tokenizer
 from critkl.runs import models

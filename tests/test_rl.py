@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from critkl import rl, strategy
-from critkl.config import LossHyper, model_preset, PretrainConfig, RLConfig, RLHyper
+from critkl.config import PretrainConfig, RLConfig, RLHyper, model_preset
+from critkl.loss_config import LossHyper
 from critkl.runs import pretraining
 from critkl.model import init_params
 

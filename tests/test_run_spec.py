@@ -8,7 +8,8 @@ import json
 import pytest
 
 from critkl.commands import finetuning as commands
-from critkl.config import HYPER_NAMES, LossConfig, RLConfig, RLHyper
+from critkl.config import HYPER_NAMES, RLConfig, RLHyper
+from critkl.loss_config import LossConfig
 from critkl.runs import config_files
 from critkl.runs.spec import Sweep
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from critkl import losses, rl, weighting
-from critkl.config import WEIGHTINGS, LossConfig, LossHyper, RLConfig, RLHyper, model_preset
+from critkl.config import RLConfig, RLHyper, model_preset
+from critkl.loss_config import WEIGHTINGS, LossConfig, LossHyper
 from critkl.model import init_params
 from critkl.tasks import addition, decisions
 from critkl.tasks.addition import Addition

@@ -19,7 +19,7 @@ import optax
 
 from benchmarks.probes.common import load_model
 from critkl import evaluation, losses, rl, weighting
-from critkl.config import LossConfig, LossHyper
+from critkl.loss_config import LossConfig, LossHyper
 from critkl.model import GPT, ValueHead
 from critkl.tasks import addition, layout
 from critkl.tasks.addition import Addition

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from critkl import evaluation, rl, weighting
-from critkl.config import LossHyper, ModelConfig
+from critkl.config import ModelConfig
+from critkl.loss_config import LossHyper
 from critkl.models import module_for
 from critkl.tasks import decisions, layout
 from critkl.tasks.base import TextTask, terminal_reward

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from critkl.commands import flags
 from critkl.commands.flags import UsageError
-from critkl.config import DEFAULT_KL_COEF, CausalMapConfig
+from critkl.config import CausalMapConfig
+from critkl.loss_config import DEFAULT_KL_COEF
 
 MAP_HELP = {
     "problems": "fixed problems, both operands N+1 digits",

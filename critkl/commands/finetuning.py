@@ -10,8 +10,8 @@ from pathlib import Path
 
 from critkl.commands import flags, startup
 from critkl.commands.flags import UsageError
-from critkl.config import (HYPER_NAMES, STANDARD_KL, WEIGHTINGS, LossConfig, RLConfig, RLHyper,
-                           weighting_preset)
+from critkl.config import HYPER_NAMES, STANDARD_KL, RLConfig, RLHyper
+from critkl.loss_config import WEIGHTINGS, LossConfig, weighting_preset
 from critkl.runs import config_files
 from critkl.runs.spec import Sweep
 

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from critkl import config as c
+from critkl import loss_config as lc
 
 
 class UsageError(Exception):
@@ -75,9 +76,9 @@ FIELD_HELP = {
 # The allowed values of the fields that take a name.
 CHOICES = {
     "model": tuple(sorted(c.PRESETS)), "dtype": c.DTYPES, "attention": c.ATTENTIONS,
-    "attention_scope": c.ATTENTION_SCOPES, "algorithm": c.ALGORITHMS, "kl_kind": c.KL_KINDS,
-    "kl_placement": c.KL_PLACEMENTS, "baseline": c.BASELINES, "weight_signal": c.WEIGHT_SIGNALS,
-    "weight_rule": c.WEIGHT_RULES,
+    "attention_scope": c.ATTENTION_SCOPES, "algorithm": lc.ALGORITHMS, "kl_kind": lc.KL_KINDS,
+    "kl_placement": lc.KL_PLACEMENTS, "baseline": lc.BASELINES,
+    "weight_signal": lc.WEIGHT_SIGNALS, "weight_rule": lc.WEIGHT_RULES,
 }
 
 

@@ -15,7 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from critkl.config import HYPER_NAMES, LossConfig, LossHyper, RLConfig, RLHyper
+from critkl.config import HYPER_NAMES, RLConfig, RLHyper
+from critkl.loss_config import LossConfig, LossHyper
 
 # ------------------------------------------------------------------------------- the spec
 
