@@ -55,11 +55,12 @@ def briefly_pretrained(task: str, steps: int):
     """(PretrainConfig, params) of a mini model of `task` after `steps` pre-training steps."""
     from critkl import supervised
     from critkl.infra import parallel
+    from critkl.runs import pretraining
 
     config = PretrainConfig(task=task, model="mini", max_digits=TASK_LEVELS[task],
                             eval_extra_digits=1, steps=steps, warmup_steps=min(100, steps - 1))
     state = supervised.init_state(config)
-    train_step = supervised.make_train_step(config, parallel.data_mesh())
+    train_step = pretraining.make_train_step(config, parallel.data_mesh())
     for _ in range(steps):
         state, _ = train_step(state)
     return config, state.params

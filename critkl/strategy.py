@@ -10,7 +10,7 @@ buffers in memory at a time). On a GPU or TPU the whole batch goes at once and a
 runs are batched. The plan changes speed and memory only: every result is the same under
 either (tested).
 
-A program builder (`rl.make_train`, `supervised.make_train_step`, `evaluation.attempt`, ...)
+A program builder (`rl.make_train`, `supervised.make_step`, `evaluation.attempt`, ...)
 takes a `Strategy`; `for_devices(devices)` picks the one for the devices a program is built
 for, so that a CPU program and an accelerator program are each one explicit choice (the
 lowering tests build accelerator programs on a CPU). Left out, the default devices decide.

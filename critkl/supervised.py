@@ -14,7 +14,7 @@ writes, not the prompts.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -23,7 +23,6 @@ import optax
 
 from critkl import chunks, evaluation, strategy as strategies
 from critkl.config import ModelConfig, PretrainConfig
-from critkl.infra import parallel
 from critkl.models import init_params, module_for
 from critkl.tasks import addition, layout
 from critkl.tasks.base import MAX_VOCAB_SIZE, TextTask
@@ -121,22 +120,26 @@ def init_state(config: PretrainConfig, params=None) -> TrainState:
     return TrainState(jnp.int32(0), params, optimizer(config).init(params), data_rng)
 
 
-def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy | None = None):
-    """One jitted, data-parallel optimizer step over `mesh`: state -> (state, metrics), laid
-    out for `strategy` (default: the one of the mesh's devices)."""
+def _as_it_comes(batch: jax.Array) -> jax.Array:
+    return batch
+
+
+def make_step(config: PretrainConfig, strategy: strategies.Strategy,
+              lay_out_batch: Callable[[jax.Array], jax.Array] = _as_it_comes):
+    """One optimizer step, pure and not jitted: state -> (state, metrics), laid out for
+    `strategy`. `lay_out_batch` places each [B, T] array of the step's batch (tokens,
+    targets, episodes) as the caller's devices share it: the data-parallel step over a mesh,
+    jitted, is `critkl.runs.pretraining.make_train_step`."""
     tx = optimizer(config)
-    strategy = strategies.for_devices(mesh.devices.flat) if strategy is None else strategy
-    batch_sharding = parallel.batch_sharding(mesh)
     model_config = config.model_config
 
     def step(state: TrainState):
         rng, data_rng = jax.random.split(state.rng)
         tokens, targets, episodes = streams_batch(
             jax.random.fold_in(data_rng, state.step), config, strategy)
-        tokens = jax.lax.with_sharding_constraint(tokens, batch_sharding)
-        targets = jax.lax.with_sharding_constraint(targets, batch_sharding)
-        episodes = (jax.lax.with_sharding_constraint(episodes, batch_sharding)
-                    if config.attention_scope != "stream" else None)
+        tokens = lay_out_batch(tokens)
+        targets = lay_out_batch(targets)
+        episodes = lay_out_batch(episodes) if config.attention_scope != "stream" else None
         positions = (layout.episode_positions(episodes) if config.attention_scope == "alone"
                      else None)
         (loss, accuracy), grads = jax.value_and_grad(next_token_loss, has_aux=True)(
@@ -153,8 +156,7 @@ def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy 
         }
         return TrainState(state.step + 1, params, opt_state, rng), metrics
 
-    replicated = parallel.replicated(mesh)
-    return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
+    return step
 
 
 def greedy_pass_at_1(params, model_config: ModelConfig, task: TextTask, rng, level: int,

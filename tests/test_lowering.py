@@ -16,6 +16,7 @@ from critkl import evaluation, rl, sampling, supervised
 from critkl.config import PretrainConfig, RLConfig, RLHyper, model_preset
 from critkl.infra import parallel
 from critkl.model import GPT, init_params
+from critkl.runs import pretraining
 from critkl.strategy import ACCELERATOR
 from critkl.tasks import addition
 
@@ -53,7 +54,7 @@ def test_pretraining_step_on_a_mesh_of_8_devices():
                             steps=4, warmup_steps=1)
     mesh = parallel.data_mesh(jax.devices()[:8])
     assert mesh.devices.size == 8
-    step = supervised.make_train_step(config, mesh, ACCELERATOR)
+    step = pretraining.make_train_step(config, mesh, ACCELERATOR)
     state = jax.eval_shape(lambda: supervised.init_state(config))
     exported = lowered(step, shapes_of(state, parallel.replicated(mesh)))
     assert exported.nr_devices == 8

@@ -31,7 +31,7 @@ TIMING = ("speed/steps_per_second", "speed/tokens_per_second")
 
 def run_steps(config, mesh, steps):
     state = jax.device_put(supervised.init_state(config), parallel.replicated(mesh))
-    step = supervised.make_train_step(config, mesh)
+    step = pretraining.make_train_step(config, mesh)
     for _ in range(steps):
         state, _ = step(state)
     return jax.device_get(state.params)

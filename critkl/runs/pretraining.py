@@ -9,16 +9,29 @@ from pathlib import Path
 
 import jax
 
+from critkl import strategy as strategies
 from critkl.config import PretrainConfig
 from critkl.infra import memory_budget, parallel
 from critkl.infra.tracking import Tracker
 from critkl.runs import directory, models
 from critkl.runs.divergence import TrainingDiverged, all_finite
 from critkl.runs.preemption import Preempted, PreemptionRequests
-from critkl.supervised import TrainState, greedy_pass_at_1, init_state, make_train_step
+from critkl.supervised import TrainState, greedy_pass_at_1, init_state, make_step
 
 # Settings that only change what is logged: a resumed run may change them.
 LOGGING_KEYS = ("log_every", "eval_every", "eval_problems", "eval_rl_level", "checkpoint_every")
+
+
+def make_train_step(config: PretrainConfig, mesh, strategy: strategies.Strategy | None = None):
+    """One jitted, data-parallel optimizer step over `mesh`: state -> (state, metrics), the
+    batch split over the devices and the state replicated, laid out for `strategy` (default:
+    the one of the mesh's devices)."""
+    strategy = strategies.for_devices(mesh.devices.flat) if strategy is None else strategy
+    batch_sharding = parallel.batch_sharding(mesh)
+    step = make_step(config, strategy,
+                     lambda batch: jax.lax.with_sharding_constraint(batch, batch_sharding))
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def evaluated_levels(config: PretrainConfig) -> dict[str, int]:
