@@ -46,6 +46,7 @@ def verdict(results: dict) -> str:
     the end, paired by seed, with a bootstrap and a t interval over seeds, how many favour it,
     the exact sign-flip test, and whether that shows a difference at SIGNIFICANCE."""
     lines = []
+    label = finetuning.setting_labels(results)
     for setting, differences in finetuning.per_seed_differences(
             results, STANDARD_KL, "eval/sampled_success").items():
         mean, low, high = statistics.mean_interval(differences)
@@ -56,7 +57,7 @@ def verdict(results: dict) -> str:
                  "not shown at this budget; the frontier experiment (results/frontier-mini) "
                  "is the comparison that decides it")
         lines.append(
-            f"{setting}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
+            f"{label[setting]}: sampled success {100 * mean:+.1f} points [{100 * low:+.1f}, "
             f"{100 * high:+.1f}] (t interval [{100 * t_low:+.1f}, {100 * t_high:+.1f}]) "
             f"against the standard KL, paired over {len(differences)} seeds "
             f"({int(np.sum(differences > 0))} favour it, {int(np.sum(differences < 0))} the "

@@ -239,6 +239,20 @@ def test_eval_out_writes_only_that_file(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["F.json"]
 
 
+def test_eval_refuses_an_unusable_out_before_evaluating(tmp_path, monkeypatch, capsys):
+    from critkl import evaluation
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("evaluated before --out was checked")
+
+    monkeypatch.setattr(evaluation, "accuracy_table", evaluated)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert cli.main(["eval", "mini-n3", "--out", str(a_file / "F.json")]) == 2
+    error = capsys.readouterr().err
+    assert str(a_file) in error and len(error.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("edit, message", [
     ("key of wrong type", "rows[0].key is"),
     ("no critical row", "names no causally critical decision"),

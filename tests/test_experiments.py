@@ -96,7 +96,7 @@ def test_main_job_tiny(work_dir, capsys):
     summary = json.loads((folder / "main.json").read_text())
     assert set(summary["rl_summary"]) == {"beta=0", "beta=150"}
     assert summary["certainty"]["structural"]["critical"]["count"] == 8
-    assert "## Certainty at critical tokens" in out and "| beta=150 | 2 |" in out
+    assert "## Certainty at critical tokens" in out and "| prioritized KL (β 150) | 2 |" in out
     assert "## Causal critical-token map" in out
     assert "beta=150: sampled success" in out.split("## Verdict")[1]
     tags = _tensorboard_tags(folder)  # what the job's closing `tensorboard --logdir` serves

@@ -190,11 +190,18 @@ def test_paired_differences_pair_runs_by_seed():
     np.testing.assert_allclose(mean, diffs.mean())
     assert diffs.min() <= low < mean < high <= diffs.max()  # a bootstrap over the 3 seeds
     assert table["beta=150"]["eval/sampled_success"][0] == 0.0
-    assert "| beta=150 |" in finetuning.markdown_differences({"runs": runs}, "beta=0")
+    table = finetuning.markdown_differences({"runs": runs}, "beta=0")
+    assert "| setting - beta=0 |" in table and "| beta=150 |" in table  # no values: names
+    for run in runs:  # with the values of each run, the table names its KL
+        beta = float(run["setting"].removeprefix("beta="))
+        run["hyper"] = jax.tree.map(float, dataclasses.asdict(dataclasses.replace(
+            RLHyper(), loss=dataclasses.replace(RLHyper().loss, beta=beta))))
+    table = finetuning.markdown_differences({"runs": runs}, "beta=0")
+    assert "| setting - standard KL |" in table and "| prioritized KL (β 150) |" in table
 
 
 def test_merged_sweeps_are_named_by_what_differs():
-    from critkl.runs.plots import kl_label
+    kl_label = finetuning.kl_label
 
     def sweep(grid):
         runs = finetuning.grid_runs([0, 1], grid, RLHyper())
@@ -210,8 +217,8 @@ def test_merged_sweeps_are_named_by_what_differs():
                       finetuning.swept_values(merged["runs"])))
     assert values["kl_coef=5,beta=150"] == {"kl_coef": 5.0, "beta": 150.0}
     assert [kl_label(s, values[s]) for s in settings] == [
-        "standard KL, kl_coef=5", "prioritized KL, beta=150, kl_coef=5", "no KL",
-        "prioritized KL, beta=50, kl_coef=5"]
+        "standard KL, kl_coef=5", "prioritized KL (β 150), kl_coef=5", "no KL",
+        "prioritized KL (β 50), kl_coef=5"]
     alone = sweep({"beta": [0, 150]})["runs"]
     assert [kl_label(r["setting"], v) for r, v in zip(alone, finetuning.swept_values(alone))][:2] \
         == ["standard KL", "standard KL"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,6 +163,11 @@ def evaluate(args) -> None:
     from critkl.infra.tracking import Tracker
 
     check_pretrained(args.run_dir)
+    default_dir = Path("runs") / args.run_dir if is_shipped(args.run_dir) else Path(args.run_dir)
+    out = Path(args.out) if args.out else default_dir / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # refused before minutes of evaluation, not after
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: its folder {out.parent} is not writable")
     config, params = load_pretrained(args.run_dir)
     check_evaluation_sizes(args, config)
     report = evaluation.accuracy_table(
@@ -172,9 +178,6 @@ def evaluate(args) -> None:
     )
     table = evaluation.markdown(report)
     print(table)
-    default_dir = Path("runs") / args.run_dir if is_shipped(args.run_dir) else Path(args.run_dir)
-    out = Path(args.out) if args.out else default_dir / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     files.write_atomic(out, json.dumps(report, indent=2))
     if not args.out:  # TensorBoard beside the run's own eval.json, nothing beside --out
         with Tracker(out.parent / "tensorboard") as tracker:

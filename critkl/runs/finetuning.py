@@ -539,7 +539,9 @@ def markdown_differences(results: dict, baseline: str) -> str:
     by_key = {key: per_seed_differences(results, baseline, key) for key in SUMMARY_KEYS}
     by_key = {key: table for key, table in by_key.items() if table}
     keys = list(by_key)
-    lines = [f"| setting - {baseline} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    label = setting_labels(results)
+    lines = [f"| setting - {label.get(baseline, baseline)} | " + " | ".join(keys) + " |",
+             "|---|" + "---|" * len(keys)]
     for setting in next(iter(by_key.values()), {}):
         cells = []
         for key in keys:
@@ -550,7 +552,7 @@ def markdown_differences(results: dict, baseline: str) -> str:
             text = (f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
                     f"t [{100 * t_low:+.1f}, {100 * t_high:+.1f}] p {p:.3f}")
             cells.append(f"**{text}**" if p < 0.05 else text)
-        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label[setting]} | " + " | ".join(cells) + " |")
     lines += ["", "Mean [95% bootstrap interval] t [95% Student-t interval] p (exact sign-flip "
               "test over seeds); bold: p < 0.05."]
     return "\n".join(lines)
@@ -566,6 +568,31 @@ def swept_values(runs: list[dict]) -> list[dict[str, float]]:
              **run["hyper"]["loss"]} for run in runs]
     differ = [name for name in HYPER_NAMES if len({f[name] for f in flat}) > 1]
     return [{name: f[name] for name in differ} for f in flat]
+
+
+def kl_label(setting: str, values: dict[str, float]) -> str:
+    """A setting named by its KL, from its swept hyperparameters (`swept_values`):
+    {"beta": 150.0} -> "prioritized KL (β 150)"; kl_coef 0 -> "no KL"; the others follow
+    ({"kl_coef": 0.1, "beta": 0.0} -> "standard KL, kl_coef=0.1"); a setting that sweeps no
+    beta, or an arm named otherwise than by its values, keeps its name."""
+    if "=" not in setting:
+        return setting
+    if values.get("kl_coef", 1.0) == 0:
+        return "no KL"
+    if "beta" not in values:
+        return setting
+    beta = values["beta"]
+    name = "standard KL" if beta == 0 else f"prioritized KL (β {beta:g})"
+    return ", ".join([name, *(f"{k}={v:g}" for k, v in values.items() if k != "beta")])
+
+
+def setting_labels(results: dict) -> dict[str, str]:
+    """Each setting of a sweep's results -> its label for tables (`kl_label`)."""
+    runs = results["runs"]
+    if not all("hyper" in run for run in runs):  # records made before runs kept their values
+        return {run["setting"]: run["setting"] for run in runs}
+    return {run["setting"]: kl_label(run["setting"], values)
+            for run, values in zip(runs, swept_values(runs))}
 
 
 def merge(results: list[dict]) -> dict:
@@ -586,7 +613,9 @@ def markdown_summary(results: dict) -> str:
     lines = ["| setting | runs | " + " | ".join(f"{key} before -> after" for key in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     cell = lambda m: f"{100 * m[0]:.1f}% [{100 * m[1]:.1f}, {100 * m[2]:.1f}]"  # noqa: E731
+    label = setting_labels(results)
     for setting, row in rows.items():
         cells = [f"{cell(row[f'before/{key}'])} -> {cell(row[key])}" for key in keys]
-        lines.append(f"| {setting} | {row['runs']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label.get(setting, setting)} | {row['runs']} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines)

@@ -45,19 +45,6 @@ def setting_curves(results: dict, key: str, label=None) -> list[Curve]:
     return curves
 
 
-def kl_label(setting: str, values: dict[str, float]) -> str:
-    """A setting named by its KL, from its swept hyperparameters: {"beta": 150.0} ->
-    "prioritized KL, beta=150"; kl_coef 0 -> "no KL"; the others follow ({"kl_coef": 0.1,
-    "beta": 0.0} -> "standard KL, kl_coef=0.1"); a setting that sweeps no beta keeps its name."""
-    if values.get("kl_coef", 1.0) == 0:
-        return "no KL"
-    if "beta" not in values:
-        return setting
-    beta = values["beta"]
-    name = "standard KL" if beta == 0 else f"prioritized KL, beta={beta:g}"
-    return ", ".join([name, *(f"{k}={v:g}" for k, v in values.items() if k != "beta")])
-
-
 def _title(digits: int, results: dict, what: str) -> str:
     seeds = len({run["seed"] for run in results["runs"]})
     return f"{what}\nRL on {digits} digits, {seeds} seeds, mean and 95% interval"
@@ -70,7 +57,7 @@ def plot_sweep(digits: int, results: dict, output: Output) -> None:
         if key not in curve:
             continue
         is_kl = key.startswith("loss/") or key == "retention/kl"
-        output.plot(name, setting_curves(results, key, kl_label),
+        output.plot(name, setting_curves(results, key, finetuning.kl_label),
                     title=_title(digits, results, what), xlabel="RL iteration",
                     ylabel="KL (nats per token)" if is_kl else "rate",
                     ylim=None if is_kl else (-0.02, 1.02))
