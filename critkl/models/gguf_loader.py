@@ -8,13 +8,11 @@ Any problem with the file is one ValueError line naming the file.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import gguf
 import numpy as np
 
 from critkl.models import weights
+from critkl.models.gguf_file import metadata, one_line, open_gguf
 from critkl.models.llama import LlamaConfig
 
 ARCHITECTURE = "llama"
@@ -35,38 +33,6 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-
-
-def open_gguf(path) -> gguf.GGUFReader:
-    """The file's reader (memory-mapped); ValueError in one line if it is not a whole GGUF.
-
-    The last few readers are kept (a reader parses every metadata string: 3.5 s for
-    SmolLM2's vocabulary), keyed by the file's path, size and modification time.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    stat = os.stat(path)
-    try:
-        return _reader(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    except Exception as error:  # the reader fails in numpy on a truncated or foreign file
-        raise ValueError(f"{path}: not a complete GGUF file ({_one_line(error)})") from None
-
-
-@functools.lru_cache(maxsize=2)
-def _reader(path: str, size: int, modified: int) -> gguf.GGUFReader:
-    del size, modified  # the cache key
-    return gguf.GGUFReader(path)
-
-
-def metadata(reader: gguf.GGUFReader, key: str, path, default=None):
-    """The value of metadata `key` (a number, string or list); `default` when absent, or
-    ValueError naming the file and key when absent with no default."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is None:
-            raise ValueError(f"{path}: missing metadata {key}")
-        return default
-    return field.contents()
 
 
 def hf_name(name: str) -> str | None:
@@ -117,7 +83,7 @@ def read_config(reader: gguf.GGUFReader, path, dtype: str = "float32") -> LlamaC
             dtype=dtype,
         )
     except (TypeError, ValueError) as error:  # a metadata value of another type, or a bad size
-        raise ValueError(f"{path}: {_one_line(error)}") from None
+        raise ValueError(f"{path}: {one_line(error)}") from None
 
 
 def load_gguf(path, dtype: str = "float32"):
@@ -137,14 +103,10 @@ def load_gguf(path, dtype: str = "float32"):
             array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except (NotImplementedError, ValueError) as error:
             raise ValueError(f"{path}: cannot dequantize {tensor.name} "
-                             f"({tensor.tensor_type.name}: {_one_line(error)})") from None
+                             f"({tensor.tensor_type.name}: {one_line(error)})") from None
         count = heads.get(name.split(".")[-2])
         if count and array.ndim == 2 and array.shape[0] % (2 * count) == 0:
             array = unpermute(array, count)
         return array  # a shape that does not fit is reported by weights.to_params
 
     return config, weights.to_params(config, tensors, source, path)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -59,11 +59,11 @@ def load(name_or_folder: str, dtype: str = "float32") -> tuple[PretrainedLM, dic
     `dtype` is the compute dtype. ValueError (one line) for a folder critkl cannot load, or
     whose tokenizer writes the task in other ids than SmolLM2's; FileNotFoundError naming the
     install command when SmolLM2's file is absent."""
-    from critkl.models import hf_loader, smollm2, tokenizer
+    from critkl.models import gguf_loader, hf_loader, smollm2, tokenizer
     from critkl.tasks.short_addition import ShortAddition, chat_pieces
 
     if name_or_folder == SMOLLM2:
-        config, params = smollm2.load(dtype)[:2]
+        config, params = gguf_loader.load_gguf(smollm2.gguf_path(), dtype)
         return PretrainedLM(SMOLLM2, config), params
     config, params = hf_loader.load_hf(name_or_folder, dtype)
     if chat_pieces(tokenizer.from_hf(name_or_folder)) != ShortAddition(1).pieces:

