@@ -220,9 +220,9 @@ def collect(plan: Plan, state: RunState, hyper: RLHyper, pretrained, rng):
     (RolloutBatch of [B, T] arrays, metrics)."""
     config, model, max_length = plan.config, plan.model, plan.config.max_length
     problem_rng, sample_rng = jax.random.split(rng)
-    operands = collect_problems(problem_rng, config)
+    problems = collect_problems(problem_rng, config)
     attempt = evaluation.attempt(
-        state.policy, plan.model_config, config.text_task, operands, sample_rng,
+        state.policy, plan.model_config, config.text_task, problems, sample_rng,
         temperature=hyper.loss.policy_temperature, max_length=max_length, keep_hidden=True,
         strategy=plan.strategy,
     )
@@ -361,32 +361,32 @@ def evaluate_policy(plan: Plan, policy, eval_rng, hyper: RLHyper, pretrained):
     config, task, model_config = plan.config, plan.config.text_task, plan.model_config
     train_rng, comfort_rng, solve_rng, causal_rng = jax.random.split(eval_rng, 4)
     size = config.eval_episodes
-    train_ops = task.sample_rl(train_rng, size)
-    comfort_ops = task.sample_pretraining(comfort_rng, size)
-    n_digit_ops = task.sample_level(jax.random.fold_in(comfort_rng, 1), size, task.n)
+    train_problems = task.sample_rl(train_rng, size)
+    comfort_problems = task.sample_pretraining(comfort_rng, size)
+    level_n_problems = task.sample_level(jax.random.fold_in(comfort_rng, 1), size, task.n)
     sampled = hyper.loss.policy_temperature
-    attempts = {  # name: (operands, temperature)
-        "eval/pass_at_1": (train_ops, 0.0),
-        "eval/comfort_pass_at_1": (comfort_ops, 0.0),
-        "eval/sampled_success": (train_ops, sampled),
-        "retention/sampled_comfort": (comfort_ops, sampled),
-        "retention/sampled_n_digits": (n_digit_ops, sampled),
+    attempts = {  # name: (problems, temperature)
+        "eval/pass_at_1": (train_problems, 0.0),
+        "eval/comfort_pass_at_1": (comfort_problems, 0.0),
+        "eval/sampled_success": (train_problems, sampled),
+        "retention/sampled_comfort": (comfort_problems, sampled),
+        "retention/sampled_n_digits": (level_n_problems, sampled),
     }
-    operands = jax.tree.map(lambda *x: jnp.stack(x), *(ops for ops, _ in attempts.values()))
+    problems = jax.tree.map(lambda *x: jnp.stack(x), *(p for p, _ in attempts.values()))
     temperatures = jnp.stack([jnp.asarray(t, jnp.float32) for _, t in attempts.values()])
 
-    def success(operands_and_temperature):
-        operands, temperature = operands_and_temperature
-        attempt = evaluation.attempt(policy, model_config, task, operands, solve_rng,
+    def success(problems_and_temperature):
+        problems, temperature = problems_and_temperature
+        attempt = evaluation.attempt(policy, model_config, task, problems, solve_rng,
                                      temperature=temperature, max_length=config.max_length,
                                      strategy=plan.strategy)
         return attempt.outcome.success.mean()
 
     # One after the other in a loop, so that they share one sampler's buffers.
-    metrics = dict(zip(attempts, jax.lax.map(success, (operands, temperatures))))
-    metrics.update(critical_token_probabilities(policy, model_config, task, train_ops,
+    metrics = dict(zip(attempts, jax.lax.map(success, (problems, temperatures))))
+    metrics.update(critical_token_probabilities(policy, model_config, task, train_problems,
                                                 plan.strategy))
-    metrics.update(retention(policy, pretrained, model_config, task, comfort_ops,
+    metrics.update(retention(policy, pretrained, model_config, task, comfort_problems,
                              hyper.loss.certainty_temperature, plan.strategy))
     if config.causal_keys:
         identical = task.sample_level(causal_rng, size, task.max_level)
