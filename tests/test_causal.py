@@ -204,3 +204,19 @@ def test_costly_and_critical_keys_follow_the_rule_on_random_rows():
     assert all(causal.costly(row) and row["p_right"] <= 0.9 for row in rows if row["critical"])
     assert set(causal.critical_keys(rows)) < set(causal.costly_keys(rows))
     assert 0 < len(causal.critical_keys(rows)) < len(expected_costly)
+
+
+def test_the_shipped_maps_keys_occur_and_an_edited_one_does_not():
+    """`check_keys_occur` on mini-n3's committed map: its critical keys are found in 4+4-digit
+    episodes; a key moved to line 99 is named as never occurring."""
+    import json
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[1] / "results" / "critical-mini-n3"
+                         / "critical.json").read_text())
+    keys = causal.critical_keys(record["rows"])
+    task = Addition(3, 1)
+    causal.check_keys_occur(task, keys, 4)
+    moved = (99,) + tuple(keys[0][1:])
+    with pytest.raises(ValueError, match=r"never occurs in addition episodes of 4\+4 digits"):
+        causal.check_keys_occur(task, [moved], 4)
