@@ -35,7 +35,6 @@ over one single-threaded device per core.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pickle
@@ -101,13 +100,14 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
                       minibatches=minibatches, dtype=dtype)
     model_config = config.run_model(pre_config.model_config)
     # The iteration as `critkl finetune` and `critkl sweep` run it: the shell's programs
-    # (runs split over the devices when they divide evenly), one call per iteration.
+    # (runs split over the devices, padded to a multiple of them), one call per iteration;
+    # only the real runs' episodes and tokens count.
     mesh = parallel.data_mesh()
-    split = runs % mesh.devices.size == 0
-    by_run = parallel.batch_sharding(mesh) if split else parallel.replicated(mesh)
-    programs = finetuning.programs_for(config, model_config, mesh if split else None)
-    hypers = parallel.put(rl.stack_hypers([RLHyper()] * runs), by_run)
-    rngs = jax.vmap(jax.random.key)(jnp.arange(runs))
+    placed = runs + -runs % mesh.devices.size
+    by_run = parallel.batch_sharding(mesh)
+    programs = finetuning.programs_for(config, model_config, mesh)
+    hypers = parallel.put(rl.stack_hypers([RLHyper()] * placed), by_run)
+    rngs = jax.vmap(jax.random.key)(jnp.arange(placed))
     params = parallel.put(params, parallel.replicated(mesh))
     state = parallel.put(programs.init(rngs, hypers, params), by_run)
 
@@ -115,7 +115,7 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
         tokens = 0.0
         for _ in range(iterations):
             state, metrics = programs("iteration", state, hypers, params)
-            tokens += float(metrics["train/generated_tokens"].sum())
+            tokens += float(metrics["train/generated_tokens"][:runs].sum())
         return state, tokens
 
     def sample(rng, hyper):
@@ -126,8 +126,7 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
                                      max_length=config.max_length)
         return (attempt.generation.lengths - attempt.reference.prompt_length).sum()
 
-    over_runs = functools.partial(parallel.over_runs, mesh=mesh if split else None)
-    sampler = jax.jit(over_runs(sample, in_axes=(0, 0)))
+    sampler = jax.jit(parallel.over_runs(sample, mesh, in_axes=(0, 0)))
     results = {}
     state, _ = run_iterations(state)  # compiles the iteration
     start = time.perf_counter()
@@ -136,7 +135,7 @@ def measure(runs: int, iterations: int, pretrained=None, episodes: int = 50,
                             "episodes": runs * iterations * config.episodes, "tokens": tokens}
     jax.block_until_ready(sampler(rngs, hypers))  # compiles the sampler
     start = time.perf_counter()
-    tokens = float(jax.block_until_ready(sampler(rngs, hypers)).sum())
+    tokens = float(jax.block_until_ready(sampler(rngs, hypers))[:runs].sum())
     results["sampler"] = {"seconds": time.perf_counter() - start,
                           "episodes": runs * config.episodes, "tokens": tokens}
     return results
